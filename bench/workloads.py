@@ -1,0 +1,284 @@
+"""The workloads of issue 4. Each runs against one freshly started server and returns metrics.
+
+A workload gets a :class:`~bench.servers.RunningServer` (client connected and initialized) and
+the :class:`Sizes` of this run, and returns a flat ``{metric: value}`` dict; keys are described
+in :mod:`bench.report`. Timing uses ``time.perf_counter``; resource use comes from the probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import msgspec
+
+from bench.client import ProcWatch, b64decode
+from bench.probe import PeakRss
+from bench.servers import RunningServer
+
+MiB = 1 << 20
+GiB = 1 << 30
+STEP_TIMEOUT = 30.0  # one process or one request; a workload as a whole gets more
+STREAM_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Sizes:
+    spawn_n: int = 200
+    rtt_n: int = 200
+    stream_bytes: int = 256 * MiB
+    fanout_n: int = 100
+    fanout_bytes: int = 1 * MiB
+    poll_n: int = 1000
+    hol_wait_ms: int = 2000
+    idle_n: int = 500
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            spawn_n=50,
+            rtt_n=50,
+            stream_bytes=32 * MiB,
+            fanout_n=20,
+            poll_n=200,
+            hol_wait_ms=1000,
+            idle_n=100,
+        )
+
+
+Metrics = dict[str, float]
+Workload = Callable[[RunningServer, Sizes], Awaitable[Metrics]]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, round(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+async def _wait(fut: asyncio.Future[None], what: str, timeout: float = STEP_TIMEOUT) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(fut), timeout)
+    except TimeoutError:
+        raise TimeoutError(f"{what} did not finish in {timeout:g}s") from None
+
+
+async def _finish(
+    server: RunningServer, pid: str, watch: ProcWatch, what: str, timeout: float = STEP_TIMEOUT
+) -> None:
+    """Wait for a process to be closed, or terminate it and fail."""
+    try:
+        await _wait(watch.closed, what, timeout)
+    except TimeoutError:
+        await server.client.terminate(pid)
+        raise
+
+
+# -- 1. spawn latency ------------------------------------------------------------------------
+
+
+async def spawn(server: RunningServer, sizes: Sizes) -> Metrics:
+    """Sequential `true`: process/start sent → process/closed received."""
+    client = server.client
+    samples: list[float] = []
+    for i in range(sizes.spawn_n):
+        pid = f"s{i}"
+        w = client.watch(pid)
+        t0 = time.perf_counter()
+        reply = await client.start(pid, ["true"])
+        await _finish(server, pid, w, "true")
+        samples.append(time.perf_counter() - t0)
+        await reply
+        client.unwatch(pid)
+    return {
+        "spawn_median_ms": statistics.median(samples) * 1e3,
+        "spawn_p95_ms": percentile(samples, 95) * 1e3,
+    }
+
+
+# -- 2. interactive round trip ---------------------------------------------------------------
+
+
+class _Echo:
+    """Collects PTY output and resolves a future once a marker has been seen ``count`` times."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.marker = b""
+        self.count = 1
+        self.fut: asyncio.Future[float] | None = None
+
+    def expect(self, marker: bytes, count: int) -> asyncio.Future[float]:
+        self.buf.clear()
+        self.marker = marker
+        self.count = count
+        self.fut = asyncio.get_running_loop().create_future()
+        return self.fut
+
+    def on_output(self, _w: ProcWatch, chunk: str) -> None:
+        self.buf += b64decode(chunk)
+        fut = self.fut
+        if fut is not None and not fut.done() and self.buf.count(self.marker) >= self.count:
+            fut.set_result(time.perf_counter())
+
+
+async def rtt(server: RunningServer, sizes: Sizes) -> Metrics:
+    """PTY `cat`: a line written → the first notification carrying its echo."""
+    client = server.client
+    echo = _Echo()
+    w = client.watch("cat")
+    w.on_output = echo.on_output
+    await (await client.start("cat", ["cat"], tty=True))
+
+    # Warm up, and learn how many copies of a line come back (tty echo + cat's own copy).
+    seen = echo.expect(b"warmup", 1)
+    await (await client.write("cat", b"warmup\n"))
+    await _wait(seen, "warm-up echo")
+    await asyncio.sleep(0.2)
+    copies = max(1, echo.buf.count(b"warmup"))
+
+    samples: list[float] = []
+    for i in range(sizes.rtt_n):
+        marker = b"x%06d" % i
+        first = echo.expect(marker, 1)
+        t0 = time.perf_counter()
+        reply = await client.write("cat", marker + b"\n")
+        t1 = await asyncio.wait_for(asyncio.shield(first), STEP_TIMEOUT)
+        samples.append(t1 - t0)
+        if copies > 1:  # let cat's copy go by so it is not taken for the next echo
+            all_copies = echo.expect(marker, copies)
+            if echo.buf.count(marker) < copies:
+                await _wait(all_copies, "cat output")
+        await reply
+    await client.terminate("cat")
+    await _wait(w.closed, "cat after terminate")
+    return {"rtt_median_ms": statistics.median(samples) * 1e3, "rtt_p95_ms": percentile(samples, 95) * 1e3}
+
+
+# -- 3. throughput, and 8. CPU cost per GiB ----------------------------------------------------
+
+
+async def _stream(server: RunningServer, sizes: Sizes, tty: bool) -> tuple[float, float, int]:
+    """One child writes ``stream_bytes``; return (seconds, server CPU seconds, bytes received)."""
+    client = server.client
+    pid = "pty" if tty else "pipe"
+    w = client.watch(pid)
+    argv = ["head", "-c", str(sizes.stream_bytes), "/dev/zero"]
+    cpu0 = server.probe.cpu_seconds()
+    t0 = time.perf_counter()
+    reply = await client.start(pid, argv, tty=tty)
+    await _finish(server, pid, w, "stream", STREAM_TIMEOUT)
+    elapsed = time.perf_counter() - t0
+    cpu = server.probe.cpu_seconds() - cpu0
+    await reply
+    return elapsed, cpu, w.nbytes
+
+
+async def throughput(server: RunningServer, sizes: Sizes) -> Metrics:
+    out: Metrics = {}
+    for mode, tty in (("pipe", False), ("pty", True)):
+        client_cpu0 = time.process_time()
+        elapsed, cpu, nbytes = await _stream(server, sizes, tty)
+        client_cpu = time.process_time() - client_cpu0
+        if nbytes < sizes.stream_bytes * 0.99:
+            raise RuntimeError(f"{mode}: received {nbytes} of {sizes.stream_bytes} bytes")
+        out[f"throughput_{mode}_mibs"] = nbytes / MiB / elapsed
+        out[f"cpu_{mode}_s_per_gib"] = cpu / (nbytes / GiB)
+        out[f"client_cpu_{mode}_share"] = client_cpu / elapsed
+    return out
+
+
+# -- 4. fan-out --------------------------------------------------------------------------------
+
+
+async def fanout(server: RunningServer, sizes: Sizes) -> Metrics:
+    """``fanout_n`` children at once, each writing ``fanout_bytes``: wall time and peak RSS."""
+    client = server.client
+    argv = ["head", "-c", str(sizes.fanout_bytes), "/dev/zero"]
+    pids = [f"f{i}" for i in range(sizes.fanout_n)]
+    watches = [client.watch(pid) for pid in pids]
+    server.probe.refresh_helpers()
+    with PeakRss(server.probe) as peak:
+        t0 = time.perf_counter()
+        replies = [await client.start(pid, argv) for pid in pids]
+        await _wait(asyncio.gather(*(w.closed for w in watches)), "fan-out", STREAM_TIMEOUT)
+        elapsed = time.perf_counter() - t0
+    await asyncio.gather(*replies)
+    total = sum(w.nbytes for w in watches)
+    if total != sizes.fanout_n * sizes.fanout_bytes:
+        raise RuntimeError(f"received {total} of {sizes.fanout_n * sizes.fanout_bytes} bytes")
+    return {"fanout_wall_s": elapsed, "fanout_peak_rss_mib": peak.peak / MiB}
+
+
+# -- 5. polling --------------------------------------------------------------------------------
+
+
+async def poll(server: RunningServer, sizes: Sizes) -> Metrics:
+    """Sequential `process/read` with waitMs 0 on a finished process that has a little output."""
+    client = server.client
+    w = client.watch("p")
+    reply = await client.start("p", ["echo", "hello"])
+    await _finish(server, "p", w, "echo")
+    await reply
+    result = msgspec.json.decode(await (await client.read("p")))
+    if not result.get("chunks"):
+        raise RuntimeError(f"process/read returned no output: {result}")
+    t0 = time.perf_counter()
+    for _ in range(sizes.poll_n):
+        await (await client.read("p"))
+    elapsed = time.perf_counter() - t0
+    return {"poll_rps": sizes.poll_n / elapsed}
+
+
+# -- 6. head-of-line ---------------------------------------------------------------------------
+
+
+async def hol(server: RunningServer, sizes: Sizes) -> Metrics:
+    """While a `process/read` long-polls, how long does another (instant) request take?"""
+    client = server.client
+    w = client.watch("idle")
+    await (await client.start("idle", ["sleep", "600"]))
+    t_poll = time.perf_counter()
+    long_poll = await client.read("idle", wait_ms=sizes.hol_wait_ms)
+    await asyncio.sleep(0.1)  # the long poll is surely being served by now
+    t0 = time.perf_counter()
+    await asyncio.wait_for(await client.read("idle"), STEP_TIMEOUT + sizes.hol_wait_ms / 1e3)
+    latency = time.perf_counter() - t0
+    await asyncio.wait_for(long_poll, STEP_TIMEOUT + sizes.hol_wait_ms / 1e3)
+    poll_time = time.perf_counter() - t_poll
+    await (await client.terminate("idle"))
+    await _wait(w.closed, "sleep after terminate")
+    return {"hol_latency_ms": latency * 1e3, "hol_long_poll_ms": poll_time * 1e3}
+
+
+# -- 7. memory with idle children --------------------------------------------------------------
+
+
+async def memory(server: RunningServer, sizes: Sizes) -> Metrics:
+    """Server RSS before and after starting ``idle_n`` `sleep` children that stay idle."""
+    client = server.client
+    await asyncio.sleep(0.2)
+    base = server.probe.rss()
+    replies = [await client.start(f"m{i}", ["sleep", "600"]) for i in range(sizes.idle_n)]
+    await asyncio.wait_for(asyncio.gather(*replies), STREAM_TIMEOUT)
+    await asyncio.sleep(1.0)  # let the server settle
+    server.probe.refresh_helpers()
+    rss = server.probe.rss()
+    # No terminate: stopping the server kills every child at once, which is much faster.
+    return {"rss_base_mib": base / MiB, "rss_idle_mib": rss / MiB}
+
+
+WORKLOADS: dict[str, Workload] = {
+    "spawn": spawn,
+    "rtt": rtt,
+    "throughput": throughput,
+    "fanout": fanout,
+    "poll": poll,
+    "hol": hol,
+    "memory": memory,
+}
+ALIASES = {"cpu": "throughput", "latency": "spawn", "roundtrip": "rtt", "polling": "poll"}

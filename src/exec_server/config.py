@@ -1,0 +1,46 @@
+"""Every constant the protocol promises, in one place, as configuration.
+
+Defaults equal the reference's where it has one (PROTOCOL.md Part A §A2); tests and the
+CLI may shorten them without touching code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds and timers of one server.
+
+    Attributes:
+        retained_output_bytes: output kept per process for ``process/read`` (reference: 1 MiB);
+            oldest chunks are evicted whole past it.
+        retained_output_chunks: a second bound on the same log, so a child that prints one
+            byte at a time cannot make a million tiny chunks (ours; the reference has none).
+        closed_retention_s: how long a closed process stays readable (reference: 30 s).
+        detach_grace_s: how long a disconnected session can be resumed before its processes
+            are killed (Part A: 30 s; 0 kills at once).
+        read_chunk_bytes: the largest single read from a child's pipe or PTY. The reference
+            reads 8 KiB; we read up to 64 KiB (a Linux pipe's capacity) so bulk output costs
+            an eighth of the notifications. Chunk boundaries were never part of the contract.
+        outbound_queue_messages / outbound_queue_bytes: the per-connection send queue; past
+            either bound the server stops reading children's output until the client catches up
+            (reference: 128 messages).
+        stdin_buffer_bytes: bytes queued for one child's stdin before ``process/write`` waits.
+        write_id_memory: how many recent ``writeId`` values each process remembers for dedupe.
+        max_message_bytes: the largest inbound JSON-RPC message.
+    """
+
+    retained_output_bytes: int = MIB
+    retained_output_chunks: int = 32768
+    closed_retention_s: float = 30.0
+    detach_grace_s: float = 30.0
+    read_chunk_bytes: int = 64 * 1024
+    outbound_queue_messages: int = 128
+    outbound_queue_bytes: int = 4 * MIB
+    stdin_buffer_bytes: int = 4 * MIB
+    write_id_memory: int = 1024
+    max_message_bytes: int = 64 * MIB

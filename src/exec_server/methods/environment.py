@@ -1,0 +1,34 @@
+"""The handshake (``initialize``) and what the server says about its machine."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import EnvironmentInfo, EnvironmentStatusResult, InitializeParams, InitializeResult
+from . import method
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+
+
+@method("initialize", InitializeParams, None)
+def initialize(connection: Connection, params: InitializeParams) -> InitializeResult:
+    """Create a session, or resume a detached one; a failed resume may be retried."""
+    connection.begin_initialize()
+    sessions = connection.server.sessions
+    if params.resume_session_id is not None:
+        session = sessions.resume(params.resume_session_id, connection)
+    else:
+        session = sessions.create(connection)
+    connection.attach(session)
+    return InitializeResult(session.id, connection.server.environment_info)
+
+
+@method("environment/info", Any, None)
+def environment_info(connection: Connection, params: Any) -> EnvironmentInfo:
+    return connection.server.environment_info
+
+
+@method("environment/status", Any, None)
+def environment_status(connection: Connection, params: Any) -> EnvironmentStatusResult:
+    return EnvironmentStatusResult()

@@ -1,0 +1,99 @@
+"""The environment policy: how a child's environment is computed (PROTOCOL.md Part B §8).
+
+Without a policy the child gets exactly the request's ``env``. With one, the server's own
+environment is filtered and overlaid, step by step, and the request's ``env`` wins last.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Literal
+
+CORE_VARIABLES = frozenset(
+    name.casefold()
+    for name in (
+        "PATH",
+        "SHELL",
+        "TMPDIR",
+        "TEMP",
+        "TMP",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "LOGNAME",
+        "USER",
+    )
+)
+"""Names kept by ``inherit: "core"`` (compared case-insensitively, as the reference since 0.128)."""
+
+DEFAULT_EXCLUDES = ("*KEY*", "*SECRET*", "*TOKEN*")
+"""Names dropped unless ``ignoreDefaultExcludes``: the usual places secrets hide."""
+
+Inherit = Literal["all", "core", "none"]
+
+
+@lru_cache(maxsize=1024)
+def _compile(pattern: str) -> re.Pattern[str]:
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Whole-name, case-insensitive glob: ``*`` is any run (even empty), ``?`` one character.
+
+    No other character is special and there are no escapes.
+    """
+    return _compile(pattern).fullmatch(name) is not None
+
+
+def _matches_any(patterns: Iterable[str], name: str) -> bool:
+    return any(matches(pattern, name) for pattern in patterns)
+
+
+def child_environment(
+    *,
+    request_env: Mapping[str, str],
+    inherit: Inherit | None,
+    ignore_default_excludes: bool = False,
+    exclude: Iterable[str] = (),
+    set_vars: Mapping[str, str] | None = None,
+    include_only: Iterable[str] = (),
+    server_env: Mapping[str, str],
+) -> dict[str, str]:
+    """Compute a child's environment.
+
+    ``inherit=None`` means "no policy": the result is ``request_env`` exactly. Otherwise:
+    inherit from ``server_env`` (all, core names, or none); drop default secret names unless
+    told not to; drop ``exclude`` matches; apply ``set_vars``; keep only ``include_only``
+    matches when that list is non-empty; finally overlay ``request_env``, which no filter touches.
+    """
+    if inherit is None:
+        return dict(request_env)
+    if inherit == "all":
+        env = dict(server_env)
+    elif inherit == "core":
+        env = {k: v for k, v in server_env.items() if k.casefold() in CORE_VARIABLES}
+    else:
+        env = {}
+    if not ignore_default_excludes:
+        env = {k: v for k, v in env.items() if not _matches_any(DEFAULT_EXCLUDES, k)}
+    exclude = tuple(exclude)
+    if exclude:
+        env = {k: v for k, v in env.items() if not _matches_any(exclude, k)}
+    if set_vars:
+        env.update(set_vars)
+    include_only = tuple(include_only)
+    if include_only:
+        env = {k: v for k, v in env.items() if _matches_any(include_only, k)}
+    env.update(request_env)
+    return env

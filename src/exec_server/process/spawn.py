@@ -1,0 +1,162 @@
+"""Starting children (pipes or PTY) and killing them. No asyncio here: plain fds and pids.
+
+Every child is a session leader (``setsid``), so its pid is its process group id and one
+``killpg`` reaches it and every descendant that stayed in the group. Each child also gets a
+parent-death signal (SIGKILL), so a server that is itself killed with SIGKILL leaves no
+running children behind. In PTY mode the slave becomes the child's controlling terminal, so
+job control works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import signal
+import struct
+import subprocess
+import termios
+from dataclasses import dataclass, field
+
+PTY_ROWS = 24
+PTY_COLUMNS = 80
+
+_PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnRequest:
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    tty: bool
+    pipe_stdin: bool
+    arg0: str | None = None
+
+
+@dataclass(slots=True)
+class Child:
+    """A started child: its pid and the parent's ends of its stdio, all non-blocking.
+
+    In PTY mode ``stdout`` is the PTY master (read and written), ``stdin`` is the same fd and
+    ``stderr`` is None. In pipe mode ``stdin`` is None unless stdin was asked to be writable.
+    """
+
+    pid: int
+    tty: bool
+    stdout: int
+    stderr: int | None
+    stdin: int | None
+    popen: subprocess.Popen[bytes] = field(repr=False)
+
+
+def _preexec(tty: bool, parent_pid: int) -> None:  # pragma: no cover - runs in the child
+    # setsid has already run (start_new_session); fds 0-2 are in place.
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the server died before the line above took effect
+        os._exit(137)
+    if tty:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _set_window_size(fd: int, rows: int, columns: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+
+def spawn(request: SpawnRequest) -> Child:
+    """Start a child. Raises ``OSError`` (missing program, bad cwd, ...) with the OS reason.
+
+    The program is ``argv[0]``, looked up on the child's PATH (libc's default path when the
+    child env has none); the program sees ``arg0`` (when given) as its argv[0].
+    """
+    program = request.argv[0]
+    if not program:
+        raise OSError(2, "missing program: argv[0] is empty")
+    args = list(request.argv)
+    if request.arg0 is not None:
+        args[0] = request.arg0
+    parent_pid = os.getpid()
+    tty = request.tty
+
+    def preexec() -> None:  # pragma: no cover - runs in the child
+        _preexec(tty, parent_pid)
+
+    to_close: list[int] = []
+    try:
+        if tty:
+            master, slave = os.openpty()
+            to_close.append(slave)
+            _set_window_size(slave, PTY_ROWS, PTY_COLUMNS)
+            stdin_child: int = slave
+            stdout_child, stderr_child = slave, slave
+            parent_fds: tuple[int, int | None, int | None] = (master, None, master)
+        else:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            to_close += [out_w, err_w]
+            stdout_child, stderr_child = out_w, err_w
+            if request.pipe_stdin:
+                in_r, in_w = os.pipe()
+                to_close.append(in_r)
+                stdin_child = in_r
+                parent_fds = (out_r, err_r, in_w)
+            else:
+                stdin_child = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+                to_close.append(stdin_child)
+                parent_fds = (out_r, err_r, None)
+        try:
+            popen = subprocess.Popen(
+                args,
+                executable=program,
+                stdin=stdin_child,
+                stdout=stdout_child,
+                stderr=stderr_child,
+                cwd=request.cwd,
+                env=request.env,
+                start_new_session=True,
+                preexec_fn=preexec,
+                close_fds=True,
+            )
+        except BaseException:
+            for fd in parent_fds:
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            raise
+    finally:
+        for fd in to_close:
+            os.close(fd)
+    stdout, stderr, stdin = parent_fds
+    for fd in {stdout, stderr, stdin} - {None}:
+        assert fd is not None
+        os.set_blocking(fd, False)
+    return Child(popen.pid, tty, stdout, stderr, stdin, popen)
+
+
+def exit_code_from_status(status: int) -> int:
+    """The exit code, or 128+N for a death by signal N (Part A §A2, both modes)."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return -1
+
+
+def signal_group(pid: int, signum: int, *, include_leader: bool = True) -> None:
+    """Send ``signum`` to the process group led by ``pid`` (and to ``pid`` itself).
+
+    The leader is signalled directly as well: a PTY child might have moved itself to another
+    group, and the group may already be empty while the leader is a zombie. Errors for a
+    group that is gone are ignored.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+    if include_leader:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)

@@ -1,0 +1,210 @@
+"""Wire types of the exec-server protocol: one msgspec Struct per params, result and notification.
+
+Field names are snake_case in Python and camelCase on the wire; ``bytes`` fields travel as
+standard base64 with padding. Unknown fields are ignored on input, so clients of both the
+seed-era and the current reference decode here unchanged (PROTOCOL.md Part A §A1).
+
+This module knows nothing of sockets, processes or asyncio.
+"""
+
+from __future__ import annotations
+
+import binascii
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""The reference's ``u64`` fields: non-negative; we cap at 2**63-1 (msgspec's bound), which
+no seq, byte count or wait in milliseconds can reach."""
+
+StreamName = Literal["stdout", "stderr", "pty"]
+WriteStatus = Literal["accepted", "unknownProcess", "stdinClosed", "starting"]
+
+
+class _Wire(msgspec.Struct, rename="camel"):
+    """Base of every wire struct: camelCase names, unknown fields ignored."""
+
+
+class _Params(_Wire, kw_only=True):
+    """Base of request params."""
+
+
+# ---- handshake and environment ----------------------------------------------------------
+
+
+class InitializeParams(_Params):
+    client_name: str
+    resume_session_id: str | None = None
+
+
+class ShellInfo(_Wire):
+    name: str
+    path: str
+
+
+class EnvironmentInfo(_Wire):
+    """What ``initialize`` and ``environment/info`` report about the machine (0.169 shape)."""
+
+    shell: ShellInfo
+    executor_version: str
+    provider_id: str
+    cwd: str
+    user_home_dir: str
+    platform_os: str
+    prepend_path_dirs: list[str]
+    temporary_directories: list[str]
+    temp_dir: str
+    capabilities: dict[str, Any]
+
+
+class InitializeResult(_Wire):
+    session_id: str
+    environment_info: EnvironmentInfo
+
+
+class EnvironmentStatusResult(_Wire):
+    status: str = "ready"
+
+
+# ---- processes ----------------------------------------------------------------------------
+
+
+class EnvPolicy(_Wire, kw_only=True):
+    """PROTOCOL.md §8: all five fields are required when the object is present."""
+
+    inherit: Literal["all", "core", "none"]
+    ignore_default_excludes: bool
+    exclude: list[str]
+    set: dict[str, str]
+    include_only: list[str]
+
+
+class ProcessStartParams(_Params):
+    process_id: str
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    tty: bool
+    env_policy: EnvPolicy | None = None
+    pipe_stdin: bool = False
+    arg0: str | None = None
+
+
+class ProcessStartResult(_Wire):
+    process_id: str
+    sandbox_type: str = "none"
+
+
+class ProcessReadParams(_Params):
+    process_id: str
+    after_seq: U64 | None = None
+    max_bytes: U64 | None = None
+    wait_ms: U64 | None = None
+
+
+class ReadChunk(_Wire):
+    seq: int
+    stream: StreamName
+    chunk: bytes
+
+
+class ProcessReadResult(_Wire):
+    chunks: list[ReadChunk]
+    next_seq: int
+    exited: bool
+    exit_code: int | None
+    closed: bool
+    failure: str | None = None
+    sandbox_denied: bool = False
+
+
+class ProcessWriteParams(_Params):
+    process_id: str
+    chunk: bytes
+    write_id: str | None = None
+
+
+class ProcessWriteResult(_Wire):
+    status: WriteStatus
+
+
+class ProcessIdParams(_Params):
+    process_id: str
+
+
+class ProcessTerminateResult(_Wire):
+    running: bool
+
+
+class ProcessSignalParams(_Params):
+    process_id: str
+    signal: str
+
+
+class EmptyResult(_Wire):
+    pass
+
+
+# ---- notifications (server -> client) ----------------------------------------------------
+
+
+class ProcessOutputNotification(_Wire):
+    process_id: str
+    seq: int
+    stream: StreamName
+    chunk: bytes
+
+
+class ProcessExitedNotification(_Wire):
+    process_id: str
+    seq: int
+    exit_code: int
+    sandbox_denied: bool = False
+
+
+class ProcessClosedNotification(_Wire):
+    process_id: str
+    seq: int
+
+
+# ---- encoding of the hot path --------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+encode = _encoder.encode
+"""Encode any wire value (struct, dict, list, scalar) to JSON bytes."""
+
+
+def output_notification(process_id_json: bytes, seq: int, stream: bytes, data: bytes) -> bytes:
+    """``process/output`` as bytes, built without an intermediate object.
+
+    ``process_id_json`` is the process id already encoded as a JSON string (quotes included)
+    and ``stream`` the stream name as bytes, both computed once per process.
+    """
+    return (
+        b'{"method":"process/output","params":{"processId":%s,"seq":%d,"stream":"%s","chunk":"%s"}}'
+        % (
+            process_id_json,
+            seq,
+            stream,
+            binascii.b2a_base64(data, newline=False),
+        )
+    )
+
+
+def exited_notification(process_id_json: bytes, seq: int, exit_code: int) -> bytes:
+    return (
+        b'{"method":"process/exited","params":{"processId":%s,"seq":%d,"exitCode":%d,"sandboxDenied":false}}'
+        % (
+            process_id_json,
+            seq,
+            exit_code,
+        )
+    )
+
+
+def closed_notification(process_id_json: bytes, seq: int) -> bytes:
+    return b'{"method":"process/closed","params":{"processId":%s,"seq":%d}}' % (
+        process_id_json,
+        seq,
+    )

@@ -1,0 +1,106 @@
+"""The JSON-RPC envelope, sans-I/O: bytes in, a classified message out; replies out as bytes.
+
+Messages are told apart structurally, in the reference's order (PROTOCOL.md Part B §2.1):
+a request has a valid id and a method; a notification has a method and no valid id (so a
+request with a float, null or out-of-range id *is* a notification); a response has an id and
+a result; an error has an id and an error object. Anything else is :class:`Malformed`.
+Params stay undecoded (``msgspec.Raw``) until the handler's type is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+RequestId = int | str
+
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
+
+_NO_PARAMS = b"null"
+
+
+class _Envelope(msgspec.Struct):
+    id: Any = msgspec.UNSET
+    method: Any = msgspec.UNSET
+    params: msgspec.Raw = msgspec.Raw()
+    result: msgspec.Raw = msgspec.Raw()
+    error: Any = msgspec.UNSET
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: RequestId
+    method: str
+    params: msgspec.Raw | bytes
+    """Raw JSON of ``params``; ``null`` when absent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    method: str
+    params: msgspec.Raw | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response or error sent *by the client*: never valid here (the server sends no requests)."""
+
+    id: RequestId
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    reason: str
+
+
+Message = Request | Notification | Response | Malformed
+
+
+def is_valid_id(value: object) -> bool:
+    """A string, or an integer that fits in a signed 64-bit integer (bool is not an id)."""
+    if type(value) is str:
+        return True
+    return type(value) is int and _I64_MIN <= value <= _I64_MAX
+
+
+def decode(data: bytes | str) -> Message:
+    """Classify one inbound message. Never raises."""
+    try:
+        env = _envelope_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        return Malformed(str(exc))
+    method = env.method
+    valid_id = is_valid_id(env.id)
+    params: msgspec.Raw | bytes = env.params if len(env.params) else _NO_PARAMS
+    if type(method) is str:
+        if valid_id:
+            return Request(env.id, method, params)
+        return Notification(method, params)
+    if valid_id and len(env.result) > 0:
+        return Response(env.id)
+    if valid_id and isinstance(env.error, dict) and "code" in env.error and "message" in env.error:
+        return Response(env.id)
+    return Malformed("data did not match any variant of JSON-RPC message")
+
+
+_encode = msgspec.json.encode
+
+
+def encode_result(request_id: RequestId, result: bytes) -> bytes:
+    """A success reply; ``result`` is the already-encoded JSON value."""
+    return b'{"id":%s,"result":%s}' % (_encode(request_id), result)
+
+
+def encode_error(request_id: RequestId, code: int, message: str) -> bytes:
+    """An error reply, in the reference's shape (no ``data``, no ``jsonrpc``)."""
+    return b'{"error":{"code":%d,"message":%s},"id":%s}' % (
+        code,
+        _encode(message),
+        _encode(request_id),
+    )

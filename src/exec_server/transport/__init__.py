@@ -1,0 +1,1 @@
+"""Thin transports: they move whole JSON messages between a peer and a Connection."""
