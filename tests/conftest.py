@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from exec_server.config import Limits
+
+from .support import Client, running_server
+
+
+@pytest.fixture
+def limits() -> Limits:
+    """Override in a test module to shorten constants."""
+    return Limits()
+
+
+@pytest.fixture
+async def server_url(limits: Limits) -> AsyncIterator[str]:
+    async with running_server(limits) as (_, url):
+        yield url
+
+
+@pytest.fixture
+async def client(server_url: str) -> AsyncIterator[Client]:
+    async with Client.connect(server_url) as c:
+        await c.initialize()
+        yield c

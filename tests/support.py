@@ -1,0 +1,237 @@
+"""Test support: a real server on a loopback socket and a small JSON-RPC client for it.
+
+Nothing here mocks the OS: servers listen on 127.0.0.1, children are real processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from exec_server.config import Limits
+from exec_server.server import Server
+from exec_server.transport.websocket import serve_websocket
+
+PATH_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class RpcFailure(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class ProcessEvents:
+    """Notifications of one process, as received."""
+
+    output: list[dict[str, Any]] = field(default_factory=list)
+    exited: dict[str, Any] | None = None
+    closed: dict[str, Any] | None = None
+    order: list[tuple[str, int]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def data(self, stream: str | None = None) -> bytes:
+        return b"".join(
+            base64.b64decode(o["chunk"]) for o in self.output if stream in (None, o["stream"])
+        )
+
+
+class Client:
+    """A JSON-RPC client over one WebSocket: calls by id, notifications routed per process."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self._next_id = 0
+        self._pending: dict[Any, asyncio.Future[Any]] = {}
+        self.processes: dict[str, ProcessEvents] = defaultdict(ProcessEvents)
+        self.notifications: list[dict[str, Any]] = []
+        self.raw: list[dict[str, Any]] = []
+        self.closed = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read_loop())
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, url: str, **kwargs: Any) -> AsyncIterator[Client]:
+        async with connect(url, compression=None, max_size=None, **kwargs) as ws:
+            client = cls(ws)
+            try:
+                yield client
+            finally:
+                client._reader.cancel()
+
+    async def _read_loop(self) -> None:
+        try:
+            async for message in self.ws:
+                msg = json.loads(message)
+                self.raw.append(msg)
+                if "method" in msg:
+                    self.notifications.append(msg)
+                    self._route(msg)
+                else:
+                    future = self._pending.pop(msg.get("id"), None)
+                    if future is not None and not future.done():
+                        future.set_result(msg)
+        except Exception:
+            pass
+        finally:
+            self.closed.set()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("connection closed"))
+
+    def _route(self, msg: dict[str, Any]) -> None:
+        params = msg.get("params") or {}
+        pid = params.get("processId")
+        if pid is None:
+            return
+        events = self.processes[pid]
+        method = msg["method"]
+        if method == "process/output":
+            events.output.append(params)
+        elif method == "process/exited":
+            events.exited = params
+        elif method == "process/closed":
+            events.closed = params
+        events.order.append((method, params["seq"]))
+        events.changed.set()
+
+    async def send_raw(self, data: str | bytes) -> None:
+        await self.ws.send(data)
+
+    async def request(self, method: str, params: Any = None, *, id: Any = None) -> dict[str, Any]:
+        """Send a request and return the whole reply message."""
+        if id is None:
+            self._next_id += 1
+            id = self._next_id
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[id] = future
+        message: dict[str, Any] = {"id": id, "method": method}
+        if params is not None:
+            message["params"] = params
+        await self.ws.send(json.dumps(message))
+        return await asyncio.wait_for(future, 30)
+
+    async def call(self, method: str, params: Any = None) -> Any:
+        reply = await self.request(method, params)
+        if "error" in reply:
+            raise RpcFailure(reply["error"]["code"], reply["error"]["message"])
+        return reply["result"]
+
+    async def notify(self, method: str, params: Any = None) -> None:
+        message: dict[str, Any] = {"method": method}
+        if params is not None:
+            message["params"] = params
+        await self.ws.send(json.dumps(message))
+
+    async def initialize(self, **params: Any) -> dict[str, Any]:
+        result = await self.call("initialize", {"clientName": "tests", **params})
+        await self.notify("initialized", {})
+        return result
+
+    async def start(
+        self,
+        process_id: str,
+        argv: list[str],
+        *,
+        cwd: str = "/tmp",
+        env: dict[str, str] | None = None,
+        tty: bool = False,
+        **extra: Any,
+    ) -> Any:
+        params = {
+            "processId": process_id,
+            "argv": argv,
+            "cwd": cwd,
+            "env": PATH_ENV if env is None else env,
+            "tty": tty,
+            **extra,
+        }
+        return await self.call("process/start", params)
+
+    async def write(self, process_id: str, data: bytes, **extra: Any) -> str:
+        result = await self.call(
+            "process/write",
+            {"processId": process_id, "chunk": base64.b64encode(data).decode(), **extra},
+        )
+        return str(result["status"])
+
+    async def read(self, process_id: str, **params: Any) -> dict[str, Any]:
+        return dict(await self.call("process/read", {"processId": process_id, **params}))
+
+    async def wait_for(self, process_id: str, predicate: Any, timeout: float = 15) -> ProcessEvents:
+        events = self.processes[process_id]
+
+        async def until() -> None:
+            while not predicate(events):
+                events.changed.clear()
+                await events.changed.wait()
+
+        await asyncio.wait_for(until(), timeout)
+        return events
+
+    async def wait_closed(self, process_id: str, timeout: float = 15) -> ProcessEvents:
+        return await self.wait_for(process_id, lambda e: e.closed is not None, timeout)
+
+    async def wait_output(self, process_id: str, needle: bytes, timeout: float = 15) -> bytes:
+        events = await self.wait_for(process_id, lambda e: needle in e.data(), timeout)
+        return events.data()
+
+    async def run(self, process_id: str, argv: list[str], **kwargs: Any) -> ProcessEvents:
+        await self.start(process_id, argv, **kwargs)
+        return await self.wait_closed(process_id)
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    limits: Limits | None = None, **kwargs: Any
+) -> AsyncIterator[tuple[Server, str]]:
+    """An in-process server on a free loopback port; yields (server, url)."""
+    server = Server(limits)
+    bound: list[tuple[str, int]] = []
+    ws_server = await serve_websocket(
+        server, "127.0.0.1", 0, on_bound=lambda h, p: bound.append((h, p)), **kwargs
+    )
+    try:
+        yield server, f"ws://{bound[0][0]}:{bound[0][1]}"
+    finally:
+        ws_server.close()
+        await ws_server.wait_closed()
+        await server.shutdown()
+
+
+def server_command(*args: str) -> list[str]:
+    """The real CLI, as a newcomer would run it."""
+    return [sys.executable, "-m", "exec_server", *args]
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(interval)
+    return bool(predicate())
