@@ -73,8 +73,10 @@ def decode(data: bytes | str) -> Message:
     """Classify one inbound message. Never raises."""
     try:
         env = _envelope_decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeError) as exc:
         return Malformed(str(exc))
+    except RecursionError:  # an id or error nested thousands deep; serde stops at 128
+        return Malformed("recursion limit exceeded")
     method = env.method
     valid_id = is_valid_id(env.id)
     params: msgspec.Raw | bytes = env.params if len(env.params) else _NO_PARAMS
@@ -84,9 +86,20 @@ def decode(data: bytes | str) -> Message:
         return Notification(method, params)
     if valid_id and len(env.result) > 0:
         return Response(env.id)
-    if valid_id and isinstance(env.error, dict) and "code" in env.error and "message" in env.error:
+    if valid_id and _is_error_object(env.error):
         return Response(env.id)
     return Malformed("data did not match any variant of JSON-RPC message")
+
+
+def _is_error_object(value: object) -> bool:
+    """The reference's error shape: ``{"code": <i64>, "message": <string>, "data"?: any}``."""
+    if not isinstance(value, dict):
+        return False
+    return (
+        is_valid_id(value.get("code"))
+        and type(value.get("code")) is int
+        and type(value.get("message")) is str
+    )
 
 
 _encode = msgspec.json.encode
