@@ -36,7 +36,12 @@ class Transport(Protocol):
     """What a connection needs from its transport."""
 
     description: str
-    """Names the peer in parse errors, e.g. ``exec-server websocket 127.0.0.1:5000``."""
+    """Names the peer, e.g. ``exec-server websocket 127.0.0.1:5000``."""
+
+    malformed_prefix: str
+    """Begins the id -1 error for unparseable input, worded as the reference words it for
+    this transport (``failed to parse websocket JSON-RPC message from exec-server websocket
+    127.0.0.1:5000``; over stdio ``failed to parse JSON-RPC message from exec-server stdio``)."""
 
     async def send(self, message: bytes) -> None:
         """Send one JSON message (text). Raises ``ConnectionError`` once the peer is gone."""
@@ -140,15 +145,16 @@ class Connection:
                 rpc.encode_error(
                     -1,
                     INVALID_REQUEST,
-                    f"failed to parse JSON-RPC message from {self.transport.description}: "
-                    f"{message.reason}",
+                    f"{self.transport.malformed_prefix}: {message.reason}",
                 )
             )
             return True
         return False  # a response from the client: the server never sends requests
 
     def _handle_notification(self, message: rpc.Notification) -> bool:
-        if message.method != "initialized" or self.state is not HandshakeState.INITIALIZING:
+        # Like the reference, a repeated ``initialized`` is harmless; one before ``initialize``
+        # (or after the session moved elsewhere) is a protocol error that closes the connection.
+        if message.method != "initialized" or self.state is HandshakeState.NEW:
             return False
         session = self.session
         if session is None or session.connection is not self:

@@ -18,6 +18,7 @@ from ..server import Server
 
 class StdioTransport:
     description = "exec-server stdio"
+    malformed_prefix = "failed to parse JSON-RPC message from exec-server stdio"
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer

@@ -30,6 +30,9 @@ class WebSocketTransport:
         self._ws = ws
         host, port = ws.remote_address[:2]
         self.description = f"exec-server websocket {host}:{port}"
+        self.malformed_prefix = (
+            f"failed to parse websocket JSON-RPC message from {self.description}"
+        )
 
     async def send(self, message: bytes) -> None:
         try:
