@@ -25,6 +25,16 @@ PTY_COLUMNS = 80
 
 _PR_SET_PDEATHSIG = 1
 
+try:  # the vfork fast path (a C extension); without it, subprocess.Popen with a preexec_fn
+    from . import _spawn as _native
+except ImportError:  # pragma: no cover - only where the extension could not be built
+    _native = None  # type: ignore[assignment]
+if os.environ.get("EXEC_SERVER_NO_NATIVE_SPAWN"):
+    _native = None  # type: ignore[assignment]
+
+NATIVE_SPAWN = _native is not None
+"""Whether children start through the vfork extension (fast) or subprocess.Popen (portable)."""
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _prctl = _libc.prctl
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
@@ -53,7 +63,8 @@ class Child:
     stdout: int
     stderr: int | None
     stdin: int | None
-    popen: subprocess.Popen[bytes] = field(repr=False)
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    """Only on the Popen path; kept so subprocess never reaps or warns about our child."""
 
 
 def _preexec(tty: bool, parent_pid: int) -> None:  # pragma: no cover - runs in the child
@@ -111,18 +122,25 @@ def spawn(request: SpawnRequest) -> Child:
                 to_close.append(stdin_child)
                 parent_fds = (out_r, err_r, None)
         try:
-            popen = subprocess.Popen(
-                args,
-                executable=program,
-                stdin=stdin_child,
-                stdout=stdout_child,
-                stderr=stderr_child,
-                cwd=request.cwd,
-                env=request.env,
-                start_new_session=True,
-                preexec_fn=preexec,
-                close_fds=True,
-            )
+            if _native is not None:
+                pid = _native_spawn(
+                    program, args, request, (stdin_child, stdout_child, stderr_child)
+                )
+                popen = None
+            else:
+                popen = subprocess.Popen(
+                    args,
+                    executable=program,
+                    stdin=stdin_child,
+                    stdout=stdout_child,
+                    stderr=stderr_child,
+                    cwd=request.cwd,
+                    env=request.env,
+                    start_new_session=True,
+                    preexec_fn=preexec,
+                    close_fds=True,
+                )
+                pid = popen.pid
         except BaseException:
             for fd in parent_fds:
                 if fd is not None:
@@ -136,7 +154,41 @@ def spawn(request: SpawnRequest) -> Child:
     for fd in {stdout, stderr, stdin} - {None}:
         assert fd is not None
         os.set_blocking(fd, False)
-    return Child(popen.pid, tty, stdout, stderr, stdin, popen)
+    return Child(pid, tty, stdout, stderr, stdin, popen)
+
+
+def _native_spawn(
+    program: str, args: list[str], request: SpawnRequest, fds: tuple[int, int, int]
+) -> int:
+    """Start through the vfork extension; errors carry the path the failing step used."""
+    assert _native is not None
+    encoded = os.fsencode(program)
+    if b"/" in encoded:
+        candidates = [encoded]
+    else:
+        candidates = [
+            os.path.join(os.fsencode(directory), encoded)
+            for directory in os.get_exec_path(request.env)
+        ]
+    envp = []
+    for name, value in request.env.items():
+        if "=" in name:
+            raise ValueError(f"illegal environment variable name {name!r}")
+        envp.append(os.fsencode(name) + b"=" + os.fsencode(value))
+    try:
+        return _native.spawn(
+            candidates,
+            [os.fsencode(arg) for arg in args],
+            envp,
+            os.fsencode(request.cwd),
+            *fds,
+            request.tty,
+            signal.SIGKILL,
+        )
+    except OSError as exc:
+        step = exc.filename
+        path = request.cwd if step == "chdir" else program if step == "exec" else None
+        raise OSError(exc.errno, exc.strerror, path) from None
 
 
 def exit_code_from_status(status: int) -> int:

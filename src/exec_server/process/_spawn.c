@@ -1,0 +1,184 @@
+/*
+ * The fast path for starting a child: vfork + execve, with what exec-server needs between
+ * them that subprocess.Popen can only do through a Python preexec_fn (which forces a full
+ * fork and runs Python in the child, costing milliseconds per spawn):
+ *
+ *   setsid, the standard fds, the PTY as controlling terminal (TIOCSCTTY), a parent-death
+ *   signal, chdir, default signal dispositions, and an execvp-like walk of candidate paths.
+ *
+ * The child shares the parent's memory until it execs (vfork), so it only makes system calls
+ * and reports a failure by storing errno and the failing step in a shared variable.
+ *
+ * Python interface (see _spawn.pyi):
+ *   spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig) -> pid
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum step { STEP_NONE = 0, STEP_SETSID, STEP_DUP, STEP_CTTY, STEP_PDEATHSIG, STEP_CHDIR, STEP_EXEC };
+
+static const char *step_names[] = {"", "setsid", "dup2", "controlling terminal", "prctl", "chdir", "exec"};
+
+/* Free a NULL-terminated array of strings that point into Python bytes objects (not owned). */
+static void free_array(char **array) { PyMem_Free(array); }
+
+/* A NULL-terminated char* array borrowing from a sequence of bytes objects (kept alive by seq). */
+static char **bytes_array(PyObject *seq, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (fast == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    char **array = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (array == NULL) { Py_DECREF(fast); PyErr_NoMemory(); return NULL; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "%s must contain bytes", what);
+            PyMem_Free(array); Py_DECREF(fast); return NULL;
+        }
+        array[i] = PyBytes_AS_STRING(item);
+        if (strlen(array[i]) != (size_t)PyBytes_GET_SIZE(item)) {
+            PyErr_Format(PyExc_ValueError, "embedded null byte in %s", what);
+            PyMem_Free(array); Py_DECREF(fast); return NULL;
+        }
+    }
+    /* The items stay alive through `seq`, which the caller holds; drop the fast view. */
+    Py_DECREF(fast);
+    return array;
+}
+
+/* Runs in the vfork child: system calls only, no allocation, no Python. Never returns. */
+static void child(char *const candidates[], char *const argv[], char *const envp[],
+                  const char *cwd, int fds[3], int ctty, int pdeathsig, pid_t parent,
+                  volatile int *err, volatile int *step) {
+    int i;
+    if (setsid() < 0) { *step = STEP_SETSID; goto fail; }
+    /* Move sources out of 0..2 first so one dup2 cannot clobber another's source. */
+    for (i = 0; i < 3; i++) {
+        if (fds[i] >= 0 && fds[i] < 3 && fds[i] != i) {
+            int moved = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+            if (moved < 0) { *step = STEP_DUP; goto fail; }
+            fds[i] = moved;
+        }
+    }
+    for (i = 0; i < 3; i++) {
+        if (fds[i] == i) {
+            int flags = fcntl(i, F_GETFD);
+            if (flags >= 0) fcntl(i, F_SETFD, flags & ~FD_CLOEXEC);
+        } else if (fds[i] >= 0 && dup2(fds[i], i) < 0) {
+            *step = STEP_DUP; goto fail;
+        }
+    }
+    if (ctty && ioctl(0, TIOCSCTTY, 0) < 0) { *step = STEP_CTTY; goto fail; }
+    if (pdeathsig > 0) {
+        if (prctl(PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0) < 0) { *step = STEP_PDEATHSIG; goto fail; }
+        if (getppid() != parent) _exit(128 + pdeathsig); /* the server is already gone */
+    }
+    if (cwd != NULL && chdir(cwd) < 0) { *step = STEP_CHDIR; goto fail; }
+#ifdef SYS_close_range
+    syscall(SYS_close_range, 3, ~0U, 0); /* best effort: Python's own fds are CLOEXEC anyway */
+#endif
+    /* Default dispositions (Python ignores SIGPIPE and SIGXFSZ), then unblock everything. */
+    for (i = 1; i < NSIG; i++) {
+        if (i != SIGKILL && i != SIGSTOP) signal(i, SIG_DFL);
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    int saved = ENOENT;
+    for (i = 0; candidates[i] != NULL; i++) {
+        execve(candidates[i], argv, envp);
+        /* Like execvp: remember a permission problem, keep looking past a missing entry. */
+        if (errno == EACCES) saved = EACCES;
+        else if (errno != ENOENT && errno != ENOTDIR) { saved = errno; break; }
+    }
+    errno = saved;
+    *step = STEP_EXEC;
+fail:
+    *err = errno;
+    _exit(127);
+}
+
+static PyObject *spawn(PyObject *self, PyObject *args) {
+    PyObject *candidates_obj, *argv_obj, *envp_obj, *cwd_obj;
+    int fds[3], ctty, pdeathsig;
+    if (!PyArg_ParseTuple(args, "OOOOiiipi", &candidates_obj, &argv_obj, &envp_obj, &cwd_obj,
+                          &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig))
+        return NULL;
+    if (cwd_obj != Py_None && !PyBytes_Check(cwd_obj)) {
+        PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
+        return NULL;
+    }
+    const char *cwd = cwd_obj == Py_None ? NULL : PyBytes_AS_STRING(cwd_obj);
+    char **candidates = NULL, **argv = NULL, **envp = NULL;
+    PyObject *result = NULL;
+    if ((candidates = bytes_array(candidates_obj, "candidates")) == NULL) goto done;
+    if ((argv = bytes_array(argv_obj, "argv")) == NULL) goto done;
+    if ((envp = bytes_array(envp_obj, "envp")) == NULL) goto done;
+    if (candidates[0] == NULL) {
+        errno = ENOENT;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+
+    volatile int err = 0, step = STEP_NONE;
+    pid_t parent = getpid();
+    sigset_t all, old;
+    sigfillset(&all);
+    /* No signal handler may run in the child while it shares our memory. */
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = vfork();
+    if (pid == 0) {
+        child(candidates, argv, envp, cwd, fds, ctty, pdeathsig, parent, &err, &step);
+    }
+    int fork_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        errno = fork_errno;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    if (err != 0) {
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        /* OSError(errno, strerror, step): the Python side names the path the step used. */
+        PyObject *exc_args = Py_BuildValue("(iss)", err, strerror(err), step_names[step]);
+        if (exc_args != NULL) {
+            PyErr_SetObject(PyExc_OSError, exc_args);
+            Py_DECREF(exc_args);
+        }
+        goto done;
+    }
+    result = PyLong_FromLong((long)pid);
+done:
+    if (candidates) free_array(candidates);
+    if (argv) free_array(argv);
+    if (envp) free_array(envp);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"spawn", spawn, METH_VARARGS,
+     "spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig) -> pid\n"
+     "Start a child with vfork+execve; raises OSError naming the failing step."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_spawn",
+                                    "vfork-based child start for exec-server.", -1, methods};
+
+PyMODINIT_FUNC PyInit__spawn(void) { return PyModule_Create(&module); }

@@ -1,0 +1,14 @@
+from collections.abc import Sequence
+
+def spawn(
+    candidates: Sequence[bytes],
+    argv: Sequence[bytes],
+    envp: Sequence[bytes],
+    cwd: bytes | None,
+    stdin_fd: int,
+    stdout_fd: int,
+    stderr_fd: int,
+    ctty: bool,
+    pdeathsig: int,
+    /,
+) -> int: ...
