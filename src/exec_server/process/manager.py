@@ -252,7 +252,8 @@ class ProcessManager:
         os.close(process.pidfd)
         process.pidfd = -1
         code = exit_code_from_status(status)
-        child.popen.returncode = code  # keeps subprocess from reaping or warning about it
+        if child.popen is not None:
+            child.popen.returncode = code  # keeps subprocess from reaping or warning about it
         process.reaped = True
         self._unreaped.discard(process)
         if not self._unreaped:
