@@ -1,0 +1,168 @@
+"""Both ways of starting a child (the vfork extension and the Popen fallback) behave alike.
+
+These drive ``exec_server.process.spawn`` directly with real children and real PTYs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from exec_server.process import spawn as spawn_module
+from exec_server.process.spawn import Child, SpawnRequest, exit_code_from_status, spawn
+
+from .support import PATH_ENV, pid_alive
+
+native_available = spawn_module._native is not None
+
+
+@pytest.fixture(params=["native", "popen"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    if request.param == "native":
+        if not native_available:
+            pytest.skip("the C extension is not built here")
+    else:
+        monkeypatch.setattr(spawn_module, "_native", None)
+    yield request.param
+
+
+def _collect(child: Child) -> tuple[bytes, int]:
+    """Read the child's stdout to EOF (PTY: EIO) and reap it; returns (output, exit code)."""
+    os.set_blocking(child.stdout, True)
+    out = bytearray()
+    while True:
+        try:
+            data = os.read(child.stdout, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    _, status = os.waitpid(child.pid, 0)
+    for fd in {child.stdout, child.stderr, child.stdin} - {None}:
+        assert fd is not None
+        os.close(fd)
+    return bytes(out), exit_code_from_status(status)
+
+
+def test_pipe_child_output_arg0_and_cwd(path: str, tmp_path: object) -> None:
+    child = spawn(
+        SpawnRequest(
+            ["sh", "-c", 'echo "$0 $(pwd)"'], "/tmp", PATH_ENV, False, False, arg0="renamed"
+        )
+    )
+    out, code = _collect(child)
+    assert (out, code) == (b"renamed /tmp\n", 0)
+
+
+def test_pty_child_has_controlling_terminal_and_own_session(path: str) -> None:
+    child = spawn(
+        SpawnRequest(
+            ["sh", "-c", "tty; stty size; ps -o sid= -p $$; echo $$"], "/", PATH_ENV, True, False
+        )
+    )
+    out, code = _collect(child)
+    lines = out.decode().split("\r\n")
+    assert code == 0
+    assert lines[0].startswith("/dev/pts/")
+    assert lines[1] == "24 80"
+    assert lines[2].strip() == lines[3].strip()  # session leader: sid == pid
+
+
+def test_pipe_child_is_session_leader_with_default_sigpipe(path: str) -> None:
+    # Python ignores SIGPIPE; a child must get the default back, so `yes | head` ends.
+    child = spawn(
+        SpawnRequest(
+            ["sh", "-c", "yes | head -c 5 >/dev/null; ps -o sid=,pgid= -p $$"],
+            "/",
+            PATH_ENV,
+            False,
+            False,
+        )
+    )
+    out, code = _collect(child)
+    sid, pgid = out.split()
+    assert code == 0 and sid == pgid == str(child.pid).encode()
+
+
+def test_missing_program_names_it(path: str) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        spawn(SpawnRequest(["no-such-program-xyz"], "/tmp", PATH_ENV, False, False))
+    assert info.value.filename == "no-such-program-xyz"
+
+
+def test_missing_cwd_names_the_directory(path: str) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        spawn(SpawnRequest(["true"], "/no/such/dir", PATH_ENV, True, False))
+    assert info.value.filename == "/no/such/dir"
+
+
+def test_not_executable_is_permission_denied(path: str) -> None:
+    with pytest.raises(PermissionError):
+        spawn(SpawnRequest(["/etc/passwd"], "/tmp", PATH_ENV, False, False))
+
+
+def test_no_path_uses_default_search_path(path: str) -> None:
+    out, code = _collect(spawn(SpawnRequest(["sh", "-c", "echo ok"], "/", {}, False, False)))
+    assert (out, code) == (b"ok\n", 0)
+
+
+def test_env_is_exact(path: str) -> None:
+    child = spawn(SpawnRequest(["/usr/bin/env"], "/", {"ONLY": "this"}, False, False))
+    assert _collect(child) == (b"ONLY=this\n", 0)
+
+
+def test_illegal_env_name_is_value_error(path: str) -> None:
+    with pytest.raises(ValueError):
+        spawn(SpawnRequest(["true"], "/", {"A=B": "x"}, False, False))
+
+
+def test_no_fd_leaks_into_child(path: str) -> None:
+    leaked = os.open("/dev/null", os.O_RDONLY)
+    os.set_inheritable(leaked, True)  # even an inheritable fd must not reach the child
+    try:
+        child = spawn(SpawnRequest(["sh", "-c", "ls /proc/self/fd"], "/", PATH_ENV, False, False))
+        out, _ = _collect(child)
+    finally:
+        os.close(leaked)
+    fds = {int(x) for x in out.split()}
+    assert fds <= {0, 1, 2, 3}  # 3: the fd ls uses to read /proc/self/fd
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "popen"])
+def test_sigkilled_server_leaves_no_child(native: bool) -> None:
+    """The parent-death signal: SIGKILL the server, its direct children die with it."""
+    if native and not native_available:
+        pytest.skip("the C extension is not built here")
+    env = dict(os.environ)
+    if not native:
+        env["EXEC_SERVER_NO_NATIVE_SPAWN"] = "1"
+    code = (
+        "import asyncio, sys\n"
+        "from exec_server.process.spawn import spawn, SpawnRequest\n"
+        "c = spawn(SpawnRequest(['sleep', '100'], '/', {'PATH': '/usr/bin:/bin'}, False, False))\n"
+        "print(c.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert proc.stdout is not None
+        child_pid = int(proc.stdout.readline())
+        assert pid_alive(child_pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while pid_alive(child_pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not pid_alive(child_pid)
+    finally:
+        proc.kill()
+        proc.wait()
