@@ -178,18 +178,21 @@ class ProcessManager:
     # ---- output ---------------------------------------------------------------------------
 
     def _on_readable(self, process: ManagedProcess, fd: int, stream: str) -> None:
+        limit = self.limits.read_chunk_bytes
         try:
-            data = os.read(fd, self.limits.read_chunk_bytes)
+            data = os.read(fd, limit)
         except BlockingIOError:
             return
         except OSError as exc:
             if exc.errno != errno.EIO:  # EIO: a PTY whose last slave closed, i.e. EOF
                 raise
             data = b""
-        if data:
-            self._emit_output(process, stream, data)
-        else:
+        if not data:
             self._end_stream(process, fd)
+            return
+        if len(data) < limit:
+            data = _gather(fd, data, limit)
+        self._emit_output(process, stream, data)
 
     def _emit_output(self, process: ManagedProcess, stream: str, data: bytes) -> None:
         seq = process.log.append(stream, data)
@@ -515,6 +518,24 @@ class ProcessManager:
 
 
 _STDOUT = {False: "stdout", True: "pty"}
+
+
+def _gather(fd: int, first: bytes, limit: int) -> bytes:
+    """Read on while more is already there (up to ``limit``): a PTY hands out at most about
+    4 KiB per read, and every chunk saved is a notification saved. Never waits; an EOF or
+    error is left for the next readiness callback to see."""
+    parts = [first]
+    size = len(first)
+    while size < limit:
+        try:
+            more = os.read(fd, limit - size)
+        except OSError:
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return first if len(parts) == 1 else b"".join(parts)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
