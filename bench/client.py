@@ -93,7 +93,7 @@ class Client:
 
     # -- incoming ---------------------------------------------------------------------------
 
-    def on_message(self, data: bytes | str) -> None:
+    def on_message(self, data: bytes | memoryview) -> None:
         msg = self._decode(data)
         method = msg.method
         if method is not None:

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bench.client import Client
 from bench.probe import ServerProbe
+from bench.wsclient import WsConnection, ws_connect
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = REPO / ".venv" / "bin" / "exec-server"
@@ -98,23 +99,39 @@ class _ServerProtocol(asyncio.SubprocessProtocol):
         if fd != 1:
             return
         if self.stdio:
-            client = self.client
-            if client is None:
-                return
-            lines = (self._buf + data).split(b"\n") if self._buf else data.split(b"\n")
-            self._buf = lines.pop()
-            try:
-                for line in lines:
-                    if line:
-                        client.on_message(line)
-            except Exception as exc:
-                client.connection_lost(exc)
+            if self.client is not None:
+                self._lines(self.client, data)
         elif not self.first_line.done():
             self._buf += data
             if b"\n" in self._buf:
                 line = self._buf.split(b"\n", 1)[0].decode(errors="replace").strip()
                 self.first_line.set_result(line)
                 self._buf = b""
+
+    def _lines(self, client: Client, data: bytes) -> None:
+        """Hand each complete JSON line to the client without copying it out of ``data``."""
+        pos = 0
+        try:
+            if self._buf:
+                end = data.find(b"\n")
+                if end < 0:
+                    self._buf += data
+                    return
+                line, self._buf = self._buf + data[:end], b""
+                client.on_message(line)
+                pos = end + 1
+            view = memoryview(data)
+            find = data.find
+            on_message = client.on_message
+            while (end := find(b"\n", pos)) >= 0:
+                if end > pos:
+                    on_message(view[pos:end])
+                pos = end + 1
+        except Exception as exc:  # a message the client cannot handle: the run is void
+            client.connection_lost(exc)
+            return
+        if pos < len(data):
+            self._buf = data[pos:]
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if fd == 1 and self.stdio and self.client is not None:
@@ -125,7 +142,9 @@ class _ServerProtocol(asyncio.SubprocessProtocol):
             if self.stdio:
                 self.first_line.cancel()
             else:
-                self.first_line.set_exception(ServerStartError("server exited before its first line"))
+                self.first_line.set_exception(
+                    ServerStartError("server exited before its first line")
+                )
         if not self.exited.done():
             self.exited.set_result(None)
 
@@ -150,6 +169,7 @@ class RunningServer:
         self.probe = ServerProbe(self.pid)
         self.client: Client
         self._ws: ClientConnection | None = None
+        self._fast_ws: WsConnection | None = None
         self._reader: asyncio.Task[None] | None = None
 
     def stderr_tail(self, lines: int = 3) -> str:
@@ -160,6 +180,25 @@ class RunningServer:
         return " | ".join(text.strip().splitlines()[-lines:])
 
     async def _connect_ws(self, url: str) -> None:
+        client: Client | None = None
+
+        def on_message(data: memoryview) -> None:
+            assert client is not None
+            client.on_message(data)
+
+        def on_lost(exc: BaseException | None) -> None:
+            if client is not None:
+                client.connection_lost(exc)
+
+        conn = await ws_connect(url, on_message, on_lost, START_TIMEOUT)
+        self._fast_ws = conn
+
+        async def send(data: bytes) -> None:
+            conn.send(data)
+
+        client = self.client = Client(send, cwd=self.spec.cwd)
+
+    async def _connect_websockets(self, url: str) -> None:
         ws = await connect(
             url,
             compression=None,
@@ -205,6 +244,8 @@ class RunningServer:
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._ws.close(), 2)
+        if self._fast_ws is not None:
+            await self._fast_ws.close()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):
@@ -238,8 +279,13 @@ class RunningServer:
         await self.stop()
 
 
-async def start_server(spec: ServerSpec, transport: str) -> RunningServer:
-    """Start ``spec`` on ``transport`` ("ws" or "stdio"), connect, initialize."""
+async def start_server(
+    spec: ServerSpec, transport: str, *, ws_library: bool = False
+) -> RunningServer:
+    """Start ``spec`` on ``transport`` ("ws" or "stdio"), connect, initialize.
+
+    ``ws_library`` uses the ``websockets`` package instead of the lean client (cross-checks).
+    """
     loop = asyncio.get_running_loop()
     stdio = transport == "stdio"
     listen = "stdio" if stdio else "ws://127.0.0.1:0"
@@ -268,7 +314,10 @@ async def start_server(spec: ServerSpec, transport: str) -> RunningServer:
             url = await asyncio.wait_for(protocol.first_line, START_TIMEOUT)
             if not url.startswith("ws://"):
                 raise ServerStartError(f"first stdout line is not a ws:// URL: {url[:80]!r}")
-            await server._connect_ws(url)
+            if ws_library:
+                await server._connect_websockets(url)
+            else:
+                await server._connect_ws(url)
         await asyncio.wait_for(server.client.initialize(), START_TIMEOUT)
     except Exception as exc:
         tail = server.stderr_tail()

@@ -112,8 +112,9 @@ class _Echo:
         self.count = 1
         self.fut: asyncio.Future[float] | None = None
 
-    def expect(self, marker: bytes, count: int) -> asyncio.Future[float]:
-        self.buf.clear()
+    def expect(self, marker: bytes, count: int, *, clear: bool = True) -> asyncio.Future[float]:
+        if clear:
+            self.buf.clear()
         self.marker = marker
         self.count = count
         self.fut = asyncio.get_running_loop().create_future()
@@ -150,13 +151,16 @@ async def rtt(server: RunningServer, sizes: Sizes) -> Metrics:
         t1 = await asyncio.wait_for(asyncio.shield(first), STEP_TIMEOUT)
         samples.append(t1 - t0)
         if copies > 1:  # let cat's copy go by so it is not taken for the next echo
-            all_copies = echo.expect(marker, copies)
+            all_copies = echo.expect(marker, copies, clear=False)
             if echo.buf.count(marker) < copies:
                 await _wait(all_copies, "cat output")
         await reply
     await client.terminate("cat")
     await _wait(w.closed, "cat after terminate")
-    return {"rtt_median_ms": statistics.median(samples) * 1e3, "rtt_p95_ms": percentile(samples, 95) * 1e3}
+    return {
+        "rtt_median_ms": statistics.median(samples) * 1e3,
+        "rtt_p95_ms": percentile(samples, 95) * 1e3,
+    }
 
 
 # -- 3. throughput, and 8. CPU cost per GiB ----------------------------------------------------
