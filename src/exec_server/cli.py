@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import math
 import os
 import signal
 import sys
@@ -39,17 +40,18 @@ def parse_listen(url: str) -> ListenAddress:
         return ListenAddress("stdio")
     if not url.startswith("ws://"):
         raise ValueError(f"unsupported --listen URL `{url}`; expected `ws://IP:PORT` or `stdio`")
-    rest = url.removeprefix("ws://").rstrip("/")
     invalid = f"invalid websocket --listen URL `{url}`; expected `ws://IP:PORT`"
-    host, sep, port_text = rest.rpartition(":")
-    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+    # A socket address, exactly: `IPv4:PORT` or `[IPv6]:PORT`, ASCII digits, nothing after.
+    host, sep, port_text = url.removeprefix("ws://").rpartition(":")
+    if not (sep and port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ValueError(invalid)
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+    bracketed = host.startswith("[") and host.endswith("]")
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
     except ValueError:
         raise ValueError(invalid) from None
+    if bracketed != (address.version == 6) or "%" in host:
+        raise ValueError(invalid)
     return ListenAddress("ws", str(address), int(port_text))
 
 
@@ -140,8 +142,9 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     for name in ("closed_retention", "detach_grace"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+        seconds = getattr(args, name)
+        if not math.isfinite(seconds) or seconds < 0:  # NaN would break the event loop's timers
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite, non-negative number")
     return Limits(
         retained_output_bytes=args.retained_output_bytes,
         closed_retention_s=args.closed_retention,
@@ -193,11 +196,16 @@ async def serve(address: ListenAddress, limits: Limits, allowed_origins: frozens
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    except ValueError:
+        parser.error(
+            f"unknown --log-level `{args.log_level}`; expected DEBUG, INFO, WARNING or ERROR"
+        )
     try:
         address = parse_listen(args.listen)
         limits = limits_from_args(args)
