@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FLUSH_TIMEOUT_S = 2.0
+"""How long a connection whose peer stopped sending may take to deliver replies already queued."""
+
 
 class Transport(Protocol):
     """What a connection needs from its transport."""
@@ -45,6 +48,10 @@ class Transport(Protocol):
 
     async def send(self, message: bytes) -> None:
         """Send one JSON message (text). Raises ``ConnectionError`` once the peer is gone."""
+
+    resumable: bool
+    """Whether a client can come back to a session after this connection ends. Over stdio
+    nobody can (one connection per server process), so its session ends with it (Part A §A2)."""
 
     def abort(self) -> None:
         """Drop the connection without a goodbye (protocol violations)."""
@@ -71,7 +78,10 @@ class Connection:
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._queue_wakeup = asyncio.Event()
+        self._writer_idle = asyncio.Event()  # set while the writer waits on an empty queue
         self._producers_paused = False
+        self._room = asyncio.Event()  # set while producers may go on (see wait_for_room)
+        self._room.set()
         limits = server.limits
         self._high_messages = limits.outbound_queue_messages
         self._high_bytes = limits.outbound_queue_bytes
@@ -89,6 +99,7 @@ class Connection:
         self._queued_bytes += len(message)
         if len(self._queue) == 1:
             self._queue_wakeup.set()
+            self._writer_idle.clear()
         return len(self._queue) < self._high_messages and self._queued_bytes < self._high_bytes
 
     def send_notification(self, message: bytes) -> bool:
@@ -98,7 +109,13 @@ class Connection:
         room = self._enqueue(message)
         if not room:
             self._producers_paused = True
+            self._room.clear()
         return room
+
+    async def wait_for_room(self) -> None:
+        """After ``send_notification`` returned False: wait until the queue has drained to
+        its low-water mark, or the connection has ended (for producers other than processes)."""
+        await self._room.wait()
 
     def _send_reply(self, message: bytes) -> None:
         if self.state is not HandshakeState.CLOSED:
@@ -113,6 +130,7 @@ class Connection:
         while True:
             if not queue:
                 self._queue_wakeup.clear()
+                self._writer_idle.set()
                 await self._queue_wakeup.wait()
                 continue
             message = queue.popleft()
@@ -124,6 +142,7 @@ class Connection:
                 and self._queued_bytes <= low_bytes
             ):
                 self._producers_paused = False
+                self._room.set()
                 session = self.session
                 if session is not None and session.connection is self:
                     session.processes.resume_output()
@@ -239,8 +258,19 @@ class Connection:
 
     # ---- end ---------------------------------------------------------------------------------
 
+    async def flush(self, writer: asyncio.Future[Any], timeout: float) -> None:
+        """Wait, at most ``timeout``, until ``writer`` (the :meth:`write_loop` task) has sent
+        everything queued, or has failed."""
+        idle: asyncio.Future[Any] = asyncio.ensure_future(self._writer_idle.wait())
+        try:
+            await asyncio.wait({writer, idle}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+
     def close(self) -> None:
-        """The connection is over: cancel its tasks and detach its session. Idempotent."""
+        """The connection is over: cancel its tasks and detach its session (or end it, when
+        the transport cannot be resumed). Idempotent. Messages already queued stay queued,
+        for :meth:`flush`."""
         if self.state is HandshakeState.CLOSED:
             return
         self.state = HandshakeState.CLOSED
@@ -249,11 +279,11 @@ class Connection:
         self.closers.clear()
         for task in list(self._tasks):
             task.cancel()
-        self._queue.clear()
-        self._queued_bytes = 0
         self._queue_wakeup.set()
+        self._room.set()
         if self.session is not None:
-            self.server.sessions.detach(self.session, self)
+            grace = None if self.transport.resumable else 0.0
+            self.server.sessions.detach(self.session, self, grace)
 
 
 async def serve_connection(connection: Connection, inbound: Any) -> None:
@@ -262,6 +292,7 @@ async def serve_connection(connection: Connection, inbound: Any) -> None:
     Returns when the peer goes away or breaks the protocol; the caller closes the transport.
     """
     writer = asyncio.ensure_future(connection.write_loop())
+    peer_finished = False
     try:
         async for data in inbound:
             if not connection.receive(data):
@@ -269,11 +300,19 @@ async def serve_connection(connection: Connection, inbound: Any) -> None:
                 break
             if writer.done():
                 break
+        else:
+            peer_finished = True
     except (ConnectionError, OSError, msgspec.DecodeError):
         pass
     finally:
         connection.close()
-        writer.cancel()
+        try:
+            if peer_finished:
+                # The peer sent all it will (stdin EOF): replies already queued still go out,
+                # so `printf '<request>\n' | exec-server --listen stdio` gets its answer.
+                await connection.flush(writer, FLUSH_TIMEOUT_S)
+        finally:
+            writer.cancel()
         try:
             await writer
         except (asyncio.CancelledError, ConnectionError, OSError):
