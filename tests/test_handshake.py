@@ -33,6 +33,10 @@ SAMPLE_PARAMS: dict[str, dict[str, Any]] = {
     "fs/readDirectory": {"path": "/tmp"},
     "fs/remove": {"path": "/tmp/nonexistent-exec-server-test"},
     "fs/copy": {"sourcePath": "/tmp/a", "destinationPath": "/tmp/b", "recursive": False},
+    "fs/open": {"handleId": "h", "path": "/tmp/nonexistent-exec-server-test"},
+    "fs/readBlock": {"handleId": "h", "offset": 0, "len": 1},
+    "fs/writeBlock": {"handleId": "h", "offset": 0, "chunk": "aGk="},
+    "fs/close": {"handleId": "h"},
     "http/request": {"method": "GET", "url": "http://127.0.0.1:9/", "requestId": "r"},
 }
 FAMILIES = {"process": "exec", "fs": "filesystem", "http": "http"}

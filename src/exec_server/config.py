@@ -32,6 +32,12 @@ class Limits:
         stdin_buffer_bytes: bytes queued for one child's stdin before ``process/write`` waits.
         write_id_memory: how many recent ``writeId`` values each process remembers for dedupe.
         max_message_bytes: the largest inbound JSON-RPC message.
+        fs_read_file_max_bytes: the largest file ``fs/readFile`` returns whole (reference:
+            512 MiB); bigger files are read through handles in blocks.
+        fs_block_max_bytes: the largest ``fs/readBlock`` / ``fs/writeBlock`` (reference: 1 MiB).
+        fs_max_open_handles: file handles one session may hold open at once (reference: 128).
+        http_response_max_bytes: the largest body a non-streaming ``http/request`` collects
+            (ours; the reference has none). Bigger bodies need ``streamResponse``.
     """
 
     retained_output_bytes: int = MIB
@@ -44,3 +50,7 @@ class Limits:
     stdin_buffer_bytes: int = 4 * MIB
     write_id_memory: int = 1024
     max_message_bytes: int = 64 * MIB
+    fs_read_file_max_bytes: int = 512 * MIB
+    fs_block_max_bytes: int = MIB
+    fs_max_open_handles: int = 128
+    http_response_max_bytes: int = 512 * MIB

@@ -208,3 +208,154 @@ def closed_notification(process_id_json: bytes, seq: int) -> bytes:
         process_id_json,
         seq,
     )
+
+
+# ---- filesystem (PROTOCOL.md Part B §4.5, §9, §14.2) --------------------------------------
+#
+# Paths arrive as strings (an absolute path or a file:// URI) and are parsed by the handler,
+# so a bad one is -32602 naming its field. ``sandbox`` is kept as plain JSON: the handler only
+# decides whether the profile asks for restrictions this server would have to enforce.
+
+FsSandbox = dict[str, Any] | None
+"""A permission profile (``{"permissions": {...}, "windowsSandboxLevel": ...}``) or null."""
+
+
+class FsPathParams(_Params):
+    """``fs/readFile``, ``fs/getMetadata``, ``fs/readDirectory``."""
+
+    path: str
+    sandbox: FsSandbox = None
+
+
+class FsReadFileResult(_Wire):
+    data_base64: bytes
+
+
+class FsWriteFileParams(_Params):
+    """``dataBase64`` stays a string: the reference decodes it in the handler (-32600, not -32602)."""
+
+    path: str
+    data_base64: str
+    sandbox: FsSandbox = None
+
+
+class FsCreateDirectoryParams(_Params):
+    path: str
+    recursive: bool | None = None
+    sandbox: FsSandbox = None
+
+
+class FsMetadataResult(_Wire):
+    is_directory: bool
+    is_file: bool
+    is_symlink: bool
+    size: int
+    created_at_ms: int
+    modified_at_ms: int
+
+
+class FsDirectoryEntry(_Wire):
+    file_name: str
+    is_directory: bool
+    is_file: bool
+
+
+class FsReadDirectoryResult(_Wire):
+    entries: list[FsDirectoryEntry]
+
+
+class FsRemoveParams(_Params):
+    path: str
+    recursive: bool | None = None
+    force: bool | None = None
+    sandbox: FsSandbox = None
+
+
+class FsCopyParams(_Params):
+    """``recursive`` is required, as in the reference."""
+
+    source_path: str
+    destination_path: str
+    recursive: bool
+    sandbox: FsSandbox = None
+
+
+FsOpenMode = Literal["read", "replace"]
+
+
+class FsOpenParams(_Params):
+    """``mode``: ``read`` (default) or ``replace`` (create or truncate, then write blocks)."""
+
+    handle_id: str
+    path: str
+    mode: FsOpenMode = "read"
+    sandbox: FsSandbox = None
+
+
+class FsHandleParams(_Params):
+    """``fs/close``."""
+
+    handle_id: str
+
+
+class FsOpenResult(_Wire):
+    handle_id: str
+
+
+class FsReadBlockParams(_Params):
+    handle_id: str
+    offset: U64
+    length: U64 = msgspec.field(name="len")
+
+
+class FsReadBlockResult(_Wire):
+    chunk: bytes
+    eof: bool
+
+
+class FsWriteBlockParams(_Params):
+    handle_id: str
+    offset: U64
+    chunk: bytes
+
+
+# ---- executor-side HTTP (PROTOCOL.md Part B §4.6) -----------------------------------------
+
+
+class HttpHeader(_Wire):
+    name: str
+    value: str
+
+
+class HttpRequestParams(_Params):
+    """``redirectPolicy`` (0.169): ``follow`` (default) or ``stop``."""
+
+    method: str
+    url: str
+    request_id: str
+    headers: list[HttpHeader] = msgspec.field(default_factory=list)
+    body_base64: bytes | None = None
+    timeout_ms: U64 | None = None
+    stream_response: bool = False
+    redirect_policy: Literal["follow", "stop"] | None = None
+
+
+class HttpRequestResult(_Wire):
+    status: int
+    headers: list[HttpHeader]
+    body_base64: bytes
+
+
+class HttpBodyDelta(_Wire):
+    """Params of the ``http/request/bodyDelta`` notification."""
+
+    request_id: str
+    seq: int
+    delta_base64: bytes
+    done: bool
+    error: str | None
+
+
+class HttpBodyDeltaNotification(_Wire):
+    method: str
+    params: HttpBodyDelta

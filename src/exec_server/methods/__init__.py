@@ -65,7 +65,7 @@ def method(name: str, params_type: Any, family: str | None) -> Callable[[Handler
 
 
 def _load() -> None:
-    from . import environment, process  # noqa: F401  (registration by import)
+    from . import environment, fs, http, process  # noqa: F401  (registration by import)
 
 
 _load()

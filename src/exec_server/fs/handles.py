@@ -1,0 +1,177 @@
+"""Open files of one session, for moving large files in bounded blocks (Part B §14.2).
+
+A session holds at most ``limit`` handles, named by the client (at most 32 bytes, as in the
+reference). ``read`` handles only read; ``replace`` handles truncate the file when opened and
+only write. Reads and writes are positional (``pread``/``pwrite``) so concurrent requests on
+one handle never race over a shared file offset.
+
+The table is a :class:`~exec_server.sessions.SessionResource`: when the session ends every
+descriptor is closed. A descriptor still in use by a block transfer on a worker thread is
+closed when that transfer finishes, never under it (a reused descriptor number would
+otherwise receive someone else's bytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+from typing import Literal
+
+from ..errors import internal_error, invalid_request, not_found, os_error_message
+from ..sessions import SessionResource
+
+HandleMode = Literal["read", "replace"]
+
+MAX_HANDLE_ID_BYTES = 32
+"""The reference refuses longer handle ids (``file handle ID must not exceed 32 bytes``)."""
+
+_OPEN_FLAGS: dict[HandleMode, int] = {
+    # O_NONBLOCK: opening a FIFO or device never parks a worker thread; no effect on files.
+    "read": os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC,
+    "replace": os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK | os.O_CLOEXEC,
+}
+
+
+def open_regular_file(path: str, mode: HandleMode) -> int:
+    """Open ``path`` for a handle (blocking; call on a worker thread) and return the fd.
+
+    Raises ``OSError`` as the OS reports it, or -32600 when the path is not a regular file.
+    """
+    fd = os.open(path, _OPEN_FLAGS[mode], 0o666)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise invalid_request(f"path `{path}` is not a file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_block(fd: int, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes at ``offset`` (blocking)."""
+    return os.pread(fd, length, offset)
+
+
+def write_block(fd: int, offset: int, data: bytes) -> None:
+    """All of ``data`` at ``offset`` (blocking); short writes are continued."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        offset += written
+        view = view[written:]
+
+
+class FileHandle:
+    """One open descriptor and the transfers currently using it."""
+
+    __slots__ = ("_closing", "_users", "fd", "handle_id", "mode")
+
+    def __init__(self, handle_id: str, fd: int, mode: HandleMode) -> None:
+        self.handle_id = handle_id
+        self.fd = fd
+        self.mode = mode
+        self._users = 0
+        self._closing = False
+
+
+class HandleTable(SessionResource):
+    """The handles of one session; see the module docstring.
+
+    Methods are called on the event loop, except :meth:`finish_use`, which block transfers
+    call from their worker thread; a lock keeps the use counts honest across both.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._handles: dict[str, FileHandle | None] = {}  # None: being opened
+        self._lock = threading.Lock()
+        self._ended = False
+
+    def __len__(self) -> int:
+        return len(self._handles)
+
+    def reserve(self, handle_id: str) -> None:
+        """Claim ``handle_id`` before the file is opened, or -32600 saying why not."""
+        if len(handle_id.encode("utf-8", "surrogatepass")) > MAX_HANDLE_ID_BYTES:
+            raise invalid_request(f"file handle ID must not exceed {MAX_HANDLE_ID_BYTES} bytes")
+        with self._lock:
+            if self._ended:
+                raise invalid_request("the session has ended")
+            if handle_id in self._handles:
+                raise invalid_request(f"file handle `{handle_id}` already exists")
+            if len(self._handles) >= self.limit:
+                raise invalid_request(
+                    f"at most {self.limit} file handles may be open per session; "
+                    "close one with fs/close first"
+                )
+            self._handles[handle_id] = None
+
+    def install(self, handle_id: str, fd: int, mode: HandleMode) -> None:
+        """The reserved id now names ``fd`` (closed at once if the session ended meanwhile)."""
+        with self._lock:
+            if not self._ended and handle_id in self._handles:
+                self._handles[handle_id] = FileHandle(handle_id, fd, mode)
+                return
+        os.close(fd)
+
+    def unreserve(self, handle_id: str) -> None:
+        """Opening failed: forget the reservation."""
+        with self._lock:
+            if self._handles.get(handle_id, False) is None:
+                del self._handles[handle_id]
+
+    def begin_use(self, handle_id: str) -> FileHandle:
+        """The handle for one block transfer (pair with :meth:`finish_use`), or -32004."""
+        with self._lock:
+            handle = self._handles.get(handle_id)
+            if handle is None:
+                raise not_found(f"unknown file handle `{handle_id}`")
+            handle._users += 1
+            return handle
+
+    def finish_use(self, handle: FileHandle) -> None:
+        """One transfer is over; close the descriptor if the handle was closed meanwhile."""
+        with self._lock:
+            handle._users -= 1
+            close_now = handle._closing and handle._users == 0
+        if close_now:
+            _close_quietly(handle.fd)
+
+    def close(self, handle_id: str) -> None:
+        """Forget ``handle_id`` and close its descriptor (now, or after transfers in flight).
+
+        Closing an unknown or already closed handle succeeds, as in the reference.
+        """
+        with self._lock:
+            handle = self._handles.get(handle_id)
+            if handle is None:
+                return  # unknown, or still being opened: that open's install closes nothing
+            del self._handles[handle_id]
+            handle._closing = True
+            close_now = handle._users == 0
+        if close_now:
+            try:
+                os.close(handle.fd)
+            except OSError as exc:  # e.g. EIO: a write the kernel could not complete
+                raise internal_error(os_error_message(exc)) from None
+
+    def release(self) -> None:
+        """The session ended: close every handle (in-flight transfers close theirs after)."""
+        with self._lock:
+            self._ended = True
+            handles = [h for h in self._handles.values() if h is not None]
+            self._handles.clear()
+            idle = []
+            for handle in handles:
+                handle._closing = True
+                if handle._users == 0:
+                    idle.append(handle)
+        for handle in idle:
+            _close_quietly(handle.fd)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):  # nobody is left to tell
+        os.close(fd)

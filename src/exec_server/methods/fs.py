@@ -1,0 +1,249 @@
+"""``fs/*``: files and directories on the server's machine (PROTOCOL.md Part B §4.5, §9, §14.2).
+
+Each handler checks its params at once (paths → -32602 naming the field, sandbox → -32600)
+and returns an awaitable that does the disk work on a worker thread, so a slow disk never
+stalls the connection. OS failures are mapped as the reference maps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import invalid_request
+from ..fs import FileHandle, HandleTable, check_sandbox, fs_error
+from ..fs import handles as handle_io
+from ..fs import operations as ops
+from ..fs.errors import invalid_path_error
+from ..paths import parse_path
+from ..protocol import (
+    EmptyResult,
+    FsCopyParams,
+    FsCreateDirectoryParams,
+    FsDirectoryEntry,
+    FsHandleParams,
+    FsMetadataResult,
+    FsOpenParams,
+    FsOpenResult,
+    FsPathParams,
+    FsReadBlockParams,
+    FsReadBlockResult,
+    FsReadDirectoryResult,
+    FsReadFileResult,
+    FsRemoveParams,
+    FsWriteBlockParams,
+    FsWriteFileParams,
+)
+from . import method
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+
+FILESYSTEM = "filesystem"
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _submit(function: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+    """Hand blocking disk work to a worker thread now, in arrival order.
+
+    The work is submitted before the handler returns, and the reply waits on it through a
+    shield: once accepted, an operation always runs to its end even if the connection goes
+    away, so bookkeeping done around it (handle use counts, reservations) never leaks.
+    """
+    future = asyncio.get_running_loop().run_in_executor(None, function, *args)
+    future.add_done_callback(_consume_outcome)
+    return future
+
+
+def _consume_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # an unanswered failure is not worth a "never retrieved" log
+
+
+async def _reply(future: asyncio.Future[_T], convert: Callable[[_T], _R]) -> _R:
+    """The reply for submitted work; OS errors become the §9 replies."""
+    try:
+        value = await asyncio.shield(future)
+    except OSError as exc:
+        raise fs_error(exc) from None
+    except ValueError as exc:  # an embedded NUL byte, an unencodable name
+        raise invalid_path_error(exc) from None
+    return convert(value)
+
+
+def _empty(_: object) -> EmptyResult:
+    return EmptyResult()
+
+
+# ---- whole-file and directory methods ------------------------------------------------------
+
+
+@method("fs/readFile", FsPathParams, FILESYSTEM)
+def read_file(connection: Connection, params: FsPathParams) -> Awaitable[FsReadFileResult]:
+    """The file's bytes; above ``Limits.fs_read_file_max_bytes`` -32600 (use handles)."""
+    path = parse_path(params.path, "path")
+    check_sandbox(params.sandbox, writes=False)
+    limit = connection.server.limits.fs_read_file_max_bytes
+    return _reply(_submit(ops.read_file, path, limit), FsReadFileResult)
+
+
+@method("fs/writeFile", FsWriteFileParams, FILESYSTEM)
+def write_file(connection: Connection, params: FsWriteFileParams) -> Awaitable[EmptyResult]:
+    """Create or truncate the file with the given bytes; bad base64 is -32600 (§9)."""
+    path = parse_path(params.path, "path")
+    check_sandbox(params.sandbox, writes=True)
+    try:
+        data = binascii.a2b_base64(params.data_base64, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise invalid_request(f"fs/writeFile requires valid base64 dataBase64: {exc}") from None
+    return _reply(_submit(ops.write_file, path, data), _empty)
+
+
+@method("fs/createDirectory", FsCreateDirectoryParams, FILESYSTEM)
+def create_directory(
+    connection: Connection, params: FsCreateDirectoryParams
+) -> Awaitable[EmptyResult]:
+    """``mkdir -p`` unless ``recursive`` is false."""
+    path = parse_path(params.path, "path")
+    check_sandbox(params.sandbox, writes=True)
+    recursive = params.recursive is not False
+    return _reply(_submit(ops.create_directory, path, recursive), _empty)
+
+
+@method("fs/getMetadata", FsPathParams, FILESYSTEM)
+def get_metadata(connection: Connection, params: FsPathParams) -> Awaitable[FsMetadataResult]:
+    """Kind, size and times of a path (following symlinks, plus ``isSymlink``)."""
+    path = parse_path(params.path, "path")
+    check_sandbox(params.sandbox, writes=False)
+    return _reply(_submit(ops.get_metadata, path), _metadata_result)
+
+
+def _metadata_result(meta: ops.Metadata) -> FsMetadataResult:
+    return FsMetadataResult(
+        is_directory=meta.is_directory,
+        is_file=meta.is_file,
+        is_symlink=meta.is_symlink,
+        size=meta.size,
+        created_at_ms=meta.created_at_ms,
+        modified_at_ms=meta.modified_at_ms,
+    )
+
+
+@method("fs/readDirectory", FsPathParams, FILESYSTEM)
+def read_directory(
+    connection: Connection, params: FsPathParams
+) -> Awaitable[FsReadDirectoryResult]:
+    """The directory's entries in OS order; broken symlinks are left out."""
+    path = parse_path(params.path, "path")
+    check_sandbox(params.sandbox, writes=False)
+    return _reply(_submit(ops.read_directory, path), _directory_result)
+
+
+def _directory_result(entries: list[ops.DirectoryEntry]) -> FsReadDirectoryResult:
+    return FsReadDirectoryResult(
+        [FsDirectoryEntry(e.file_name, e.is_directory, e.is_file) for e in entries]
+    )
+
+
+@method("fs/remove", FsRemoveParams, FILESYSTEM)
+def remove(connection: Connection, params: FsRemoveParams) -> Awaitable[EmptyResult]:
+    """Remove a file, symlink or directory; ``recursive`` and ``force`` default to true."""
+    path = parse_path(params.path, "path")
+    check_sandbox(params.sandbox, writes=True)
+    recursive = params.recursive is not False
+    force = params.force is not False
+    return _reply(_submit(ops.remove, path, recursive, force), _empty)
+
+
+@method("fs/copy", FsCopyParams, FILESYSTEM)
+def copy(connection: Connection, params: FsCopyParams) -> Awaitable[EmptyResult]:
+    """Copy a file, a symlink (recreated) or, with ``recursive``, a directory tree."""
+    source = parse_path(params.source_path, "sourcePath")
+    destination = parse_path(params.destination_path, "destinationPath")
+    check_sandbox(params.sandbox, writes=True)
+    return _reply(_submit(ops.copy, source, destination, params.recursive), _empty)
+
+
+# ---- file handles --------------------------------------------------------------------------
+
+
+def _table(connection: Connection) -> HandleTable:
+    """The session's handle table, created on first use and released with the session."""
+    session = connection.require_session()
+    for resource in session.resources:
+        if isinstance(resource, HandleTable):
+            return resource
+    table = HandleTable(connection.server.limits.fs_max_open_handles)
+    session.resources.append(table)
+    return table
+
+
+@method("fs/open", FsOpenParams, FILESYSTEM)
+def open_handle(connection: Connection, params: FsOpenParams) -> Awaitable[FsOpenResult]:
+    """Open a regular file for block reads (``read``) or writes (``replace``: truncates)."""
+    path = parse_path(params.path, "path")
+    check_sandbox(params.sandbox, writes=params.mode == "replace")
+    table = _table(connection)
+    handle_id, mode = params.handle_id, params.mode
+    table.reserve(handle_id)  # now, so a second open of the same id is refused
+    opened = _submit(handle_io.open_regular_file, path, mode)
+
+    def settle(future: asyncio.Future[int]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            table.unreserve(handle_id)
+        else:
+            table.install(handle_id, future.result(), mode)
+
+    opened.add_done_callback(settle)
+    return _reply(opened, lambda _: FsOpenResult(handle_id))
+
+
+def _check_block_length(length: int, limit: int, action: str) -> None:
+    if not 1 <= length <= limit:
+        raise invalid_request(f"file {action} block length must be between 1 and {limit}")
+
+
+@method("fs/readBlock", FsReadBlockParams, FILESYSTEM)
+def read_block(connection: Connection, params: FsReadBlockParams) -> Awaitable[FsReadBlockResult]:
+    """Up to ``len`` bytes at ``offset``; ``eof`` when fewer came back than asked for."""
+    length = params.length
+    _check_block_length(length, connection.server.limits.fs_block_max_bytes, "read")
+    table = _table(connection)
+    handle = table.begin_use(params.handle_id)
+    work = _submit(_read_then_finish, table, handle, params.offset, length)
+    return _reply(work, lambda data: FsReadBlockResult(data, len(data) < length))
+
+
+def _read_then_finish(table: HandleTable, handle: FileHandle, offset: int, length: int) -> bytes:
+    try:
+        return handle_io.read_block(handle.fd, offset, length)
+    finally:
+        table.finish_use(handle)
+
+
+@method("fs/writeBlock", FsWriteBlockParams, FILESYSTEM)
+def write_block(connection: Connection, params: FsWriteBlockParams) -> Awaitable[EmptyResult]:
+    """Write ``chunk`` at ``offset`` through a ``replace`` handle."""
+    _check_block_length(len(params.chunk), connection.server.limits.fs_block_max_bytes, "write")
+    table = _table(connection)
+    handle = table.begin_use(params.handle_id)
+    work = _submit(_write_then_finish, table, handle, params.offset, params.chunk)
+    return _reply(work, _empty)
+
+
+def _write_then_finish(table: HandleTable, handle: FileHandle, offset: int, data: bytes) -> None:
+    try:
+        handle_io.write_block(handle.fd, offset, data)
+    finally:
+        table.finish_use(handle)
+
+
+@method("fs/close", FsHandleParams, FILESYSTEM)
+def close_handle(connection: Connection, params: FsHandleParams) -> EmptyResult:
+    """Close a handle; closing an unknown or already closed one succeeds (as the reference)."""
+    _table(connection).close(params.handle_id)
+    return EmptyResult()
