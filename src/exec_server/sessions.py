@@ -135,14 +135,17 @@ class SessionRegistry:
         session.attach(connection)
         return session
 
-    def detach(self, session: Session, connection: Connection) -> None:
-        """The connection ended: keep the session for the grace period, then end it."""
+    def detach(
+        self, session: Session, connection: Connection, grace_s: float | None = None
+    ) -> None:
+        """The connection ended: keep the session for the grace period (the configured one
+        unless ``grace_s`` is given), then end it."""
         if session.connection is not connection or session.state is not SessionState.ATTACHED:
             return
         session.connection = None
         session.state = SessionState.DETACHED
         session.processes.resume_output()  # nobody to wait for now: keep reading children
-        grace = self.limits.detach_grace_s
+        grace = self.limits.detach_grace_s if grace_s is None else grace_s
         if grace <= 0:
             self._end(session)
         else:

@@ -19,6 +19,7 @@ from ..server import Server
 class StdioTransport:
     description = "exec-server stdio"
     malformed_prefix = "failed to parse JSON-RPC message from exec-server stdio"
+    resumable = False
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer

@@ -26,6 +26,8 @@ KEEPALIVE_INTERVAL_S = 30.0
 class WebSocketTransport:
     """Adapts a websockets connection to what :class:`Connection` needs."""
 
+    resumable = True
+
     def __init__(self, ws: ServerConnection) -> None:
         self._ws = ws
         host, port = ws.remote_address[:2]
