@@ -48,7 +48,7 @@ class Limits:
     outbound_queue_messages: int = 128
     outbound_queue_bytes: int = 4 * MIB
     stdin_buffer_bytes: int = 4 * MIB
-    write_id_memory: int = 1024
+    write_id_memory: int = 4096
     max_message_bytes: int = 64 * MIB
     fs_read_file_max_bytes: int = 512 * MIB
     fs_block_max_bytes: int = MIB
