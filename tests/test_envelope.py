@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from exec_server.methods import METHODS
 
 from .support import PATH_ENV
 
@@ -286,3 +289,57 @@ async def test_replies_keep_working_after_many_requests_in_one_burst(server_url:
             await send_json(ws, {"id": i, "method": "environment/status"})
         ids = {(await recv_json(ws))["id"] for _ in range(200)}
         assert ids == set(range(200))
+
+
+BAD_PARAMS: list[object] = [
+    None,
+    [],
+    [1, 2],
+    "params",
+    "",
+    0,
+    -1,
+    1.5,
+    True,
+    {},
+    {"processId": 5},
+    {"processId": None},
+    {"processId": ["p"]},
+    {"path": 5},
+    {"path": "relative/path"},
+    {"clientName": {"nested": True}},
+    {"resumeSessionId": 7, "clientName": "x"},
+    {"handleId": -1, "offset": -5, "len": "x"},
+    {"afterSeq": -1, "maxBytes": 1.5, "waitMs": "soon"},
+    {"chunk": "!!not base64!!"},
+    {"url": 5, "method": None, "requestId": []},
+    {"deep": json.loads("[" * 100 + "]" * 100)},
+    {"huge": "x" * 100_000},
+]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+async def test_bad_params_get_an_error_and_never_break_the_server(
+    server_url: str, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with raw_connection(server_url) as ws:
+        if method != "initialize":
+            await handshake(ws)
+        for number, params in enumerate(BAD_PARAMS, start=100):
+            await send_json(ws, {"id": number, "method": method, "params": params})
+            reply = await recv_json(ws)
+            while "method" in reply:  # a notification (nothing here should start a process)
+                reply = await recv_json(ws)
+            assert reply["id"] == number
+            if "error" in reply:
+                assert reply["error"]["code"] in (-32600, -32602, -32004), (params, reply)
+            else:
+                # Only methods that take no params may succeed on junk.
+                assert METHODS[method].params_type is Any or method.startswith("environment/"), (
+                    params,
+                    reply,
+                )
+        # The connection is still usable, and nothing went wrong inside the server.
+        await send_json(ws, {"id": "after", "method": "environment/status"})
+        assert await recv_json(ws) == {"id": "after", "result": {"status": "ready"}}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
