@@ -1,0 +1,239 @@
+"""Flow on one connection: long polls never hold up other requests, and a client that stops
+reading is absorbed by a bounded queue and then by pausing the child (Part A §A2)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fcntl
+import json
+import random
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from exec_server.config import Limits
+from exec_server.connection import Connection
+from exec_server.process.manager import ManagedProcess
+from exec_server.server import Server
+
+from .support import PATH_ENV, Client, running_server, wait_until
+from .test_process_helpers import fire, no_stray_children, reply_index
+
+__all__ = ["no_stray_children"]
+
+QUEUE_MESSAGES = 8
+QUEUE_BYTES = 64 * 1024
+CHUNK = 4096
+F_GETPIPE_SZ = 1032
+
+
+@pytest.fixture
+def limits() -> Limits:
+    return Limits(
+        outbound_queue_messages=QUEUE_MESSAGES,
+        outbound_queue_bytes=QUEUE_BYTES,
+        read_chunk_bytes=CHUNK,
+    )
+
+
+# ---- long polls ------------------------------------------------------------------------------
+
+
+async def test_long_poll_does_not_delay_later_requests(client: Client) -> None:
+    await client.start("quiet", ["sleep", "100"])
+    await client.start("other", ["cat"], pipeStdin=True)
+    replies = await fire(
+        client,
+        [
+            ("process/read", {"processId": "quiet", "afterSeq": 0, "waitMs": 2000}),
+            ("process/write", {"processId": "other", "chunk": "aGkK"}),
+            ("process/read", {"processId": "other", "afterSeq": 0}),
+            ("environment/status", None),
+        ],
+    )
+    long_poll, *others = replies
+    assert long_poll["result"]["chunks"] == []  # it did wait out its deadline
+    for reply in others:
+        assert "result" in reply, reply
+        # Every later request was answered before the long poll was.
+        assert reply_index(client, reply) < reply_index(client, long_poll)
+    await client.call("process/terminate", {"processId": "quiet"})
+    await client.call("process/terminate", {"processId": "other"})
+    await client.wait_closed("quiet")
+    await client.wait_closed("other")
+
+
+async def test_many_concurrent_long_polls_each_get_their_own_answer(client: Client) -> None:
+    await client.start("feed", ["cat"], pipeStdin=True)
+    polls = [
+        ("process/read", {"processId": "feed", "afterSeq": 0, "waitMs": 600_000}) for _ in range(20)
+    ]
+    write = ("process/write", {"processId": "feed", "chunk": "eAo="})
+    replies = await fire(client, [*polls, write])
+    for reply in replies[:-1]:
+        assert [c["seq"] for c in reply["result"]["chunks"]] == [1]
+    await client.call("process/terminate", {"processId": "feed"})
+    await client.wait_closed("feed")
+
+
+# ---- backpressure ----------------------------------------------------------------------------
+
+TOTAL = 8 * 1024 * 1024  # several times every buffer between the child and the client
+
+
+@pytest.fixture
+async def server_and_url(limits: Limits) -> AsyncIterator[tuple[Server, str]]:
+    async with running_server(limits) as pair:
+        yield pair
+
+
+@pytest.fixture
+async def paused_ws(server_and_url: tuple[Server, str]) -> AsyncIterator[ClientConnection]:
+    """A raw WebSocket with a tiny receive buffer that reads only when the test calls recv."""
+    _, url = server_and_url
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # also stops autotuning
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    async with connect(url, sock=sock, compression=None, max_size=None, max_queue=1) as ws:
+        yield ws
+
+
+async def _call(ws: ClientConnection, request_id: int, method: str, params: Any) -> Any:
+    await ws.send(json.dumps({"id": request_id, "method": method, "params": params}))
+    reply = json.loads(await ws.recv())
+    assert reply.get("id") == request_id, reply
+    return reply["result"]
+
+
+def _only_session_connection(server: Server) -> Connection:
+    (session,) = server.sessions._sessions.values()
+    assert session.connection is not None
+    return session.connection
+
+
+def _process(server: Server, process_id: str) -> ManagedProcess:
+    (session,) = server.sessions._sessions.values()
+    return session.processes.get(process_id)
+
+
+def _pipe_is_full(process: ManagedProcess) -> bool:
+    child = process.child
+    if child is None or child.stdout < 0:
+        return False
+    buffered = bytearray(4)
+    fcntl.ioctl(child.stdout, 0x541B, buffered)  # FIONREAD
+    return int.from_bytes(buffered, sys.byteorder) >= fcntl.fcntl(child.stdout, F_GETPIPE_SZ)
+
+
+async def test_a_client_that_stops_reading_blocks_the_child_and_loses_nothing(
+    server_and_url: tuple[Server, str], paused_ws: ClientConnection, tmp_path: Path
+) -> None:
+    server, _ = server_and_url
+    ws = paused_ws
+    await _call(ws, 1, "initialize", {"clientName": "paused"})
+    await ws.send(json.dumps({"method": "initialized"}))
+
+    # Watch the connection's queue from the inside: record its size after every enqueue.
+    connection = _only_session_connection(server)
+    peak = {"messages": 0, "bytes": 0, "largest": 0}
+    enqueue = connection._enqueue
+
+    def recording_enqueue(message: bytes) -> bool:
+        room = enqueue(message)
+        peak["messages"] = max(peak["messages"], len(connection._queue))
+        peak["bytes"] = max(peak["bytes"], connection._queued_bytes)
+        peak["largest"] = max(peak["largest"], len(message))
+        return room
+
+    connection._enqueue = recording_enqueue  # type: ignore[method-assign]
+
+    done = tmp_path / "done"
+    script = (
+        "import os, random, sys\n"
+        f"data = random.Random(11).randbytes({TOTAL})\n"
+        "view = memoryview(data)\n"
+        "for i in range(0, len(data), 65536):\n"
+        "    sys.stdout.buffer.write(view[i:i + 65536]); sys.stdout.flush()\n"
+        f"open({str(done)!r}, 'w').close()\n"
+    )
+    start = {
+        "processId": "flood",
+        "argv": [sys.executable, "-c", script],
+        "cwd": "/tmp",
+        "env": PATH_ENV,
+        "tty": False,
+    }
+    await ws.send(json.dumps({"id": 2, "method": "process/start", "params": start}))
+    # The test reads nothing now. The server must stop reading the child's pipe, the pipe
+    # fills, and the child blocks in write() before it can finish.
+    process = await _wait_for_process(server, "flood")
+    assert await wait_until(lambda: process.paused and _pipe_is_full(process), timeout=30)
+    assert process.paused and _pipe_is_full(process)
+    assert not done.exists()
+    assert process.log.exit_code is None
+
+    # Only now read again: every notification, in seq order, with no gap.
+    expected = random.Random(11).randbytes(TOTAL)
+    received = bytearray()
+    next_seq = 1
+    exit_code = None
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if "id" in message:
+            assert message == {"id": 2, "result": {"processId": "flood", "sandboxType": "none"}}
+            continue
+        params = message["params"]
+        assert params["seq"] == next_seq, f"gap or disorder at {next_seq}: {params['seq']}"
+        next_seq += 1
+        if message["method"] == "process/output":
+            received += base64.b64decode(params["chunk"])
+        elif message["method"] == "process/exited":
+            exit_code = params["exitCode"]
+        else:
+            assert message["method"] == "process/closed"
+            break
+    assert exit_code == 0
+    assert len(received) == TOTAL
+    assert received == expected
+    assert done.exists()
+
+    # The queue stayed within its bound (plus the one message that crossed it).
+    assert peak["messages"] <= QUEUE_MESSAGES + 1
+    assert peak["bytes"] <= QUEUE_BYTES + peak["largest"]
+    assert peak["largest"] <= 4 * CHUNK  # base64 of one read, plus the envelope
+
+
+async def _wait_for_process(server: Server, process_id: str) -> ManagedProcess:
+    def started() -> bool:
+        sessions = list(server.sessions._sessions.values())
+        return bool(sessions) and process_id in {p.process_id for p in sessions[0].processes}
+
+    assert await wait_until(started)
+    return _process(server, process_id)
+
+
+async def test_other_processes_keep_flowing_once_the_client_reads(
+    server_and_url: tuple[Server, str],
+) -> None:
+    # Two floods into one connection, read by the ordinary client: both complete exactly.
+    _, url = server_and_url
+    async with Client.connect(url) as client:
+        await client.initialize()
+        script = (
+            "import random, sys; "
+            "sys.stdout.buffer.write(random.Random(int(sys.argv[1])).randbytes(3_000_000))"
+        )
+        await client.start("a", [sys.executable, "-c", script, "1"])
+        await client.start("b", [sys.executable, "-c", script, "2"])
+        for name, seed in (("a", 1), ("b", 2)):
+            events = await client.wait_closed(name, timeout=60)
+            assert events.data() == random.Random(seed).randbytes(3_000_000)
+            assert [s for _, s in events.order] == list(range(1, len(events.order) + 1))
