@@ -15,6 +15,10 @@ from typing import Any
 import psutil
 import pytest
 
+from exec_server.config import Limits
+from exec_server.server import Server
+from exec_server.transport.stdio import serve_stdio
+
 from .support import PATH_ENV, REPO, pid_alive, server_command, wait_until
 
 PARSE_PREFIX = "failed to parse JSON-RPC message from exec-server stdio: "
@@ -296,3 +300,39 @@ async def test_stdout_carries_only_protocol_lines() -> None:
         server.close_stdin()
         rc, rest, _ = await server.wait_exit()
         assert rc == 0 and rest == b""
+
+
+async def test_a_line_over_the_message_limit_is_reported_and_skipped() -> None:
+    # In process, over real pipes, with a small limit.
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    server = Server(Limits(max_message_bytes=1024))
+    stdin = os.fdopen(in_r, "rb", buffering=0)
+    stdout = os.fdopen(out_w, "wb", buffering=0)
+    try:
+        served = asyncio.ensure_future(serve_stdio(server, stdin, stdout))
+        big = json.dumps({"id": 1, "method": "environment/status", "pad": "x" * 5000})
+        os.write(in_w, big.encode() + b'\n{"id":2,"method":"environment/status"}\n')
+        os.close(in_w)
+        in_w = -1
+        await asyncio.wait_for(served, 10)
+        await server.shutdown()
+        os.set_blocking(out_r, False)
+        lines = os.read(out_r, 1 << 16).splitlines()
+    finally:
+        for fd in (in_w, out_r):
+            if fd >= 0:
+                os.close(fd)
+        stdin.close()
+        stdout.close()
+    replies = [json.loads(line) for line in lines]
+    assert replies == [
+        {
+            "error": {
+                "code": -32600,
+                "message": PARSE_PREFIX + "message is larger than 1024 bytes",
+            },
+            "id": -1,
+        },
+        {"id": 2, "result": {"status": "ready"}},
+    ]

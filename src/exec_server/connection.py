@@ -149,11 +149,12 @@ class Connection:
 
     # ---- inbound -----------------------------------------------------------------------------
 
-    def receive(self, data: bytes | str) -> bool:
-        """Handle one inbound message. Returns False when the connection must be closed."""
+    def receive(self, data: bytes | str | rpc.Malformed) -> bool:
+        """Handle one inbound message (or a transport's verdict that it was unreadable).
+        Returns False when the connection must be closed."""
         if self.state is HandshakeState.CLOSED:
             return False
-        message = rpc.decode(data)
+        message = data if isinstance(data, rpc.Malformed) else rpc.decode(data)
         if type(message) is rpc.Request:
             self._handle_request(message)
             return self.is_open

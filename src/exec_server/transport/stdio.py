@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import BinaryIO
 
 from ..connection import Connection, serve_connection
+from ..rpc import Malformed
 from ..server import Server
 
 
@@ -35,7 +36,7 @@ class StdioTransport:
         self._writer.close()
 
 
-async def _lines(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+async def _lines(reader: asyncio.StreamReader, limit: int) -> AsyncIterator[bytes | Malformed]:
     while True:
         try:
             line = await reader.readuntil(b"\n")
@@ -48,7 +49,7 @@ async def _lines(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
             # A line over the message limit: skip it whole and report it as unparseable.
             await reader.readexactly(exc.consumed)
             await _skip_to_newline(reader)
-            yield b"<message too large>"
+            yield Malformed(f"message is larger than {limit} bytes")
             continue
         if line.strip():
             yield line
@@ -81,6 +82,6 @@ async def serve_stdio(
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     connection = Connection(server, StdioTransport(writer))
     try:
-        await serve_connection(connection, _lines(reader))
+        await serve_connection(connection, _lines(reader, server.limits.max_message_bytes))
     finally:
         transport.close()
