@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -237,3 +238,25 @@ async def test_server_shutdown_kills_processes_of_detached_sessions() -> None:
             pid, background = (int(line) for line in events.data().split())
         assert len(server.sessions) == 1
     assert await wait_until(lambda: not pid_alive(pid) and not pid_alive(background))
+
+
+async def test_disconnect_during_a_long_poll_then_resume(
+    server_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Client.connect(server_url) as first:
+        session_id = (await first.initialize())["sessionId"]
+        await first.start("cat", ["cat"], pipeStdin=True)
+        poll = asyncio.ensure_future(first.read("cat", afterSeq=0, waitMs=30_000))
+        # A round trip after the poll was sent: the poll is in flight on the server.
+        assert await first.call("environment/status") == {"status": "ready"}
+        assert not poll.done()
+    with pytest.raises(ConnectionError):
+        await poll
+    async with Client.connect(server_url) as second:
+        await second.initialize(resumeSessionId=session_id)
+        assert await second.write("cat", b"after\n") == "accepted"
+        result = await second.read("cat", afterSeq=0, waitMs=10_000)
+        assert base64.b64decode(result["chunks"][0]["chunk"]) == b"after\n"
+        await second.call("process/terminate", {"processId": "cat"})
+        await second.wait_closed("cat")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
