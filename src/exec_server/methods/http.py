@@ -109,7 +109,12 @@ async def _perform(
     headers: list[tuple[bytes, bytes]],
 ) -> HttpRequestResult:
     deadline = _deadline(params.timeout_ms)
-    client = _client(follow_redirects=params.redirect_policy != "stop")
+    try:
+        client = await _client(follow_redirects=params.redirect_policy != "stop")
+    except BaseException:
+        if params.stream_response:
+            streams.unreserve(params.request_id)
+        raise
     response: httpx.Response | None = None
     streaming = False
     try:
@@ -228,23 +233,25 @@ def _deadline(timeout_ms: int | None) -> float | None:
     return asyncio.get_running_loop().time() + timeout_ms / 1000
 
 
-_ssl_context: ssl.SSLContext | None = None
+_tls_context: ssl.SSLContext | None = None
 
 
-def _client(*, follow_redirects: bool) -> httpx.AsyncClient:
+async def _client(*, follow_redirects: bool) -> httpx.AsyncClient:
     """A client for one request: no timeouts of its own, nothing added to the request.
 
     One client per request keeps ownership simple (the request or its stream closes it);
-    the TLS context, the costly part, is built once and shared.
+    the TLS context, the costly part (loading CA certificates takes a noticeable fraction of
+    a second), is built once, on a worker thread, and shared.
     """
-    global _ssl_context
-    if _ssl_context is None:
-        _ssl_context = httpx.create_ssl_context()
+    global _tls_context
+    if _tls_context is None:
+        context = await asyncio.to_thread(httpx.create_ssl_context)
+        _tls_context = _tls_context or context
     client = httpx.AsyncClient(
         timeout=None,
         follow_redirects=follow_redirects,
         max_redirects=MAX_REDIRECTS,
-        verify=_ssl_context,
+        verify=_tls_context,
     )
     del client.headers["accept-encoding"]  # pass bodies through untouched
     del client.headers["user-agent"]
