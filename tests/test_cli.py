@@ -8,6 +8,7 @@ import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -105,7 +106,7 @@ async def test_first_stdout_line_is_the_bound_url_and_it_serves() -> None:
 
 
 async def test_explicit_port_is_used() -> None:
-    with contextlib.closing(__import__("socket").socket()) as probe:
+    with contextlib.closing(socket.socket()) as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     async with cli_server("--listen", f"ws://127.0.0.1:{port}") as server:
@@ -274,3 +275,15 @@ async def test_sigkill_of_the_server_leaves_no_running_direct_child() -> None:
             server.proc.kill()
             assert await asyncio.wait_for(server.proc.wait(), 10) == -signal.SIGKILL
         assert await wait_until(lambda: not any(pid_alive(pid) for pid in direct))
+
+
+async def test_ipv6_loopback_url_is_printed_with_brackets() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    async with cli_server("--listen", "ws://[::1]:0") as server:
+        assert re.fullmatch(r"ws://\[::1\]:\d+", server.url), server.url
+        async with Client.connect(server.url) as client:
+            assert await client.call("environment/status") == {"status": "ready"}
