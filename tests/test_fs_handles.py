@@ -159,6 +159,11 @@ async def test_block_bounds_and_wrong_direction(client: Client, tmp_path: Path) 
     error = await fails(client, "fs/readBlock", {"handleId": "w", "offset": 0, "len": 1})
     assert (error.code, "Bad file descriptor (os error 9)" in error.message) == (-32603, True)
     assert f.read_bytes() == b"abc"
+    # As in the reference, an I/O error drops the handle.
+    for handle in ("r", "w"):
+        error = await fails(client, "fs/readBlock", {"handleId": handle, "offset": 0, "len": 1})
+        assert (error.code, error.message) == (-32004, f"unknown file handle `{handle}`")
+    assert open_fds_to(f) == 0 and open_fds_to(tmp_path / "g") == 0
 
 
 async def test_handle_limit_per_session(tmp_path: Path) -> None:

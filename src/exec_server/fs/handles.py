@@ -3,7 +3,8 @@
 A session holds at most ``limit`` handles, named by the client (at most 32 bytes, as in the
 reference). ``read`` handles only read; ``replace`` handles truncate the file when opened and
 only write. Reads and writes are positional (``pread``/``pwrite``) so concurrent requests on
-one handle never race over a shared file offset.
+one handle never race over a shared file offset. An I/O error on a transfer drops the handle,
+as in the reference; closing an unknown handle succeeds, as in the reference.
 
 The table is a :class:`~exec_server.sessions.SessionResource`: when the session ends every
 descriptor is closed. A descriptor still in use by a block transfer on a worker thread is
@@ -138,6 +139,14 @@ class HandleTable(SessionResource):
             close_now = handle._closing and handle._users == 0
         if close_now:
             _close_quietly(handle.fd)
+
+    def discard(self, handle: FileHandle) -> None:
+        """A transfer on ``handle`` failed: drop it, as the reference does after an I/O error
+        (later calls get -32004). Its descriptor closes when the last transfer finishes."""
+        with self._lock:
+            if self._handles.get(handle.handle_id) is handle:
+                del self._handles[handle.handle_id]
+            handle._closing = True
 
     def close(self, handle_id: str) -> None:
         """Forget ``handle_id`` and close its descriptor (now, or after transfers in flight).

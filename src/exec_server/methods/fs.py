@@ -221,6 +221,9 @@ def read_block(connection: Connection, params: FsReadBlockParams) -> Awaitable[F
 def _read_then_finish(table: HandleTable, handle: FileHandle, offset: int, length: int) -> bytes:
     try:
         return handle_io.read_block(handle.fd, offset, length)
+    except OSError:
+        table.discard(handle)
+        raise
     finally:
         table.finish_use(handle)
 
@@ -238,6 +241,9 @@ def write_block(connection: Connection, params: FsWriteBlockParams) -> Awaitable
 def _write_then_finish(table: HandleTable, handle: FileHandle, offset: int, data: bytes) -> None:
     try:
         handle_io.write_block(handle.fd, offset, data)
+    except OSError:
+        table.discard(handle)
+        raise
     finally:
         table.finish_use(handle)
 
