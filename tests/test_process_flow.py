@@ -124,6 +124,22 @@ def _process(server: Server, process_id: str) -> ManagedProcess:
     return session.processes.get(process_id)
 
 
+def _record_queue_peak(connection: Connection) -> dict[str, int]:
+    """Watch a connection's queue from the inside: its largest size, after every enqueue."""
+    peak = {"messages": 0, "bytes": 0, "largest": 0}
+    enqueue = connection._enqueue
+
+    def recording_enqueue(message: bytes) -> bool:
+        room = enqueue(message)
+        peak["messages"] = max(peak["messages"], len(connection._queue))
+        peak["bytes"] = max(peak["bytes"], connection._queued_bytes)
+        peak["largest"] = max(peak["largest"], len(message))
+        return room
+
+    connection._enqueue = recording_enqueue  # type: ignore[method-assign]
+    return peak
+
+
 def _pipe_is_full(process: ManagedProcess) -> bool:
     child = process.child
     if child is None or child.stdout < 0:
@@ -141,19 +157,7 @@ async def test_a_client_that_stops_reading_blocks_the_child_and_loses_nothing(
     await _call(ws, 1, "initialize", {"clientName": "paused"})
     await ws.send(json.dumps({"method": "initialized"}))
 
-    # Watch the connection's queue from the inside: record its size after every enqueue.
-    connection = _only_session_connection(server)
-    peak = {"messages": 0, "bytes": 0, "largest": 0}
-    enqueue = connection._enqueue
-
-    def recording_enqueue(message: bytes) -> bool:
-        room = enqueue(message)
-        peak["messages"] = max(peak["messages"], len(connection._queue))
-        peak["bytes"] = max(peak["bytes"], connection._queued_bytes)
-        peak["largest"] = max(peak["largest"], len(message))
-        return room
-
-    connection._enqueue = recording_enqueue  # type: ignore[method-assign]
+    peak = _record_queue_peak(_only_session_connection(server))
 
     done = tmp_path / "done"
     script = (
@@ -237,3 +241,53 @@ async def test_other_processes_keep_flowing_once_the_client_reads(
             events = await client.wait_closed(name, timeout=60)
             assert events.data() == random.Random(seed).randbytes(3_000_000)
             assert [s for _, s in events.order] == list(range(1, len(events.order) + 1))
+
+
+async def test_pipelined_requests_wait_while_replies_back_up(
+    server_and_url: tuple[Server, str], paused_ws: ClientConnection
+) -> None:
+    # Replies count against the same bound: a client that sends many requests and reads
+    # none of the replies makes the server stop reading its requests, not grow its queue.
+    server, _ = server_and_url
+    ws = paused_ws
+    await _call(ws, 1, "initialize", {"clientName": "pipelining"})
+    await ws.send(json.dumps({"method": "initialized"}))
+    big = {"processId": "big", "argv": ["head", "-c", "49152", "/dev/zero"], "cwd": "/tmp"}
+    await _call(ws, 2, "process/start", {**big, "env": PATH_ENV, "tty": False})
+    while json.loads(await ws.recv())["method"] != "process/closed":
+        pass
+    cat = {"processId": "cat", "argv": ["cat"], "cwd": "/tmp", "pipeStdin": True}
+    await _call(ws, 3, "process/start", {**cat, "env": PATH_ENV, "tty": False})
+    peak = _record_queue_peak(_only_session_connection(server))
+
+    reads = 200  # each reply carries all 48 KiB: about 64 KiB of JSON, the whole queue bound
+    for request_id in range(100, 100 + reads):
+        read = {"id": request_id, "method": "process/read", "params": {"processId": "big"}}
+        await ws.send(json.dumps(read))
+    write = {"processId": "cat", "chunk": base64.b64encode(b"marker\n").decode()}
+    await ws.send(json.dumps({"id": 99, "method": "process/write", "params": write}))
+    cat_log = _process(server, "cat").log
+
+    # Without backpressure on requests every read is answered into the queue at once, and
+    # the write behind them reaches cat. With it, neither happens while nobody reads.
+    backed_up = await wait_until(
+        lambda: peak["bytes"] > 2 * QUEUE_BYTES or cat_log.last_seq > 0, timeout=2
+    )
+    assert not backed_up
+    assert peak["bytes"] <= QUEUE_BYTES + peak["largest"]
+    assert cat_log.last_seq == 0
+
+    # Reading again: every reply arrives, whole, and the write went through.
+    answered: set[int] = set()
+    marker_seen = False
+    while len(answered) < reads + 1 or not marker_seen:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if "id" in message:
+            answered.add(message["id"])
+            if message["id"] != 99:
+                chunks = message["result"]["chunks"]
+                assert b"".join(base64.b64decode(c["chunk"]) for c in chunks) == bytes(49152)
+        elif message["method"] == "process/output":
+            assert base64.b64decode(message["params"]["chunk"]) == b"marker\n"
+            marker_seen = True
+    assert answered == {99, *range(100, 100 + reads)}

@@ -118,8 +118,16 @@ class Connection:
         await self._room.wait()
 
     def _send_reply(self, message: bytes) -> None:
-        if self.state is not HandshakeState.CLOSED:
-            self._enqueue(message)
+        if self.state is not HandshakeState.CLOSED and not self._enqueue(message):
+            # Replies count against the bound too: past it, serve_connection stops reading
+            # requests until the client catches up, so pipelining cannot grow the queue.
+            self._producers_paused = True
+            self._room.clear()
+
+    @property
+    def has_room(self) -> bool:
+        """False from the moment the queue passes its bound until it drains to low water."""
+        return self._room.is_set()
 
     async def write_loop(self) -> None:
         """Send queued messages in order until the connection ends."""
@@ -287,6 +295,16 @@ class Connection:
             self.server.sessions.detach(self.session, self, grace)
 
 
+async def _until_room_or_done(connection: Connection, writer: asyncio.Future[None]) -> None:
+    """Stop reading requests while the outbound queue is past its bound (the client is not
+    reading): the peer's sends back up in TCP instead of replies piling up here."""
+    room = asyncio.ensure_future(connection.wait_for_room())
+    try:
+        await asyncio.wait({room, writer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        room.cancel()
+
+
 async def serve_connection(connection: Connection, inbound: Any) -> None:
     """Drive a connection: feed ``inbound`` (an async iterator of messages) in, run the writer.
 
@@ -299,6 +317,8 @@ async def serve_connection(connection: Connection, inbound: Any) -> None:
             if not connection.receive(data):
                 connection.transport.abort()
                 break
+            if not connection.has_room:
+                await _until_room_or_done(connection, writer)
             if writer.done():
                 break
         else:
