@@ -10,7 +10,6 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Coroutine
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -118,7 +117,7 @@ async def run_one(
         record["error"] = f"start: {exc}"
         return record
     try:
-        work: Coroutine[Any, Any, workloads.Metrics] = workloads.WORKLOADS[name](server, sizes)
+        work = workloads.WORKLOADS[name](server, sizes)
         record["metrics"] = await asyncio.wait_for(work, WORKLOAD_TIMEOUT)
     except Exception as exc:
         tail = server.stderr_tail()

@@ -10,7 +10,7 @@ import threading
 import time
 from types import TracebackType
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 
 class ServerProbe:
@@ -62,7 +62,7 @@ class ServerProbe:
 
     def descendants(self) -> list[psutil.Process]:
         try:
-            return self.proc.children(recursive=True)
+            return list(self.proc.children(recursive=True))
         except psutil.Error:
             return []
 

@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -60,7 +61,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-async def _wait(fut: asyncio.Future[None], what: str, timeout: float = STEP_TIMEOUT) -> None:
+async def _wait(fut: asyncio.Future[Any], what: str, timeout: float = STEP_TIMEOUT) -> None:
     try:
         await asyncio.wait_for(asyncio.shield(fut), timeout)
     except TimeoutError:

@@ -81,7 +81,7 @@ class _WsProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        transport.write(self._request)
+        self._transport.write(self._request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.handshake.done():
@@ -198,7 +198,7 @@ class _WsProtocol(asyncio.Protocol):
                 if fin:
                     whole = b"".join(self._fragments)
                     self._fragments.clear()
-                    on_message(whole)
+                    on_message(memoryview(whole))
             elif opcode == _OP_PING:
                 self.send(_OP_PONG, bytes(payload))
             elif opcode == _OP_CLOSE:
