@@ -122,16 +122,22 @@ async def test_read_above_the_limit_is_refused(tmp_path: Path) -> None:
         assert error.code == -32600
         assert error.message == "file is too large to read: limit is 10 bytes"
         assert await read(client, str(tmp_path / "ok")) == b"x" * 10
-        # A device that never ends fails the same way instead of eating memory.
-        error = await fails(client, "fs/readFile", {"path": "/dev/zero"})
+        # A file whose size the OS does not know is bounded by the read itself.
+        error = await fails(client, "fs/readFile", {"path": "/proc/self/status"})
         assert error.message == "file is too large to read: limit is 10 bytes"
 
 
-async def test_read_fifo_does_not_hang(client: Client, tmp_path: Path) -> None:
+async def test_read_special_files_is_refused(client: Client, tmp_path: Path) -> None:
+    """As the 0.169 reference: only regular files (a FIFO would block, a device never end)."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    # Nobody writes: the read sees end of file at once instead of parking a thread.
-    assert await read(client, str(fifo)) == b""
+    for path in (str(fifo), "/dev/zero", "/dev/null"):
+        error = await fails(client, "fs/readFile", {"path": path})
+        assert (error.code, error.message) == (-32600, f"path `{path}` is not a file")
+    # Through a symlink, the target is what counts.
+    (tmp_path / "link").symlink_to(fifo)
+    error = await fails(client, "fs/readFile", {"path": str(tmp_path / "link")})
+    assert error.code == -32600
 
 
 # ---- path parsing -----------------------------------------------------------------------------

@@ -26,14 +26,19 @@ _READ_STEP = 1024 * 1024
 
 
 def read_file(path: str, limit: int) -> bytes:
-    """The whole file, or -32600 when it is larger than ``limit`` bytes.
+    """The whole file, or -32600 when it is larger than ``limit`` bytes or not a file.
 
     The size is checked before reading and the read itself is bounded too, so a file that
-    grows meanwhile, or a device that never ends (``/dev/zero``), fails the same way.
+    grows meanwhile (or a ``/proc`` file that reports size 0) fails the same way.
     """
     fd = os.open(path, _READ_FLAGS)
     try:
-        size = os.fstat(fd).st_size
+        status = os.fstat(fd)
+        if not (stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode)):
+            # FIFOs, sockets, devices: refused as by the 0.169 reference (a directory still
+            # fails below with EISDIR, -32603, as Part B §9 and the seed-era reference say).
+            raise invalid_request(f"path `{path}` is not a file")
+        size = status.st_size
         if size > limit:
             raise _too_large(limit)
         chunks: list[bytes] = []
