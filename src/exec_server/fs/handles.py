@@ -95,7 +95,7 @@ class HandleTable(SessionResource):
 
     def reserve(self, handle_id: str) -> None:
         """Claim ``handle_id`` before the file is opened, or -32600 saying why not."""
-        if len(handle_id.encode("utf-8", "surrogatepass")) > MAX_HANDLE_ID_BYTES:
+        if len(handle_id.encode()) > MAX_HANDLE_ID_BYTES:
             raise invalid_request(f"file handle ID must not exceed {MAX_HANDLE_ID_BYTES} bytes")
         with self._lock:
             if self._ended:

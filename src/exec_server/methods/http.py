@@ -75,7 +75,7 @@ def _valid_headers(headers: list[HttpHeader]) -> list[tuple[bytes, bytes]]:
     for header in headers:
         if not _TOKEN.fullmatch(header.name):
             raise invalid_params("http/request header name is invalid: invalid HTTP header name")
-        value = header.value.encode("utf-8", "surrogateescape")
+        value = header.value.encode()
         if any((byte < 32 and byte != 9) or byte == 127 for byte in value):
             raise invalid_params(
                 f"http/request header value is invalid for {header.name}: "
