@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .support import Client, pid_alive, wait_until
+from .support import Client, pid_alive, running_server, wait_until
 from .test_process_helpers import error_of, no_stray_children
 
 __all__ = ["no_stray_children"]
@@ -118,3 +118,23 @@ async def test_signal_to_unknown_or_exited_process(client: Client) -> None:
     assert error == {"code": -32600, "message": "unknown process id ghost"}
     await client.run("gone", ["true"])
     assert await client.call("process/signal", {"processId": "gone", "signal": "TERM"}) == {}
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        # exited, not closed: the job still holds stdout
+        "sleep 100 & echo $!; exit 0",
+        # closed: the job let go of every stream, but lives on in the group
+        "sleep 100 </dev/null >/dev/null 2>&1 & echo $!; exit 0",
+    ],
+    ids=["exited", "closed"],
+)
+async def test_server_shutdown_kills_the_groups_of_finished_processes(script: str) -> None:
+    async with running_server() as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        await client.start("bg", ["sh", "-c", script])
+        await client.wait_for("bg", lambda e: e.exited is not None)
+        background = int((await client.wait_output("bg", b"\n")).split()[0])
+        assert pid_alive(background)
+    assert await wait_until(lambda: not pid_alive(background))

@@ -502,8 +502,10 @@ class ProcessManager:
             child = process.child
             if child is not None and not process.reaped:
                 self._kill(process)
-            elif child is not None and process.state is ProcessState.EXITED:
-                # Exited, but something in its group still holds the output open.
+            elif child is not None:
+                # The leader is gone, but its group may live on: a background job holding
+                # the output open (exited) or one that let go of it (closed). The group id
+                # cannot be reused while any member is alive.
                 signal_group(child.pid, signal.SIGKILL, include_leader=False)
             self._close_fds(process)
             process.state = ProcessState.CLOSED
