@@ -38,6 +38,13 @@ NATIVE_SPAWN = _native is not None
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _prctl = _libc.prctl
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_signal = _libc.signal
+_signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_signal.restype = ctypes.c_void_p
+_SIG_DFL = 0
+_RESETTABLE_SIGNALS = tuple(
+    int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,11 @@ def _preexec(tty: bool, parent_pid: int) -> None:  # pragma: no cover - runs in 
         os._exit(137)
     if tty:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # Default dispositions and no blocked signal, whatever the server runs with (an ignored
+    # SIGINT, as under a shell's background job, would make "interrupt" do nothing).
+    for signum in _RESETTABLE_SIGNALS:
+        _signal(signum, _SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def _set_window_size(fd: int, rows: int, columns: int) -> None:

@@ -1,0 +1,107 @@
+"""What a child starts with, through both ways of starting one: the vfork extension and the
+portable ``subprocess.Popen`` fallback must give children the same world."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exec_server.process import spawn
+
+from .support import Client
+from .test_process_helpers import error_of, no_stray_children
+
+__all__ = ["no_stray_children"]
+
+MODES = [pytest.param(False, id="pipe"), pytest.param(True, id="pty")]
+
+
+@pytest.fixture(params=["native", "popen"], autouse=True)
+def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "native":
+        if not spawn.NATIVE_SPAWN:
+            pytest.skip("the vfork extension is not built here")
+    else:
+        monkeypatch.setattr(spawn, "_native", None)
+    return str(request.param)
+
+
+def _lines(data: bytes) -> list[str]:
+    return data.decode().replace("\r\n", "\n").splitlines()
+
+
+@pytest.fixture
+def server_ignores_signals() -> Iterator[None]:
+    """The server itself runs with some signals ignored (as under nohup, or as a background
+    job of a non-interactive shell, which ignores SIGINT and SIGQUIT)."""
+    ignored = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in ignored}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("tty", MODES)
+async def test_child_starts_with_default_signals(
+    client: Client, tty: bool, server_ignores_signals: None
+) -> None:
+    events = await client.run("sigs", ["grep", "^Sig[BI]", "/proc/self/status"], tty=tty)
+    status = dict(line.split(":\t") for line in _lines(events.data()))
+    assert status == {"SigBlk": "0000000000000000", "SigIgn": "0000000000000000"}
+    # And so "interrupt" interrupts.
+    await client.start("int", ["sleep", "100"], tty=tty)
+    await client.call("process/signal", {"processId": "int", "signal": "interrupt"})
+    events = await client.wait_closed("int")
+    assert events.exited is not None and events.exited["exitCode"] == 130
+
+
+@pytest.mark.parametrize("tty", MODES)
+async def test_child_has_only_its_three_standard_fds(client: Client, tty: bool) -> None:
+    await client.start("other", ["sleep", "100"], pipeStdin=True)  # its pipes must not leak
+    events = await client.run("fds", ["sh", "-c", "ls -1 /proc/$$/fd"], tty=tty, pipeStdin=True)
+    assert _lines(events.data()) == ["0", "1", "2"]
+    await client.call("process/terminate", {"processId": "other"})
+    await client.wait_closed("other")
+
+
+@pytest.mark.parametrize("tty", MODES)
+async def test_child_world(client: Client, tmp_path: Path, tty: bool) -> None:
+    script = 'echo "$0"; pwd; ps -o sid= -o pgid= -p $$; echo "$PATH|$ONLY"; tty || true'
+    events = await client.run(
+        "world",
+        ["sh", "-c", script],
+        tty=tty,
+        arg0="name",
+        cwd=str(tmp_path),
+        env={"PATH": "/usr/bin:/bin", "ONLY": "this"},
+    )
+    argv, cwd, ids, env, terminal = _lines(events.data())
+    pid = ids.split()[0]
+    assert argv == "name"
+    assert cwd == str(tmp_path)
+    assert ids.split() == [pid, pid]  # a session and group leader
+    assert env == "/usr/bin:/bin|this"
+    assert terminal.startswith("/dev/pts/") if tty else terminal == "not a tty"
+
+
+@pytest.mark.parametrize("tty", MODES)
+async def test_lookup_and_errors(client: Client, tmp_path: Path, tty: bool) -> None:
+    events = await client.run("nopath", ["true"], env={}, tty=tty)
+    assert events.exited is not None and events.exited["exitCode"] == 0
+    base = {"processId": "bad", "cwd": "/tmp", "env": {"PATH": "/usr/bin:/bin"}, "tty": tty}
+    error = await error_of(client, "process/start", {**base, "argv": ["no-such-program-xyz"]})
+    assert error["code"] == -32603 and "No such file or directory" in error["message"]
+    missing = tmp_path / "missing"
+    params = {**base, "argv": ["true"], "cwd": str(missing)}
+    error = await error_of(client, "process/start", params)
+    assert error["code"] == -32603 and str(missing) in error["message"]
+    error = await error_of(client, "process/start", {**base, "argv": ["true"], "env": {"A=": ""}})
+    assert error["code"] == -32602
+    error = await error_of(client, "process/start", {**base, "argv": ["tr\0ue"]})
+    assert error["code"] == -32602
+    await client.run("bad", ["true"], tty=tty)  # nothing left reserved
