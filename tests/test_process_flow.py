@@ -291,3 +291,29 @@ async def test_pipelined_requests_wait_while_replies_back_up(
             assert base64.b64decode(message["params"]["chunk"]) == b"marker\n"
             marker_seen = True
     assert answered == {99, *range(100, 100 + reads)}
+
+
+async def test_a_hundred_processes_at_once(client: Client) -> None:
+    calls = [
+        (
+            "process/start",
+            {
+                "processId": f"p{i}",
+                "argv": ["sh", "-c", f"echo {i}; echo e{i} >&2; exit {i % 7}"],
+                "cwd": "/tmp",
+                "env": PATH_ENV,
+                "tty": i % 2 == 1,
+            },
+        )
+        for i in range(100)
+    ]
+    replies = await fire(client, calls)
+    assert all("result" in reply for reply in replies)
+    for i in range(100):
+        events = await client.wait_closed(f"p{i}")
+        assert events.exited is not None and events.exited["exitCode"] == i % 7
+        if i % 2:
+            assert sorted(events.data().split(b"\r\n")) == sorted([b"", b"%d" % i, b"e%d" % i])
+        else:
+            assert (events.data("stdout"), events.data("stderr")) == (b"%d\n" % i, b"e%d\n" % i)
+        assert [s for _, s in events.order] == list(range(1, len(events.order) + 1))

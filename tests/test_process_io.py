@@ -10,7 +10,7 @@ import pytest
 from exec_server.config import Limits
 
 from .support import Client, RpcFailure
-from .test_process_helpers import b64, fire, no_stray_children
+from .test_process_helpers import b64, fire, no_stray_children, reply_index
 
 __all__ = ["no_stray_children"]
 
@@ -191,3 +191,38 @@ async def test_writes_to_one_process_keep_their_order(client: Client, tty: bool)
     assert got.data() == expected
     await client.call("process/terminate", {"processId": "order"})
     await client.wait_closed("order")
+
+
+async def test_a_write_waiting_for_stdin_room_does_not_block_terminate(client: Client) -> None:
+    # sleep never reads: 70 KB fill the pipe and then the 4 KiB stdin queue.
+    await client.start("full", ["sleep", "100"], pipeStdin=True)
+    assert await client.write("full", b"x" * 70_000) == "accepted"
+    waiting, terminated = await fire(
+        client,
+        [
+            ("process/write", {"processId": "full", "chunk": b64(b"y" * 10_000)}),
+            ("process/terminate", {"processId": "full"}),
+        ],
+    )
+    assert terminated["result"] == {"running": True}
+    # Answered by the kill: bytes for a dead child are dropped, as with the reference.
+    assert waiting["result"] == {"status": "accepted"}
+    assert reply_index(client, terminated) < reply_index(client, waiting)
+    events = await client.wait_closed("full")
+    assert events.exited is not None and events.exited["exitCode"] == 137
+
+
+async def test_empty_write_is_accepted(client: Client) -> None:
+    await client.start("empty", ["cat"], pipeStdin=True)
+    assert await client.write("empty", b"") == "accepted"
+    assert await client.write("empty", b"after\n") == "accepted"
+    assert await client.wait_output("empty", b"after\n") == b"after\n"
+    await client.call("process/terminate", {"processId": "empty"})
+    await client.wait_closed("empty")
+
+
+async def test_pipe_children_get_sigpipe(client: Client) -> None:
+    # The server ignores SIGPIPE; its children must not: `yes` dies quietly when head exits.
+    events = await client.run("sigpipe", ["sh", "-c", "yes | head -n 2; echo done"])
+    assert events.data("stdout") == b"y\ny\ndone\n"
+    assert events.data("stderr") == b""
