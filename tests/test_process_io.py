@@ -17,8 +17,9 @@ __all__ = ["no_stray_children"]
 
 @pytest.fixture
 def limits() -> Limits:
-    # A small stdin queue, so ordered writes also go through the "queue full" path.
-    return Limits(stdin_buffer_bytes=4096)
+    # A small stdin queue, so ordered writes also go through the "queue full" path; a short
+    # writeId memory, so forgetting old ids can be seen.
+    return Limits(stdin_buffer_bytes=4096, write_id_memory=3)
 
 
 def _pattern(seed: int, size: int) -> bytes:
@@ -151,6 +152,20 @@ async def test_repeated_write_id_is_accepted_and_written_once(client: Client) ->
     for pid in ("dedupe", "other"):
         await client.call("process/terminate", {"processId": pid})
         await client.wait_closed(pid)
+
+
+async def test_write_id_memory_is_bounded_and_keeps_the_most_recent(client: Client) -> None:
+    await client.start("ids", ["cat"], pipeStdin=True)
+    for write_id, data in [("a", b"1"), ("b", b"2"), ("c", b"3"), ("d", b"4")]:
+        assert await client.write("ids", data, writeId=write_id) == "accepted"
+    # Remembered: b, c, d. "d" with other bytes is still a repeat; "a" was forgotten.
+    assert await client.write("ids", b"X", writeId="d") == "accepted"
+    assert await client.write("ids", b"5", writeId="a") == "accepted"
+    assert await client.write("ids", b"Y", writeId="c") == "accepted"
+    assert await client.write("ids", b"\n", writeId="e") == "accepted"
+    assert await client.wait_output("ids", b"\n") == b"12345\n"
+    await client.call("process/terminate", {"processId": "ids"})
+    await client.wait_closed("ids")
 
 
 async def test_without_write_id_every_write_is_applied(client: Client) -> None:
