@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 
 from exec_server.config import Limits
 
-from .support import Client
+from .support import Client, ProcessEvents
 from .test_process_helpers import error_of, fire, no_stray_children, seqs, unb64
 
 __all__ = ["no_stray_children"]
@@ -88,7 +90,7 @@ async def test_retention_drops_oldest_chunks_whole_and_readers_see_the_gap(
     script = "import sys, random; sys.stdout.buffer.write(random.Random(5).randbytes(200_000))"
     events = await client.run("ret", [sys.executable, "-c", script])
     notified = {o["seq"]: unb64(o["chunk"]) for o in events.output}
-    assert events.data() == __import__("random").Random(5).randbytes(200_000)
+    assert events.data() == random.Random(5).randbytes(200_000)
 
     read = await client.read("ret")
     chunks = _chunks(read)
@@ -111,6 +113,11 @@ async def test_retention_drops_oldest_chunks_whole_and_readers_see_the_gap(
 
 # ---- process/read ----------------------------------------------------------------------------
 
+
+def _has_chunks(count: int, events: ProcessEvents) -> bool:
+    return len(events.output) >= count
+
+
 LINES = [b"abcd\n", b"123456789\n", b"x" * 19 + b"\n"]  # 5, 10 and 20 bytes
 
 
@@ -120,7 +127,7 @@ async def _three_chunks_then_exit(client: Client, process_id: str) -> None:
     await client.start(process_id, ["sh", "-c", script], pipeStdin=True)
     for count, line in enumerate(LINES, start=1):
         await client.write(process_id, line)
-        await client.wait_for(process_id, lambda e, n=count: len(e.output) >= n)  # type: ignore[misc]
+        await client.wait_for(process_id, partial(_has_chunks, count))
     await client.wait_closed(process_id)
     assert [unb64(o["chunk"]) for o in client.processes[process_id].output] == LINES
     assert seqs(client.processes[process_id].order) == [1, 2, 3, 4, 5]
