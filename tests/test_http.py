@@ -347,7 +347,7 @@ async def test_stream_request_failure_frees_the_id(client: Client, web: _TestHtt
 async def test_large_stream_through_a_small_queue(web: _TestHttpServer) -> None:
     """A tiny outbound queue: the stream waits for room and still delivers every byte."""
     size = 3 * 1024 * 1024
-    limits = Limits(outbound_queue_messages=2, outbound_queue_bytes=4096)
+    limits = Limits(outbound_queue_bytes=4096)
     async with running_server(limits) as (_, url), Client.connect(url) as client:
         await client.initialize()
         params = {

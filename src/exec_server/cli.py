@@ -104,12 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest single read from a child's output (default {defaults.read_chunk_bytes})",
     )
     parser.add_argument(
-        "--outbound-queue-messages",
+        "--outbound-queue-bytes",
         type=int,
-        default=defaults.outbound_queue_messages,
+        default=defaults.outbound_queue_bytes,
         metavar="N",
-        help="messages queued per connection before children's output stops being read "
-        f"(default {defaults.outbound_queue_messages})",
+        help="bytes buffered for one slow client before its requests and its children's "
+        "output stop being read until it catches up "
+        f"(default {defaults.outbound_queue_bytes})",
     )
     parser.add_argument(
         "--allow-origin",
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def limits_from_args(args: argparse.Namespace) -> Limits:
-    for name in ("retained_output_bytes", "read_chunk_bytes", "outbound_queue_messages"):
+    for name in ("retained_output_bytes", "read_chunk_bytes", "outbound_queue_bytes"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     for name in ("closed_retention", "detach_grace"):
@@ -150,7 +151,7 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
         closed_retention_s=args.closed_retention,
         detach_grace_s=args.detach_grace,
         read_chunk_bytes=args.read_chunk_bytes,
-        outbound_queue_messages=args.outbound_queue_messages,
+        outbound_queue_bytes=args.outbound_queue_bytes,
     )
 
 
@@ -188,7 +189,7 @@ async def serve(address: ListenAddress, limits: Limits, allowed_origins: frozens
                 on_bound=announce,
             )
             await stop.wait()
-            ws_server.close(close_connections=False)
+            ws_server.close()
     finally:
         await server.shutdown()
 

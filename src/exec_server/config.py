@@ -26,9 +26,10 @@ class Limits:
         read_chunk_bytes: the largest single read from a child's pipe or PTY. The reference
             reads 8 KiB; we read up to 64 KiB (a Linux pipe's capacity) so bulk output costs
             an eighth of the notifications. Chunk boundaries were never part of the contract.
-        outbound_queue_messages / outbound_queue_bytes: the per-connection send queue; past
-            either bound the server stops reading children's output until the client catches up
-            (reference: 128 messages).
+        outbound_queue_bytes: the per-connection outbound buffer. Past it the server stops
+            reading that connection's requests and its session's children until the client
+            catches up (the reference bounds its queue at 128 messages; bytes are what cost
+            memory).
         stdin_buffer_bytes: bytes queued for one child's stdin before ``process/write`` waits.
         write_id_memory: how many recent ``writeId`` values each process remembers for dedupe.
         max_message_bytes: the largest inbound JSON-RPC message.
@@ -45,7 +46,6 @@ class Limits:
     closed_retention_s: float = 30.0
     detach_grace_s: float = 30.0
     read_chunk_bytes: int = 64 * 1024
-    outbound_queue_messages: int = 128
     outbound_queue_bytes: int = 4 * MIB
     stdin_buffer_bytes: int = 4 * MIB
     write_id_memory: int = 4096

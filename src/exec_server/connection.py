@@ -1,13 +1,13 @@
-"""One client connection: the handshake, dispatch of requests, and the outbound queue.
+"""One client connection: the handshake, dispatch of requests, and flow control.
 
-Transports feed inbound messages to :meth:`Connection.receive` one at a time and provide
-``send``; everything else lives here. Requests start in arrival order. A handler either
+Transports feed inbound messages to :meth:`Connection.receive` one at a time and provide a
+non-blocking ``send``; everything else lives here. Requests start in arrival order. A handler either
 returns its result at once (the common case: no task, no switch) or an awaitable (a long
 poll, a full stdin queue, file I/O), which runs as a task owned by this connection, so a
 slow request never delays the ones behind it (PROTOCOL.md Part A §A2).
 
-The outbound queue is bounded: replies always get in, but when notifications push it past
-its bound the session's children stop being read until the client catches up.
+Outbound memory is bounded by the transport's buffer: past its bound the transport stops
+reading requests and the session's children stop being read, until the client catches up.
 """
 
 from __future__ import annotations
@@ -15,11 +15,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
-
-import msgspec
 
 from . import rpc
 from .errors import INVALID_REQUEST, METHOD_NOT_FOUND, RpcError, internal_error, invalid_request
@@ -30,9 +27,6 @@ if TYPE_CHECKING:
     from .sessions import Session
 
 log = logging.getLogger(__name__)
-
-FLUSH_TIMEOUT_S = 2.0
-"""How long a connection whose peer stopped sending may take to deliver replies already queued."""
 
 
 class Transport(Protocol):
@@ -46,12 +40,19 @@ class Transport(Protocol):
     this transport (``failed to parse websocket JSON-RPC message from exec-server websocket
     127.0.0.1:5000``; over stdio ``failed to parse JSON-RPC message from exec-server stdio``)."""
 
-    async def send(self, message: bytes) -> None:
-        """Send one JSON message (text). Raises ``ConnectionError`` once the peer is gone."""
-
     resumable: bool
     """Whether a client can come back to a session after this connection ends. Over stdio
     nobody can (one connection per server process), so its session ends with it (Part A §A2)."""
+
+    def send(self, message: bytes) -> None:
+        """Queue one JSON message for the peer; never blocks, never fails (a message for a
+        peer that is gone is dropped)."""
+
+    @property
+    def writable(self) -> bool:
+        """False while the transport's outbound buffer is past its bound. The transport then
+        stops reading the peer's requests, and calls :meth:`Connection.on_writable` once it
+        has drained."""
 
     def abort(self) -> None:
         """Drop the connection without a goodbye (protocol violations)."""
@@ -75,16 +76,9 @@ class Connection:
         self.state = HandshakeState.NEW
         self.session: Session | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._queue: deque[bytes] = deque()
-        self._queued_bytes = 0
-        self._queue_wakeup = asyncio.Event()
-        self._writer_idle = asyncio.Event()  # set while the writer waits on an empty queue
         self._producers_paused = False
         self._room = asyncio.Event()  # set while producers may go on (see wait_for_room)
         self._room.set()
-        limits = server.limits
-        self._high_messages = limits.outbound_queue_messages
-        self._high_bytes = limits.outbound_queue_bytes
         self.closers: list[Any] = []
         """Callables run when the connection ends (e.g. cancel HTTP body streams)."""
 
@@ -94,70 +88,43 @@ class Connection:
 
     # ---- outbound ----------------------------------------------------------------------------
 
-    def _enqueue(self, message: bytes) -> bool:
-        self._queue.append(message)
-        self._queued_bytes += len(message)
-        if len(self._queue) == 1:
-            self._queue_wakeup.set()
-            self._writer_idle.clear()
-        return len(self._queue) < self._high_messages and self._queued_bytes < self._high_bytes
-
     def send_notification(self, message: bytes) -> bool:
-        """Queue a notification; False means "above the bound: stop producing"."""
+        """Send a notification; False means "the client is behind: stop producing" until
+        :meth:`on_writable`."""
         if self.state is HandshakeState.CLOSED:
             return True
-        room = self._enqueue(message)
-        if not room:
-            self._producers_paused = True
-            self._room.clear()
-        return room
+        transport = self.transport
+        transport.send(message)
+        if transport.writable:
+            return True
+        self._producers_paused = True
+        self._room.clear()
+        return False
 
     async def wait_for_room(self) -> None:
-        """After ``send_notification`` returned False: wait until the queue has drained to
-        its low-water mark, or the connection has ended (for producers other than processes)."""
+        """After ``send_notification`` returned False: wait until the transport has drained,
+        or the connection has ended (for producers other than processes)."""
         await self._room.wait()
 
     def _send_reply(self, message: bytes) -> None:
-        if self.state is not HandshakeState.CLOSED and not self._enqueue(message):
-            # Replies count against the bound too: past it, serve_connection stops reading
-            # requests until the client catches up, so pipelining cannot grow the queue.
-            self._producers_paused = True
-            self._room.clear()
+        # Replies are never refused: past the bound the transport stops reading requests,
+        # so a client pipelining requests without reading replies cannot grow our memory.
+        if self.state is not HandshakeState.CLOSED:
+            self.transport.send(message)
 
-    @property
-    def has_room(self) -> bool:
-        """False from the moment the queue passes its bound until it drains to low water."""
-        return self._room.is_set()
-
-    async def write_loop(self) -> None:
-        """Send queued messages in order until the connection ends."""
-        queue = self._queue
-        send = self.transport.send
-        low_messages = self._high_messages // 2
-        low_bytes = self._high_bytes // 2
-        while True:
-            if not queue:
-                self._queue_wakeup.clear()
-                self._writer_idle.set()
-                await self._queue_wakeup.wait()
-                continue
-            message = queue.popleft()
-            self._queued_bytes -= len(message)
-            await send(message)
-            if (
-                self._producers_paused
-                and len(queue) <= low_messages
-                and self._queued_bytes <= low_bytes
-            ):
-                self._producers_paused = False
-                self._room.set()
-                session = self.session
-                if session is not None and session.connection is self:
-                    session.processes.resume_output()
+    def on_writable(self) -> None:
+        """The transport drained below its bound: let paused producers go on."""
+        if not self._producers_paused:
+            return
+        self._producers_paused = False
+        self._room.set()
+        session = self.session
+        if session is not None and session.connection is self:
+            session.processes.resume_output()
 
     # ---- inbound -----------------------------------------------------------------------------
 
-    def receive(self, data: bytes | str | rpc.Malformed) -> bool:
+    def receive(self, data: bytes | bytearray | memoryview | str | rpc.Malformed) -> bool:
         """Handle one inbound message (or a transport's verdict that it was unreadable).
         Returns False when the connection must be closed."""
         if self.state is HandshakeState.CLOSED:
@@ -267,19 +234,9 @@ class Connection:
 
     # ---- end ---------------------------------------------------------------------------------
 
-    async def flush(self, writer: asyncio.Future[Any], timeout: float) -> None:
-        """Wait, at most ``timeout``, until ``writer`` (the :meth:`write_loop` task) has sent
-        everything queued, or has failed."""
-        idle: asyncio.Future[Any] = asyncio.ensure_future(self._writer_idle.wait())
-        try:
-            await asyncio.wait({writer, idle}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            idle.cancel()
-
     def close(self) -> None:
         """The connection is over: cancel its tasks and detach its session (or end it, when
-        the transport cannot be resumed). Idempotent. Messages already queued stay queued,
-        for :meth:`flush`."""
+        the transport cannot be resumed). Idempotent."""
         if self.state is HandshakeState.CLOSED:
             return
         self.state = HandshakeState.CLOSED
@@ -288,55 +245,7 @@ class Connection:
         self.closers.clear()
         for task in list(self._tasks):
             task.cancel()
-        self._queue_wakeup.set()
         self._room.set()
         if self.session is not None:
             grace = None if self.transport.resumable else 0.0
             self.server.sessions.detach(self.session, self, grace)
-
-
-async def _until_room_or_done(connection: Connection, writer: asyncio.Future[None]) -> None:
-    """Stop reading requests while the outbound queue is past its bound (the client is not
-    reading): the peer's sends back up in TCP instead of replies piling up here."""
-    room = asyncio.ensure_future(connection.wait_for_room())
-    try:
-        await asyncio.wait({room, writer}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        room.cancel()
-
-
-async def serve_connection(connection: Connection, inbound: Any) -> None:
-    """Drive a connection: feed ``inbound`` (an async iterator of messages) in, run the writer.
-
-    Returns when the peer goes away or breaks the protocol; the caller closes the transport.
-    """
-    writer = asyncio.ensure_future(connection.write_loop())
-    peer_finished = False
-    try:
-        async for data in inbound:
-            if not connection.receive(data):
-                connection.transport.abort()
-                break
-            if not connection.has_room:
-                await _until_room_or_done(connection, writer)
-            if writer.done():
-                break
-        else:
-            peer_finished = True
-    except (ConnectionError, OSError, msgspec.DecodeError):
-        pass
-    finally:
-        connection.close()
-        try:
-            if peer_finished:
-                # The peer sent all it will (stdin EOF): replies already queued still go out,
-                # so `printf '<request>\n' | exec-server --listen stdio` gets its answer.
-                await connection.flush(writer, FLUSH_TIMEOUT_S)
-        finally:
-            writer.cancel()
-        try:
-            await writer
-        except (asyncio.CancelledError, ConnectionError, OSError):
-            pass
-        except Exception:
-            log.exception("connection writer failed")

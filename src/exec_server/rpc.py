@@ -69,7 +69,7 @@ def is_valid_id(value: object) -> bool:
     return type(value) is int and _I64_MIN <= value <= _I64_MAX
 
 
-def decode(data: bytes | str) -> Message:
+def decode(data: bytes | bytearray | memoryview | str) -> Message:
     """Classify one inbound message. Never raises."""
     try:
         env = _envelope_decoder.decode(data)

@@ -1,87 +1,253 @@
 """stdio transport: newline-delimited JSON on stdin/stdout, one connection per server process.
 
 Blank lines are ignored. Nobody can come back over stdio, so EOF on stdin ends the session
-at once: every child is killed and the server exits (Part A §A2).
+at once: every child is killed and the server exits (Part A §A2). Outbound messages are
+batched per event-loop turn, as over WebSocket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections import deque
 from typing import BinaryIO
 
-from ..connection import Connection, serve_connection
+from ..connection import Connection
 from ..rpc import Malformed
 from ..server import Server
 
+FLUSH_TIMEOUT_S = 2.0
+"""How long replies already written may take to reach a peer that has closed stdin."""
+
 
 class StdioTransport:
+    """The Connection's transport over a pair of pipes (or a tty, or files)."""
+
     description = "exec-server stdio"
-    malformed_prefix = "failed to parse JSON-RPC message from exec-server stdio"
     resumable = False
+    malformed_prefix = "failed to parse JSON-RPC message from exec-server stdio"
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
+    def __init__(self, server: Server) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._max_line = server.limits.max_message_bytes
+        self._high_water = server.limits.outbound_queue_bytes
+        self.connection = Connection(server, self)
+        self.finished = asyncio.Event()
+        self._buffer = bytearray()
+        self._lines: deque[bytes | Malformed] = deque()
+        self._eof = False
+        self._processing = False
+        self._skipping = False
+        self.write_closed = asyncio.Event()
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._paused = False
+        self._write_transport: asyncio.WriteTransport | None = None
+        self._read_transport: asyncio.ReadTransport | None = None
+        self._write_fd = -1
 
-    async def send(self, message: bytes) -> None:
-        writer = self._writer
-        if writer.is_closing():
-            raise ConnectionError("stdout is closed")
-        writer.write(message + b"\n")
-        await writer.drain()
+    # ---- inbound ------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Split input into lines; each non-blank one goes to the connection, in order."""
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            if self._skipping:
+                self._skipping = False  # the tail of a line already reported as too large
+            elif end - start > self._max_line:
+                self._lines.append(self._too_large())
+            elif buffer[start:end].strip():
+                self._lines.append(bytes(buffer[start:end]))
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > self._max_line and not self._skipping:
+            buffer.clear()
+            self._skipping = True  # drop the rest of this line as it comes
+            self._lines.append(self._too_large())
+        elif self._skipping:
+            buffer.clear()
+        self._process_lines()
+
+    def _too_large(self) -> Malformed:
+        return Malformed(f"message is larger than {self._max_line} bytes")
+
+    def _process_lines(self) -> None:
+        """Hand lines over while replies have room; past the bound, stop reading stdin until
+        the peer has read what we wrote."""
+        if self._processing:
+            return  # re-entered through a flush: the outer loop goes on
+        self._processing = True
+        try:
+            lines = self._lines
+            while lines:
+                if not self.writable:
+                    self._flush()
+                    if not self.writable:
+                        if self._read_transport is not None:
+                            self._read_transport.pause_reading()
+                        return
+                if not self.connection.receive(lines.popleft()):
+                    self.abort()
+                    return
+        finally:
+            self._processing = False
+        if self._eof:
+            self.finish()
+
+    def feed_eof(self) -> None:
+        if self._buffer.strip() and not self._skipping:
+            self._lines.append(bytes(self._buffer))
+        self._buffer.clear()
+        self._eof = True
+        self._process_lines()
+
+    def finish(self) -> None:
+        self.connection.close()
+        self.finished.set()
+
+    # ---- outbound -----------------------------------------------------------------------
+
+    def send(self, message: bytes) -> None:
+        self._out.append(message)
+        self._out.append(b"\n")
+        self._out_bytes += len(message) + 1
+        if self._out_bytes >= self._high_water:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    @property
+    def writable(self) -> bool:
+        return not self._paused and self._out_bytes < self._high_water
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        was_full = self._out_bytes >= self._high_water
+        self._out_bytes = 0
+        if not out:
+            return
+        if self._write_transport is not None:
+            if not self._write_transport.is_closing():
+                self._write_transport.writelines(out)
+        elif self._write_fd >= 0:
+            _write_all(self._write_fd, b"".join(out))
+        if was_full and not self._paused:
+            self._drained()  # the pipe took it all: nobody else will say so
+
+    def pause_writing(self) -> None:
+        self._paused = True
+        if self._read_transport is not None:
+            self._read_transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._drained()
+
+    def _drained(self) -> None:
+        self._process_lines()
+        if not self._lines and self._read_transport is not None and not self._eof:
+            self._read_transport.resume_reading()
+        if self.writable:
+            self.connection.on_writable()
 
     def abort(self) -> None:
-        self._writer.close()
+        self.finish()
 
+    # ---- wiring -------------------------------------------------------------------------
 
-async def _lines(reader: asyncio.StreamReader, limit: int) -> AsyncIterator[bytes | Malformed]:
-    while True:
+    async def open(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
+        loop = self._loop
+        write_file = os.fdopen(os.dup(stdout.fileno()), "wb", buffering=0)
         try:
-            line = await reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError as exc:
-            line = exc.partial
-            if line.strip():
-                yield line
-            return
-        except asyncio.LimitOverrunError as exc:
-            # A line over the message limit: skip it whole and report it as unparseable.
-            await reader.readexactly(exc.consumed)
-            await _skip_to_newline(reader)
-            yield Malformed(f"message is larger than {limit} bytes")
-            continue
-        if line.strip():
-            yield line
-
-
-async def _skip_to_newline(reader: asyncio.StreamReader) -> None:
-    while True:
+            transport, _ = await loop.connect_write_pipe(lambda: _WriteSide(self), write_file)
+            transport.set_write_buffer_limits(high=self._high_water)
+            self._write_transport = transport
+        except ValueError:  # a regular file: plain blocking writes are fine there
+            self._write_fd = write_file.fileno()
+        read_file = os.fdopen(os.dup(stdin.fileno()), "rb", buffering=0)
         try:
-            await reader.readuntil(b"\n")
-            return
-        except asyncio.LimitOverrunError as exc:
-            await reader.readexactly(exc.consumed)
-        except asyncio.IncompleteReadError:
-            return
+            read_transport, _ = await loop.connect_read_pipe(lambda: _ReadSide(self), read_file)
+            self._read_transport = read_transport
+        except ValueError:  # a regular file: read it in a thread
+            loop.create_task(self._read_file(read_file))
+
+    async def _read_file(self, file: BinaryIO) -> None:
+        while True:
+            data = await asyncio.to_thread(file.read, 65536)
+            if not data:
+                self.feed_eof()
+                return
+            self.feed(data)
+
+    @property
+    def has_write_transport(self) -> bool:
+        return self._write_transport is not None
+
+    def close(self) -> None:
+        self._flush()
+        for transport in (self._read_transport, self._write_transport):
+            if transport is not None:
+                transport.close()
+
+
+class _ReadSide(asyncio.Protocol):
+    def __init__(self, owner: StdioTransport) -> None:
+        self._owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        self._owner.feed(data)
+
+    def eof_received(self) -> bool:
+        self._owner.feed_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner.finish()
+
+
+class _WriteSide(asyncio.Protocol):
+    def __init__(self, owner: StdioTransport) -> None:
+        self._owner = owner
+
+    def pause_writing(self) -> None:
+        self._owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._owner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner.write_closed.set()
+        self._owner.finish()  # stdout is gone: nobody can hear us
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 async def serve_stdio(
     server: Server, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None
 ) -> None:
-    """Serve one connection over the process's stdin/stdout until stdin ends."""
-    loop = asyncio.get_running_loop()
-    stdin = stdin or sys.stdin.buffer
-    stdout = stdout or sys.stdout.buffer
-    reader = asyncio.StreamReader(limit=server.limits.max_message_bytes, loop=loop)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), stdin)
-    write_file = os.fdopen(os.dup(stdout.fileno()), "wb", buffering=0)
-    transport, protocol = await loop.connect_write_pipe(
-        lambda: asyncio.streams.FlowControlMixin(loop=loop), write_file
-    )
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    connection = Connection(server, StdioTransport(writer))
+    """Serve one connection over stdin/stdout until stdin ends (or stdout goes away)."""
+    transport = StdioTransport(server)
+    await transport.open(stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
     try:
-        await serve_connection(connection, _lines(reader, server.limits.max_message_bytes))
+        await transport.finished.wait()
     finally:
         transport.close()
+    # Replies already written are delivered before we go (`printf '<request>\n' | exec-server
+    # --listen stdio` gets its answer), unless the reader of stdout is stuck.
+    if transport.has_write_transport:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(transport.write_closed.wait(), FLUSH_TIMEOUT_S)

@@ -1,49 +1,41 @@
 """WebSocket transport: one Connection per WebSocket, plus ``GET /readyz``.
 
-Text and binary frames are both read as JSON; replies and notifications go out as text
-frames. permessage-deflate is not negotiated (the 0.128 reference drops such handshakes, and
-compression costs more CPU than it saves on loopback). The handshake is checked in one place,
+The WebSocket protocol itself (handshake, frame parsing, ping/pong, close) is the
+``websockets`` library's sans-I/O state machine; this module is the thin asyncio layer over
+it. Outbound messages are framed here and written in one batch per event-loop turn, so a
+burst of notifications costs one system call, not one coroutine and one system call each.
+
+Text and binary frames are both read as JSON; everything goes out as text frames.
+permessage-deflate is not negotiated (the 0.128 reference drops such handshakes, and on
+loopback compression costs more than it saves). The handshake is judged in one place,
 :func:`check_handshake`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http
-from collections.abc import AsyncIterator, Callable
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import cast
 
-from websockets.asyncio.server import Server as WsServer
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
-from ..connection import Connection, serve_connection
+from ..connection import Connection
 from ..server import Server
+
+log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL_S = 30.0
 """Server pings, as the current reference; no pong deadline, so a paused reader is not cut off."""
 
-
-class WebSocketTransport:
-    """Adapts a websockets connection to what :class:`Connection` needs."""
-
-    resumable = True
-
-    def __init__(self, ws: ServerConnection) -> None:
-        self._ws = ws
-        host, port = ws.remote_address[:2]
-        self.description = f"exec-server websocket {host}:{port}"
-        self.malformed_prefix = (
-            f"failed to parse websocket JSON-RPC message from {self.description}"
-        )
-
-    async def send(self, message: bytes) -> None:
-        try:
-            await self._ws.send(message, text=True)
-        except ConnectionClosed as exc:
-            raise ConnectionError(str(exc)) from None
-
-    def abort(self) -> None:
-        self._ws.transport.abort()
+HANDSHAKE_TIMEOUT_S = 10.0
+"""A peer that has not completed the WebSocket handshake by then is dropped."""
 
 
 def check_handshake(
@@ -60,12 +52,219 @@ def check_handshake(
     return None
 
 
-async def _messages(ws: ServerConnection) -> AsyncIterator[str | bytes]:
-    try:
-        async for message in ws:
-            yield message
-    except ConnectionClosed:
-        return
+def _text_frame_header(length: int) -> bytes:
+    """FIN + text opcode and the payload length; server frames are never masked (RFC 6455)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
+
+
+class WebSocketTransport(asyncio.Protocol):
+    """One accepted TCP connection: the WebSocket state machine and the Connection over it."""
+
+    resumable = True
+
+    def __init__(self, server: Server, allowed_origins: frozenset[str]) -> None:
+        self._server = server
+        self._allowed_origins = allowed_origins
+        self._ws = ServerProtocol(max_size=server.limits.max_message_bytes, logger=log)
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._connection: Connection | None = None
+        self._fragments: list[bytes | bytearray | memoryview] | None = None
+        self._inbound: deque[Frame | Request] = deque()
+        self._processing = False
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._paused = False
+        self._high_water = server.limits.outbound_queue_bytes
+        self._timer: asyncio.TimerHandle | None = None
+        self.description = "exec-server websocket"
+        self.malformed_prefix = (
+            "failed to parse websocket JSON-RPC message from exec-server websocket"
+        )
+
+    # ---- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.description = f"exec-server websocket {peer[0]}:{peer[1]}"
+            self.malformed_prefix = (
+                f"failed to parse websocket JSON-RPC message from {self.description}"
+            )
+        # The kernel buffer is the first queue; ours starts past it.
+        transport.set_write_buffer_limits(high=self._high_water)
+        self._timer = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        ws = self._ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, (Frame, Request)):
+                self._inbound.append(event)
+        self._process_inbound()
+        self._write_protocol_data()
+
+    def _process_inbound(self) -> None:
+        """Handle received messages while replies have room; past the bound, stop reading the
+        peer until it has read what we sent (so pipelined requests cannot grow our memory)."""
+        if self._processing:
+            return  # re-entered through a flush: the outer loop goes on
+        self._processing = True
+        try:
+            inbound = self._inbound
+            while inbound:
+                if not self.writable:
+                    self._flush()
+                    if not self.writable:
+                        if self._transport is not None:
+                            self._transport.pause_reading()
+                        return
+                event = inbound.popleft()
+                if isinstance(event, Frame):
+                    self._frame(event)
+                else:
+                    self._handshake(event)
+        finally:
+            self._processing = False
+
+    def eof_received(self) -> bool:
+        self._ws.receive_eof()
+        self._write_protocol_data()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._out.clear()
+        if self._connection is not None:
+            self._connection.close()
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._drained()
+
+    def _drained(self) -> None:
+        """Below the bound again: take the requests we held back, then wake producers."""
+        if self._inbound:
+            self._process_inbound()
+            self._write_protocol_data()
+        if not self._inbound and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+        if self._connection is not None and self.writable:
+            self._connection.on_writable()
+
+    # ---- what Connection needs --------------------------------------------------------------
+
+    def send(self, message: bytes) -> None:
+        """Queue one text message; it leaves with the rest of this loop turn's messages."""
+        if self._ws.state is not State.OPEN:
+            return
+        self._out.append(_text_frame_header(len(message)))
+        self._out.append(message)
+        self._out_bytes += len(message)
+        if self._out_bytes >= self._high_water:
+            self._flush()  # hand it to the transport now, whose buffer decides about pausing
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    @property
+    def writable(self) -> bool:
+        """False once the outbound buffer is past its bound: producers should pause."""
+        return not self._paused and self._out_bytes < self._high_water
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out:
+            return
+        was_full = self._out_bytes >= self._high_water
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(self._out)
+        self._out = []
+        self._out_bytes = 0
+        if was_full and not self._paused:
+            self._drained()  # the socket took it all: nobody else will say so
+
+    def _write_protocol_data(self) -> None:
+        """Write what the state machine wants sent (handshake, pongs, close); b"" means EOF."""
+        chunks = self._ws.data_to_send()
+        if not chunks:
+            return
+        self._flush()  # keep order with data frames queued earlier
+        transport = self._transport
+        assert transport is not None
+        for chunk in chunks:
+            if chunk:
+                transport.write(chunk)
+            else:
+                transport.close()  # flushes what is buffered, then closes
+                return
+
+    def _handshake(self, request: Request) -> None:
+        ws = self._ws
+        if request.path == "/readyz":
+            response = ws.reject(http.HTTPStatus.OK, "ok\n")
+        elif (refusal := check_handshake(request, self._allowed_origins)) is not None:
+            response = ws.reject(*refusal)
+        elif "upgrade" not in request.headers.get("Connection", "").lower():
+            response = ws.reject(http.HTTPStatus.NOT_FOUND, "not found\n")
+        else:
+            response = ws.accept(request)
+        ws.send_response(response)
+        if response.status_code != 101:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(KEEPALIVE_INTERVAL_S, self._keepalive)
+        self._connection = Connection(self._server, self)
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self._deliver(frame.data)
+            else:
+                self._fragments = [frame.data]
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            self._fragments.append(frame.data)
+            if frame.fin:
+                data = b"".join(self._fragments)
+                self._fragments = None
+                self._deliver(data)
+        # PING, PONG and CLOSE are answered by the state machine itself.
+
+    def _deliver(self, data: bytes | bytearray | memoryview) -> None:
+        connection = self._connection
+        if connection is not None and not connection.receive(data):
+            self.abort()  # protocol violation: drop the socket, no close frame (as the reference)
+
+    def _handshake_timeout(self) -> None:
+        self._timer = None
+        if self._connection is None:
+            self.abort()
+
+    def _keepalive(self) -> None:
+        if self._ws.state is State.OPEN:
+            self._ws.send_ping(b"")
+            self._write_protocol_data()
+            self._timer = self._loop.call_later(KEEPALIVE_INTERVAL_S, self._keepalive)
 
 
 async def serve_websocket(
@@ -75,35 +274,13 @@ async def serve_websocket(
     *,
     allowed_origins: frozenset[str] = frozenset(),
     on_bound: Callable[[str, int], None] | None = None,
-) -> WsServer:
-    """Start listening; returns the running websockets server (close it to stop)."""
-
-    async def handler(ws: ServerConnection) -> None:
-        connection = Connection(server, WebSocketTransport(ws))
-        await serve_connection(connection, _messages(ws))
-
-    def process_request(ws: ServerConnection, request: Request) -> Response | None:
-        if request.path == "/readyz":
-            return ws.respond(http.HTTPStatus.OK, "ok\n")
-        refusal = check_handshake(request, allowed_origins)
-        if refusal is not None:
-            return ws.respond(*refusal)
-        if "upgrade" not in request.headers.get("Connection", "").lower():
-            return ws.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
-        return None
-
-    ws_server = await serve(
-        handler,
-        host,
-        port,
-        process_request=process_request,
-        compression=None,
-        max_size=server.limits.max_message_bytes,
-        ping_interval=KEEPALIVE_INTERVAL_S,
-        ping_timeout=None,
-        server_header=None,
+) -> asyncio.Server:
+    """Start listening; returns the asyncio server (close it to stop accepting)."""
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(
+        lambda: WebSocketTransport(server, allowed_origins), host, port, reuse_address=True
     )
     if on_bound is not None:
-        sockname = next(iter(ws_server.sockets)).getsockname()
+        sockname = listener.sockets[0].getsockname()
         on_bound(sockname[0], sockname[1])
-    return ws_server
+    return listener
