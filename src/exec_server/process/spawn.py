@@ -10,15 +10,15 @@ job control works.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
+import functools
 import os
 import signal
 import struct
 import subprocess
 import termios
 from dataclasses import dataclass, field
+from typing import Any
 
 PTY_ROWS = 24
 PTY_COLUMNS = 80
@@ -35,12 +35,6 @@ if os.environ.get("EXEC_SERVER_NO_NATIVE_SPAWN"):
 NATIVE_SPAWN = _native is not None
 """Whether children start through the vfork extension (fast) or subprocess.Popen (portable)."""
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_prctl = _libc.prctl
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_signal = _libc.signal
-_signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
-_signal.restype = ctypes.c_void_p
 _SIG_DFL = 0
 _RESETTABLE_SIGNALS = tuple(
     int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
@@ -74,8 +68,24 @@ class Child:
     """Only on the Popen path; kept so subprocess never reaps or warns about our child."""
 
 
+@functools.cache
+def _libc_calls() -> tuple[Any, Any]:
+    """prctl and signal from libc, for the Popen path only (loaded on first use: ctypes is
+    not needed when the extension is there)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols include libc's
+    prctl = libc.prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    set_handler = libc.signal
+    set_handler.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    set_handler.restype = ctypes.c_void_p
+    return prctl, set_handler
+
+
 def _preexec(tty: bool, parent_pid: int) -> None:  # pragma: no cover - runs in the child
     # setsid has already run (start_new_session); fds 0-2 are in place.
+    _prctl, _signal = _libc_calls()
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the server died before the line above took effect
         os._exit(137)
@@ -140,6 +150,7 @@ def spawn(request: SpawnRequest) -> Child:
                 )
                 popen = None
             else:
+                _libc_calls()  # resolved here in the parent, never in the forked child
                 popen = subprocess.Popen(
                     args,
                     executable=program,
