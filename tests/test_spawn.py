@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -166,3 +167,13 @@ def test_sigkilled_server_leaves_no_child(native: bool) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_script_without_shebang_runs_through_sh(path: str, tmp_path: Path) -> None:
+    """As execvp does: an executable with no ``#!`` line is handed to /bin/sh."""
+    script = tmp_path / "plain-script"
+    script.write_text('echo "ran with $# args: $*"\n')
+    script.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    out, code = _collect(spawn(SpawnRequest(["plain-script", "a", "b c"], "/", env, False, False)))
+    assert (out, code) == (b"ran with 2 args: a b c\n", 0)

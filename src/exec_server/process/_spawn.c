@@ -61,8 +61,8 @@ static char **bytes_array(PyObject *seq, const char *what) {
 
 /* Runs in the vfork child: system calls only, no allocation, no Python. Never returns. */
 static void child(char *const candidates[], char *const argv[], char *const envp[],
-                  const char *cwd, int fds[3], int ctty, int pdeathsig, pid_t parent,
-                  volatile int *err, volatile int *step) {
+                  char **sh_argv, const char *cwd, int fds[3], int ctty, int pdeathsig,
+                  pid_t parent, volatile int *err, volatile int *step) {
     int i;
     if (setsid() < 0) { *step = STEP_SETSID; goto fail; }
     /* Move sources out of 0..2 first so one dup2 cannot clobber another's source. */
@@ -101,6 +101,13 @@ static void child(char *const candidates[], char *const argv[], char *const envp
     int saved = ENOENT;
     for (i = 0; candidates[i] != NULL; i++) {
         execve(candidates[i], argv, envp);
+        if (errno == ENOEXEC) {
+            /* Like execvp: a file with no #! line is a shell script. */
+            sh_argv[1] = candidates[i];
+            execve(sh_argv[0], sh_argv, envp);
+            saved = errno;
+            break;
+        }
         /* Like execvp: remember a permission problem, keep looking past a missing entry. */
         if (errno == EACCES) saved = EACCES;
         else if (errno != ENOENT && errno != ENOTDIR) { saved = errno; break; }
@@ -123,11 +130,18 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         return NULL;
     }
     const char *cwd = cwd_obj == Py_None ? NULL : PyBytes_AS_STRING(cwd_obj);
-    char **candidates = NULL, **argv = NULL, **envp = NULL;
+    char **candidates = NULL, **argv = NULL, **envp = NULL, **sh_argv = NULL;
     PyObject *result = NULL;
     if ((candidates = bytes_array(candidates_obj, "candidates")) == NULL) goto done;
     if ((argv = bytes_array(argv_obj, "argv")) == NULL) goto done;
     if ((envp = bytes_array(envp_obj, "envp")) == NULL) goto done;
+    /* /bin/sh <script> <args...>, built here because the child must not allocate. */
+    Py_ssize_t argc = 0;
+    while (argv[argc] != NULL) argc++;
+    sh_argv = PyMem_Calloc((size_t)argc + 2, sizeof(char *));
+    if (sh_argv == NULL) { PyErr_NoMemory(); goto done; }
+    sh_argv[0] = "/bin/sh";
+    for (Py_ssize_t k = 1; k < argc; k++) sh_argv[k + 1] = argv[k];
     if (candidates[0] == NULL) {
         errno = ENOENT;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -142,7 +156,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid_t pid = vfork();
     if (pid == 0) {
-        child(candidates, argv, envp, cwd, fds, ctty, pdeathsig, parent, &err, &step);
+        child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, parent, &err, &step);
     }
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -168,6 +182,7 @@ done:
     if (candidates) free_array(candidates);
     if (argv) free_array(argv);
     if (envp) free_array(envp);
+    if (sh_argv) PyMem_Free(sh_argv);
     return result;
 }
 

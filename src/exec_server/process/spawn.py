@@ -10,6 +10,7 @@ job control works.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import os
@@ -151,18 +152,28 @@ def spawn(request: SpawnRequest) -> Child:
                 popen = None
             else:
                 _libc_calls()  # resolved here in the parent, never in the forked child
-                popen = subprocess.Popen(
-                    args,
-                    executable=program,
-                    stdin=stdin_child,
-                    stdout=stdout_child,
-                    stderr=stderr_child,
-                    cwd=request.cwd,
-                    env=request.env,
-                    start_new_session=True,
-                    preexec_fn=preexec,
-                    close_fds=True,
-                )
+
+                def start(argv: list[str], executable: str) -> subprocess.Popen[bytes]:
+                    return subprocess.Popen(
+                        argv,
+                        executable=executable,
+                        stdin=stdin_child,
+                        stdout=stdout_child,
+                        stderr=stderr_child,
+                        cwd=request.cwd,
+                        env=request.env,
+                        start_new_session=True,
+                        preexec_fn=preexec,
+                        close_fds=True,
+                    )
+
+                try:
+                    popen = start(args, program)
+                except OSError as exc:
+                    script = _script_fallback(program, args, request.env)
+                    if exc.errno != errno.ENOEXEC or script is None:
+                        raise
+                    popen = start(script, script[0])
                 pid = popen.pid
         except BaseException:
             for fd in parent_fds:
@@ -180,19 +191,30 @@ def spawn(request: SpawnRequest) -> Child:
     return Child(pid, tty, stdout, stderr, stdin, popen)
 
 
+def _candidates(program: str, env: dict[str, str]) -> list[bytes]:
+    """Where execvp would look for ``program``: itself if it has a slash, else each entry of
+    the child's PATH (libc's default path when it has none)."""
+    encoded = os.fsencode(program)
+    if b"/" in encoded:
+        return [encoded]
+    return [os.path.join(os.fsencode(directory), encoded) for directory in os.get_exec_path(env)]
+
+
+def _script_fallback(program: str, args: list[str], env: dict[str, str]) -> list[str] | None:
+    """For the Popen path: ``/bin/sh <path> <args>`` for an executable with no ``#!`` line, as
+    execvp (and the vfork path) do; None when no such file is on the path."""
+    for candidate in _candidates(program, env):
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return ["/bin/sh", os.fsdecode(candidate), *args[1:]]
+    return None
+
+
 def _native_spawn(
     program: str, args: list[str], request: SpawnRequest, fds: tuple[int, int, int]
 ) -> int:
     """Start through the vfork extension; errors carry the path the failing step used."""
     assert _native is not None
-    encoded = os.fsencode(program)
-    if b"/" in encoded:
-        candidates = [encoded]
-    else:
-        candidates = [
-            os.path.join(os.fsencode(directory), encoded)
-            for directory in os.get_exec_path(request.env)
-        ]
+    candidates = _candidates(program, request.env)
     envp = []
     for name, value in request.env.items():
         if "=" in name:
