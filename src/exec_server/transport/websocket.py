@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import http
+import ipaddress
 import logging
 import struct
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
 from websockets.frames import Frame, Opcode
@@ -38,17 +40,49 @@ HANDSHAKE_TIMEOUT_S = 10.0
 """A peer that has not completed the WebSocket handshake by then is dropped."""
 
 
+@dataclass(frozen=True, slots=True)
+class HandshakePolicy:
+    """Who may open a WebSocket here (Part A §A3).
+
+    ``allowed_hosts``: the names a ``Host`` header may carry, or None to accept any (a
+    non-loopback bind, where the server's own DNS name is unknown to us).
+    """
+
+    allowed_origins: frozenset[str] = frozenset()
+    allowed_hosts: frozenset[str] | None = None
+
+    @classmethod
+    def for_bind(cls, host: str, allowed_origins: frozenset[str] = frozenset()) -> HandshakePolicy:
+        """On a loopback bind only loopback names are accepted in ``Host``."""
+        if ipaddress.ip_address(host).is_loopback:
+            hosts = frozenset({host, "localhost", "127.0.0.1", "::1"})
+            return cls(allowed_origins, hosts)
+        return cls(allowed_origins, None)
+
+
+def _host_name(header: str) -> str:
+    """``Host`` without its port: ``[::1]:80`` -> ``::1``, ``localhost:80`` -> ``localhost``."""
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 def check_handshake(
-    request: Request, allowed_origins: frozenset[str]
+    request: Request, policy: HandshakePolicy
 ) -> tuple[http.HTTPStatus, str] | None:
     """The one place a WebSocket handshake is judged; returns a refusal or None.
 
-    A browser page can open a WebSocket to loopback; any ``Origin`` that is not explicitly
-    allowed is refused so a web page cannot run commands here (Part A §A3).
+    A browser page can open a WebSocket to loopback: any ``Origin`` that is not explicitly
+    allowed is refused, so a web page cannot run commands here; and on a loopback bind a
+    ``Host`` that is not a loopback name is refused, so DNS rebinding cannot get around that.
     """
     origin = request.headers.get("Origin")
-    if origin is not None and origin not in allowed_origins:
+    if origin is not None and origin not in policy.allowed_origins:
         return http.HTTPStatus.FORBIDDEN, f"origin {origin} is not allowed\n"
+    if policy.allowed_hosts is not None:
+        host = _host_name(request.headers.get("Host", "")).lower()
+        if host not in policy.allowed_hosts:
+            return http.HTTPStatus.FORBIDDEN, f"host {host or '(none)'} is not allowed\n"
     return None
 
 
@@ -66,9 +100,9 @@ class WebSocketTransport(asyncio.Protocol):
 
     resumable = True
 
-    def __init__(self, server: Server, allowed_origins: frozenset[str]) -> None:
+    def __init__(self, server: Server, policy: HandshakePolicy) -> None:
         self._server = server
-        self._allowed_origins = allowed_origins
+        self._policy = policy
         self._ws = ServerProtocol(max_size=server.limits.max_message_bytes, logger=log)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -221,7 +255,7 @@ class WebSocketTransport(asyncio.Protocol):
         ws = self._ws
         if request.path == "/readyz":
             response = ws.reject(http.HTTPStatus.OK, "ok\n")
-        elif (refusal := check_handshake(request, self._allowed_origins)) is not None:
+        elif (refusal := check_handshake(request, self._policy)) is not None:
             response = ws.reject(*refusal)
         elif "upgrade" not in request.headers.get("Connection", "").lower():
             response = ws.reject(http.HTTPStatus.NOT_FOUND, "not found\n")
@@ -276,9 +310,10 @@ async def serve_websocket(
     on_bound: Callable[[str, int], None] | None = None,
 ) -> asyncio.Server:
     """Start listening; returns the asyncio server (close it to stop accepting)."""
+    policy = HandshakePolicy.for_bind(host, allowed_origins)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(
-        lambda: WebSocketTransport(server, allowed_origins), host, port, reuse_address=True
+        lambda: WebSocketTransport(server, policy), host, port, reuse_address=True
     )
     if on_bound is not None:
         sockname = listener.sockets[0].getsockname()
