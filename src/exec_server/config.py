@@ -33,12 +33,21 @@ class Limits:
         stdin_buffer_bytes: bytes queued for one child's stdin before ``process/write`` waits.
         write_id_memory: how many recent ``writeId`` values each process remembers for dedupe.
         max_message_bytes: the largest inbound JSON-RPC message.
+        max_waiting_requests: requests of one connection that may wait at once (long polls,
+            writes to a full stdin, file I/O). Past it the server reads no more of that
+            connection's requests until one finishes: memory stays bounded, and a long poll
+            still never delays the requests behind it below that count.
         fs_read_file_max_bytes: the largest file ``fs/readFile`` returns whole (reference:
             512 MiB); bigger files are read through handles in blocks.
         fs_block_max_bytes: the largest ``fs/readBlock`` / ``fs/writeBlock`` (reference: 1 MiB).
         fs_max_open_handles: file handles one session may hold open at once (reference: 128).
         http_response_max_bytes: the largest body a non-streaming ``http/request`` collects
             (ours; the reference has none). Bigger bodies need ``streamResponse``.
+        spill_threshold_bytes: retained output one process keeps in the Python heap (ours).
+            Past it, the rest of that process's output is retained in an unnamed temporary
+            file used as a ring buffer: page cache the kernel can write back and reclaim,
+            where the heap could not be (see ``process/output.py``). 0 spills from the first
+            byte; a value at or above ``retained_output_bytes`` never spills.
     """
 
     retained_output_bytes: int = MIB
@@ -50,7 +59,9 @@ class Limits:
     stdin_buffer_bytes: int = 4 * MIB
     write_id_memory: int = 4096
     max_message_bytes: int = 64 * MIB
+    max_waiting_requests: int = 1024
     fs_read_file_max_bytes: int = 512 * MIB
     fs_block_max_bytes: int = MIB
     fs_max_open_handles: int = 128
     http_response_max_bytes: int = 512 * MIB
+    spill_threshold_bytes: int = 64 * 1024

@@ -148,7 +148,11 @@ class ProcessManager:
             process_id,
             request.tty,
             request.pipe_stdin,
-            OutputLog(limits.retained_output_bytes, limits.retained_output_chunks),
+            OutputLog(
+                limits.retained_output_bytes,
+                limits.retained_output_chunks,
+                spill_threshold_bytes=limits.spill_threshold_bytes,
+            ),
         )
         self._processes[process_id] = process  # reserved while STARTING
         try:
@@ -301,6 +305,7 @@ class ProcessManager:
     def _evict(self, process: ManagedProcess) -> None:
         if self._processes.get(process.process_id) is process:
             del self._processes[process.process_id]
+        process.log.close()  # its spill file, if any
 
     def _close_fds(self, process: ManagedProcess) -> None:
         child = process.child
@@ -508,6 +513,7 @@ class ProcessManager:
                 # cannot be reused while any member is alive.
                 signal_group(child.pid, signal.SIGKILL, include_leader=False)
             self._close_fds(process)
+            process.log.close()  # its spill file, if any
             process.state = ProcessState.CLOSED
 
     async def wait_reaped(self, timeout: float) -> None:
