@@ -113,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {defaults.outbound_queue_bytes})",
     )
     parser.add_argument(
+        "--spill-threshold-bytes",
+        type=int,
+        default=defaults.spill_threshold_bytes,
+        metavar="N",
+        help="output of one process kept in memory; past it the rest of its retained output "
+        "goes to an unnamed temporary file in $TMPDIR (a ring buffer the size of "
+        "--retained-output-bytes), whose pages the kernel can write back and reclaim. "
+        "0 always spills; a value >= --retained-output-bytes never does "
+        f"(default {defaults.spill_threshold_bytes})",
+    )
+    parser.add_argument(
         "--allow-origin",
         action="append",
         default=[],
@@ -142,6 +153,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     for name in ("retained_output_bytes", "read_chunk_bytes", "outbound_queue_bytes"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.spill_threshold_bytes < 0:
+        raise ValueError("--spill-threshold-bytes must not be negative")
     for name in ("closed_retention", "detach_grace"):
         seconds = getattr(args, name)
         if not math.isfinite(seconds) or seconds < 0:  # NaN would break the event loop's timers
@@ -152,6 +165,7 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
         detach_grace_s=args.detach_grace,
         read_chunk_bytes=args.read_chunk_bytes,
         outbound_queue_bytes=args.outbound_queue_bytes,
+        spill_threshold_bytes=args.spill_threshold_bytes,
     )
 
 
