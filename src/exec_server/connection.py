@@ -57,6 +57,10 @@ class Transport(Protocol):
     def abort(self) -> None:
         """Drop the connection without a goodbye (protocol violations)."""
 
+    def resume_inbound(self) -> None:
+        """Go back to handling the peer's messages after :attr:`Connection.accepting` was
+        False (the transport holds messages back while it is)."""
+
 
 class HandshakeState(enum.Enum):
     NEW = "new"
@@ -76,6 +80,7 @@ class Connection:
         self.state = HandshakeState.NEW
         self.session: Session | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._max_waiting = server.limits.max_waiting_requests
         self._producers_paused = False
         self._room = asyncio.Event()  # set while producers may go on (see wait_for_room)
         self._room.set()
@@ -181,7 +186,7 @@ class Connection:
         if isinstance(outcome, Awaitable):
             task = asyncio.ensure_future(self._finish(request.id, method, outcome))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._task_done)
         else:
             self._send_reply(rpc.encode_result(request.id, method.encode(outcome)))
 
@@ -197,6 +202,18 @@ class Connection:
             self._reply_error(request_id, internal_error(f"internal error: {exc}"))
         else:
             self._send_reply(rpc.encode_result(request_id, method.encode(result)))
+
+    @property
+    def accepting(self) -> bool:
+        """False while ``max_waiting_requests`` requests are waiting (long polls, full stdin
+        queues, file I/O): the transport then holds further messages back, so a client cannot
+        pile up tasks without bound; one finishing lets the next in."""
+        return len(self._tasks) < self._max_waiting
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if len(self._tasks) == self._max_waiting - 1 and self.is_open:
+            self.transport.resume_inbound()
 
     def _reply_error(self, request_id: rpc.RequestId, error: RpcError) -> None:
         self._send_reply(rpc.encode_error(request_id, error.code, error.message))

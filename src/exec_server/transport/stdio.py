@@ -88,9 +88,9 @@ class StdioTransport:
         try:
             lines = self._lines
             while lines:
-                if not self.writable:
+                if not self._may_take_more():
                     self._flush()
-                    if not self.writable:
+                    if not self._may_take_more():
                         if self._read_transport is not None:
                             self._read_transport.pause_reading()
                         return
@@ -151,6 +151,13 @@ class StdioTransport:
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._drained()
+
+    def _may_take_more(self) -> bool:
+        return self.writable and self.connection.accepting
+
+    def resume_inbound(self) -> None:
+        """The connection can take requests again (one of its waiting requests finished)."""
         self._drained()
 
     def _drained(self) -> None:

@@ -154,9 +154,9 @@ class WebSocketTransport(asyncio.Protocol):
         try:
             inbound = self._inbound
             while inbound:
-                if not self.writable:
+                if not self._may_take_more():
                     self._flush()
-                    if not self.writable:
+                    if not self._may_take_more():
                         if self._transport is not None:
                             self._transport.pause_reading()
                         return
@@ -186,6 +186,14 @@ class WebSocketTransport(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
+        self._drained()
+
+    def _may_take_more(self) -> bool:
+        connection = self._connection
+        return self.writable and (connection is None or connection.accepting)
+
+    def resume_inbound(self) -> None:
+        """The connection can take requests again (one of its waiting requests finished)."""
         self._drained()
 
     def _drained(self) -> None:
