@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from exec_server import __version__
-from exec_server.cli import build_parser
+from exec_server.cli import build_parser, limits_from_args
 
 from .support import REPO, Client, pid_alive, server_command, wait_until
 
@@ -169,6 +169,7 @@ def test_bad_listen_urls_give_the_reference_messages(url: str, message: str) -> 
         ["--detach-grace", "nan"],
         ["--closed-retention", "inf"],
         ["--retained-output-bytes", "0"],
+        ["--spill-threshold-bytes", "-1"],
         ["--read-chunk-bytes", "x"],
         ["--log-level", "bogus"],
         ["--no-such-option"],
@@ -179,6 +180,13 @@ def test_bad_options_fail_cleanly(args: list[str]) -> None:
     assert result.returncode == 2
     assert "error:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_spill_threshold_reaches_the_limits() -> None:
+    parser = build_parser()
+    assert limits_from_args(parser.parse_args([])).spill_threshold_bytes == 64 * 1024
+    args = parser.parse_args(["--spill-threshold-bytes", "0"])
+    assert limits_from_args(args).spill_threshold_bytes == 0
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "[::]"])
