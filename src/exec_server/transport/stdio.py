@@ -11,18 +11,18 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections import deque
 from typing import BinaryIO
 
 from ..connection import Connection
 from ..rpc import Malformed
 from ..server import Server
+from .flow import FlowControl
 
 FLUSH_TIMEOUT_S = 2.0
 """How long replies already written may take to reach a peer that has closed stdin."""
 
 
-class StdioTransport:
+class StdioTransport(FlowControl["bytes | Malformed"]):
     """The Connection's transport over a pair of pipes (or a tty, or files)."""
 
     description = "exec-server stdio"
@@ -30,21 +30,14 @@ class StdioTransport:
     malformed_prefix = "failed to parse JSON-RPC message from exec-server stdio"
 
     def __init__(self, server: Server) -> None:
-        self._loop = asyncio.get_running_loop()
+        super().__init__(server.limits.outbound_queue_bytes)
         self._max_line = server.limits.max_message_bytes
-        self._high_water = server.limits.outbound_queue_bytes
         self.connection = Connection(server, self)
         self.finished = asyncio.Event()
-        self._buffer = bytearray()
-        self._lines: deque[bytes | Malformed] = deque()
-        self._eof = False
-        self._processing = False
-        self._skipping = False
         self.write_closed = asyncio.Event()
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_scheduled = False
-        self._paused = False
+        self._buffer = bytearray()
+        self._eof = False
+        self._skipping = False
         self._write_transport: asyncio.WriteTransport | None = None
         self._read_transport: asyncio.ReadTransport | None = None
         self._write_fd = -1
@@ -63,112 +56,68 @@ class StdioTransport:
             if self._skipping:
                 self._skipping = False  # the tail of a line already reported as too large
             elif end - start > self._max_line:
-                self._lines.append(self._too_large())
+                self._receive(self._too_large())
             elif buffer[start:end].strip():
-                self._lines.append(bytes(buffer[start:end]))
+                self._receive(bytes(buffer[start:end]))
             start = end + 1
         del buffer[:start]
         if len(buffer) > self._max_line and not self._skipping:
             buffer.clear()
             self._skipping = True  # drop the rest of this line as it comes
-            self._lines.append(self._too_large())
+            self._receive(self._too_large())
         elif self._skipping:
             buffer.clear()
-        self._process_lines()
+        self._process_inbound()
 
     def _too_large(self) -> Malformed:
         return Malformed(f"message is larger than {self._max_line} bytes")
 
-    def _process_lines(self) -> None:
-        """Hand lines over while replies have room; past the bound, stop reading stdin until
-        the peer has read what we wrote."""
-        if self._processing:
-            return  # re-entered through a flush: the outer loop goes on
-        self._processing = True
-        try:
-            lines = self._lines
-            while lines:
-                if not self._may_take_more():
-                    self._flush()
-                    if not self._may_take_more():
-                        if self._read_transport is not None:
-                            self._read_transport.pause_reading()
-                        return
-                if not self.connection.receive(lines.popleft()):
-                    self.abort()
-                    return
-        finally:
-            self._processing = False
-        if self._eof:
-            self.finish()
-
     def feed_eof(self) -> None:
         if self._buffer.strip() and not self._skipping:
-            self._lines.append(bytes(self._buffer))
+            self._receive(bytes(self._buffer))
         self._buffer.clear()
         self._eof = True
-        self._process_lines()
+        self._process_inbound()
 
     def finish(self) -> None:
         self.connection.close()
         self.finished.set()
 
-    # ---- outbound -----------------------------------------------------------------------
+    def abort(self) -> None:
+        self.finish()
 
-    def send(self, message: bytes) -> None:
-        self._out.append(message)
-        self._out.append(b"\n")
-        self._out_bytes += len(message) + 1
-        if self._out_bytes >= self._high_water:
-            self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+    # ---- FlowControl hooks --------------------------------------------------------------
 
-    @property
-    def writable(self) -> bool:
-        return not self._paused and self._out_bytes < self._high_water
+    def _connection(self) -> Connection:
+        return self.connection
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out, self._out = self._out, []
-        was_full = self._out_bytes >= self._high_water
-        self._out_bytes = 0
-        if not out:
-            return
+    def _framed(self, message: bytes) -> list[bytes]:
+        return [message, b"\n"]
+
+    def _write(self, pieces: list[bytes]) -> None:
         if self._write_transport is not None:
             if not self._write_transport.is_closing():
-                self._write_transport.writelines(out)
+                self._write_transport.writelines(pieces)
         elif self._write_fd >= 0:
-            _write_all(self._write_fd, b"".join(out))
-        if was_full and not self._paused:
-            self._drained()  # the pipe took it all: nobody else will say so
+            _write_all(self._write_fd, b"".join(pieces))
 
-    def pause_writing(self) -> None:
-        self._paused = True
+    def _handle(self, item: bytes | Malformed) -> bool:
+        if self.connection.receive(item):
+            return True
+        self.abort()
+        return False
+
+    def _inbound_done(self) -> None:
+        if self._eof:
+            self.finish()
+
+    def _pause_reading(self) -> None:
         if self._read_transport is not None:
             self._read_transport.pause_reading()
 
-    def resume_writing(self) -> None:
-        self._paused = False
-        self._drained()
-
-    def _may_take_more(self) -> bool:
-        return self.writable and self.connection.accepting
-
-    def resume_inbound(self) -> None:
-        """The connection can take requests again (one of its waiting requests finished)."""
-        self._drained()
-
-    def _drained(self) -> None:
-        self._process_lines()
-        if not self._lines and self._read_transport is not None and not self._eof:
+    def _resume_reading(self) -> None:
+        if self._read_transport is not None and not self._eof:
             self._read_transport.resume_reading()
-        if self.writable:
-            self.connection.on_writable()
-
-    def abort(self) -> None:
-        self.finish()
 
     # ---- wiring -------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ import http
 import ipaddress
 import logging
 import struct
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -30,6 +29,7 @@ from websockets.server import ServerProtocol
 
 from ..connection import Connection
 from ..server import Server
+from .flow import FlowControl
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +95,19 @@ def _text_frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, length)
 
 
-class WebSocketTransport(asyncio.Protocol):
+class WebSocketTransport(FlowControl["Frame | Request"], asyncio.Protocol):
     """One accepted TCP connection: the WebSocket state machine and the Connection over it."""
 
     resumable = True
 
     def __init__(self, server: Server, policy: HandshakePolicy) -> None:
+        super().__init__(server.limits.outbound_queue_bytes)
         self._server = server
         self._policy = policy
         self._ws = ServerProtocol(max_size=server.limits.max_message_bytes, logger=log)
-        self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._connection: Connection | None = None
+        self._conn: Connection | None = None
         self._fragments: list[bytes | bytearray | memoryview] | None = None
-        self._inbound: deque[Frame | Request] = deque()
-        self._processing = False
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_scheduled = False
-        self._paused = False
-        self._high_water = server.limits.outbound_queue_bytes
         self._timer: asyncio.TimerHandle | None = None
         self.description = "exec-server websocket"
         self.malformed_prefix = (
@@ -141,32 +134,9 @@ class WebSocketTransport(asyncio.Protocol):
         ws.receive_data(data)
         for event in ws.events_received():
             if isinstance(event, (Frame, Request)):
-                self._inbound.append(event)
+                self._receive(event)
         self._process_inbound()
         self._write_protocol_data()
-
-    def _process_inbound(self) -> None:
-        """Handle received messages while replies have room; past the bound, stop reading the
-        peer until it has read what we sent (so pipelined requests cannot grow our memory)."""
-        if self._processing:
-            return  # re-entered through a flush: the outer loop goes on
-        self._processing = True
-        try:
-            inbound = self._inbound
-            while inbound:
-                if not self._may_take_more():
-                    self._flush()
-                    if not self._may_take_more():
-                        if self._transport is not None:
-                            self._transport.pause_reading()
-                        return
-                event = inbound.popleft()
-                if isinstance(event, Frame):
-                    self._frame(event)
-                else:
-                    self._handshake(event)
-        finally:
-            self._processing = False
 
     def eof_received(self) -> bool:
         self._ws.receive_eof()
@@ -178,71 +148,46 @@ class WebSocketTransport(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._out.clear()
-        if self._connection is not None:
-            self._connection.close()
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        self._drained()
-
-    def _may_take_more(self) -> bool:
-        connection = self._connection
-        return self.writable and (connection is None or connection.accepting)
-
-    def resume_inbound(self) -> None:
-        """The connection can take requests again (one of its waiting requests finished)."""
-        self._drained()
-
-    def _drained(self) -> None:
-        """Below the bound again: take the requests we held back, then wake producers."""
-        if self._inbound:
-            self._process_inbound()
-            self._write_protocol_data()
-        if not self._inbound and self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
-        if self._connection is not None and self.writable:
-            self._connection.on_writable()
+        if self._conn is not None:
+            self._conn.close()
 
     # ---- what Connection needs --------------------------------------------------------------
-
-    def send(self, message: bytes) -> None:
-        """Queue one text message; it leaves with the rest of this loop turn's messages."""
-        if self._ws.state is not State.OPEN:
-            return
-        self._out.append(_text_frame_header(len(message)))
-        self._out.append(message)
-        self._out_bytes += len(message)
-        if self._out_bytes >= self._high_water:
-            self._flush()  # hand it to the transport now, whose buffer decides about pausing
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    @property
-    def writable(self) -> bool:
-        """False once the outbound buffer is past its bound: producers should pause."""
-        return not self._paused and self._out_bytes < self._high_water
 
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
 
-    # ---- internals --------------------------------------------------------------------------
+    # ---- FlowControl hooks ------------------------------------------------------------------
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if not self._out:
-            return
-        was_full = self._out_bytes >= self._high_water
+    def _connection(self) -> Connection | None:
+        return self._conn
+
+    def _can_send(self) -> bool:
+        return self._ws.state is State.OPEN
+
+    def _framed(self, message: bytes) -> list[bytes]:
+        return [_text_frame_header(len(message)), message]
+
+    def _write(self, pieces: list[bytes]) -> None:
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.writelines(self._out)
-        self._out = []
-        self._out_bytes = 0
-        if was_full and not self._paused:
-            self._drained()  # the socket took it all: nobody else will say so
+            self._transport.writelines(pieces)
+
+    def _handle(self, item: Frame | Request) -> bool:
+        if isinstance(item, Frame):
+            self._frame(item)
+        else:
+            self._handshake(item)
+        return True
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # ---- internals --------------------------------------------------------------------------
 
     def _write_protocol_data(self) -> None:
         """Write what the state machine wants sent (handshake, pongs, close); b"" means EOF."""
@@ -270,12 +215,13 @@ class WebSocketTransport(asyncio.Protocol):
         else:
             response = ws.accept(request)
         ws.send_response(response)
+        self._write_protocol_data()
         if response.status_code != 101:
             return
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._loop.call_later(KEEPALIVE_INTERVAL_S, self._keepalive)
-        self._connection = Connection(self._server, self)
+        self._conn = Connection(self._server, self)
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
@@ -293,13 +239,13 @@ class WebSocketTransport(asyncio.Protocol):
         # PING, PONG and CLOSE are answered by the state machine itself.
 
     def _deliver(self, data: bytes | bytearray | memoryview) -> None:
-        connection = self._connection
+        connection = self._conn
         if connection is not None and not connection.receive(data):
             self.abort()  # protocol violation: drop the socket, no close frame (as the reference)
 
     def _handshake_timeout(self) -> None:
         self._timer = None
-        if self._connection is None:
+        if self._conn is None:
             self.abort()
 
     def _keepalive(self) -> None:

@@ -1,0 +1,144 @@
+"""What both transports do the same way: batch outbound messages, and hold inbound ones back
+while the connection cannot take more.
+
+Outbound: messages are queued and leave together once per event-loop turn (one system call
+for a burst of notifications). Past ``high_water`` bytes (queued here or in the OS
+transport's buffer) the transport is not :attr:`writable`: producers pause.
+
+Inbound: received messages wait in a queue and are handed to the connection one by one while
+it can take them: while replies have room and the connection's waiting requests are under
+their bound. Otherwise reading from the peer stops, so the peer backs up instead of us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+
+Item = TypeVar("Item")
+
+
+class FlowControl(Generic[Item]):
+    """Base of a transport; subclasses provide the hooks at the bottom."""
+
+    def __init__(self, high_water: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._high_water = high_water
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_scheduled = False
+        self._paused = False
+        self._inbound: deque[Item] = deque()
+        self._processing = False
+
+    # ---- outbound ---------------------------------------------------------------------------
+
+    def send(self, message: bytes) -> None:
+        """Queue one message; it leaves with the rest of this loop turn's messages."""
+        if not self._can_send():
+            return
+        self._out += self._framed(message)
+        self._out_bytes += len(message)
+        if self._out_bytes >= self._high_water:
+            self._flush()  # hand it to the OS transport now; its buffer decides about pausing
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    @property
+    def writable(self) -> bool:
+        """False once outbound data is past its bound: producers should pause."""
+        return not self._paused and self._out_bytes < self._high_water
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out:
+            return
+        out, self._out = self._out, []
+        was_full = self._out_bytes >= self._high_water
+        self._out_bytes = 0
+        self._write(out)
+        if was_full and not self._paused:
+            self._drained()  # the OS took it all: nobody else will say so
+
+    def pause_writing(self) -> None:
+        """asyncio flow control: the OS transport's buffer is past ``high_water``."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._drained()
+
+    # ---- inbound ----------------------------------------------------------------------------
+
+    def _receive(self, item: Item) -> None:
+        self._inbound.append(item)
+
+    def _may_take_more(self) -> bool:
+        connection = self._connection()
+        return self.writable and (connection is None or connection.accepting)
+
+    def _process_inbound(self) -> None:
+        """Hand received items over while the connection can take them; otherwise stop
+        reading the peer until it can."""
+        if self._processing:
+            return  # re-entered through a flush: the outer loop goes on
+        self._processing = True
+        try:
+            inbound = self._inbound
+            while inbound:
+                if not self._may_take_more():
+                    self._flush()
+                    if not self._may_take_more():
+                        self._pause_reading()
+                        return
+                if not self._handle(inbound.popleft()):
+                    return
+        finally:
+            self._processing = False
+        self._inbound_done()
+
+    def resume_inbound(self) -> None:
+        """The connection can take requests again (one of its waiting requests finished)."""
+        self._drained()
+
+    def _drained(self) -> None:
+        """Room again: take what was held back, read the peer again, wake producers."""
+        self._process_inbound()
+        if not self._inbound:
+            self._resume_reading()
+        connection = self._connection()
+        if connection is not None and self.writable:
+            connection.on_writable()
+
+    # ---- hooks ------------------------------------------------------------------------------
+
+    def _connection(self) -> Connection | None:
+        raise NotImplementedError
+
+    def _can_send(self) -> bool:
+        return True
+
+    def _framed(self, message: bytes) -> list[bytes]:
+        """The pieces that carry ``message`` on the wire."""
+        raise NotImplementedError
+
+    def _write(self, pieces: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _handle(self, item: Item) -> bool:
+        """Hand one inbound item over; False stops processing (the connection is gone)."""
+        raise NotImplementedError
+
+    def _inbound_done(self) -> None:
+        """Every held item has been handled."""
+
+    def _pause_reading(self) -> None:
+        raise NotImplementedError
+
+    def _resume_reading(self) -> None:
+        raise NotImplementedError
