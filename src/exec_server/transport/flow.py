@@ -30,7 +30,7 @@ class FlowControl(Generic[Item]):
         self._high_water = high_water
         self._out: list[bytes] = []
         self._out_bytes = 0
-        self._flush_scheduled = False
+        self._flush_handle: asyncio.Handle | None = None
         self._paused = False
         self._inbound: deque[Item] = deque()
         self._processing = False
@@ -45,9 +45,8 @@ class FlowControl(Generic[Item]):
         self._out_bytes += len(message)
         if self._out_bytes >= self._high_water:
             self._flush()  # hand it to the OS transport now; its buffer decides about pausing
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
 
     @property
     def writable(self) -> bool:
@@ -55,7 +54,12 @@ class FlowControl(Generic[Item]):
         return not self._paused and self._out_bytes < self._high_water
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        """Write what is queued now. Runs at the end of the loop turn, or earlier: after
+        handling what one read from the peer brought (the replies leave without waiting
+        for another turn of the loop)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if not self._out:
             return
         out, self._out = self._out, []

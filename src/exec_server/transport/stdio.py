@@ -68,6 +68,7 @@ class StdioTransport(FlowControl["bytes | Malformed"]):
         elif self._skipping:
             buffer.clear()
         self._process_inbound()
+        self._flush()
 
     def _too_large(self) -> Malformed:
         return Malformed(f"message is larger than {self._max_line} bytes")
