@@ -17,24 +17,37 @@ import asyncio
 import http
 import ipaddress
 import logging
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from ..connection import Connection
 from ..server import Server
 from .flow import FlowControl
+from .wsframes import (
+    CLOSE_NORMAL,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    FrameReader,
+    close_payload,
+    frame,
+    header,
+)
 
 log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL_S = 30.0
 """Server pings, as the current reference; no pong deadline, so a paused reader is not cut off."""
+
+MAX_HANDSHAKE_BYTES = 64 * 1024
+"""An HTTP request head larger than this is dropped."""
 
 HANDSHAKE_TIMEOUT_S = 10.0
 """A peer that has not completed the WebSocket handshake by then is dropped."""
@@ -86,17 +99,9 @@ def check_handshake(
     return None
 
 
-def _text_frame_header(length: int) -> bytes:
-    """FIN + text opcode and the payload length; server frames are never masked (RFC 6455)."""
-    if length < 126:
-        return bytes((0x81, length))
-    if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length)
-    return struct.pack("!BBQ", 0x81, 127, length)
-
-
-class WebSocketTransport(FlowControl["Frame | Request"], asyncio.Protocol):
-    """One accepted TCP connection: the WebSocket state machine and the Connection over it."""
+class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
+    """One accepted TCP connection: the HTTP handshake (judged by the ``websockets``
+    state machine), then frames (read by :class:`FrameReader`), and the Connection over it."""
 
     resumable = True
 
@@ -105,9 +110,11 @@ class WebSocketTransport(FlowControl["Frame | Request"], asyncio.Protocol):
         self._server = server
         self._policy = policy
         self._ws = ServerProtocol(max_size=server.limits.max_message_bytes, logger=log)
+        self._head = bytearray()  # the HTTP request, until its blank line
+        self._reader: FrameReader | None = None  # set once the handshake succeeded
+        self._closing = False
         self._transport: asyncio.Transport | None = None
         self._conn: Connection | None = None
-        self._fragments: list[bytes | bytearray | memoryview] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.description = "exec-server websocket"
         self.malformed_prefix = (
@@ -130,30 +137,46 @@ class WebSocketTransport(FlowControl["Frame | Request"], asyncio.Protocol):
         self._timer = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
-        ws = self._ws
-        ws.receive_data(data)
-        for event in ws.events_received():
-            if isinstance(event, (Frame, Request)):
-                self._receive(event)
+        if self._closing:
+            return
+        if self._reader is None:
+            data = self._handshake_data(data)
+            if self._reader is None or not data:
+                return
+        try:
+            received = self._reader.feed(data)
+        except FrameError as exc:
+            self._close(exc.code, exc.reason)
+            return
+        for opcode, payload in received:
+            if opcode in (OP_TEXT, OP_BINARY):
+                self._receive(payload)
+            elif opcode == OP_PING:
+                self._control(OP_PONG, payload)
+            elif opcode == OP_CLOSE:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NORMAL
+                self._close(code, "")
+                return
         self._process_inbound()
-        self._write_protocol_data()
+        self._flush()
 
     def eof_received(self) -> bool:
-        self._ws.receive_eof()
-        self._write_protocol_data()
-        return False
+        return False  # the peer is gone: close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._out.clear()
+        self._inbound.clear()
         if self._conn is not None:
             self._conn.close()
 
     # ---- what Connection needs --------------------------------------------------------------
 
     def abort(self) -> None:
+        self._closing = True
         if self._transport is not None:
             self._transport.abort()
 
@@ -163,20 +186,22 @@ class WebSocketTransport(FlowControl["Frame | Request"], asyncio.Protocol):
         return self._conn
 
     def _can_send(self) -> bool:
-        return self._ws.state is State.OPEN
+        return self._reader is not None and not self._closing
 
     def _framed(self, message: bytes) -> list[bytes]:
-        return [_text_frame_header(len(message)), message]
+        return [header(OP_TEXT, len(message)), message]
 
     def _write(self, pieces: list[bytes]) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.writelines(pieces)
 
-    def _handle(self, item: Frame | Request) -> bool:
-        if isinstance(item, Frame):
-            self._frame(item)
-        else:
-            self._handshake(item)
+    def _handle(self, item: bytes) -> bool:
+        connection = self._conn
+        if connection is None or self._closing:
+            return False
+        if not connection.receive(item):
+            self.abort()  # protocol violation: drop the socket, no close frame (as the reference)
+            return False
         return True
 
     def _pause_reading(self) -> None:
@@ -189,18 +214,35 @@ class WebSocketTransport(FlowControl["Frame | Request"], asyncio.Protocol):
 
     # ---- internals --------------------------------------------------------------------------
 
-    def _write_protocol_data(self) -> None:
-        """Write what the state machine wants sent (handshake, pongs, close); b"" means EOF."""
-        chunks = self._ws.data_to_send()
-        if not chunks:
-            return
-        self._flush()  # keep order with data frames queued earlier
+    def _handshake_data(self, data: bytes) -> bytes:
+        """Collect the HTTP request; judge it once whole. Returns bytes that followed it."""
+        head = self._head
+        head += data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > MAX_HANDSHAKE_BYTES:
+                self.abort()
+            return b""
+        request_bytes, rest = bytes(head[: end + 4]), bytes(head[end + 4 :])
+        head.clear()
+        ws = self._ws
+        ws.receive_data(request_bytes)
+        for event in ws.events_received():
+            if isinstance(event, Request):
+                self._handshake(event)
+                break
+        self._write_handshake_data()
+        return rest
+
+    def _write_handshake_data(self) -> None:
+        """Write the state machine's answer to the handshake; b"" means close after it."""
         transport = self._transport
         assert transport is not None
-        for chunk in chunks:
+        for chunk in self._ws.data_to_send():
             if chunk:
                 transport.write(chunk)
             else:
+                self._closing = True
                 transport.close()  # flushes what is buffered, then closes
                 return
 
@@ -215,33 +257,32 @@ class WebSocketTransport(FlowControl["Frame | Request"], asyncio.Protocol):
         else:
             response = ws.accept(request)
         ws.send_response(response)
-        self._write_protocol_data()
         if response.status_code != 101:
             return
+        self._reader = FrameReader(self._server.limits.max_message_bytes)
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self._loop.call_later(KEEPALIVE_INTERVAL_S, self._keepalive)
         self._conn = Connection(self._server, self)
 
-    def _frame(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-            if frame.fin:
-                self._deliver(frame.data)
-            else:
-                self._fragments = [frame.data]
-        elif opcode is Opcode.CONT and self._fragments is not None:
-            self._fragments.append(frame.data)
-            if frame.fin:
-                data = b"".join(self._fragments)
-                self._fragments = None
-                self._deliver(data)
-        # PING, PONG and CLOSE are answered by the state machine itself.
+    def _control(self, opcode: int, payload: bytes = b"") -> None:
+        """Queue a control frame after the data already queued."""
+        if self._closing:
+            return
+        self._out.append(frame(opcode, payload))
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
 
-    def _deliver(self, data: bytes | bytearray | memoryview) -> None:
-        connection = self._conn
-        if connection is not None and not connection.receive(data):
-            self.abort()  # protocol violation: drop the socket, no close frame (as the reference)
+    def _close(self, code: int, reason: str) -> None:
+        """Send a close frame (after what is queued) and close the TCP connection."""
+        if self._closing:
+            return
+        self._control(OP_CLOSE, close_payload(code, reason))
+        self._flush()
+        self._closing = True
+        self._inbound.clear()
+        if self._transport is not None:
+            self._transport.close()
 
     def _handshake_timeout(self) -> None:
         self._timer = None
@@ -249,9 +290,8 @@ class WebSocketTransport(FlowControl["Frame | Request"], asyncio.Protocol):
             self.abort()
 
     def _keepalive(self) -> None:
-        if self._ws.state is State.OPEN:
-            self._ws.send_ping(b"")
-            self._write_protocol_data()
+        if not self._closing:
+            self._control(OP_PING)
             self._timer = self._loop.call_later(KEEPALIVE_INTERVAL_S, self._keepalive)
 
 
