@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import logging
 import math
@@ -239,6 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop_factory = uvloop.new_event_loop
         except ImportError:  # pragma: no cover - uvloop is a default dependency on Linux
             pass
+    # Everything imported so far lives as long as the process: keep it out of every cyclic
+    # collection, and collect the young generation less often (requests make many short-lived
+    # objects and almost no cycles). In a micro-benchmark of process/read this halved the
+    # Python time per request (22 -> 13 us).
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(serve(address, limits, frozenset(args.allow_origin)))
     return 0

@@ -18,6 +18,8 @@ import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from . import rpc
 from .errors import INVALID_REQUEST, METHOD_NOT_FOUND, RpcError, internal_error, invalid_request
 from .methods import METHODS, Method
@@ -183,7 +185,7 @@ class Connection:
             log.exception("handler for %s failed", request.method)
             self._reply_error(request.id, internal_error(f"internal error: {exc}"))
             return
-        if isinstance(outcome, Awaitable):
+        if not isinstance(outcome, msgspec.Struct) and isinstance(outcome, Awaitable):
             task = asyncio.ensure_future(self._finish(request.id, method, outcome))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)

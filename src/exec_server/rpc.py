@@ -9,7 +9,6 @@ Params stay undecoded (``msgspec.Raw``) until the handler's type is known.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -20,6 +19,9 @@ _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
 
 _NO_PARAMS = b"null"
+
+
+# Messages are msgspec Structs rather than dataclasses: built in C, a few per request.
 
 
 class _Envelope(msgspec.Struct):
@@ -33,29 +35,25 @@ class _Envelope(msgspec.Struct):
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(msgspec.Struct, frozen=True):
     id: RequestId
     method: str
     params: msgspec.Raw | bytes
     """Raw JSON of ``params``; ``null`` when absent."""
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
+class Notification(msgspec.Struct, frozen=True):
     method: str
     params: msgspec.Raw | bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(msgspec.Struct, frozen=True):
     """A response or error sent *by the client*: never valid here (the server sends no requests)."""
 
     id: RequestId
 
 
-@dataclass(frozen=True, slots=True)
-class Malformed:
+class Malformed(msgspec.Struct, frozen=True):
     reason: str
 
 

@@ -31,6 +31,7 @@ class FlowControl(Generic[Item]):
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
+        self._flush_at_end = False  # inside a batch whose end flushes anyway
         self._paused = False
         self._inbound: deque[Item] = deque()
         self._processing = False
@@ -45,13 +46,22 @@ class FlowControl(Generic[Item]):
         self._out_bytes += len(message)
         if self._out_bytes >= self._high_water:
             self._flush()  # hand it to the OS transport now; its buffer decides about pausing
-        elif self._flush_handle is None:
+        elif self._flush_handle is None and not self._flush_at_end:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     @property
     def writable(self) -> bool:
         """False once outbound data is past its bound: producers should pause."""
         return not self._paused and self._out_bytes < self._high_water
+
+    def _handle_batch(self) -> None:
+        """Hand over what was received; replies leave together when it is done."""
+        self._flush_at_end = True
+        try:
+            self._process_inbound()
+        finally:
+            self._flush_at_end = False
+        self._flush()
 
     def _flush(self) -> None:
         """Write what is queued now. Runs at the end of the loop turn, or earlier: after

@@ -67,8 +67,7 @@ class StdioTransport(FlowControl["bytes | Malformed"]):
             self._receive(self._too_large())
         elif self._skipping:
             buffer.clear()
-        self._process_inbound()
-        self._flush()
+        self._handle_batch()
 
     def _too_large(self) -> Malformed:
         return Malformed(f"message is larger than {self._max_line} bytes")

@@ -157,8 +157,7 @@ class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NORMAL
                 self._close(code, "")
                 return
-        self._process_inbound()
-        self._flush()
+        self._handle_batch()
 
     def eof_received(self) -> bool:
         return False  # the peer is gone: close our side too
