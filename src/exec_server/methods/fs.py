@@ -214,13 +214,21 @@ def read_block(connection: Connection, params: FsReadBlockParams) -> Awaitable[F
     _check_block_length(length, connection.server.limits.fs_block_max_bytes, "read")
     table = _table(connection)
     handle = table.begin_use(params.handle_id)
-    work = _submit(_read_then_finish, table, handle, params.offset, length)
+    work = _submit(_through_handle, table, handle, handle_io.read_block, params.offset, length)
     return _reply(work, lambda data: FsReadBlockResult(data, len(data) < length))
 
 
-def _read_then_finish(table: HandleTable, handle: FileHandle, offset: int, length: int) -> bytes:
+def _through_handle(
+    table: HandleTable,
+    handle: FileHandle,
+    operation: Callable[[int, int, Any], _T],
+    offset: int,
+    argument: Any,
+) -> _T:
+    """Run one block operation on a handle's fd (in a worker thread). An OS error drops the
+    handle, as the reference does; the use ends either way."""
     try:
-        return handle_io.read_block(handle.fd, offset, length)
+        return operation(handle.fd, offset, argument)
     except OSError:
         table.discard(handle)
         raise
@@ -234,18 +242,10 @@ def write_block(connection: Connection, params: FsWriteBlockParams) -> Awaitable
     _check_block_length(len(params.chunk), connection.server.limits.fs_block_max_bytes, "write")
     table = _table(connection)
     handle = table.begin_use(params.handle_id)
-    work = _submit(_write_then_finish, table, handle, params.offset, params.chunk)
+    work = _submit(
+        _through_handle, table, handle, handle_io.write_block, params.offset, params.chunk
+    )
     return _reply(work, _empty)
-
-
-def _write_then_finish(table: HandleTable, handle: FileHandle, offset: int, data: bytes) -> None:
-    try:
-        handle_io.write_block(handle.fd, offset, data)
-    except OSError:
-        table.discard(handle)
-        raise
-    finally:
-        table.finish_use(handle)
 
 
 @method("fs/close", FsHandleParams, FILESYSTEM)
