@@ -212,6 +212,19 @@ async def running_server(
         await server.shutdown()
 
 
+def upgrade_request(host: str, port: int | str, headers: dict[str, str] | None = None) -> bytes:
+    """A hand-written WebSocket upgrade request (RFC 6455 §4.1), for raw-socket tests."""
+    lines = [
+        "GET / HTTP/1.1",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in (headers or {"Host": f"{host}:{port}"}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 def server_command(*args: str) -> list[str]:
     """The real CLI, as a newcomer would run it."""
     return [sys.executable, "-m", "exec_server", *args]

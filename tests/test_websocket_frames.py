@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import struct
 
 from exec_server.transport.wsframes import OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT
 
-from .support import running_server
+from .support import running_server, upgrade_request
 from .test_wsframes import client_frame
 
 
@@ -25,14 +23,7 @@ class RawSocket:
     async def open(cls, url: str) -> RawSocket:
         host, port = url.removeprefix("ws://").rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-        )
+        writer.write(upgrade_request(host, port))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 101")
         return cls(reader, writer)
@@ -93,15 +84,8 @@ async def test_request_sent_with_the_handshake_is_not_lost() -> None:
     async with running_server() as (_, url):
         host, port = url.removeprefix("ws://").rsplit(":", 1)
         reader, writer = await asyncio.open_connection(host, int(port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-            + client_frame(OP_TEXT, INITIALIZE.encode())  # in the same segment
-        )
+        # The first request travels in the same segment as the handshake.
+        writer.write(upgrade_request(host, port) + client_frame(OP_TEXT, INITIALIZE.encode()))
         await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         ws = RawSocket(reader, writer)
         opcode, payload = await ws.frame()

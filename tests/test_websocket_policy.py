@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 
 import pytest
 
 from exec_server.transport.websocket import HandshakePolicy, _host_name
 
-from .support import running_server
+from .support import running_server, upgrade_request
 
 
 async def _handshake_status(url: str, headers: dict[str, str]) -> int:
@@ -18,15 +16,7 @@ async def _handshake_status(url: str, headers: dict[str, str]) -> int:
     host, port = url.removeprefix("ws://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
-        lines = [
-            "GET / HTTP/1.1",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
-            "Sec-WebSocket-Version: 13",
-            *(f"{name}: {value}" for name, value in headers.items()),
-        ]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        writer.write(upgrade_request(host, port, headers))
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), 10)
         return int(status_line.split()[1])
