@@ -1,0 +1,49 @@
+"""Nothing leaks: after connections come and go with every kind of process, the server
+process has the fds it started with and every child is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from exec_server.config import Limits
+
+from .support import Client, pid_alive, running_server, wait_until
+
+
+def _open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
+async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool) -> None:
+    limits = Limits(
+        detach_grace_s=0, closed_retention_s=0.05, spill_threshold_bytes=0 if spill else 1 << 30
+    )
+    async with running_server(limits) as (server, url):
+        await asyncio.sleep(0)  # the listener's own fds are open by now
+        before = _open_fds()
+        pids: list[int] = []
+        for round_ in range(3):
+            async with Client.connect(url) as client:
+                await client.initialize()
+                await client.run(
+                    f"out{round_}", ["sh", "-c", "head -c 200000 /dev/zero; echo done >&2"]
+                )
+                await client.run(f"pty{round_}", ["sh", "-c", "tty; echo hi"], tty=True)
+                await client.start(f"cat{round_}", ["cat"], pipeStdin=True)
+                await client.write(f"cat{round_}", b"hello\n")
+                await client.wait_output(f"cat{round_}", b"hello\n")
+                await client.start(f"sleep{round_}", ["sh", "-c", "sleep 100 & echo $!; wait"])
+                out = await client.wait_output(f"sleep{round_}", b"\n")
+                pids.append(int(out.split()[0]))
+                await client.start(f"ptysleep{round_}", ["sleep", "100"], tty=True)
+                await client.call("process/terminate", {"processId": f"cat{round_}"})
+                await client.wait_closed(f"cat{round_}")
+                # Leave the sleeps running: the disconnect (grace 0) must kill them.
+        assert await wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=15)
+        assert await wait_until(lambda: len(server.sessions) == 0, timeout=15)
+        # Every fd opened for children, PTYs, pidfds and spill files is closed again.
+        assert await wait_until(lambda: _open_fds() <= before, timeout=15), _open_fds() - before
