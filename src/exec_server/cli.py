@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
             "Serve the exec-server JSON-RPC protocol: clients start and control processes "
             "on this machine. Compatible with clients of `codex exec-server`."
         ),
+        epilog=(
+            "Environment: EXEC_SERVER_LOG sets the default --log-level; "
+            "EXEC_SERVER_NO_NATIVE_SPAWN=1 starts children through subprocess.Popen instead of "
+            "the vfork extension (slower; for comparison and for machines without it). "
+            "SIGINT or SIGTERM: every child's process group is killed, then exit 0."
+        ),
     )
     parser.add_argument(
         "--listen",
