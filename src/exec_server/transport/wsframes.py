@@ -77,15 +77,17 @@ class FrameReader:
     def feed(self, data: bytes | bytearray | memoryview) -> list[Received]:
         """Everything complete so far; raises :class:`FrameError` on a violation."""
         buffer = self._buffer
-        buffer += data
         received: list[Received] = []
-        position = 0
-        size = len(buffer)
-        view = memoryview(buffer)
-        try:
-            position = self._parse(view, size, received)
-        finally:
-            view.release()
+        if not buffer:
+            # The usual case: nothing pending, so parse the read itself and keep only a tail.
+            with memoryview(data) as view:
+                position = self._parse(view, len(view), received)
+                if position < len(view):
+                    buffer += view[position:]
+            return received
+        buffer += data
+        with memoryview(buffer) as view:
+            position = self._parse(view, len(view), received)
         if position:
             del buffer[:position]
         return received
