@@ -47,3 +47,17 @@ async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool) -
         assert await wait_until(lambda: len(server.sessions) == 0, timeout=15)
         # Every fd opened for children, PTYs, pidfds and spill files is closed again.
         assert await wait_until(lambda: _open_fds() <= before, timeout=15), _open_fds() - before
+
+
+def test_a_reaped_pid_is_not_in_use_and_a_live_one_is() -> None:
+    """Teardown kills the group of a reaped leader only while its pid is free (a pid in use
+    again may lead an unrelated group with the same id)."""
+    import subprocess
+
+    from exec_server.process.manager import _pid_in_use
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    assert not _pid_in_use(child.pid)
+    assert _pid_in_use(os.getpid())
+    assert _pid_in_use(1)

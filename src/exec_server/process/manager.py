@@ -507,10 +507,12 @@ class ProcessManager:
             child = process.child
             if child is not None and not process.reaped:
                 self._kill(process)
-            elif child is not None:
-                # The leader is gone, but its group may live on: a background job holding
-                # the output open (exited) or one that let go of it (closed). The group id
-                # cannot be reused while any member is alive.
+            elif child is not None and not _pid_in_use(child.pid):
+                # The leader is reaped, but its group may live on: a background job holding
+                # the output open (exited) or one that let go of it (closed). While any member
+                # lives, nobody else can take the group id; once the pid itself is in use
+                # again, a live group with that id belongs to the new process (only a process
+                # can create a group with its own id), so it is left alone.
                 signal_group(child.pid, signal.SIGKILL, include_leader=False)
             self._close_fds(process)
             process.log.close()  # its spill file, if any
@@ -526,6 +528,17 @@ class ProcessManager:
 
 
 _STDOUT = {False: "stdout", True: "pty"}
+
+
+def _pid_in_use(pid: int) -> bool:
+    """Whether some process (perhaps a zombie) has this pid right now."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _gather(fd: int, first: bytes, limit: int) -> bytes:
