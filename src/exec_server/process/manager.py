@@ -103,10 +103,6 @@ class ManagedProcess:
         self._write_ids: OrderedDict[str, None] = OrderedDict()
         self._eviction: asyncio.TimerHandle | None = None
 
-    @property
-    def running(self) -> bool:
-        return self.state is ProcessState.RUNNING
-
 
 class ProcessManager:
     """The process table of one session."""
@@ -181,22 +177,24 @@ class ProcessManager:
 
     # ---- output ---------------------------------------------------------------------------
 
-    def _on_readable(self, process: ManagedProcess, fd: int, stream: str) -> None:
+    def _on_readable(self, process: ManagedProcess, fd: int, stream: str) -> bool:
+        """Take what the child wrote on ``fd``; True when a chunk was taken (more may wait)."""
         limit = self.limits.read_chunk_bytes
         try:
             data = os.read(fd, limit)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
             if exc.errno != errno.EIO:  # EIO: a PTY whose last slave closed, i.e. EOF
                 raise
             data = b""
         if not data:
             self._end_stream(process, fd)
-            return
+            return False
         if len(data) < limit:
             data = _gather(fd, data, limit)
         self._emit_output(process, stream, data)
+        return True
 
     def _emit_output(self, process: ManagedProcess, stream: str, data: bytes) -> None:
         seq = process.log.append(stream, data)
@@ -231,12 +229,12 @@ class ProcessManager:
         child = process.child
         assert child is not None
         if fd == child.stdout:
-            child.stdout = -1 if not child.tty else child.stdout
             if child.tty:
                 # The master stays open for writes until close; mark the read side done.
                 process.open_streams = 0
             else:
                 os.close(fd)
+                child.stdout = -1
                 process.open_streams -= 1
         elif fd == child.stderr:
             os.close(fd)
@@ -281,15 +279,10 @@ class ProcessManager:
             if process.paused or process.open_streams == 0:
                 return
             try:
-                data = os.read(fd, self.limits.read_chunk_bytes)
-            except BlockingIOError:
-                return
+                if not self._on_readable(process, fd, stream):
+                    return
             except OSError:
-                return
-            if not data:
-                self._end_stream(process, fd)
-                return
-            self._emit_output(process, stream, data)
+                return  # the exit is still reported; the reader callback sees the error
 
     def _maybe_close(self, process: ManagedProcess) -> None:
         if process.state is not ProcessState.EXITED or process.open_streams > 0:
