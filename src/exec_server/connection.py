@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -86,7 +86,7 @@ class Connection:
         self._producers_paused = False
         self._room = asyncio.Event()  # set while producers may go on (see wait_for_room)
         self._room.set()
-        self.closers: list[Any] = []
+        self.closers: list[Callable[[], None]] = []
         """Callables run when the connection ends (e.g. cancel HTTP body streams)."""
 
     @property
