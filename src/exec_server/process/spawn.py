@@ -176,10 +176,11 @@ def spawn(request: SpawnRequest) -> Child:
                     popen = start(script, script[0])
                 pid = popen.pid
         except BaseException:
-            for fd in parent_fds:
-                if fd is not None:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+            # Each fd once: in PTY mode the master is both stdout and stdin, and closing a
+            # number twice could close an fd a worker thread has opened in between.
+            for fd in {fd for fd in parent_fds if fd is not None}:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             raise
     finally:
         for fd in to_close:
