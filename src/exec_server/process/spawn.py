@@ -178,9 +178,9 @@ def spawn(request: SpawnRequest) -> Child:
         except BaseException:
             # Each fd once: in PTY mode the master is both stdout and stdin, and closing a
             # number twice could close an fd a worker thread has opened in between.
-            for fd in {fd for fd in parent_fds if fd is not None}:
+            for end in {end for end in parent_fds if end is not None}:
                 with contextlib.suppress(OSError):
-                    os.close(fd)
+                    os.close(end)
             raise
     finally:
         for fd in to_close:
