@@ -186,9 +186,8 @@ def spawn(request: SpawnRequest) -> Child:
         for fd in to_close:
             os.close(fd)
     stdout, stderr, stdin = parent_fds
-    for fd in {stdout, stderr, stdin} - {None}:
-        assert fd is not None
-        os.set_blocking(fd, False)
+    for end in {fd for fd in (stdout, stderr, stdin) if fd is not None}:
+        os.set_blocking(end, False)
     return Child(pid, tty, stdout, stderr, stdin, popen)
 
 
