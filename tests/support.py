@@ -10,9 +10,10 @@ import base64
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +229,27 @@ def upgrade_request(host: str, port: int | str, headers: dict[str, str] | None =
 def server_command(*args: str) -> list[str]:
     """The real CLI, as a newcomer would run it."""
     return [sys.executable, "-m", "exec_server", *args]
+
+
+async def start_cli(*args: str, stdin: int) -> asyncio.subprocess.Process:
+    """The real CLI as a child of the test, stdout and stderr piped."""
+    return await asyncio.create_subprocess_exec(
+        *server_command(*args),
+        stdin=stdin,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+    )
+
+
+async def stop_cli(proc: asyncio.subprocess.Process, children: Iterable[int]) -> None:
+    """Kill the CLI if it still runs, and every child of it the test recorded."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def pid_alive(pid: int) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import os
 import re
 import signal
 import socket
@@ -21,7 +20,7 @@ from websockets.exceptions import InvalidStatus
 from exec_server import __version__
 from exec_server.cli import build_parser, limits_from_args
 
-from .support import REPO, Client, pid_alive, server_command, wait_until
+from .support import REPO, Client, pid_alive, server_command, start_cli, stop_cli, wait_until
 
 URL_LINE = re.compile(r"^ws://127\.0\.0\.1:(\d+)$")
 
@@ -65,25 +64,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @contextlib.asynccontextmanager
 async def cli_server(*args: str) -> AsyncIterator[CliServer]:
-    proc = await asyncio.create_subprocess_exec(
-        *server_command(*args),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=REPO,
-    )
+    proc = await start_cli(*args, stdin=subprocess.DEVNULL)
     server = CliServer(proc, "")
     try:
         assert proc.stdout is not None
         server.url = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().rstrip("\n")
         yield server
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in server.children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await stop_cli(proc, server.children)
 
 
 async def wait_for_descendants(server: CliServer, name: str, count: int) -> list[int]:

@@ -7,7 +7,6 @@ import base64
 import contextlib
 import json
 import os
-import signal
 import subprocess
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +18,7 @@ from exec_server.config import Limits
 from exec_server.server import Server
 from exec_server.transport.stdio import serve_stdio
 
-from .support import PATH_ENV, REPO, pid_alive, server_command, wait_until
+from .support import PATH_ENV, pid_alive, start_cli, stop_cli, wait_until
 
 PARSE_PREFIX = "failed to parse JSON-RPC message from exec-server stdio: "
 
@@ -97,23 +96,12 @@ class StdioServer:
 
 @contextlib.asynccontextmanager
 async def stdio_server(*args: str) -> AsyncIterator[StdioServer]:
-    proc = await asyncio.create_subprocess_exec(
-        *server_command("--listen", "stdio", *args),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=REPO,
-    )
+    proc = await start_cli("--listen", "stdio", *args, stdin=subprocess.PIPE)
     server = StdioServer(proc)
     try:
         yield server
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        for pid in server.children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        await stop_cli(proc, server.children)
 
 
 async def test_full_exchange() -> None:
