@@ -185,8 +185,8 @@ def test_is_valid_id(value: object, valid: bool) -> None:
 
 
 def test_encode_result_has_no_jsonrpc_member_and_keeps_id_type() -> None:
-    assert json.loads(rpc.encode_result("7", b'{"a":1}')) == {"id": "7", "result": {"a": 1}}
-    assert json.loads(rpc.encode_result(7, b"null")) == {"id": 7, "result": None}
+    assert json.loads(rpc.encode_result("7", {"a": 1})) == {"id": "7", "result": {"a": 1}}
+    assert json.loads(rpc.encode_result(7, None)) == {"id": 7, "result": None}
 
 
 def test_encode_error_shape() -> None:

@@ -22,7 +22,7 @@ import msgspec
 
 from . import rpc
 from .errors import INVALID_REQUEST, METHOD_NOT_FOUND, RpcError, internal_error, invalid_request
-from .methods import METHODS, Method
+from .methods import BY_REQUEST_TYPE, METHODS, REQUESTS, Method
 
 if TYPE_CHECKING:
     from .server import Server
@@ -136,6 +136,18 @@ class Connection:
         Returns False when the connection must be closed."""
         if self.state is HandshakeState.CLOSED:
             return False
+        if type(data) is bytes:
+            # The usual case first: a request for a known method with valid params, decoded
+            # in one step. Whatever this does not take goes the long way below.
+            try:
+                typed = REQUESTS.decode(data)
+            except (msgspec.DecodeError, UnicodeError, RecursionError):
+                pass
+            else:
+                request_id = typed.id
+                if isinstance(request_id, str) or rpc.I64_MIN <= request_id <= rpc.I64_MAX:
+                    self._dispatch(request_id, BY_REQUEST_TYPE[type(typed)], typed.params)
+                    return self.is_open
         message = data if isinstance(data, rpc.Malformed) else rpc.decode(data)
         if type(message) is rpc.Request:
             self._handle_request(message)
@@ -176,21 +188,35 @@ class Connection:
             return
         try:
             params = method.decode(request.params)
-            self._check_ready(method)
-            outcome = method.handler(self, params)
         except RpcError as error:
             self._reply_error(request.id, error)
             return
-        except Exception as exc:  # a bug: answer, log, keep serving
-            log.exception("handler for %s failed", request.method)
-            self._reply_error(request.id, internal_error(f"internal error: {exc}"))
+        self._dispatch(request.id, method, params)
+
+    def _dispatch(self, request_id: rpc.RequestId, method: Method, params: Any) -> None:
+        """Run a request's handler and answer it, now or when its awaitable is done."""
+        try:
+            session = self.session
+            if method.family is not None and (
+                self.state is not HandshakeState.READY
+                or session is None
+                or session.connection is not self
+            ):
+                self._check_ready(method)
+            outcome = method.handler(self, params)
+        except RpcError as error:
+            self._reply_error(request_id, error)
             return
-        if not isinstance(outcome, msgspec.Struct) and isinstance(outcome, Awaitable):
-            task = asyncio.ensure_future(self._finish(request.id, method, outcome))
+        except Exception as exc:  # a bug: answer, log, keep serving
+            log.exception("handler for %s failed", method.name)
+            self._reply_error(request_id, internal_error(f"internal error: {exc}"))
+            return
+        if isinstance(outcome, msgspec.Struct) or not isinstance(outcome, Awaitable):
+            self._send_reply(rpc.encode_result(request_id, outcome))
+        else:
+            task = asyncio.ensure_future(self._finish(request_id, method, outcome))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
-        else:
-            self._send_reply(rpc.encode_result(request.id, method.encode(outcome)))
 
     async def _finish(
         self, request_id: rpc.RequestId, method: Method, outcome: Awaitable[Any]
@@ -203,7 +229,7 @@ class Connection:
             log.exception("handler for %s failed", method.name)
             self._reply_error(request_id, internal_error(f"internal error: {exc}"))
         else:
-            self._send_reply(rpc.encode_result(request_id, method.encode(result)))
+            self._send_reply(rpc.encode_result(request_id, result))
 
     @property
     def accepting(self) -> bool:

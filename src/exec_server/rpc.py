@@ -15,8 +15,8 @@ import msgspec
 
 RequestId = int | str
 
-_I64_MIN = -(2**63)
-_I64_MAX = 2**63 - 1
+I64_MIN = -(2**63)
+I64_MAX = 2**63 - 1
 
 _NO_PARAMS = b"null"
 
@@ -64,7 +64,7 @@ def is_valid_id(value: object) -> bool:
     """A string, or an integer that fits in a signed 64-bit integer (bool is not an id)."""
     if type(value) is str:
         return True
-    return type(value) is int and _I64_MIN <= value <= _I64_MAX
+    return type(value) is int and I64_MIN <= value <= I64_MAX
 
 
 def decode(data: bytes | bytearray | memoryview | str) -> Message:
@@ -100,12 +100,17 @@ def _is_error_object(value: object) -> bool:
     )
 
 
-_encode = msgspec.json.encode
+_encode = msgspec.json.Encoder().encode
 
 
-def encode_result(request_id: RequestId, result: bytes) -> bytes:
-    """A success reply; ``result`` is the already-encoded JSON value."""
-    return b'{"id":%s,"result":%s}' % (_encode(request_id), result)
+class _Result(msgspec.Struct):
+    id: RequestId
+    result: Any
+
+
+def encode_result(request_id: RequestId, result: Any) -> bytes:
+    """A success reply; ``result`` is any wire value (a result struct, usually)."""
+    return _encode(_Result(request_id, result))
 
 
 def encode_error(request_id: RequestId, code: int, message: str) -> bytes:

@@ -1,7 +1,12 @@
 """The method table: every JSON-RPC method the server answers, with its params type and family.
 
 Each handler takes the connection and its decoded params and returns the result, or an
-awaitable of it when it has to wait. Families gate methods on the handshake (PROTOCOL.md
+awaitable of it when it has to wait.
+
+:data:`REQUESTS` decodes a whole well-formed request in one step: a union of one struct per
+method, told apart by ``method``, each holding its id and its decoded params. Anything it
+does not take (a notification, an unknown method, bad params, broken JSON) goes the long way
+through :mod:`..rpc` and :meth:`Method.decode`, which classify it and word the error. Families gate methods on the handshake (PROTOCOL.md
 Part B §3.2): ``exec`` for ``process/*``, ``filesystem`` for ``fs/*``, ``http`` for
 ``http/request``; ``None`` means usable at any time.
 """
@@ -10,12 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 
 from ..errors import invalid_params
-from ..protocol import encode
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -30,9 +34,18 @@ class Method:
     family: str | None
     handler: Handler
     _decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
+    request_type: type[TypedRequest] = field(init=False, repr=False)
+    """``{"id", "method": <name>, "params"}`` with params of :attr:`params_type`."""
 
     def __post_init__(self) -> None:
         self._decoder = msgspec.json.Decoder(self.params_type)
+        self.request_type = msgspec.defstruct(  # type: ignore[assignment]
+            f"Request[{self.name}]",
+            [("params", self.params_type)],
+            bases=(TypedRequest,),
+            tag_field="method",
+            tag=self.name,
+        )
 
     def decode(self, raw: msgspec.Raw | bytes) -> Any:
         """Decode params, or -32602 with a message naming the offending field."""
@@ -46,19 +59,27 @@ class Method:
                     pass
             raise invalid_params(f"invalid params for {self.name}: {exc}") from None
 
-    @staticmethod
-    def encode(result: Any) -> bytes:
-        return encode(result)
+
+class TypedRequest(msgspec.Struct, kw_only=True):
+    """A request decoded with its params; each method's subclass gives ``params`` its type
+    (see :data:`REQUESTS`). Other members of the envelope (``jsonrpc``) are ignored, as on
+    the long way."""
+
+    id: int | str
+    """Still to be checked against the id range (:func:`..rpc.is_valid_id`)."""
+    params: Any
 
 
 METHODS: dict[str, Method] = {}
+BY_REQUEST_TYPE: dict[type[TypedRequest], Method] = {}
 
 
 def method(name: str, params_type: Any, family: str | None) -> Callable[[Handler], Handler]:
     """Register a handler under ``name``."""
 
     def register(handler: Handler) -> Handler:
-        METHODS[name] = Method(name, params_type, family, handler)
+        entry = METHODS[name] = Method(name, params_type, family, handler)
+        BY_REQUEST_TYPE[entry.request_type] = entry
         return handler
 
     return register
@@ -69,3 +90,8 @@ def _load() -> None:
 
 
 _load()
+
+REQUESTS: msgspec.json.Decoder[TypedRequest] = msgspec.json.Decoder(
+    Union[tuple(BY_REQUEST_TYPE)]  # noqa: UP007  (a union built at run time)
+)
+"""Decodes a request for a known method with valid params; raises otherwise."""
