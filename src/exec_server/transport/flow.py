@@ -40,9 +40,10 @@ class FlowControl(Generic[Item]):
 
     def send(self, message: bytes) -> None:
         """Queue one message; it leaves with the rest of this loop turn's messages."""
-        if not self._can_send():
+        pieces = self._framed(message)
+        if pieces is None:
             return
-        self._out += self._framed(message)
+        self._out += pieces
         self._out_bytes += len(message)
         if self._out_bytes >= self._high_water:
             self._flush()  # hand it to the OS transport now; its buffer decides about pausing
@@ -62,6 +63,22 @@ class FlowControl(Generic[Item]):
         finally:
             self._flush_at_end = False
         self._flush()
+
+    def _receive_one(self, item: Item) -> None:
+        """What :meth:`_receive` then :meth:`_handle_batch` do, for one item arriving while
+        none is held back (a read that brought one request), without the queue."""
+        if self._inbound or not self._may_take_more():
+            self._receive(item)
+            self._handle_batch()
+            return
+        self._flush_at_end = self._processing = True
+        try:
+            handled = self._handle(item)
+        finally:
+            self._flush_at_end = self._processing = False
+        self._flush()
+        if handled:
+            self._inbound_done()
 
     def _flush(self) -> None:
         """Write what is queued now. Runs at the end of the loop turn, or earlier: after
@@ -134,11 +151,8 @@ class FlowControl(Generic[Item]):
     def _connection(self) -> Connection | None:
         raise NotImplementedError
 
-    def _can_send(self) -> bool:
-        return True
-
-    def _framed(self, message: bytes) -> list[bytes]:
-        """The pieces that carry ``message`` on the wire."""
+    def _framed(self, message: bytes) -> list[bytes] | None:
+        """The pieces that carry ``message`` on the wire; None drops it (nobody to send to)."""
         raise NotImplementedError
 
     def _write(self, pieces: list[bytes]) -> None:

@@ -91,7 +91,7 @@ class StdioTransport(FlowControl["bytes | Malformed"]):
     def _connection(self) -> Connection:
         return self.connection
 
-    def _framed(self, message: bytes) -> list[bytes]:
+    def _framed(self, message: bytes) -> list[bytes] | None:
         return [message, b"\n"]
 
     def _write(self, pieces: list[bytes]) -> None:

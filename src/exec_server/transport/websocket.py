@@ -38,7 +38,7 @@ from .wsframes import (
     FrameReader,
     close_payload,
     frame,
-    header,
+    text_header,
 )
 
 log = logging.getLogger(__name__)
@@ -139,12 +139,19 @@ class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._reader is None:
+        reader = self._reader
+        if reader is None:
             data = self._handshake_data(data)
-            if self._reader is None or not data:
+            reader = self._reader
+            if reader is None or not data:
+                return
+        elif not self._inbound:
+            message = reader.whole_message(data)
+            if message is not None:
+                self._receive_one(message)
                 return
         try:
-            received = self._reader.feed(data)
+            received = reader.feed(data)
         except FrameError as exc:
             self._close(exc.code, exc.reason)
             return
@@ -184,11 +191,10 @@ class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
     def _connection(self) -> Connection | None:
         return self._conn
 
-    def _can_send(self) -> bool:
-        return self._reader is not None and not self._closing
-
-    def _framed(self, message: bytes) -> list[bytes]:
-        return [header(OP_TEXT, len(message)), message]
+    def _framed(self, message: bytes) -> list[bytes] | None:
+        if self._reader is None or self._closing:
+            return None
+        return [text_header(len(message)), message]
 
     def _write(self, pieces: list[bytes]) -> None:
         if self._transport is not None and not self._transport.is_closing():

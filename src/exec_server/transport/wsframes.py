@@ -56,8 +56,23 @@ def header(opcode: int, length: int) -> bytes:
     if length < 126:
         return bytes((first, length))
     if length < 65536:
-        return struct.pack("!BBH", first, 126, length)
-    return struct.pack("!BBQ", first, 127, length)
+        return _pack_16(first, 126, length)
+    return _pack_64(first, 127, length)
+
+
+_pack_16 = struct.Struct("!BBH").pack
+_pack_64 = struct.Struct("!BBQ").pack
+_SMALL_TEXT_HEADERS = [bytes((0x80 | OP_TEXT, n)) for n in range(126)]
+
+
+def text_header(length: int) -> bytes:
+    """``header(OP_TEXT, length)``, for every outgoing message: no arithmetic for the
+    common sizes."""
+    if length < 126:
+        return _SMALL_TEXT_HEADERS[length]
+    if length < 65536:
+        return _pack_16(0x81, 126, length)
+    return _pack_64(0x81, 127, length)
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
@@ -73,6 +88,28 @@ class FrameReader:
         self._fragments: list[bytes] = []
         self._fragment_opcode = -1
         self._fragment_bytes = 0
+
+    def whole_message(self, data: bytes) -> bytes | None:
+        """The payload when ``data`` is exactly one whole, final, masked data frame and
+        nothing is pending (the usual read: one small request); otherwise None, and nothing
+        has changed (pass ``data`` to :meth:`feed`)."""
+        size = len(data)
+        if size < 6 or self._buffer or self._fragment_opcode >= 0:
+            return None
+        first = data[0]
+        if first != 0x81 and first != 0x82:  # FIN, no reserved bits, TEXT or BINARY
+            return None
+        length = data[1] ^ 0x80  # under 128 only when the mask bit is set
+        if length < 126:
+            start = 2
+        elif length == 126 and size >= 4:
+            length = (data[2] << 8) | data[3]
+            start = 4
+        else:
+            return None
+        if size != start + 4 + length or length > self._max:
+            return None
+        return apply_mask(data[start + 4 :], data[start : start + 4])
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Received]:
         """Everything complete so far; raises :class:`FrameError` on a violation."""
