@@ -318,7 +318,9 @@ class ProcessManager:
     # ---- read -----------------------------------------------------------------------------
 
     def read(self, process_id: str, after_seq: int, max_bytes: int | None) -> ReadSnapshot:
-        process = self._readable(process_id)
+        process = self._processes.get(process_id)
+        if process is None or process.state is ProcessState.STARTING:
+            process = self._readable(process_id)  # raises the right error
         return process.log.read(after_seq, max_bytes)
 
     def _readable(self, process_id: str) -> ManagedProcess:
