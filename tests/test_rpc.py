@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -245,3 +246,56 @@ def test_classification_follows_the_reference_order(obj: dict[str, object]) -> N
         assert type(message.id) is type(obj["id"])  # type: ignore[union-attr]
     if expected in (rpc.Request, rpc.Notification):
         assert _params(message) == obj.get("params")
+
+
+_ids = st.sampled_from(
+    [1, 0, -7, "x", "", None, 1.5, True, 2**63 - 1, 2**63, 2**64 - 1, -(2**63) - 1]
+)
+_method_names = st.sampled_from(
+    ["process/read", "process/write", "initialize", "fs/close", "environment/info", "no/such", 5]
+)
+_some_params = st.one_of(
+    st.none(),
+    st.sampled_from(
+        [
+            {},
+            {"processId": "p"},
+            {"processId": "p", "waitMs": 5, "afterSeq": 2},
+            {"processId": "p", "maxBytes": -1},
+            {"processId": 1},
+            {"processId": "p", "chunk": "aGk="},
+            {"processId": "p", "chunk": "not base64!"},
+            {"clientName": "c"},
+            {"handleId": "h"},
+        ]
+    ),
+    st.dictionaries(st.sampled_from(["processId", "waitMs", "x"]), st.integers() | st.text()),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_ids, _method_names, _some_params, st.booleans(), st.booleans())
+def test_the_one_step_decode_agrees_with_the_long_way(
+    request_id: object, method: object, params: object, with_id: bool, with_params: bool
+) -> None:
+    """What methods.REQUESTS takes (with an id in range) is exactly what rpc.decode and
+    Method.decode would make of it; whatever it refuses still has the long way."""
+    from exec_server.methods import BY_REQUEST_TYPE, METHODS, REQUESTS
+
+    message: dict[str, object] = {"method": method}
+    if with_id:
+        message["id"] = request_id
+    if with_params:
+        message["params"] = params
+    data = json.dumps(message).encode()
+    try:
+        typed = REQUESTS.decode(data)
+    except msgspec.DecodeError:
+        return
+    if not rpc.is_valid_id(typed.id):
+        return  # the connection sends these the long way too
+    classified = rpc.decode(data)
+    assert isinstance(classified, rpc.Request)
+    assert classified.id == typed.id and type(classified.id) is type(typed.id)
+    assert METHODS[classified.method] is BY_REQUEST_TYPE[type(typed)]
+    assert METHODS[classified.method].decode(classified.params) == typed.params

@@ -140,3 +140,48 @@ def test_server_frames_are_unmasked_and_final() -> None:
     assert frame(OP_CLOSE, b"\x03\xe8") == b"\x88\x02\x03\xe8"
     assert header(OP_TEXT, 70000)[:2] == bytes((0x81, 127))
     assert header(OP_TEXT, 300) == bytes((0x81, 126)) + (300).to_bytes(2, "big")
+
+
+one_frame = st.builds(
+    client_frame,
+    st.sampled_from([OP_TEXT, OP_BINARY, OP_CONT, OP_PING, OP_CLOSE, 0x3]),
+    st.one_of(st.binary(max_size=200), st.just(bytes(70_000))),
+    fin=st.booleans(),
+    mask=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(one_frame, st.integers(0, 3), st.binary(max_size=3))
+def test_the_whole_message_shortcut_agrees_with_the_parser(
+    data: bytes, trim: int, extra: bytes
+) -> None:
+    """whole_message takes only what feed would read as exactly one data message, and
+    changes nothing when it declines."""
+    data = data[: len(data) - trim] + extra
+    limit = 150  # some frames are over it
+    reader = FrameReader(limit)
+    shortcut = reader.whole_message(data)
+    try:
+        parsed: list[Received] | None = FrameReader(limit).feed(data)
+    except FrameError:
+        parsed = None
+    if shortcut is not None:
+        assert parsed is not None and len(parsed) == 1
+        assert parsed[0].opcode in (OP_TEXT, OP_BINARY)
+        assert parsed[0].payload == shortcut
+    else:
+        try:
+            assert reader.feed(data) == parsed
+        except FrameError:
+            assert parsed is None
+
+
+def test_the_whole_message_shortcut_declines_while_a_frame_is_pending() -> None:
+    data = client_frame(OP_TEXT, b"hello")
+    reader = FrameReader(1024)
+    assert reader.feed(data[:3]) == []
+    assert reader.whole_message(data) is None
+    fragmented = FrameReader(1024)
+    assert fragmented.feed(client_frame(OP_TEXT, b"a", fin=False)) == []
+    assert fragmented.whole_message(client_frame(OP_TEXT, b"b")) is None
