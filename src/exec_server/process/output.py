@@ -35,16 +35,20 @@ import sys
 import tempfile
 from bisect import bisect_right
 from collections import deque
-from typing import NamedTuple
+
+import msgspec
+
+# Plain records, built several times per chunk and per read: msgspec Structs are made in C
+# (a NamedTuple's constructor is a Python function). Nothing here is a wire type.
 
 
-class Chunk(NamedTuple):
+class Chunk(msgspec.Struct, frozen=True, gc=False):
     seq: int
     stream: str
     data: bytes
 
 
-class ReadSnapshot(NamedTuple):
+class ReadSnapshot(msgspec.Struct, frozen=True, gc=False):
     chunks: list[Chunk]
     next_seq: int
     exited: bool
@@ -52,7 +56,7 @@ class ReadSnapshot(NamedTuple):
     closed: bool
 
 
-class _Entry(NamedTuple):
+class _Entry(msgspec.Struct, frozen=True, gc=False):
     """One retained chunk: its bytes in memory (``offset`` -1), or ``size`` bytes at
     ``offset`` in the spill ring (``data`` None)."""
 
