@@ -22,8 +22,10 @@ StreamName = Literal["stdout", "stderr", "pty"]
 WriteStatus = Literal["accepted", "unknownProcess", "stdinClosed", "starting"]
 
 
-class _Wire(msgspec.Struct, rename="camel"):
-    """Base of every wire struct: camelCase names, unknown fields ignored."""
+class _Wire(msgspec.Struct, rename="camel", gc=False):
+    """Base of every wire struct: camelCase names, unknown fields ignored. Not tracked by
+    the garbage collector (several are made per request): values decoded from JSON or
+    built for a reply cannot form reference cycles."""
 
 
 class _Params(_Wire, kw_only=True):

@@ -103,7 +103,7 @@ def _is_error_object(value: object) -> bool:
 _encode = msgspec.json.Encoder().encode
 
 
-class _Result(msgspec.Struct):
+class _Result(msgspec.Struct, gc=False):
     id: RequestId
     result: Any
 

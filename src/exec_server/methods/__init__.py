@@ -60,7 +60,7 @@ class Method:
             raise invalid_params(f"invalid params for {self.name}: {exc}") from None
 
 
-class TypedRequest(msgspec.Struct, kw_only=True):
+class TypedRequest(msgspec.Struct, kw_only=True, gc=False):
     """A request decoded with its params; each method's subclass gives ``params`` its type
     (see :data:`REQUESTS`). Other members of the envelope (``jsonrpc``) are ignored, as on
     the long way."""
