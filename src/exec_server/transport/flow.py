@@ -110,8 +110,10 @@ class FlowControl(Generic[Item]):
         self._inbound.append(item)
 
     def _may_take_more(self) -> bool:
+        if self._paused or self._out_bytes >= self._high_water:  # not writable
+            return False
         connection = self._connection()
-        return self.writable and (connection is None or connection.accepting)
+        return connection is None or connection.accepting
 
     def _process_inbound(self) -> None:
         """Hand received items over while the connection can take them; otherwise stop
