@@ -145,8 +145,11 @@ async def run(args: argparse.Namespace) -> int:
             log(f"note: {name} over {transport} skipped: {why}")
 
     runs: list[dict[str, Any]] = []
-    for rep in range(1, args.reps + 1):
+    reps = {name: args.reps * workloads.REP_FACTOR.get(name, 1) for name in args.workloads}
+    for rep in range(1, max(reps.values(), default=0) + 1):
         for name in args.workloads:
+            if rep > reps[name]:
+                continue
             for transport in args.transports:
                 for spec in specs:
                     if (spec.name, transport) in broken:
@@ -159,7 +162,7 @@ async def run(args: argparse.Namespace) -> int:
                         if "error" in record
                         else _short(record["metrics"])
                     )
-                    log(f"[{rep}/{args.reps}] {name:<10} {transport:<5} {spec.name:<9} {outcome}")
+                    log(f"[{rep}/{reps[name]}] {name:<10} {transport:<5} {spec.name:<9} {outcome}")
 
     names = [s.name for s in specs]
     refs = [n for n in names if n != report.OURS]
@@ -188,6 +191,7 @@ async def run(args: argparse.Namespace) -> int:
         },
         "options": {
             "reps": args.reps,
+            "reps_by_workload": reps,
             "quick": args.quick,
             "workloads": args.workloads,
             "transports": args.transports,

@@ -34,6 +34,7 @@ class Sizes:
     fanout_n: int = 100
     fanout_bytes: int = 1 * MiB
     poll_n: int = 1000
+    poll_batches: int = 5
     hol_wait_ms: int = 2000
     idle_n: int = 500
 
@@ -45,6 +46,7 @@ class Sizes:
             stream_bytes=32 * MiB,
             fanout_n=20,
             poll_n=200,
+            poll_batches=1,
             hol_wait_ms=1000,
             idle_n=100,
         )
@@ -223,7 +225,8 @@ async def fanout(server: RunningServer, sizes: Sizes) -> Metrics:
 
 
 async def poll(server: RunningServer, sizes: Sizes) -> Metrics:
-    """Sequential `process/read` with waitMs 0 on a finished process that has a little output."""
+    """Sequential `process/read` with waitMs 0 on a finished process that has a little output:
+    requests/s over ``poll_n`` requests, the median of ``poll_batches`` batches."""
     client = server.client
     w = client.watch("p")
     reply = await client.start("p", ["echo", "hello"])
@@ -232,11 +235,15 @@ async def poll(server: RunningServer, sizes: Sizes) -> Metrics:
     result = msgspec.json.decode(await (await client.read("p")))
     if not result.get("chunks"):
         raise RuntimeError(f"process/read returned no output: {result}")
-    t0 = time.perf_counter()
-    for _ in range(sizes.poll_n):
-        await (await client.read("p"))
-    elapsed = time.perf_counter() - t0
-    return {"poll_rps": sizes.poll_n / elapsed}
+    rates = []
+    for _ in range(sizes.poll_batches):  # each batch is the issue's 1,000 requests
+        t0 = time.perf_counter()
+        for _ in range(sizes.poll_n):
+            await (await client.read("p"))
+        rates.append(sizes.poll_n / (time.perf_counter() - t0))
+    # One batch takes ~0.1 s, short enough for a neighbour on this shared VM to halve it;
+    # the median of a few batches is what this server does, not what the machine did.
+    return {"poll_rps": statistics.median(rates)}
 
 
 # -- 6. head-of-line ---------------------------------------------------------------------------
@@ -286,4 +293,10 @@ WORKLOADS: dict[str, Workload] = {
     "hol": hol,
     "memory": memory,
 }
+REP_FACTOR = {"poll": 3}
+"""Workloads repeated more than ``--reps`` times. A polling run lasts half a second, and on
+this shared 2-core VM its rate depends on where the scheduler puts client and server (runs
+cluster around two or three rates, the same ones for every server): a median of three
+runs is a coin toss between clusters, a median of nine is not."""
+
 ALIASES = {"cpu": "throughput", "latency": "spawn", "roundtrip": "rtt", "polling": "poll"}
