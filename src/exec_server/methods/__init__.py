@@ -1,14 +1,14 @@
 """The method table: every JSON-RPC method the server answers, with its params type and family.
 
 Each handler takes the connection and its decoded params and returns the result, or an
-awaitable of it when it has to wait.
+awaitable of it when it has to wait. Families gate methods on the handshake (PROTOCOL.md
+Part B §3.2): ``exec`` for ``process/*``, ``filesystem`` for ``fs/*``, ``http`` for
+``http/request``; ``None`` means usable at any time.
 
 :data:`REQUESTS` decodes a whole well-formed request in one step: a union of one struct per
 method, told apart by ``method``, each holding its id and its decoded params. Anything it
 does not take (a notification, an unknown method, bad params, broken JSON) goes the long way
-through :mod:`..rpc` and :meth:`Method.decode`, which classify it and word the error. Families gate methods on the handshake (PROTOCOL.md
-Part B §3.2): ``exec`` for ``process/*``, ``filesystem`` for ``fs/*``, ``http`` for
-``http/request``; ``None`` means usable at any time.
+through :mod:`..rpc` and :meth:`Method.decode`, which classify it and word the error.
 """
 
 from __future__ import annotations
