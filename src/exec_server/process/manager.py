@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import errno
 import os
 import signal
 from collections import OrderedDict, deque
@@ -24,6 +23,7 @@ from typing import Protocol
 from ..config import Limits
 from ..errors import internal_error, invalid_params, invalid_request, os_error_message
 from .output import OutputLog, ReadSnapshot
+from .reading import gather
 from .spawn import Child, SpawnRequest, exit_code_from_status, signal_group, spawn
 
 
@@ -179,20 +179,12 @@ class ProcessManager:
 
     def _on_readable(self, process: ManagedProcess, fd: int, stream: str) -> bool:
         """Take what the child wrote on ``fd``; True when a chunk was taken (more may wait)."""
-        limit = self.limits.read_chunk_bytes
-        try:
-            data = os.read(fd, limit)
-        except BlockingIOError:
+        data = gather(fd, self.limits.read_chunk_bytes)
+        if data is None:
             return False
-        except OSError as exc:
-            if exc.errno != errno.EIO:  # EIO: a PTY whose last slave closed, i.e. EOF
-                raise
-            data = b""
         if not data:
             self._end_stream(process, fd)
             return False
-        if len(data) < limit:
-            data = _gather(fd, data, limit)
         self._emit_output(process, stream, data)
         return True
 
@@ -534,24 +526,6 @@ def _pid_in_use(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _gather(fd: int, first: bytes, limit: int) -> bytes:
-    """Read on while more is already there (up to ``limit``): a PTY hands out at most about
-    4 KiB per read, and every chunk saved is a notification saved. Never waits; an EOF or
-    error is left for the next readiness callback to see."""
-    parts = [first]
-    size = len(first)
-    while size < limit:
-        try:
-            more = os.read(fd, limit - size)
-        except OSError:
-            break
-        if not more:
-            break
-        parts.append(more)
-        size += len(more)
-    return first if len(parts) == 1 else b"".join(parts)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

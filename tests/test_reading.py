@@ -1,0 +1,115 @@
+"""``gather`` keeps one contract in C and in Python, on real pipes and real PTYs."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pty
+import select
+import termios
+import tty
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from exec_server.process import reading
+
+Gather = Callable[[int, int], "bytes | None"]
+
+IMPLEMENTATIONS: dict[str, Gather | None] = {
+    "native": reading.gather if reading.gather is not reading._gather_in_python else None,
+    "python": reading._gather_in_python,
+}
+
+
+@pytest.fixture(params=list(IMPLEMENTATIONS))
+def gather(request: pytest.FixtureRequest) -> Gather:
+    implementation = IMPLEMENTATIONS[request.param]
+    if implementation is None:
+        pytest.skip("the C helper is not built here")
+    return implementation
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    yield r, w
+    for fd in (r, w):
+        with contextlib.suppress(OSError):  # a test may have closed it
+            os.close(fd)
+
+
+def test_nothing_there_yet_is_none(gather: Gather, pipe: tuple[int, int]) -> None:
+    r, _ = pipe
+    assert gather(r, 65536) is None
+
+
+def test_takes_everything_there_up_to_the_limit(gather: Gather, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    payload = bytes(range(256)) * 40  # 10,240 bytes
+    os.write(w, payload)
+    assert gather(r, 4000) == payload[:4000]
+    assert gather(r, 65536) == payload[4000:]
+    assert gather(r, 65536) is None
+
+
+def test_end_of_file_is_empty_bytes(gather: Gather, pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    os.write(w, b"last words")
+    os.close(w)
+    assert gather(r, 65536) == b"last words"
+    assert gather(r, 65536) == b""
+
+
+def test_other_errors_raise(gather: Gather, pipe: tuple[int, int]) -> None:
+    r, _ = pipe
+    os.close(r)
+    with pytest.raises(OSError) as info:
+        gather(r, 65536)
+    assert info.value.errno == errno.EBADF
+
+
+def test_a_pty_byte_exact_then_end_of_file(gather: Gather) -> None:
+    """A PTY master hands out ~4 KiB per read; gathers take it all, byte-exact, and report
+    the closed slave (EIO) as end of file."""
+    master, slave = pty.openpty()
+    try:
+        os.set_blocking(master, False)
+        os.set_blocking(slave, False)
+        tty.setraw(slave, termios.TCSANOW)  # no translation: the bytes come back as written
+        payload = bytes(i % 251 for i in range(20000))
+        received = bytearray()
+        written = 0
+        while len(received) < len(payload):
+            want_write = [slave] if written < len(payload) else []
+            readable, writable, _ = select.select([master], want_write, [], 5.0)
+            assert readable or writable, "the PTY made no progress for 5 s"
+            if writable:
+                written += os.write(slave, payload[written:])
+            data = gather(master, 65536)
+            if data is not None:
+                assert data, "end of file before the payload was read"
+                received += data
+        assert bytes(received) == payload
+        os.close(slave)
+        slave = -1
+        assert gather(master, 65536) == b""
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+
+
+def test_limit_must_be_positive_in_c() -> None:
+    native = IMPLEMENTATIONS["native"]
+    if native is None:
+        pytest.skip("the C helper is not built here")
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ValueError):
+            native(r, 0)
+    finally:
+        os.close(r)
+        os.close(w)
