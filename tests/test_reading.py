@@ -13,7 +13,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from exec_server.process import manager as manager_module
 from exec_server.process import reading
+
+from .support import Client
 
 Gather = Callable[[int, int], "bytes | None"]
 
@@ -113,3 +116,35 @@ def test_limit_must_be_positive_in_c() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+# ---- through the process manager, end to end ---------------------------------------------------
+
+
+@pytest.fixture
+def manager_gather(gather: Gather, monkeypatch: pytest.MonkeyPatch) -> Gather:
+    """The server in this test process reads children's output with ``gather``."""
+    monkeypatch.setattr(manager_module, "gather", gather)
+    return gather
+
+
+@pytest.mark.usefixtures("manager_gather")
+@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "pty"])
+async def test_a_megabyte_arrives_byte_exact(client: Client, tty: bool) -> None:
+    # No newline, so a PTY's output processing leaves the bytes as they are.
+    script = "yes 0123456789abcdef | tr -d '\\n' | head -c 1048576"
+    events = await client.run("big", ["sh", "-c", script], tty=tty)
+    assert events.data() == b"0123456789abcdef" * 65536
+    assert events.exited is not None and events.exited["exitCode"] == 0
+
+
+@pytest.mark.usefixtures("manager_gather")
+@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "pty"])
+async def test_output_written_just_before_exit_comes_before_it(client: Client, tty: bool) -> None:
+    events = await client.run(
+        "last", ["sh", "-c", "head -c 200000 /dev/zero | tr '\\0' y"], tty=tty
+    )
+    assert events.data() == b"y" * 200000
+    kinds = [method for method, _ in events.order]
+    assert kinds[-2:] == ["process/exited", "process/closed"]
+    assert "process/output" not in kinds[kinds.index("process/exited") :]

@@ -1,9 +1,13 @@
 /*
- * Gathering reads of a child's output fd: read(2) on while more is already there.
+ * Gathering reads of a child's output fd: read(2), then read on while more is already there.
  *
- * A PTY master hands out at most about 4 KiB per read (its line discipline's buffer), so a
- * 64 KiB chunk of PTY output is sixteen reads. Done here, that is one call, one bytes object
- * and no join; the GIL is released for the loop.
+ * A PTY master hands out at most about 4 KiB per read (its line discipline's buffer). A read
+ * that finds that buffer empty does not return EAGAIN at once: Linux's n_tty_read first waits
+ * for the kernel worker that refills it (tty_buffer_flush_work). Reading on until EAGAIN thus
+ * made every 4 KiB of a streaming PTY a synchronous round trip with that worker, with the
+ * event loop blocked. So after the first read this asks FIONREAD (TIOCINQ), which tells what
+ * is buffered without waiting, and stops when nothing is: the worker refills while the chunk
+ * is sent. On a pipe it costs what the EAGAIN read cost.
  *
  * Python interface (see _gather.pyi):
  *   gather(fd, limit) -> bytes | None
@@ -16,6 +20,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 static PyObject *gather(PyObject *self, PyObject *args) {
@@ -33,6 +38,8 @@ static PyObject *gather(PyObject *self, PyObject *args) {
     int error = 0;
     Py_BEGIN_ALLOW_THREADS
     while (size < limit) {
+        int buffered = 0;
+        if (size > 0 && (ioctl(fd, FIONREAD, &buffered) < 0 || buffered <= 0)) break;
         ssize_t n = read(fd, data + size, (size_t)(limit - size));
         if (n > 0) {
             size += n;
