@@ -129,20 +129,22 @@ def manager_gather(gather: Gather, monkeypatch: pytest.MonkeyPatch) -> Gather:
 
 
 @pytest.mark.usefixtures("manager_gather")
-@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "pty"])
-async def test_a_megabyte_arrives_byte_exact(client: Client, tty: bool) -> None:
+@pytest.mark.parametrize("use_pty", [False, True], ids=["pipe", "pty"])
+async def test_a_megabyte_arrives_byte_exact(client: Client, use_pty: bool) -> None:
     # No newline, so a PTY's output processing leaves the bytes as they are.
     script = "yes 0123456789abcdef | tr -d '\\n' | head -c 1048576"
-    events = await client.run("big", ["sh", "-c", script], tty=tty)
+    events = await client.run("big", ["sh", "-c", script], tty=use_pty)
     assert events.data() == b"0123456789abcdef" * 65536
     assert events.exited is not None and events.exited["exitCode"] == 0
 
 
 @pytest.mark.usefixtures("manager_gather")
-@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "pty"])
-async def test_output_written_just_before_exit_comes_before_it(client: Client, tty: bool) -> None:
+@pytest.mark.parametrize("use_pty", [False, True], ids=["pipe", "pty"])
+async def test_output_written_just_before_exit_comes_before_it(
+    client: Client, use_pty: bool
+) -> None:
     events = await client.run(
-        "last", ["sh", "-c", "head -c 200000 /dev/zero | tr '\\0' y"], tty=tty
+        "last", ["sh", "-c", "head -c 200000 /dev/zero | tr '\\0' y"], tty=use_pty
     )
     assert events.data() == b"y" * 200000
     kinds = [method for method, _ in events.order]
