@@ -270,3 +270,12 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
             return True
         await asyncio.sleep(interval)
     return bool(predicate())
+
+
+def pump_threads() -> int:
+    """Threads of this process that read a PTY for the server (named by ``_pump.c``)."""
+    count = 0
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as f:
+            count += f.read().strip() == "pty-reader"
+    return count

@@ -10,7 +10,7 @@ import pytest
 
 from exec_server.config import Limits
 
-from .support import Client, pid_alive, running_server, wait_until
+from .support import Client, pid_alive, pump_threads, running_server, wait_until
 
 
 def _open_fds() -> set[int]:
@@ -20,11 +20,15 @@ def _open_fds() -> set[int]:
 @pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
 async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool) -> None:
     limits = Limits(
-        detach_grace_s=0, closed_retention_s=0.05, spill_threshold_bytes=0 if spill else 1 << 30
+        detach_grace_s=0,
+        closed_retention_s=0.05,
+        spill_threshold_bytes=0 if spill else 1 << 30,
+        pty_thread_after_bytes=1,  # every PTY below is read by a thread of its own
     )
     async with running_server(limits) as (server, url):
         await asyncio.sleep(0)  # the listener's own fds are open by now
         before = _open_fds()
+        threads = pump_threads()
         pids: list[int] = []
         for round_ in range(3):
             async with Client.connect(url) as client:
@@ -40,6 +44,8 @@ async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool) -
                 out = await client.wait_output(f"sleep{round_}", b"\n")
                 pids.append(int(out.split()[0]))
                 await client.start(f"ptysleep{round_}", ["sleep", "100"], tty=True)
+                await client.start(f"ptyyes{round_}", ["yes"], tty=True)
+                await client.wait_output(f"ptyyes{round_}", b"y\r\ny\r\n")
                 await client.call("process/terminate", {"processId": f"cat{round_}"})
                 await client.wait_closed(f"cat{round_}")
                 # Leave the sleeps running: the disconnect (grace 0) must kill them.
@@ -47,6 +53,7 @@ async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool) -
         assert await wait_until(lambda: len(server.sessions) == 0, timeout=15)
         # Every fd opened for children, PTYs, pidfds and spill files is closed again.
         assert await wait_until(lambda: _open_fds() <= before, timeout=15), _open_fds() - before
+        assert pump_threads() == threads
 
 
 def test_a_reaped_pid_is_not_in_use_and_a_live_one_is() -> None:

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from exec_server.config import Limits
 from exec_server.connection import Connection
 from exec_server.process.manager import ManagedProcess
+from exec_server.process.reading import PUMP
 from exec_server.server import Server
 
 from .support import PATH_ENV, Client, running_server, wait_until
@@ -37,6 +38,7 @@ def limits() -> Limits:
     return Limits(
         outbound_queue_bytes=QUEUE_BYTES,
         read_chunk_bytes=CHUNK,
+        pty_thread_after_bytes=1,  # a PTY's output is read by its thread from the first byte
     )
 
 
@@ -212,6 +214,62 @@ async def test_a_client_that_stops_reading_blocks_the_child_and_loses_nothing(
     # more already read from the child when the pause arrived.
     assert peak["bytes"] <= QUEUE_BYTES + 2 * peak["largest"]
     assert peak["largest"] <= 4 * CHUNK  # base64 of one read, plus the envelope
+
+
+async def test_a_pty_read_by_its_thread_is_held_back_too_and_loses_nothing(
+    server_and_url: tuple[Server, str], paused_ws: ClientConnection, tmp_path: Path
+) -> None:
+    server, _ = server_and_url
+    ws = paused_ws
+    await _call(ws, 1, "initialize", {"clientName": "paused"})
+    await ws.send(json.dumps({"method": "initialized"}))
+
+    done = tmp_path / "done"
+    # Hex, so no newline for the PTY to translate: the bytes arrive as written.
+    script = (
+        "import random, sys\n"
+        f"data = random.Random(12).randbytes({TOTAL // 2}).hex().encode()\n"
+        "for i in range(0, len(data), 65536):\n"
+        "    sys.stdout.buffer.write(data[i:i + 65536]); sys.stdout.flush()\n"
+        f"open({str(done)!r}, 'w').close()\n"
+    )
+    start = {
+        "processId": "flood",
+        "argv": [sys.executable, "-c", script],
+        "cwd": "/tmp",
+        "env": PATH_ENV,
+        "tty": True,
+    }
+    await ws.send(json.dumps({"id": 2, "method": "process/start", "params": start}))
+    process = await _wait_for_process(server, "flood")
+    assert await wait_until(lambda: process.paused, timeout=30)
+    assert (process.pump is not None) == (PUMP is not None)  # the thread read, when built
+    await asyncio.sleep(0.5)  # unheld, the child would write all of it in far less
+    assert not done.exists()
+    assert process.log.exit_code is None
+
+    expected = random.Random(12).randbytes(TOTAL // 2).hex().encode()
+    received = bytearray()
+    next_seq = 1
+    kinds: list[str] = []
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if "id" in message:
+            continue
+        params = message["params"]
+        assert params["seq"] == next_seq, f"gap or disorder at {next_seq}: {params['seq']}"
+        next_seq += 1
+        kinds.append(message["method"])
+        if message["method"] == "process/output":
+            assert params["stream"] == "pty"
+            received += base64.b64decode(params["chunk"])
+        elif message["method"] == "process/closed":
+            break
+    assert len(received) == len(expected)
+    assert received == expected
+    assert kinds[-2:] == ["process/exited", "process/closed"]
+    assert done.exists()
+    assert process.pump is None
 
 
 async def _wait_for_process(server: Server, process_id: str) -> ManagedProcess:

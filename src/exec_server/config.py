@@ -48,6 +48,11 @@ class Limits:
             file used as a ring buffer: page cache the kernel can write back and reclaim,
             where the heap could not be (see ``process/output.py``). 0 spills from the first
             byte; a value at or above ``retained_output_bytes`` never spills.
+        pty_thread_after_bytes: once a PTY has printed this much, its master is read by a
+            native thread of its own (``process/_pump.c``) instead of the event loop, so the
+            kernel's refill of the PTY's 4 KiB line buffer overlaps the sending of output
+            (ours). Interactive PTYs never get that far; None never moves a PTY (nor does a
+            server built without the C extension).
     """
 
     retained_output_bytes: int = MIB
@@ -65,3 +70,4 @@ class Limits:
     fs_max_open_handles: int = 128
     http_response_max_bytes: int = 512 * MIB
     spill_threshold_bytes: int = 64 * 1024
+    pty_thread_after_bytes: int | None = 256 * 1024

@@ -18,13 +18,16 @@ import os
 import signal
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import Limits
 from ..errors import internal_error, invalid_params, invalid_request, os_error_message
 from .output import OutputLog, ReadSnapshot
-from .reading import gather
+from .reading import PUMP, gather
 from .spawn import Child, SpawnRequest, exit_code_from_status, signal_group, spawn
+
+if TYPE_CHECKING:
+    from ._pump import Pump
 
 
 class ProcessState(enum.Enum):
@@ -79,6 +82,8 @@ class ManagedProcess:
         "pidfd",
         "pipe_stdin",
         "process_id",
+        "pump",
+        "pump_countdown",
         "reaped",
         "state",
         "terminated",
@@ -97,6 +102,8 @@ class ManagedProcess:
         self.paused = False
         self.terminated = False
         self.reaped = False
+        self.pump: Pump | None = None
+        self.pump_countdown = 0  # PTY bytes to go before a pump takes over; 0: never
         self._stdin_pending: deque[memoryview] = deque()
         self._stdin_bytes = 0
         self._stdin_waiters: deque[tuple[bytes, asyncio.Future[None]]] = deque()
@@ -161,6 +168,8 @@ class ProcessManager:
             raise invalid_params(f"cannot start process: {exc}") from None
         process.child = child
         process.state = ProcessState.RUNNING
+        if child.tty and PUMP is not None and limits.pty_thread_after_bytes is not None:
+            process.pump_countdown = max(limits.pty_thread_after_bytes, 1)
         try:
             process.pidfd = os.pidfd_open(child.pid)
         except OSError:  # pragma: no cover - the pid is our unreaped child, so this cannot fail
@@ -186,7 +195,68 @@ class ProcessManager:
             self._end_stream(process, fd)
             return False
         self._emit_output(process, stream, data)
+        if process.pump_countdown > 0:
+            process.pump_countdown -= len(data)
+            if process.pump_countdown <= 0:
+                return self._start_pump(process, fd)
         return True
+
+    # A streaming PTY is read by a native thread (a "pump", see reading.PUMP) while its child
+    # runs; the loop watches the pump's eventfd instead of the master. At the exit the loop
+    # takes the master back (the pump is stopped and emptied first, so no byte is reordered),
+    # which keeps "output before exit" exactly as for every other stream.
+
+    def _start_pump(self, process: ManagedProcess, fd: int) -> bool:
+        """Move the reading of PTY master ``fd`` to a pump; False when the loop stops reading."""
+        if process.paused:
+            process.pump_countdown = 1  # the first chunk after the pause moves it
+            return False
+        if PUMP is None or process.reaped:
+            return True
+        try:
+            pump = PUMP(fd, 2 * self.limits.read_chunk_bytes)
+        except OSError:  # no thread to be had: the loop keeps reading, as before
+            return True
+        self._loop.remove_reader(fd)
+        process.pump = pump
+        self._loop.add_reader(pump.fileno(), self._on_pumped, process)
+        return False
+
+    def _on_pumped(self, process: ManagedProcess) -> None:
+        pump = process.pump
+        assert pump is not None
+        try:
+            data = pump.take(self.limits.read_chunk_bytes)
+        except OSError:
+            data = b""  # a read that failed ends the stream, as a hung-up PTY does
+        if data is None:
+            return
+        if data:
+            self._emit_output(process, "pty", data)
+            return
+        child = process.child
+        assert child is not None
+        self._stop_pump(process)
+        self._end_stream(process, child.stdout)
+
+    def _stop_pump(self, process: ManagedProcess) -> bool:
+        """Stop the pump and emit what it still holds; True when it had seen the end."""
+        pump = process.pump
+        assert pump is not None
+        self._loop.remove_reader(pump.fileno())
+        pump.stop()
+        while True:
+            try:
+                data = pump.take(self.limits.read_chunk_bytes)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            self._emit_output(process, "pty", data)
+        ended = pump.ended
+        pump.close()
+        process.pump = None
+        return ended
 
     def _emit_output(self, process: ManagedProcess, stream: str, data: bytes) -> None:
         seq = process.log.append(stream, data)
@@ -207,14 +277,20 @@ class ProcessManager:
         self._paused.add(process)
         for fd, _ in self._streams(process):
             self._loop.remove_reader(fd)
+        if process.pump is not None:
+            self._loop.remove_reader(process.pump.fileno())
 
     def resume_output(self) -> None:
         """Start reading every paused process again (the sink has room)."""
         paused, self._paused = self._paused, set()
         for process in paused:
             process.paused = False
+            pump = process.pump
             for fd, stream in self._streams(process):
-                self._loop.add_reader(fd, self._on_readable, process, fd, stream)
+                if pump is not None and stream == "pty":
+                    self._loop.add_reader(pump.fileno(), self._on_pumped, process)
+                else:
+                    self._loop.add_reader(fd, self._on_readable, process, fd, stream)
 
     def _end_stream(self, process: ManagedProcess, fd: int) -> None:
         self._loop.remove_reader(fd)
@@ -258,6 +334,12 @@ class ProcessManager:
         if process.state is ProcessState.CLOSED:
             return  # torn down with its session: reaped, and nobody is listening any more
         # Output the child wrote before it died comes before its exit, when we can take it.
+        if process.pump is not None and not process.paused:
+            # While paused the pump stays: it stops when full, and delivers the end later.
+            if self._stop_pump(process):
+                self._end_stream(process, child.stdout)
+            elif not process.paused:
+                self._loop.add_reader(child.stdout, self._on_readable, process, child.stdout, "pty")
         if not process.paused:
             for fd, stream in self._streams(process):
                 self._drain(process, fd, stream)
@@ -296,6 +378,10 @@ class ProcessManager:
         child = process.child
         if child is None:
             return
+        if process.pump is not None:  # stopped before its fd is closed under it
+            self._loop.remove_reader(process.pump.fileno())
+            process.pump.close()
+            process.pump = None
         for fd in {child.stdout, child.stderr, child.stdin} - {None, -1}:
             assert fd is not None
             with contextlib.suppress(OSError):

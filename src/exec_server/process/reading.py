@@ -26,6 +26,10 @@ import fcntl
 import os
 import termios
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._pump import Pump
 
 
 def _buffered(fd: int) -> int:
@@ -73,3 +77,22 @@ try:
     from ._gather import gather
 except ImportError:  # no C compiler at install time: same contract, slower
     gather = _gather_in_python
+
+
+def _load_pump() -> type[Pump] | None:
+    if os.environ.get("EXEC_SERVER_NO_PTY_THREAD"):  # an escape hatch, as for native spawn
+        return None
+    try:
+        from ._pump import Pump
+    except ImportError:  # no C compiler at install time: PTYs are read on the loop
+        return None
+    return Pump
+
+
+PUMP: type[Pump] | None = _load_pump()
+"""The native reader thread for streaming PTYs (see ``_pump.c``), or None when not built.
+
+Why a thread: each ~4 KiB of a PTY needs a round trip with the kernel worker that refills the
+line discipline. On the loop those waits and the sending of each chunk take turns; on a thread
+that holds no GIL they overlap. A Python thread was tried and measured worse (every read needs
+the GIL back, and the loop holds it while it sends)."""
