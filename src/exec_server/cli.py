@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Environment: EXEC_SERVER_LOG sets the default --log-level; "
             "EXEC_SERVER_NO_NATIVE_SPAWN=1 starts children through subprocess.Popen instead of "
-            "the vfork extension (slower; for comparison and for machines without it). "
+            "the vfork extension (slower; for comparison and for machines without it); "
+            "EXEC_SERVER_NO_PTY_THREAD=1 reads streaming PTYs on the event loop instead of a "
+            "reader thread each. "
             "SIGINT or SIGTERM: every child's process group is killed, then exit 0."
         ),
     )

@@ -1,7 +1,8 @@
 """The process table of one session: start, read, write, signal, terminate, and eviction.
 
 The manager owns every child it starts: the fds are read with event-loop callbacks (no task
-per stream), the exit is watched through a pidfd, and the real status is always reaped.
+per stream; a streaming PTY by a native reader thread that wakes the loop, see
+``reading.PUMP``), the exit is watched through a pidfd, and the real status is always reaped.
 Events leave through an :class:`EventSink` in seq order; the sink may ask the manager to stop
 reading (backpressure), and calls :meth:`ProcessManager.resume_output` when it can take more.
 

@@ -16,6 +16,9 @@ died is still collected before its exit is reported.
 
 The loop is the optional C helper ``_gather`` when it was built (one call per chunk instead
 of several reads, bytes objects and a join), else the same loop in Python.
+
+A PTY that keeps streaming is not read by the loop at all: :data:`PUMP` moves its reads to a
+native thread, so even the first read's wait overlaps the sending (see below).
 """
 
 from __future__ import annotations
