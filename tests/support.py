@@ -15,8 +15,9 @@ import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from exec_server.config import Limits
@@ -279,3 +280,15 @@ def pump_threads() -> int:
         with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as f:
             count += f.read().strip() == "pty-reader"
     return count
+
+
+T = TypeVar("T")
+
+
+def built_or_skip(implementations: dict[str, T | None], name: str) -> T:
+    """One of several implementations of a contract; skips the test when that one is a C
+    helper this install was built without (None)."""
+    implementation = implementations[name]
+    if implementation is None:
+        pytest.skip(f"the C helper behind {name!r} is not built here")
+    return implementation

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from exec_server import protocol
 
+from .support import built_or_skip
+
 Enclose = Callable[[bytes, bytes, bytes], bytes]
 
 PATHS: dict[str, Enclose | None] = {"msgspec": protocol._enclose_with_msgspec}
@@ -26,10 +28,7 @@ else:
 
 @pytest.fixture(params=list(PATHS))
 def enclose(request: pytest.FixtureRequest) -> Enclose:
-    implementation = PATHS[request.param]
-    if implementation is None:
-        pytest.skip("the C helper is not built here")
-    return implementation
+    return built_or_skip(PATHS, request.param)
 
 
 @pytest.mark.parametrize("size", [*range(0, 70), 4095, 4096, 4097, 65535, 65536, 65537])
@@ -49,9 +48,7 @@ def test_every_length_near_the_block_edges(enclose: Enclose, size: int) -> None:
 def test_any_bytes_at_any_alignment(
     path: str, prefix: bytes, data: bytes, suffix: bytes, offset: int
 ) -> None:
-    implementation = PATHS[path]
-    if implementation is None:
-        pytest.skip("the C helper is not built here")
+    implementation = built_or_skip(PATHS, path)
     # A view into a bigger buffer starts at any address, which a bytes object never does.
     chunk = memoryview(b"\xff" * offset + data)[offset:]
     encoded = implementation(prefix, chunk, suffix)  # type: ignore[arg-type]

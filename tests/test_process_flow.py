@@ -95,7 +95,8 @@ async def server_and_url(limits: Limits) -> AsyncIterator[tuple[Server, str]]:
 
 @pytest.fixture
 async def paused_ws(server_and_url: tuple[Server, str]) -> AsyncIterator[ClientConnection]:
-    """A raw WebSocket with a tiny receive buffer that reads only when the test calls recv."""
+    """A raw WebSocket with a tiny receive buffer that reads only when the test calls recv,
+    past the handshake."""
     _, url = server_and_url
     host, port = url.removeprefix("ws://").rsplit(":", 1)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -103,6 +104,8 @@ async def paused_ws(server_and_url: tuple[Server, str]) -> AsyncIterator[ClientC
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
     async with connect(url, sock=sock, compression=None, max_size=None, max_queue=1) as ws:
+        await _call(ws, 1, "initialize", {"clientName": "paused"})
+        await ws.send(json.dumps({"method": "initialized"}))
         yield ws
 
 
@@ -155,28 +158,11 @@ async def test_a_client_that_stops_reading_blocks_the_child_and_loses_nothing(
 ) -> None:
     server, _ = server_and_url
     ws = paused_ws
-    await _call(ws, 1, "initialize", {"clientName": "paused"})
-    await ws.send(json.dumps({"method": "initialized"}))
 
     peak = _record_queue_peak(_only_session_connection(server))
 
     done = tmp_path / "done"
-    script = (
-        "import os, random, sys\n"
-        f"data = random.Random(11).randbytes({TOTAL})\n"
-        "view = memoryview(data)\n"
-        "for i in range(0, len(data), 65536):\n"
-        "    sys.stdout.buffer.write(view[i:i + 65536]); sys.stdout.flush()\n"
-        f"open({str(done)!r}, 'w').close()\n"
-    )
-    start = {
-        "processId": "flood",
-        "argv": [sys.executable, "-c", script],
-        "cwd": "/tmp",
-        "env": PATH_ENV,
-        "tty": False,
-    }
-    await ws.send(json.dumps({"id": 2, "method": "process/start", "params": start}))
+    await _start_flood(ws, f"random.Random(11).randbytes({TOTAL})", done, tty=False)
     # The test reads nothing now. The server must stop reading the child's pipe, the pipe
     # fills, and the child blocks in write() before it can finish.
     process = await _wait_for_process(server, "flood")
@@ -187,24 +173,7 @@ async def test_a_client_that_stops_reading_blocks_the_child_and_loses_nothing(
 
     # Only now read again: every notification, in seq order, with no gap.
     expected = random.Random(11).randbytes(TOTAL)
-    received = bytearray()
-    next_seq = 1
-    exit_code = None
-    while True:
-        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
-        if "id" in message:
-            assert message == {"id": 2, "result": {"processId": "flood", "sandboxType": "none"}}
-            continue
-        params = message["params"]
-        assert params["seq"] == next_seq, f"gap or disorder at {next_seq}: {params['seq']}"
-        next_seq += 1
-        if message["method"] == "process/output":
-            received += base64.b64decode(params["chunk"])
-        elif message["method"] == "process/exited":
-            exit_code = params["exitCode"]
-        else:
-            assert message["method"] == "process/closed"
-            break
+    received, exit_code = await _read_to_the_close(ws, "stdout")
     assert exit_code == 0
     assert len(received) == TOTAL
     assert received == expected
@@ -221,14 +190,33 @@ async def test_a_pty_read_by_its_thread_is_held_back_too_and_loses_nothing(
 ) -> None:
     server, _ = server_and_url
     ws = paused_ws
-    await _call(ws, 1, "initialize", {"clientName": "paused"})
-    await ws.send(json.dumps({"method": "initialized"}))
 
     done = tmp_path / "done"
     # Hex, so no newline for the PTY to translate: the bytes arrive as written.
+    data = f"random.Random(12).randbytes({TOTAL // 2}).hex().encode()"
+    await _start_flood(ws, data, done, tty=True)
+    process = await _wait_for_process(server, "flood")
+    assert await wait_until(lambda: process.paused, timeout=30)
+    assert (process.pump is not None) == (PUMP is not None)  # the thread read, when built
+    await asyncio.sleep(0.5)  # unheld, the child would write all of it in far less
+    assert not done.exists()
+    assert process.log.exit_code is None
+
+    expected = random.Random(12).randbytes(TOTAL // 2).hex().encode()
+    received, exit_code = await _read_to_the_close(ws, "pty")
+    assert exit_code == 0
+    assert len(received) == len(expected)
+    assert received == expected
+    assert done.exists()
+    assert process.pump is None
+
+
+async def _start_flood(ws: ClientConnection, data: str, done: Path, *, tty: bool) -> None:
+    """Start ``flood``: a child that writes the bytes of the expression ``data`` in 64 KiB
+    writes, then creates ``done``."""
     script = (
         "import random, sys\n"
-        f"data = random.Random(12).randbytes({TOTAL // 2}).hex().encode()\n"
+        f"data = memoryview({data})\n"
         "for i in range(0, len(data), 65536):\n"
         "    sys.stdout.buffer.write(data[i:i + 65536]); sys.stdout.flush()\n"
         f"open({str(done)!r}, 'w').close()\n"
@@ -238,38 +226,35 @@ async def test_a_pty_read_by_its_thread_is_held_back_too_and_loses_nothing(
         "argv": [sys.executable, "-c", script],
         "cwd": "/tmp",
         "env": PATH_ENV,
-        "tty": True,
+        "tty": tty,
     }
     await ws.send(json.dumps({"id": 2, "method": "process/start", "params": start}))
-    process = await _wait_for_process(server, "flood")
-    assert await wait_until(lambda: process.paused, timeout=30)
-    assert (process.pump is not None) == (PUMP is not None)  # the thread read, when built
-    await asyncio.sleep(0.5)  # unheld, the child would write all of it in far less
-    assert not done.exists()
-    assert process.log.exit_code is None
 
-    expected = random.Random(12).randbytes(TOTAL // 2).hex().encode()
+
+async def _read_to_the_close(ws: ClientConnection, stream: str) -> tuple[bytearray, int | None]:
+    """Every notification of ``flood`` in seq order with no gap, up to process/closed, which
+    comes right after process/exited: (the output, the exit code)."""
     received = bytearray()
     next_seq = 1
-    kinds: list[str] = []
+    exit_code = None
     while True:
         message = json.loads(await asyncio.wait_for(ws.recv(), 30))
         if "id" in message:
+            assert message == {"id": 2, "result": {"processId": "flood", "sandboxType": "none"}}
             continue
         params = message["params"]
         assert params["seq"] == next_seq, f"gap or disorder at {next_seq}: {params['seq']}"
         next_seq += 1
-        kinds.append(message["method"])
         if message["method"] == "process/output":
-            assert params["stream"] == "pty"
+            assert exit_code is None, "output after the exit"
+            assert params["stream"] == stream
             received += base64.b64decode(params["chunk"])
-        elif message["method"] == "process/closed":
-            break
-    assert len(received) == len(expected)
-    assert received == expected
-    assert kinds[-2:] == ["process/exited", "process/closed"]
-    assert done.exists()
-    assert process.pump is None
+        elif message["method"] == "process/exited":
+            exit_code = params["exitCode"]
+        else:
+            assert message["method"] == "process/closed"
+            assert exit_code is not None, "closed before exited"
+            return received, exit_code
 
 
 async def _wait_for_process(server: Server, process_id: str) -> ManagedProcess:
@@ -307,8 +292,6 @@ async def test_pipelined_requests_wait_while_replies_back_up(
     # none of the replies makes the server stop reading its requests, not grow its queue.
     server, _ = server_and_url
     ws = paused_ws
-    await _call(ws, 1, "initialize", {"clientName": "pipelining"})
-    await ws.send(json.dumps({"method": "initialized"}))
     big = {"processId": "big", "argv": ["head", "-c", "49152", "/dev/zero"], "cwd": "/tmp"}
     await _call(ws, 2, "process/start", {**big, "env": PATH_ENV, "tty": False})
     while json.loads(await ws.recv())["method"] != "process/closed":

@@ -16,7 +16,7 @@ import pytest
 from exec_server.process import manager as manager_module
 from exec_server.process import reading
 
-from .support import Client
+from .support import Client, built_or_skip
 
 Gather = Callable[[int, int], "bytes | None"]
 
@@ -28,10 +28,7 @@ IMPLEMENTATIONS: dict[str, Gather | None] = {
 
 @pytest.fixture(params=list(IMPLEMENTATIONS))
 def gather(request: pytest.FixtureRequest) -> Gather:
-    implementation = IMPLEMENTATIONS[request.param]
-    if implementation is None:
-        pytest.skip("the C helper is not built here")
-    return implementation
+    return built_or_skip(IMPLEMENTATIONS, request.param)
 
 
 @pytest.fixture
