@@ -223,13 +223,17 @@ class ProcessManager:
         self._loop.add_reader(pump.fileno(), self._on_pumped, process)
         return False
 
+    def _take(self, pump: Pump) -> bytes | None:
+        """What the pump has read, up to a chunk; b"" at the end, which a failed read is too."""
+        try:
+            return pump.take(self.limits.read_chunk_bytes)
+        except OSError:  # ends the stream, as a hung-up PTY does
+            return b""
+
     def _on_pumped(self, process: ManagedProcess) -> None:
         pump = process.pump
         assert pump is not None
-        try:
-            data = pump.take(self.limits.read_chunk_bytes)
-        except OSError:
-            data = b""  # a read that failed ends the stream, as a hung-up PTY does
+        data = self._take(pump)
         if data is None:
             return
         if data:
@@ -246,13 +250,7 @@ class ProcessManager:
         assert pump is not None
         self._loop.remove_reader(pump.fileno())
         pump.stop()
-        while True:
-            try:
-                data = pump.take(self.limits.read_chunk_bytes)
-            except OSError:
-                data = b""
-            if not data:
-                break
+        while data := self._take(pump):
             self._emit_output(process, "pty", data)
         ended = pump.ended
         pump.close()
