@@ -273,6 +273,11 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
     return bool(predicate())
 
 
+def open_fds() -> set[int]:
+    """The fds this process has open."""
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
 def pump_threads() -> int:
     """Threads of this process that read a PTY for the server (named by ``_pump.c``)."""
     count = 0

@@ -10,11 +10,7 @@ import pytest
 
 from exec_server.config import Limits
 
-from .support import Client, pid_alive, pump_threads, running_server, wait_until
-
-
-def _open_fds() -> set[int]:
-    return {int(name) for name in os.listdir("/proc/self/fd")}
+from .support import Client, open_fds, pid_alive, pump_threads, running_server, wait_until
 
 
 @pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
@@ -27,7 +23,7 @@ async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool) -
     )
     async with running_server(limits) as (server, url):
         await asyncio.sleep(0)  # the listener's own fds are open by now
-        before = _open_fds()
+        before = open_fds()
         threads = pump_threads()
         pids: list[int] = []
         for round_ in range(3):
@@ -52,7 +48,7 @@ async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool) -
         assert await wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=15)
         assert await wait_until(lambda: len(server.sessions) == 0, timeout=15)
         # Every fd opened for children, PTYs, pidfds and spill files is closed again.
-        assert await wait_until(lambda: _open_fds() <= before, timeout=15), _open_fds() - before
+        assert await wait_until(lambda: open_fds() <= before, timeout=15), open_fds() - before
         assert pump_threads() == threads
 
 

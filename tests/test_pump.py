@@ -23,17 +23,13 @@ import pytest
 from exec_server.config import Limits
 from exec_server.process.reading import PUMP, gather
 
-from .support import Client, pid_alive, pump_threads, running_server, wait_until
+from .support import Client, open_fds, pid_alive, pump_threads, running_server, wait_until
 
 if PUMP is None:  # pragma: no cover - built wherever a C compiler is
     pytest.skip("the PTY reader thread is not built here, or turned off", allow_module_level=True)
 Pump = PUMP
 
 PAYLOAD = bytes(i % 251 for i in range(1 << 20))
-
-
-def open_fds() -> set[int]:
-    return {int(name) for name in os.listdir("/proc/self/fd")}
 
 
 @pytest.fixture
