@@ -7,7 +7,7 @@ ARGS ?=
 
 .PHONY: run test lint typecheck check bench clean
 
-$(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/process/*.c)
+$(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -278,13 +278,19 @@ def open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}
 
 
-def pump_threads() -> int:
-    """Threads of this process that read a PTY for the server (named by ``_pump.c``)."""
-    count = 0
+def threads_named(name: str) -> list[int]:
+    """The ids of this process's threads with that name (as the C helpers name theirs)."""
+    found = []
     for task in os.listdir("/proc/self/task"):
         with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as f:
-            count += f.read().strip() == "pty-reader"
-    return count
+            if f.read().strip() == name:
+                found.append(int(task))
+    return found
+
+
+def pump_threads() -> int:
+    """Threads of this process that read a PTY for the server (named by ``_pump.c``)."""
+    return len(threads_named("pty-reader"))
 
 
 T = TypeVar("T")
