@@ -33,6 +33,12 @@ def wake_ups(tid: int) -> int:
     raise AssertionError("no voluntary_ctxt_switches line")
 
 
+def state(tid: int) -> str:
+    """The thread's scheduler state: "R" running, "S" asleep, ..."""
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def the_thread() -> int:
     (tid,) = threads_named("cpu-nudge")
     return tid
@@ -53,11 +59,11 @@ def test_the_thread_takes_no_signal() -> None:
 
 async def test_a_nudge_wakes_it_and_it_sleeps_again() -> None:
     tid = the_thread()
-    assert await wait_until(lambda: _state(tid) == "S", timeout=5)
+    assert await wait_until(lambda: state(tid) == "S", timeout=5)
     before = wake_ups(tid)
     _nudge.nudge()
     assert await wait_until(lambda: wake_ups(tid) > before, timeout=5)
-    assert await wait_until(lambda: _state(tid) == "S", timeout=5)
+    assert await wait_until(lambda: state(tid) == "S", timeout=5)
 
 
 async def test_replies_to_requests_wake_it() -> None:
@@ -83,8 +89,3 @@ def test_the_escape_hatch_turns_it_off() -> None:
         [sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["None", "False"]
-
-
-def _state(tid: int) -> str:
-    with open(f"/proc/self/task/{tid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]

@@ -14,8 +14,9 @@
  * thread on every request.
  *
  * The thread holds no GIL and touches no Python object; it blocks every signal. There is one
- * per process, started on first use and never stopped (it owns one eventfd). A nudge while the
- * thread is already awake is skipped, so a busy server costs no extra wake-ups.
+ * per process, started by the first start() (transport/flow.py calls it on import) and never
+ * stopped; it owns one eventfd. A nudge while the thread is already awake is skipped, so a
+ * busy server pays at most one wake-up per time the thread falls asleep.
  *
  * Python interface (see _nudge.pyi):
  *   start()  start the thread if it is not running (OSError if it cannot)
