@@ -44,6 +44,12 @@ def the_thread() -> int:
     return tid
 
 
+async def asleep(tid: int) -> int:
+    """Once the thread sleeps (its last wake-up counted), how often it has been woken."""
+    assert await wait_until(lambda: state(tid) == "S", timeout=5)
+    return wake_ups(tid)
+
+
 def test_one_thread_however_often_it_is_started() -> None:
     for _ in range(3):
         _nudge.start()
@@ -59,8 +65,7 @@ def test_the_thread_takes_no_signal() -> None:
 
 async def test_a_nudge_wakes_it_and_it_sleeps_again() -> None:
     tid = the_thread()
-    assert await wait_until(lambda: state(tid) == "S", timeout=5)
-    before = wake_ups(tid)
+    before = await asleep(tid)
     _nudge.nudge()
     assert await wait_until(lambda: wake_ups(tid) > before, timeout=5)
     assert await wait_until(lambda: state(tid) == "S", timeout=5)
@@ -70,7 +75,7 @@ async def test_replies_to_requests_wake_it() -> None:
     tid = the_thread()
     async with running_server() as (_, url), Client.connect(url) as client:
         await client.initialize()
-        before = wake_ups(tid)
+        before = await asleep(tid)
         for _ in range(5):  # error replies are replies too
             reply = await client.request("process/read", {"processId": "nobody"})
             assert "error" in reply
