@@ -253,11 +253,16 @@ async def stop_cli(proc: asyncio.subprocess.Process, children: Iterable[int]) ->
             os.kill(pid, signal.SIGKILL)
 
 
+def proc_state(pid: int) -> str:
+    """The scheduler state of a process or thread id: "R" running, "S" asleep, "Z" zombie..."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
+        state = proc_state(pid)
     except (FileNotFoundError, ProcessLookupError):
         return False
     return state != "Z"

@@ -16,7 +16,7 @@ import pytest
 
 from exec_server.transport import flow
 
-from .support import REPO, Client, running_server, threads_named, wait_until
+from .support import REPO, Client, proc_state, running_server, threads_named, wait_until
 
 if flow.NUDGE is None:  # pragma: no cover - built wherever a C compiler is
     pytest.skip("the nudge thread is not built here, or turned off", allow_module_level=True)
@@ -33,12 +33,6 @@ def wake_ups(tid: int) -> int:
     raise AssertionError("no voluntary_ctxt_switches line")
 
 
-def state(tid: int) -> str:
-    """The thread's scheduler state: "R" running, "S" asleep, ..."""
-    with open(f"/proc/self/task/{tid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
 def the_thread() -> int:
     (tid,) = threads_named("cpu-nudge")
     return tid
@@ -46,7 +40,7 @@ def the_thread() -> int:
 
 async def asleep(tid: int) -> int:
     """Once the thread sleeps (its last wake-up counted), how often it has been woken."""
-    assert await wait_until(lambda: state(tid) == "S", timeout=5)
+    assert await wait_until(lambda: proc_state(tid) == "S", timeout=5)
     return wake_ups(tid)
 
 
@@ -68,7 +62,7 @@ async def test_a_nudge_wakes_it_and_it_sleeps_again() -> None:
     before = await asleep(tid)
     _nudge.nudge()
     assert await wait_until(lambda: wake_ups(tid) > before, timeout=5)
-    assert await wait_until(lambda: state(tid) == "S", timeout=5)
+    assert await wait_until(lambda: proc_state(tid) == "S", timeout=5)
 
 
 async def test_replies_to_requests_wake_it() -> None:
