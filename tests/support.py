@@ -293,9 +293,11 @@ def threads_named(name: str) -> list[int]:
     return found
 
 
-def pump_threads() -> int:
-    """Threads of this process that read a PTY for the server (named by ``_pump.c``)."""
-    return len(threads_named("pty-reader"))
+def pump_threads() -> set[int]:
+    """The ids of this process's threads that read a PTY for the server (named by
+    ``_pump.c``). Tests compare sets, not counts: a pump left over from an earlier test may
+    be collected and its thread reaped meanwhile, and that must not hide (or fake) a leak."""
+    return set(threads_named("pty-reader"))
 
 
 T = TypeVar("T")

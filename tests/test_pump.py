@@ -216,8 +216,10 @@ async def test_no_thread_or_fd_is_left_behind() -> None:
         os.close(master)
         os.close(slave)
     # A joined thread can linger in /proc/self/task for a moment while the kernel reaps it.
-    assert await wait_until(lambda: pump_threads() == before_threads, timeout=5)
-    assert open_fds() == before_fds
+    assert await wait_until(lambda: not pump_threads() - before_threads, timeout=5), (
+        pump_threads() - before_threads
+    )
+    assert open_fds() <= before_fds, open_fds() - before_fds
 
 
 # ---- through the server: the pump takes over from the first byte -----------------------------
@@ -258,11 +260,11 @@ async def test_streaming_pumps_are_stopped_by_terminate_and_by_disconnect() -> N
             await client.start("yes2", ["sh", "-c", "echo $$; exec yes"], tty=True)
             out = await client.wait_output("yes2", b"\ny")
             pid = int(out.split()[0])
-            assert await wait_until(lambda: pump_threads() == before_threads + 2)
+            assert await wait_until(lambda: len(pump_threads() - before_threads) == 2)
             await client.call("process/terminate", {"processId": "yes1"})
             await client.wait_closed("yes1")
-            assert await wait_until(lambda: pump_threads() == before_threads + 1)
+            assert await wait_until(lambda: len(pump_threads() - before_threads) == 1)
             # yes2 is still streaming when the connection goes (grace 0: killed at once).
         assert await wait_until(lambda: not pid_alive(pid), timeout=15)
         assert await wait_until(lambda: len(server.sessions) == 0, timeout=15)
-        assert await wait_until(lambda: pump_threads() == before_threads)
+        assert await wait_until(lambda: not pump_threads() - before_threads)
