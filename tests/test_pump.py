@@ -23,7 +23,15 @@ import pytest
 from exec_server.config import Limits
 from exec_server.process.reading import PUMP, gather
 
-from .support import Client, open_fds, pid_alive, pump_threads, running_server, wait_until
+from .support import (
+    Client,
+    open_fds,
+    pid_alive,
+    proc_state,
+    pump_threads,
+    running_server,
+    wait_until,
+)
 
 if PUMP is None:  # pragma: no cover - built wherever a C compiler is
     pytest.skip("the PTY reader thread is not built here, or turned off", allow_module_level=True)
@@ -216,9 +224,9 @@ async def test_no_thread_or_fd_is_left_behind() -> None:
         os.close(master)
         os.close(slave)
     # A joined thread can linger in /proc/self/task for a moment while the kernel reaps it.
-    assert await wait_until(lambda: not pump_threads() - before_threads, timeout=5), (
-        pump_threads() - before_threads
-    )
+    assert await wait_until(lambda: not pump_threads() - before_threads, timeout=5), {
+        tid: proc_state(tid) for tid in pump_threads() - before_threads
+    }
     assert open_fds() <= before_fds, open_fds() - before_fds
 
 
