@@ -248,14 +248,20 @@ class ProcessManager:
         """Stop the pump and emit what it still holds; True when it had seen the end."""
         pump = process.pump
         assert pump is not None
-        self._loop.remove_reader(pump.fileno())
         pump.stop()
         while data := self._take(pump):
             self._emit_output(process, "pty", data)
         ended = pump.ended
+        self._drop_pump(process)
+        return ended
+
+    def _drop_pump(self, process: ManagedProcess) -> None:
+        """Stop watching the pump and close it; whatever it still holds is dropped."""
+        pump = process.pump
+        assert pump is not None
+        self._loop.remove_reader(pump.fileno())
         pump.close()
         process.pump = None
-        return ended
 
     def _emit_output(self, process: ManagedProcess, stream: str, data: bytes) -> None:
         seq = process.log.append(stream, data)
@@ -378,9 +384,7 @@ class ProcessManager:
         if child is None:
             return
         if process.pump is not None:  # stopped before its fd is closed under it
-            self._loop.remove_reader(process.pump.fileno())
-            process.pump.close()
-            process.pump = None
+            self._drop_pump(process)
         for fd in {child.stdout, child.stderr, child.stdin} - {None, -1}:
             assert fd is not None
             with contextlib.suppress(OSError):
