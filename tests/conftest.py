@@ -4,7 +4,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from exec_server.config import Limits
+from exec_server.config import Limits, Runtime
 
 from .support import Client, running_server
 
@@ -16,8 +16,14 @@ def limits() -> Limits:
 
 
 @pytest.fixture
-async def server_url(limits: Limits) -> AsyncIterator[str]:
-    async with running_server(limits) as (_, url):
+def runtime() -> Runtime:
+    """Override in a test module to run the server with other native or loop choices."""
+    return Runtime()
+
+
+@pytest.fixture
+async def server_url(limits: Limits, runtime: Runtime) -> AsyncIterator[str]:
+    async with running_server(limits, runtime=runtime) as (_, url):
         yield url
 
 

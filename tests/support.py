@@ -15,12 +15,11 @@ import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from exec_server.config import Limits
+from exec_server.config import Limits, Runtime
 from exec_server.server import Server
 from exec_server.transport.websocket import serve_websocket
 
@@ -198,10 +197,10 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    limits: Limits | None = None, **kwargs: Any
+    limits: Limits | None = None, *, runtime: Runtime | None = None, **kwargs: Any
 ) -> AsyncIterator[tuple[Server, str]]:
     """An in-process server on a free loopback port; yields (server, url)."""
-    server = Server(limits)
+    server = Server(limits, runtime)
     bound: list[tuple[str, int]] = []
     ws_server = await serve_websocket(
         server, "127.0.0.1", 0, on_bound=lambda h, p: bound.append((h, p)), **kwargs
@@ -281,32 +280,3 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
 def open_fds() -> set[int]:
     """The fds this process has open."""
     return {int(name) for name in os.listdir("/proc/self/fd")}
-
-
-def threads_named(name: str) -> list[int]:
-    """The ids of this process's threads with that name (as the C helpers name theirs)."""
-    found = []
-    for task in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as f:
-            if f.read().strip() == name:
-                found.append(int(task))
-    return found
-
-
-def pump_threads() -> set[int]:
-    """The ids of this process's threads that read a PTY for the server (named by
-    ``_pump.c``). Tests compare sets, not counts: a pump left over from an earlier test may
-    be collected and its thread reaped meanwhile, and that must not hide (or fake) a leak."""
-    return set(threads_named("pty-reader"))
-
-
-T = TypeVar("T")
-
-
-def built_or_skip(implementations: dict[str, T | None], name: str) -> T:
-    """One of several implementations of a contract; skips the test when that one is a C
-    helper this install was built without (None)."""
-    implementation = implementations[name]
-    if implementation is None:
-        pytest.skip(f"the C helper behind {name!r} is not built here")
-    return implementation

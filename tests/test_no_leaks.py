@@ -8,23 +8,30 @@ import os
 
 import pytest
 
-from exec_server.config import Limits
+from exec_server.config import Limits, Runtime
 
-from .support import Client, open_fds, pid_alive, pump_threads, running_server, wait_until
+from .support import Client, open_fds, pid_alive, running_server, wait_until
 
 
-@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "spilled"])
-async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool) -> None:
+def _threads() -> set[int]:
+    return {int(task) for task in os.listdir("/proc/self/task")}
+
+
+@pytest.mark.parametrize(
+    ("spill", "pidfd"),
+    [(False, True), (True, True), (False, False)],
+    ids=["in-memory", "spilled", "no-pidfd"],
+)
+async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool, pidfd: bool) -> None:
     limits = Limits(
         detach_grace_s=0,
         closed_retention_s=0.05,
         spill_threshold_bytes=0 if spill else 1 << 30,
-        pty_thread_after_bytes=1,  # every PTY below is read by a thread of its own
     )
-    async with running_server(limits) as (server, url):
+    async with running_server(limits, runtime=Runtime(pidfd=pidfd)) as (server, url):
         await asyncio.sleep(0)  # the listener's own fds are open by now
         before = open_fds()
-        threads = pump_threads()
+        threads = _threads()
         pids: list[int] = []
         for round_ in range(3):
             async with Client.connect(url) as client:
@@ -49,7 +56,8 @@ async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool) -
         assert await wait_until(lambda: len(server.sessions) == 0, timeout=15)
         # Every fd opened for children, PTYs, pidfds and spill files is closed again.
         assert await wait_until(lambda: open_fds() <= before, timeout=15), open_fds() - before
-        assert await wait_until(lambda: not pump_threads() - threads, timeout=5)
+        # Without pidfds a thread waits for each child; every one is gone with its child.
+        assert await wait_until(lambda: not _threads() - threads, timeout=15), _threads() - threads
 
 
 def test_a_reaped_pid_is_not_in_use_and_a_live_one_is() -> None:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exec_server.process import output
-from exec_server.process.output import NEVER_SPILL, Chunk, OutputLog
+from exec_server.process.output import NEVER_SPILL, Chunk, OutputLog, is_ready
 
 
 def _log(*sizes: int, max_bytes: int = 1 << 20, max_chunks: int = 1 << 15) -> OutputLog:
@@ -132,7 +132,7 @@ def test_empty_log() -> None:
     log = OutputLog(10, 10)
     snapshot = log.read(0, 0)
     assert snapshot.chunks == [] and snapshot.next_seq == 1
-    assert not log.ready(0, snapshot)
+    assert not is_ready(snapshot, 0)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_ready(events: list[str], after: int, ready: bool) -> None:
             log.mark_exited(0)
         else:
             log.mark_closed()
-    assert log.ready(after, log.read(after, None)) is ready
+    assert is_ready(log.read(after, None), after) is ready
 
 
 @pytest.mark.parametrize("event", ["out", "exit", "close"])

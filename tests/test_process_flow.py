@@ -20,7 +20,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from exec_server.config import Limits
 from exec_server.connection import Connection
 from exec_server.process.manager import ManagedProcess
-from exec_server.process.reading import PUMP
 from exec_server.server import Server
 
 from .support import PATH_ENV, Client, running_server, wait_until
@@ -38,7 +37,6 @@ def limits() -> Limits:
     return Limits(
         outbound_queue_bytes=QUEUE_BYTES,
         read_chunk_bytes=CHUNK,
-        pty_thread_after_bytes=1,  # a PTY's output is read by its thread from the first byte
     )
 
 
@@ -117,13 +115,13 @@ async def _call(ws: ClientConnection, request_id: int, method: str, params: Any)
 
 
 def _only_session_connection(server: Server) -> Connection:
-    (session,) = server.sessions._sessions.values()
+    (session,) = server.sessions
     assert session.connection is not None
     return session.connection
 
 
 def _process(server: Server, process_id: str) -> ManagedProcess:
-    (session,) = server.sessions._sessions.values()
+    (session,) = server.sessions
     return session.processes.get(process_id)
 
 
@@ -137,7 +135,7 @@ def _record_queue_peak(connection: Connection) -> dict[str, int]:
     def recording_send(message: bytes) -> None:
         send(message)
         socket_buffer = transport._transport.get_write_buffer_size()
-        peak["bytes"] = max(peak["bytes"], transport._out_bytes + socket_buffer)
+        peak["bytes"] = max(peak["bytes"], transport.outbox.queued_bytes + socket_buffer)
         peak["largest"] = max(peak["largest"], len(message))
 
     transport.send = recording_send
@@ -185,7 +183,7 @@ async def test_a_client_that_stops_reading_blocks_the_child_and_loses_nothing(
     assert peak["largest"] <= 4 * CHUNK  # base64 of one read, plus the envelope
 
 
-async def test_a_pty_read_by_its_thread_is_held_back_too_and_loses_nothing(
+async def test_a_pty_is_held_back_too_and_loses_nothing(
     server_and_url: tuple[Server, str], paused_ws: ClientConnection, tmp_path: Path
 ) -> None:
     server, _ = server_and_url
@@ -197,7 +195,6 @@ async def test_a_pty_read_by_its_thread_is_held_back_too_and_loses_nothing(
     await _start_flood(ws, data, done, tty=True)
     process = await _wait_for_process(server, "flood")
     assert await wait_until(lambda: process.paused, timeout=30)
-    assert (process.pump is not None) == (PUMP is not None)  # the thread read, when built
     await asyncio.sleep(0.5)  # unheld, the child would write all of it in far less
     assert not done.exists()
     assert process.log.exit_code is None
@@ -208,7 +205,6 @@ async def test_a_pty_read_by_its_thread_is_held_back_too_and_loses_nothing(
     assert len(received) == len(expected)
     assert received == expected
     assert done.exists()
-    assert process.pump is None
 
 
 async def _start_flood(ws: ClientConnection, data: str, done: Path, *, tty: bool) -> None:
@@ -259,7 +255,7 @@ async def _read_to_the_close(ws: ClientConnection, stream: str) -> tuple[bytearr
 
 async def _wait_for_process(server: Server, process_id: str) -> ManagedProcess:
     def started() -> bool:
-        sessions = list(server.sessions._sessions.values())
+        sessions = list(server.sessions)
         return bool(sessions) and process_id in {p.process_id for p in sessions[0].processes}
 
     assert await wait_until(started)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from exec_server.config import Runtime
 from exec_server.process import spawn
 
 from .support import Client
@@ -19,14 +20,21 @@ __all__ = ["no_stray_children"]
 MODES = [pytest.param(False, id="pipe"), pytest.param(True, id="pty")]
 
 
-@pytest.fixture(params=["native", "popen"], autouse=True)
-def spawn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "native":
-        if not spawn.NATIVE_SPAWN:
-            pytest.skip("the vfork extension is not built here")
-    else:
-        monkeypatch.setattr(spawn, "_native", None)
-    return str(request.param)
+@pytest.fixture(
+    params=[
+        pytest.param(("native", True), id="native"),
+        pytest.param(("popen", True), id="popen"),
+        pytest.param(("native", False), id="native-no-pidfd"),
+        pytest.param(("popen", False), id="popen-no-pidfd"),
+    ]
+)
+def runtime(request: pytest.FixtureRequest) -> Runtime:
+    """Both spawn paths, each with exits seen through a pidfd and without one (kernels
+    before 5.3, or a failed ``pidfd_open``: a thread waits for the child instead)."""
+    path, pidfd = request.param
+    if path == "native" and not spawn.native_spawn_available():
+        pytest.skip("the vfork extension is not built here")
+    return Runtime(native_spawn=path == "native", pidfd=pidfd)
 
 
 def _lines(data: bytes) -> list[str]:
@@ -108,4 +116,14 @@ async def test_lookup_and_errors(client: Client, tmp_path: Path, tty: bool) -> N
     assert error["code"] == -32602
     error = await error_of(client, "process/start", {**base, "argv": ["tr\0ue"]})
     assert error["code"] == -32602
+    nul_bytes = [
+        {"cwd": "/tmp\0/x"},
+        {"cwd": "file:///tmp%00/nope"},  # a NUL once percent-decoded
+        {"arg0": "a\0b"},
+        {"env": {"PATH": "/usr/bin:/bin", "A": "x\0y"}},
+        {"env": {"PATH": "/usr/bin:/bin", "A\0B": "x"}},
+    ]
+    for extra in nul_bytes:
+        error = await error_of(client, "process/start", {**base, "argv": ["true"], **extra})
+        assert error["code"] == -32602 and "NUL" in error["message"], extra
     await client.run("bad", ["true"], tty=tty)  # nothing left reserved

@@ -1,4 +1,4 @@
-"""``gather`` keeps one contract in C and in Python, on real pipes and real PTYs."""
+"""``gather`` on real pipes and real PTYs, and the reader end to end."""
 
 from __future__ import annotations
 
@@ -9,26 +9,13 @@ import pty
 import select
 import termios
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from exec_server.process import manager as manager_module
-from exec_server.process import reading
+from exec_server.process.reading import gather
 
-from .support import Client, built_or_skip
-
-Gather = Callable[[int, int], "bytes | None"]
-
-IMPLEMENTATIONS: dict[str, Gather | None] = {
-    "native": reading.gather if reading.gather is not reading._gather_in_python else None,
-    "python": reading._gather_in_python,
-}
-
-
-@pytest.fixture(params=list(IMPLEMENTATIONS))
-def gather(request: pytest.FixtureRequest) -> Gather:
-    return built_or_skip(IMPLEMENTATIONS, request.param)
+from .support import Client
 
 
 @pytest.fixture
@@ -41,12 +28,12 @@ def pipe() -> Iterator[tuple[int, int]]:
             os.close(fd)
 
 
-def test_nothing_there_yet_is_none(gather: Gather, pipe: tuple[int, int]) -> None:
+def test_nothing_there_yet_is_none(pipe: tuple[int, int]) -> None:
     r, _ = pipe
     assert gather(r, 65536) is None
 
 
-def test_takes_everything_there_up_to_the_limit(gather: Gather, pipe: tuple[int, int]) -> None:
+def test_takes_everything_there_up_to_the_limit(pipe: tuple[int, int]) -> None:
     r, w = pipe
     payload = bytes(range(256)) * 40  # 10,240 bytes
     os.write(w, payload)
@@ -55,7 +42,7 @@ def test_takes_everything_there_up_to_the_limit(gather: Gather, pipe: tuple[int,
     assert gather(r, 65536) is None
 
 
-def test_end_of_file_is_empty_bytes(gather: Gather, pipe: tuple[int, int]) -> None:
+def test_end_of_file_is_empty_bytes(pipe: tuple[int, int]) -> None:
     r, w = pipe
     os.write(w, b"last words")
     os.close(w)
@@ -63,7 +50,7 @@ def test_end_of_file_is_empty_bytes(gather: Gather, pipe: tuple[int, int]) -> No
     assert gather(r, 65536) == b""
 
 
-def test_other_errors_raise(gather: Gather, pipe: tuple[int, int]) -> None:
+def test_other_errors_raise(pipe: tuple[int, int]) -> None:
     r, _ = pipe
     os.close(r)
     with pytest.raises(OSError) as info:
@@ -71,7 +58,7 @@ def test_other_errors_raise(gather: Gather, pipe: tuple[int, int]) -> None:
     assert info.value.errno == errno.EBADF
 
 
-def test_a_pty_byte_exact_then_end_of_file(gather: Gather) -> None:
+def test_a_pty_byte_exact_then_end_of_file() -> None:
     """A PTY master hands out ~4 KiB per read; gathers take it all, byte-exact, and report
     the closed slave (EIO) as end of file."""
     master, slave = pty.openpty()
@@ -102,30 +89,9 @@ def test_a_pty_byte_exact_then_end_of_file(gather: Gather) -> None:
             os.close(slave)
 
 
-def test_limit_must_be_positive_in_c() -> None:
-    native = IMPLEMENTATIONS["native"]
-    if native is None:
-        pytest.skip("the C helper is not built here")
-    r, w = os.pipe()
-    try:
-        with pytest.raises(ValueError):
-            native(r, 0)
-    finally:
-        os.close(r)
-        os.close(w)
-
-
 # ---- through the process manager, end to end ---------------------------------------------------
 
 
-@pytest.fixture
-def manager_gather(gather: Gather, monkeypatch: pytest.MonkeyPatch) -> Gather:
-    """The server in this test process reads children's output with ``gather``."""
-    monkeypatch.setattr(manager_module, "gather", gather)
-    return gather
-
-
-@pytest.mark.usefixtures("manager_gather")
 @pytest.mark.parametrize("use_pty", [False, True], ids=["pipe", "pty"])
 async def test_a_megabyte_arrives_byte_exact(client: Client, use_pty: bool) -> None:
     # No newline, so a PTY's output processing leaves the bytes as they are.
@@ -135,7 +101,6 @@ async def test_a_megabyte_arrives_byte_exact(client: Client, use_pty: bool) -> N
     assert events.exited is not None and events.exited["exitCode"] == 0
 
 
-@pytest.mark.usefixtures("manager_gather")
 @pytest.mark.parametrize("use_pty", [False, True], ids=["pipe", "pty"])
 async def test_output_written_just_before_exit_comes_before_it(
     client: Client, use_pty: bool

@@ -5,12 +5,13 @@ These drive ``exec_server.process.spawn`` directly with real children and real P
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,17 +21,18 @@ from exec_server.process.spawn import Child, SpawnRequest, exit_code_from_status
 
 from .support import PATH_ENV, pid_alive
 
-native_available = spawn_module._native is not None
+native_available = spawn_module.native_spawn_available()
+
+Start = Callable[[SpawnRequest], Child]
 
 
 @pytest.fixture(params=["native", "popen"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    if request.param == "native":
-        if not native_available:
-            pytest.skip("the C extension is not built here")
-    else:
-        monkeypatch.setattr(spawn_module, "_native", None)
-    yield request.param
+def start(request: pytest.FixtureRequest) -> Start:
+    """``spawn`` through one of the two paths."""
+    native = request.param == "native"
+    if native and not native_available:
+        pytest.skip("the C extension is not built here")
+    return functools.partial(spawn, native=native)
 
 
 def _collect(child: Child) -> tuple[bytes, int]:
@@ -52,8 +54,8 @@ def _collect(child: Child) -> tuple[bytes, int]:
     return bytes(out), exit_code_from_status(status)
 
 
-def test_pipe_child_output_arg0_and_cwd(path: str, tmp_path: object) -> None:
-    child = spawn(
+def test_pipe_child_output_arg0_and_cwd(start: Start, tmp_path: object) -> None:
+    child = start(
         SpawnRequest(
             ["sh", "-c", 'echo "$0 $(pwd)"'], "/tmp", PATH_ENV, False, False, arg0="renamed"
         )
@@ -62,8 +64,8 @@ def test_pipe_child_output_arg0_and_cwd(path: str, tmp_path: object) -> None:
     assert (out, code) == (b"renamed /tmp\n", 0)
 
 
-def test_pty_child_has_controlling_terminal_and_own_session(path: str) -> None:
-    child = spawn(
+def test_pty_child_has_controlling_terminal_and_own_session(start: Start) -> None:
+    child = start(
         SpawnRequest(
             ["sh", "-c", "tty; stty size; ps -o sid= -p $$; echo $$"], "/", PATH_ENV, True, False
         )
@@ -76,9 +78,9 @@ def test_pty_child_has_controlling_terminal_and_own_session(path: str) -> None:
     assert lines[2].strip() == lines[3].strip()  # session leader: sid == pid
 
 
-def test_pipe_child_is_session_leader_with_default_sigpipe(path: str) -> None:
+def test_pipe_child_is_session_leader_with_default_sigpipe(start: Start) -> None:
     # Python ignores SIGPIPE; a child must get the default back, so `yes | head` ends.
-    child = spawn(
+    child = start(
         SpawnRequest(
             ["sh", "-c", "yes | head -c 5 >/dev/null; ps -o sid=,pgid= -p $$"],
             "/",
@@ -92,43 +94,43 @@ def test_pipe_child_is_session_leader_with_default_sigpipe(path: str) -> None:
     assert code == 0 and sid == pgid == str(child.pid).encode()
 
 
-def test_missing_program_names_it(path: str) -> None:
+def test_missing_program_names_it(start: Start) -> None:
     with pytest.raises(FileNotFoundError) as info:
-        spawn(SpawnRequest(["no-such-program-xyz"], "/tmp", PATH_ENV, False, False))
+        start(SpawnRequest(["no-such-program-xyz"], "/tmp", PATH_ENV, False, False))
     assert info.value.filename == "no-such-program-xyz"
 
 
-def test_missing_cwd_names_the_directory(path: str) -> None:
+def test_missing_cwd_names_the_directory(start: Start) -> None:
     with pytest.raises(FileNotFoundError) as info:
-        spawn(SpawnRequest(["true"], "/no/such/dir", PATH_ENV, True, False))
+        start(SpawnRequest(["true"], "/no/such/dir", PATH_ENV, True, False))
     assert info.value.filename == "/no/such/dir"
 
 
-def test_not_executable_is_permission_denied(path: str) -> None:
+def test_not_executable_is_permission_denied(start: Start) -> None:
     with pytest.raises(PermissionError):
-        spawn(SpawnRequest(["/etc/passwd"], "/tmp", PATH_ENV, False, False))
+        start(SpawnRequest(["/etc/passwd"], "/tmp", PATH_ENV, False, False))
 
 
-def test_no_path_uses_default_search_path(path: str) -> None:
-    out, code = _collect(spawn(SpawnRequest(["sh", "-c", "echo ok"], "/", {}, False, False)))
+def test_no_path_uses_default_search_path(start: Start) -> None:
+    out, code = _collect(start(SpawnRequest(["sh", "-c", "echo ok"], "/", {}, False, False)))
     assert (out, code) == (b"ok\n", 0)
 
 
-def test_env_is_exact(path: str) -> None:
-    child = spawn(SpawnRequest(["/usr/bin/env"], "/", {"ONLY": "this"}, False, False))
+def test_env_is_exact(start: Start) -> None:
+    child = start(SpawnRequest(["/usr/bin/env"], "/", {"ONLY": "this"}, False, False))
     assert _collect(child) == (b"ONLY=this\n", 0)
 
 
-def test_illegal_env_name_is_value_error(path: str) -> None:
+def test_illegal_env_name_is_value_error(start: Start) -> None:
     with pytest.raises(ValueError):
-        spawn(SpawnRequest(["true"], "/", {"A=B": "x"}, False, False))
+        start(SpawnRequest(["true"], "/", {"A=B": "x"}, False, False))
 
 
-def test_no_fd_leaks_into_child(path: str) -> None:
+def test_no_fd_leaks_into_child(start: Start) -> None:
     leaked = os.open("/dev/null", os.O_RDONLY)
     os.set_inheritable(leaked, True)  # even an inheritable fd must not reach the child
     try:
-        child = spawn(SpawnRequest(["sh", "-c", "ls /proc/self/fd"], "/", PATH_ENV, False, False))
+        child = start(SpawnRequest(["sh", "-c", "ls /proc/self/fd"], "/", PATH_ENV, False, False))
         out, _ = _collect(child)
     finally:
         os.close(leaked)
@@ -142,12 +144,10 @@ def test_sigkilled_server_leaves_no_child(native: bool) -> None:
     if native and not native_available:
         pytest.skip("the C extension is not built here")
     env = dict(os.environ)
-    if not native:
-        env["EXEC_SERVER_NO_NATIVE_SPAWN"] = "1"
     code = (
         "import asyncio, sys\n"
         "from exec_server.process.spawn import spawn, SpawnRequest\n"
-        "c = spawn(SpawnRequest(['sleep', '100'], '/', {'PATH': '/usr/bin:/bin'}, False, False))\n"
+        f"c = spawn(SpawnRequest(['sleep', '100'], '/', {{'PATH': '/usr/bin:/bin'}}, False, False), native={native})\n"
         "print(c.pid, flush=True)\n"
         "sys.stdin.read()\n"
     )
@@ -169,11 +169,59 @@ def test_sigkilled_server_leaves_no_child(native: bool) -> None:
         proc.wait()
 
 
-def test_script_without_shebang_runs_through_sh(path: str, tmp_path: Path) -> None:
+def test_script_without_shebang_runs_through_sh(start: Start, tmp_path: Path) -> None:
     """As execvp does: an executable with no ``#!`` line is handed to /bin/sh."""
     script = tmp_path / "plain-script"
     script.write_text('echo "ran with $# args: $*"\n')
     script.chmod(0o755)
     env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
-    out, code = _collect(spawn(SpawnRequest(["plain-script", "a", "b c"], "/", env, False, False)))
+    out, code = _collect(start(SpawnRequest(["plain-script", "a", "b c"], "/", env, False, False)))
     assert (out, code) == (b"ran with 2 args: a b c\n", 0)
+
+
+def test_a_nul_byte_is_refused_before_anything_starts(start: Start) -> None:
+    for request in (
+        SpawnRequest(["true"], "/tmp\0/x", PATH_ENV, False, False),
+        SpawnRequest(["true", "a\0b"], "/tmp", PATH_ENV, False, False),
+        SpawnRequest(["true"], "/tmp", {**PATH_ENV, "A": "x\0y"}, False, False),
+        SpawnRequest(["true"], "/tmp", PATH_ENV, False, False, arg0="a\0b"),
+    ):
+        with pytest.raises(ValueError, match="NUL"):
+            start(request)
+
+
+def test_the_extension_itself_refuses_a_nul_in_cwd() -> None:
+    """The C helper checks too: it must never hand chdir a path cut at the NUL."""
+    if not native_available:
+        pytest.skip("the C extension is not built here")
+    from exec_server.process import _spawn
+
+    with pytest.raises(ValueError, match="cwd"):
+        _spawn.spawn([b"/bin/true"], [b"true"], [], b"/tmp\0/x", -1, -1, -1, False, 0)
+
+
+def test_the_extension_keeps_what_it_points_into(start: Start) -> None:
+    """Arguments given as one-shot iterables: the helper must keep the list it makes of
+    them alive until the child has exec'd (the bytes must arrive intact)."""
+    if not native_available:
+        pytest.skip("the C extension is not built here")
+    from exec_server.process import _spawn
+
+    read_end, write_end = os.pipe()
+    try:
+        argv = (arg.encode() for arg in ["sh", "-c", "printf %s " + "x" * 4000])
+        pid = _spawn.spawn(
+            [b"/bin/sh"], argv, iter([b"PATH=/usr/bin:/bin"]), b"/", -1, write_end, -1, False, 0
+        )
+        os.close(write_end)
+        write_end = -1
+        output = b""
+        while chunk := os.read(read_end, 65536):
+            output += chunk
+        _, status = os.waitpid(pid, 0)
+        assert exit_code_from_status(status) == 0
+        assert output == b"x" * 4000
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import __version__
-from .config import Limits
+from .config import Limits, Runtime
 
 log = logging.getLogger("exec_server")
 
@@ -66,10 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Environment: EXEC_SERVER_LOG sets the default --log-level; "
-            "EXEC_SERVER_NO_NATIVE_SPAWN=1 starts children through subprocess.Popen instead of "
-            "the vfork extension (slower; for comparison and for machines without it); "
-            "EXEC_SERVER_NO_PTY_THREAD=1 reads streaming PTYs on the event loop instead of a "
-            "reader thread each. "
+            "EXEC_SERVER_NO_NATIVE_SPAWN=1 is --no-native-spawn. "
             "SIGINT or SIGTERM: every child's process group is killed, then exit 0."
         ),
     )
@@ -145,8 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow --listen on a non-loopback address. Anyone who can reach it can run "
         "commands as this user: only for isolated networks",
     )
-    parser.add_argument(
+    accelerators = parser.add_argument_group(
+        "accelerators",
+        "Each is used when installed (`pip install exec-server[standard]` brings uvloop and "
+        "pybase64); these switches turn one off, for comparison or for a machine where it "
+        "misbehaves. The results are the same either way.",
+    )
+    accelerators.add_argument(
+        "--no-native-spawn",
+        action="store_true",
+        default=bool(os.environ.get("EXEC_SERVER_NO_NATIVE_SPAWN")),
+        help="start children through subprocess.Popen instead of the vfork C extension",
+    )
+    accelerators.add_argument(
         "--no-uvloop", action="store_true", help="use the standard asyncio event loop"
+    )
+    accelerators.add_argument(
+        "--no-pybase64",
+        action="store_true",
+        help="encode output chunks with msgspec's base64 instead of pybase64's",
+    )
+    accelerators.add_argument(
+        "--no-pidfd",
+        action="store_true",
+        help="watch child exits with a thread per child instead of a pidfd (as on kernels "
+        "before 5.3)",
     )
     parser.add_argument(
         "--log-level",
@@ -178,11 +198,22 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     )
 
 
-async def serve(address: ListenAddress, limits: Limits, allowed_origins: frozenset[str]) -> None:
+def runtime_from_args(args: argparse.Namespace) -> Runtime:
+    return Runtime(
+        native_spawn=not args.no_native_spawn,
+        uvloop=not args.no_uvloop,
+        pybase64=not args.no_pybase64,
+        pidfd=not args.no_pidfd,
+    ).resolve()
+
+
+async def serve(
+    address: ListenAddress, limits: Limits, runtime: Runtime, allowed_origins: frozenset[str]
+) -> None:
     """Run until SIGINT/SIGTERM (or stdin EOF over stdio); then kill every child and return."""
     from .server import Server
 
-    server = Server(limits)
+    server = Server(limits, runtime)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -240,22 +271,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"refusing to listen on non-loopback address {address.host}: anyone who can reach "
             "it could run commands here. Pass --insecure-allow-remote-without-auth to do it anyway"
         )
+    runtime = runtime_from_args(args)
     loop_factory = None
-    if not args.no_uvloop:
-        try:
-            import uvloop
+    if runtime.uvloop:
+        import uvloop
 
-            loop_factory = uvloop.new_event_loop
-        except ImportError:  # pragma: no cover - uvloop is a default dependency on Linux
-            pass
+        loop_factory = uvloop.new_event_loop
     # Everything imported so far lives as long as the process: keep it out of every cyclic
-    # collection, and collect the young generation less often (requests make many short-lived
-    # objects and almost no cycles). In a micro-benchmark of process/read this halved the
-    # Python time per request (22 -> 13 us).
+    # collection, and collect the young generation less often (requests make many
+    # short-lived objects and almost no cycles; bench/README.md has the measurement).
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(address, limits, frozenset(args.allow_origin)))
+        runner.run(serve(address, limits, runtime, frozenset(args.allow_origin)))
     return 0
 
 

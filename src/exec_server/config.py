@@ -6,7 +6,9 @@ CLI may shorten them without touching code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib.util
+import os
+from dataclasses import dataclass, replace
 
 MIB = 1024 * 1024
 
@@ -30,7 +32,11 @@ class Limits:
             reading that connection's requests and its session's children until the client
             catches up (the reference bounds its queue at 128 messages; bytes are what cost
             memory).
-        stdin_buffer_bytes: bytes queued for one child's stdin before ``process/write`` waits.
+        stdin_buffer_bytes: bytes queued for one child's stdin before ``process/write`` waits
+            (the request stays pending until the child has read enough: backpressure).
+        stdin_process_max_bytes: bytes held for one child's stdin, queued or waiting, past
+            which ``process/write`` is refused with an error saying so.
+        stdin_session_max_bytes: the same bound for all the children of one session.
         write_id_memory: how many recent ``writeId`` values each process remembers for dedupe.
         max_message_bytes: the largest inbound JSON-RPC message.
         max_waiting_requests: requests of one connection that may wait at once (long polls,
@@ -48,11 +54,6 @@ class Limits:
             file used as a ring buffer: page cache the kernel can write back and reclaim,
             where the heap could not be (see ``process/output.py``). 0 spills from the first
             byte; a value at or above ``retained_output_bytes`` never spills.
-        pty_thread_after_bytes: once a PTY has printed this much, its master is read by a
-            native thread of its own (``process/_pump.c``) instead of the event loop, so the
-            kernel's refill of the PTY's 4 KiB line buffer overlaps the sending of output
-            (ours). Interactive PTYs never get that far; None never moves a PTY (nor does a
-            server built without the C extension).
     """
 
     retained_output_bytes: int = MIB
@@ -62,6 +63,8 @@ class Limits:
     read_chunk_bytes: int = 64 * 1024
     outbound_queue_bytes: int = 4 * MIB
     stdin_buffer_bytes: int = 4 * MIB
+    stdin_process_max_bytes: int = 16 * MIB
+    stdin_session_max_bytes: int = 64 * MIB
     write_id_memory: int = 4096
     max_message_bytes: int = 64 * MIB
     max_waiting_requests: int = 1024
@@ -70,4 +73,45 @@ class Limits:
     fs_max_open_handles: int = 128
     http_response_max_bytes: int = 512 * MIB
     spill_threshold_bytes: int = 64 * 1024
-    pty_thread_after_bytes: int | None = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The native and event-loop choices of one server, resolved once when it is built.
+
+    Each choice is a faster way to do what a pure-Python twin also does, with the same
+    results (the tests run both): nothing is chosen at import time, and nothing starts a
+    thread. Ask for what you want; :meth:`resolve` keeps what this machine can do.
+
+    Attributes:
+        native_spawn: start children through the vfork extension ``process/_spawn.c``
+            instead of ``subprocess.Popen`` (which must run a Python ``preexec_fn`` in a
+            fully forked child).
+        uvloop: run on uvloop rather than the standard asyncio loop.
+        pybase64: encode output chunks with pybase64 (SIMD, chosen at run time) rather
+            than msgspec's encoder.
+        pidfd: watch each child's exit through a pidfd on the event loop; without one (a
+            kernel before 5.3) a thread per child waits for it.
+    """
+
+    native_spawn: bool = True
+    uvloop: bool = True
+    pybase64: bool = True
+    pidfd: bool = True
+
+    def resolve(self) -> Runtime:
+        """This runtime, less what is not installed or not supported here."""
+        return replace(
+            self,
+            native_spawn=self.native_spawn and _importable("exec_server.process._spawn"),
+            uvloop=self.uvloop and _importable("uvloop"),
+            pybase64=self.pybase64 and _importable("pybase64"),
+            pidfd=self.pidfd and hasattr(os, "pidfd_open"),
+        )
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is missing
+        return False

@@ -6,8 +6,9 @@ returns its result at once (the common case: no task, no switch) or an awaitable
 poll, a full stdin queue, file I/O), which runs as a task owned by this connection, so a
 slow request never delays the ones behind it (PROTOCOL.md Part A §A2).
 
-Outbound memory is bounded by the transport's buffer: past its bound the transport stops
+Outbound memory is bounded by the transport's outbox: past its bound the transport stops
 reading requests and the session's children stop being read, until the client catches up.
+That one backpressure signal travels transport -> connection -> session -> process manager.
 """
 
 from __future__ import annotations
@@ -15,14 +16,22 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from . import rpc
-from .errors import INVALID_REQUEST, METHOD_NOT_FOUND, RpcError, internal_error, invalid_request
+from .errors import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    RpcError,
+    internal_error,
+    invalid_request,
+)
 from .methods import BY_REQUEST_TYPE, METHODS, REQUESTS, Method
+from .resources import Resources
 
 if TYPE_CHECKING:
     from .server import Server
@@ -52,9 +61,9 @@ class Transport(Protocol):
 
     @property
     def writable(self) -> bool:
-        """False while the transport's outbound buffer is past its bound. The transport then
-        stops reading the peer's requests, and calls :meth:`Connection.on_writable` once it
-        has drained."""
+        """False while the transport's outbox is past its bound. The transport then stops
+        reading the peer's requests, and calls :meth:`Connection.on_writable` once it has
+        drained."""
 
     def abort(self) -> None:
         """Drop the connection without a goodbye (protocol violations)."""
@@ -86,8 +95,8 @@ class Connection:
         self._producers_paused = False
         self._room = asyncio.Event()  # set while producers may go on (see wait_for_room)
         self._room.set()
-        self.closers: list[Callable[[], None]] = []
-        """Callables run when the connection ends (e.g. cancel HTTP body streams)."""
+        self.resources = Resources()
+        """What this connection owns besides its session (HTTP body streams, ...)."""
 
     @property
     def is_open(self) -> bool:
@@ -127,13 +136,24 @@ class Connection:
         self._room.set()
         session = self.session
         if session is not None and session.connection is self:
-            session.processes.resume_output()
+            session.resume_output()
 
     # ---- inbound -----------------------------------------------------------------------------
 
     def receive(self, data: bytes | bytearray | memoryview | str | rpc.Malformed) -> bool:
         """Handle one inbound message (or a transport's verdict that it was unreadable).
-        Returns False when the connection must be closed."""
+        Returns False when the connection must be closed. Never raises: whatever goes wrong
+        while handling one message becomes an error reply to it."""
+        try:
+            return self._receive(data)
+        except Exception as exc:  # a bug: answer, log, keep serving
+            log.exception("handling a message failed")
+            self._send_reply(
+                rpc.encode_error(-1, INTERNAL_ERROR, f"internal error handling a message: {exc}")
+            )
+            return self.is_open
+
+    def _receive(self, data: bytes | bytearray | memoryview | str | rpc.Malformed) -> bool:
         if self.state is HandshakeState.CLOSED:
             return False
         if type(data) is bytes:
@@ -141,7 +161,7 @@ class Connection:
             # in one step. Whatever this does not take goes the long way below.
             try:
                 typed = REQUESTS.decode(data)
-            except (msgspec.DecodeError, UnicodeError, RecursionError):
+            except (msgspec.DecodeError, UnicodeError, RecursionError, ValueError):
                 pass
             else:
                 request_id = typed.id
@@ -285,9 +305,7 @@ class Connection:
         if self.state is HandshakeState.CLOSED:
             return
         self.state = HandshakeState.CLOSED
-        for closer in self.closers:
-            closer()
-        self.closers.clear()
+        self.resources.release_all()
         for task in list(self._tasks):
             task.cancel()
         self._room.set()

@@ -19,7 +19,7 @@ U64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 no seq, byte count or wait in milliseconds can reach."""
 
 StreamName = Literal["stdout", "stderr", "pty"]
-WriteStatus = Literal["accepted", "unknownProcess", "stdinClosed", "starting"]
+WriteStatusName = Literal["accepted", "unknownProcess", "stdinClosed", "starting"]
 
 
 class _Wire(msgspec.Struct, rename="camel", gc=False):
@@ -128,7 +128,7 @@ class ProcessWriteParams(_Params):
 
 
 class ProcessWriteResult(_Wire):
-    status: WriteStatus
+    status: WriteStatusName
 
 
 class ProcessIdParams(_Params):
@@ -148,87 +148,77 @@ class EmptyResult(_Wire):
     pass
 
 
-# ---- notifications (server -> client) ----------------------------------------------------
-
-
-class ProcessOutputNotification(_Wire):
-    process_id: str
-    seq: int
-    stream: StreamName
-    chunk: bytes
-
-
-class ProcessExitedNotification(_Wire):
-    process_id: str
-    seq: int
-    exit_code: int
-    sandbox_denied: bool = False
-
-
-class ProcessClosedNotification(_Wire):
-    process_id: str
-    seq: int
-
-
-# ---- encoding of the hot path --------------------------------------------------------------
+# ---- encoding -------------------------------------------------------------------------------
 
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode
 """Encode any wire value (struct, dict, list, scalar) to JSON bytes."""
 
+Base64Encoder = Callable[[bytes], bytes]
+"""Standard base64 with padding, as bytes."""
 
-def output_notification(process_id_json: bytes, seq: int, stream: bytes, data: bytes) -> bytes:
-    """``process/output`` as bytes, built without an intermediate object.
 
-    ``process_id_json`` is the process id already encoded as a JSON string (quotes included)
-    and ``stream`` the stream name as bytes, both computed once per process.
-    """
-    prefix = (
-        b'{"method":"process/output","params":{"processId":%s,"seq":%d,"stream":"%s","chunk":"'
-        % (
-            process_id_json,
-            seq,
-            stream,
+def msgspec_base64(data: bytes) -> bytes:
+    """Base64 by msgspec's encoder (it comes quoted, as a JSON string)."""
+    return encode(data)[1:-1]
+
+
+def base64_encoder(prefer_pybase64: bool) -> Base64Encoder:
+    """pybase64's SIMD encoder when asked for (and installed), else msgspec's."""
+    if prefer_pybase64:
+        try:
+            from pybase64 import b64encode
+        except ImportError:
+            return msgspec_base64
+        return b64encode
+    return msgspec_base64
+
+
+_STREAM_NAMES = {"stdout": b"stdout", "stderr": b"stderr", "pty": b"pty"}
+
+
+class ProcessNotifications:
+    """Encodes ``process/output``, ``process/exited`` and ``process/closed`` straight to
+    bytes: they are most of what a busy server sends, and need no intermediate object."""
+
+    __slots__ = ("_b64encode", "_ids")
+
+    def __init__(self, b64encode: Base64Encoder) -> None:
+        self._b64encode = b64encode
+        self._ids: dict[str, bytes] = {}
+
+    def _id_json(self, process_id: str) -> bytes:
+        encoded = self._ids.get(process_id)
+        if encoded is None:
+            if len(self._ids) > 4096:  # ids of long-gone processes: start over
+                self._ids.clear()
+            encoded = self._ids[process_id] = encode(process_id)
+        return encoded
+
+    def output(self, process_id: str, seq: int, stream: str, data: bytes) -> bytes:
+        prefix = (
+            b'{"method":"process/output","params":{"processId":%s,"seq":%d,"stream":"%s","chunk":"'
+            % (self._id_json(process_id), seq, _STREAM_NAMES[stream])
         )
-    )
-    return enclose(prefix, data, b'"}}')
+        return b"".join((prefix, self._b64encode(data), b'"}}'))
 
-
-def _enclose_with_msgspec(prefix: bytes, data: bytes, suffix: bytes) -> bytes:
-    # msgspec's base64 is ~1.4x binascii's; it comes quoted, and the quotes are the caller's.
-    return b"".join((prefix, encode(data)[1:-1], suffix))
-
-
-def _load_enclose() -> Callable[[bytes, bytes, bytes], bytes]:
-    try:
-        from ._base64 import enclose
-    except ImportError:  # built without a C compiler
-        return _enclose_with_msgspec
-    return enclose
-
-
-enclose = _load_enclose()
-"""``enclose(prefix, data, suffix)``: prefix + base64(data) + suffix, in one allocation when
-the C helper ``_base64`` is built (SSSE3 where the CPU has it: base64 was 40% of the loop's
-time streaming a pipe, even with msgspec's encoder)."""
-
-
-def exited_notification(process_id_json: bytes, seq: int, exit_code: int) -> bytes:
-    return (
-        b'{"method":"process/exited","params":{"processId":%s,"seq":%d,"exitCode":%d,"sandboxDenied":false}}'
-        % (
-            process_id_json,
-            seq,
-            exit_code,
+    def exited(self, process_id: str, seq: int, exit_code: int, sandbox_denied: bool) -> bytes:
+        return (
+            b'{"method":"process/exited","params":{"processId":%s,"seq":%d,"exitCode":%d,'
+            b'"sandboxDenied":%s}}'
+            % (
+                self._id_json(process_id),
+                seq,
+                exit_code,
+                b"true" if sandbox_denied else b"false",
+            )
         )
-    )
 
-
-def closed_notification(process_id_json: bytes, seq: int) -> bytes:
-    return b'{"method":"process/closed","params":{"processId":%s,"seq":%d}}' % (
-        process_id_json,
-        seq,
-    )
+    def closed(self, process_id: str, seq: int) -> bytes:
+        return b'{"method":"process/closed","params":{"processId":%s,"seq":%d}}' % (
+            self._id_json(process_id),
+            seq,
+        )
 
 
 # ---- filesystem (PROTOCOL.md Part B §4.5, §9, §14.2) --------------------------------------

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import sys
 import tempfile
 
 from . import __version__
-from .config import Limits
+from .config import Limits, Runtime
 from .paths import to_file_uri
-from .protocol import EnvironmentInfo, ShellInfo
+from .process.exits import ExitWatcher
+from .process.spawn import spawn
+from .protocol import EnvironmentInfo, ProcessNotifications, ShellInfo, base64_encoder
 from .sessions import SessionRegistry
 
 
@@ -41,11 +44,19 @@ def _login_shell() -> str | None:
 
 
 class Server:
-    """Everything connections share: limits, sessions, and facts about the machine."""
+    """Everything connections share: limits, runtime choices, sessions, and facts about the
+    machine. Built inside the running event loop; ``runtime`` is resolved here, once."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, runtime: Runtime | None = None) -> None:
         self.limits = limits or Limits()
-        self.sessions = SessionRegistry(self.limits)
+        self.runtime = (runtime or Runtime()).resolve()
+        b64encode = base64_encoder(self.runtime.pybase64)
+        self.sessions = SessionRegistry(
+            self.limits,
+            functools.partial(spawn, native=self.runtime.native_spawn),
+            ExitWatcher(use_pidfd=self.runtime.pidfd),
+            lambda: ProcessNotifications(b64encode),
+        )
         self.environment_info = describe_environment()
         self.server_env: dict[str, str] = dict(os.environ)
 

@@ -2,8 +2,9 @@
 
 A session is created by ``initialize``, owned by at most one connection at a time, detached
 when that connection ends, resumable with ``resumeSessionId`` for a grace period, and then
-torn down (every process killed). Events of a detached session are not sent anywhere; the
-output stays retained for ``process/read`` after a resume (PROTOCOL.md Part B §3.3).
+torn down (every process killed, every resource released). Events of a detached session are
+not sent anywhere; the output stays retained for ``process/read`` after a resume
+(PROTOCOL.md Part B §3.3).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import uuid
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from . import protocol
 from .config import Limits
 from .errors import invalid_request
-from .process.manager import ProcessManager
+from .process.exits import ExitWatcher
+from .process.manager import ProcessManager, Spawner
+from .protocol import ProcessNotifications
+from .resources import Resources
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -29,98 +33,116 @@ class SessionState(enum.Enum):
 
 
 class Session:
-    """One session: its id, its process table and the connection it is attached to.
+    """One session: its id, its processes, its other resources, and the connection it is
+    attached to.
 
     The session is the process manager's event sink: it turns events into notifications for
-    the attached connection, and drops them while detached.
+    the attached connection and drops them while detached. Backpressure travels the other
+    way the same road: the connection tells the session it has room again
+    (:meth:`resume_output`), and the session tells its processes.
     """
 
-    def __init__(self, session_id: str, limits: Limits) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        limits: Limits,
+        spawner: Spawner,
+        exits: ExitWatcher,
+        notifications: ProcessNotifications,
+    ) -> None:
         self.id = session_id
         self.state = SessionState.DETACHED
         self.connection: Connection | None = None
-        self.processes = ProcessManager(limits, self)
+        self.processes = ProcessManager(limits, self, spawner, exits)
+        self.resources = Resources()
+        self._notifications = notifications
         self._expiry: asyncio.TimerHandle | None = None
-        self._encoded_ids: dict[str, bytes] = {}
-        self.resources: list[SessionResource] = []
 
     # ---- EventSink ------------------------------------------------------------------------
-
-    def _id_json(self, process_id: str) -> bytes:
-        encoded = self._encoded_ids.get(process_id)
-        if encoded is None:
-            if len(self._encoded_ids) > 4096:
-                self._encoded_ids.clear()
-            encoded = self._encoded_ids[process_id] = protocol.encode(process_id)
-        return encoded
 
     def output(self, process_id: str, seq: int, stream: str, data: bytes) -> bool:
         connection = self.connection
         if connection is None:
             return True
-        message = protocol.output_notification(
-            self._id_json(process_id), seq, _STREAM_BYTES[stream], data
+        return connection.send_notification(
+            self._notifications.output(process_id, seq, stream, data)
         )
-        return connection.send_notification(message)
 
     def exited(self, process_id: str, seq: int, exit_code: int) -> None:
         if self.connection is not None:
             self.connection.send_notification(
-                protocol.exited_notification(self._id_json(process_id), seq, exit_code)
+                self._notifications.exited(process_id, seq, exit_code, False)
             )
 
     def closed(self, process_id: str, seq: int) -> None:
         if self.connection is not None:
-            self.connection.send_notification(
-                protocol.closed_notification(self._id_json(process_id), seq)
-            )
+            self.connection.send_notification(self._notifications.closed(process_id, seq))
+
+    def resume_output(self) -> None:
+        """The connection has room again (or is gone): let the processes go on."""
+        self.processes.resume_output()
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     def attach(self, connection: Connection) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+        self._cancel_expiry()
         self.connection = connection
         self.state = SessionState.ATTACHED
 
+    def detach(self, grace_s: float, on_expiry: Callable[[Session], None]) -> None:
+        """The connection ended: nobody receives events now, so children are read on (their
+        output is retained), and ``on_expiry`` runs unless the session is resumed in time."""
+        self.connection = None
+        self.state = SessionState.DETACHED
+        self.resume_output()
+        self._expiry = asyncio.get_running_loop().call_later(grace_s, on_expiry, self)
+
     def end(self) -> None:
-        """Kill every process and release every resource; sends nothing."""
+        """Kill every process and release every resource; sends nothing. Idempotent."""
         if self.state is SessionState.ENDED:
             return
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+        self._cancel_expiry()
         self.state = SessionState.ENDED
         self.connection = None
         self.processes.kill_all()
-        for resource in self.resources:
-            resource.release()
-        self.resources.clear()
+        self.resources.release_all()
 
-
-class SessionResource:
-    """Something a session owns besides processes (file handles, ...), released at its end."""
-
-    def release(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-_STREAM_BYTES = {"stdout": b"stdout", "stderr": b"stderr", "pty": b"pty"}
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
 
 class SessionRegistry:
     """Every live session of a server, with detach timers and resume rules."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        spawner: Spawner,
+        exits: ExitWatcher,
+        make_notifications: Callable[[], ProcessNotifications],
+    ) -> None:
         self.limits = limits
+        self._spawner = spawner
+        self._exits = exits
+        self._make_notifications = make_notifications
         self._sessions: dict[str, Session] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
     def create(self, connection: Connection) -> Session:
-        session = Session(str(uuid.uuid4()), self.limits)
+        session = Session(
+            str(uuid.uuid4()),
+            self.limits,
+            self._spawner,
+            self._exits,
+            self._make_notifications(),
+        )
         self._sessions[session.id] = session
         session.attach(connection)
         return session
@@ -142,14 +164,11 @@ class SessionRegistry:
         unless ``grace_s`` is given), then end it."""
         if session.connection is not connection or session.state is not SessionState.ATTACHED:
             return
-        session.connection = None
-        session.state = SessionState.DETACHED
-        session.processes.resume_output()  # nobody to wait for now: keep reading children
         grace = self.limits.detach_grace_s if grace_s is None else grace_s
         if grace <= 0:
             self._end(session)
         else:
-            session._expiry = asyncio.get_running_loop().call_later(grace, self._end, session)
+            session.detach(grace, self._end)
 
     def _end(self, session: Session) -> None:
         self._sessions.pop(session.id, None)

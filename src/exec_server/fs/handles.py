@@ -6,7 +6,7 @@ only write. Reads and writes are positional (``pread``/``pwrite``) so concurrent
 one handle never race over a shared file offset. An I/O error on a transfer drops the handle,
 as in the reference; closing an unknown handle succeeds, as in the reference.
 
-The table is a :class:`~exec_server.sessions.SessionResource`: when the session ends every
+The table is a session resource (:mod:`exec_server.resources`): when the session ends every
 descriptor is closed. A descriptor still in use by a block transfer on a worker thread is
 closed when that transfer finishes, never under it (a reused descriptor number would
 otherwise receive someone else's bytes).
@@ -21,7 +21,6 @@ import threading
 from typing import Literal
 
 from ..errors import internal_error, invalid_request, not_found, os_error_message
-from ..sessions import SessionResource
 
 HandleMode = Literal["read", "replace"]
 
@@ -77,7 +76,7 @@ class FileHandle:
         self._closing = False
 
 
-class HandleTable(SessionResource):
+class HandleTable:
     """The handles of one session; see the module docstring.
 
     Methods are called on the event loop, except :meth:`finish_use`, which block transfers

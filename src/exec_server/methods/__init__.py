@@ -51,12 +51,16 @@ class Method:
         """Decode params, or -32602 with a message naming the offending field."""
         try:
             return self._decoder.decode(raw)
-        except msgspec.ValidationError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
+            # DecodeError covers ValidationError and what the envelope let through unchecked
+            # (invalid UTF-8 inside a string of params, kept raw until now).
             if bytes(raw).strip() == b"{}":  # parameterless methods accept {} as well as null
                 try:
                     return self._decoder.decode(b"null")
                 except msgspec.ValidationError:
                     pass
+            if isinstance(exc, RecursionError):
+                exc = msgspec.DecodeError("params are nested too deeply")
             raise invalid_params(f"invalid params for {self.name}: {exc}") from None
 
 

@@ -173,13 +173,8 @@ def copy(connection: Connection, params: FsCopyParams) -> Awaitable[EmptyResult]
 
 def _table(connection: Connection) -> HandleTable:
     """The session's handle table, created on first use and released with the session."""
-    session = connection.require_session()
-    for resource in session.resources:
-        if isinstance(resource, HandleTable):
-            return resource
-    table = HandleTable(connection.server.limits.fs_max_open_handles)
-    session.resources.append(table)
-    return table
+    limit = connection.server.limits.fs_max_open_handles
+    return connection.require_session().resources.get(HandleTable, lambda: HandleTable(limit))
 
 
 @method("fs/open", FsOpenParams, FILESYSTEM)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import weakref
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -307,7 +306,7 @@ class HttpStreams:
 
         task.add_done_callback(finished)
 
-    def cancel_all(self) -> None:
+    def release(self) -> None:
         """The connection closed: stop every stream (each closes its response)."""
         tasks = [task for task in self._active.values() if task is not None]
         self._active.clear()
@@ -315,12 +314,5 @@ class HttpStreams:
             task.cancel()
 
 
-_streams: weakref.WeakKeyDictionary[Connection, HttpStreams] = weakref.WeakKeyDictionary()
-
-
 def _streams_of(connection: Connection) -> HttpStreams:
-    streams = _streams.get(connection)
-    if streams is None:
-        streams = _streams[connection] = HttpStreams()
-        connection.closers.append(streams.cancel_all)
-    return streams
+    return connection.resources.get(HttpStreams, HttpStreams)

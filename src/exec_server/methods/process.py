@@ -1,15 +1,24 @@
-"""``process/*``: start, read, write, signal and terminate children of the session."""
+"""``process/*``: start, read, write, signal and terminate children of the session.
+
+The process layer speaks the domain (states, write outcomes, :mod:`~..process.errors`);
+this module maps it to wire values and JSON-RPC errors.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from ..errors import invalid_params
+from ..errors import RpcError, internal_error, invalid_params, invalid_request
 from ..paths import parse_path
+from ..process import errors as process_errors
 from ..process.env import child_environment
-from ..process.manager import parse_signal
-from ..process.output import ReadSnapshot
+from ..process.manager import WriteStatus
+from ..process.output import ReadSnapshot, is_ready
+from ..process.signals import SIGNALS_BY_NAME, parse_signal
 from ..process.spawn import SpawnRequest
+from ..process.stdin import StdinFull
 from ..protocol import (
     EmptyResult,
     ProcessIdParams,
@@ -22,22 +31,102 @@ from ..protocol import (
     ProcessWriteParams,
     ProcessWriteResult,
     ReadChunk,
+    WriteStatusName,
 )
 from . import method
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
-
     from ..connection import Connection
 
 EXEC = "exec"
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def wire_error(error: process_errors.ProcessError) -> RpcError:
+    """The JSON-RPC error for a refusal of the process layer, worded as the reference's."""
+    process_id = error.process_id
+    if isinstance(error, process_errors.UnknownProcess):
+        return invalid_request(f"unknown process id {process_id}")
+    if isinstance(error, process_errors.ProcessStarting):
+        return invalid_request(f"process id {process_id} is starting")
+    if isinstance(error, process_errors.DuplicateProcess):
+        return invalid_request(f"process {process_id} already exists")
+    if isinstance(error, process_errors.InvalidSpawn):
+        return invalid_params(f"cannot start process: {error.reason}")
+    if isinstance(error, process_errors.SpawnFailed):
+        return internal_error(error.reason)
+    if isinstance(error, StdinFull):
+        return invalid_request(error.reason)
+    if isinstance(error, process_errors.StdinBroken):
+        return internal_error("failed to write to process stdin")
+    return internal_error(str(error))  # pragma: no cover - every kind is named above
+
+
+def _mapped(handler: Callable[P, T]) -> Callable[P, T]:
+    """Run a handler (and what it returns to await) with process errors mapped to the wire."""
+
+    @functools.wraps(handler)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            outcome = handler(*args, **kwargs)
+        except process_errors.ProcessError as error:
+            raise wire_error(error) from None
+        if isinstance(outcome, Awaitable):
+            return _awaited(outcome)  # type: ignore[return-value]
+        return outcome
+
+    return run
+
+
+async def _awaited(outcome: Awaitable[Any]) -> Any:
+    try:
+        return await outcome
+    except process_errors.ProcessError as error:
+        raise wire_error(error) from None
+
+
+_WRITE_STATUS: dict[WriteStatus, WriteStatusName] = {
+    WriteStatus.ACCEPTED: "accepted",
+    WriteStatus.UNKNOWN_PROCESS: "unknownProcess",
+    WriteStatus.STDIN_CLOSED: "stdinClosed",
+    WriteStatus.STARTING: "starting",
+}
+
+
+# ---- start ---------------------------------------------------------------------------------
+
+
+def _no_nul(value: str, field: str) -> str:
+    if "\0" in value:
+        raise invalid_params(f"{field} must not contain a NUL byte")
+    return value
+
+
+def _check_strings(params: ProcessStartParams) -> None:
+    """-32602 naming the field for a NUL byte anywhere a child would see it."""
+    for index, arg in enumerate(params.argv):
+        _no_nul(arg, f"argv[{index}]")
+    if params.arg0 is not None:
+        _no_nul(params.arg0, "arg0")
+    for name, value in params.env.items():
+        _no_nul(name, "env")
+        _no_nul(value, f"env.{name}")
+    policy = params.env_policy
+    if policy is not None:
+        for name, value in policy.set.items():
+            _no_nul(name, "envPolicy.set")
+            _no_nul(value, f"envPolicy.set.{name}")
+
 
 @method("process/start", ProcessStartParams, EXEC)
+@_mapped
 def start(connection: Connection, params: ProcessStartParams) -> ProcessStartResult:
     if not params.argv:
         raise invalid_params("argv must not be empty")
-    cwd = parse_path(params.cwd, "cwd")
+    _check_strings(params)
+    cwd = _no_nul(parse_path(params.cwd, "cwd"), "cwd")
     policy = params.env_policy
     if policy is None:
         env = dict(params.env)
@@ -63,6 +152,9 @@ def start(connection: Connection, params: ProcessStartParams) -> ProcessStartRes
     return ProcessStartResult(params.process_id)
 
 
+# ---- read ----------------------------------------------------------------------------------
+
+
 def _read_result(snapshot: ReadSnapshot) -> ProcessReadResult:
     return ProcessReadResult(
         chunks=[ReadChunk(c.seq, c.stream, c.data) for c in snapshot.chunks],  # type: ignore[arg-type]
@@ -74,45 +166,51 @@ def _read_result(snapshot: ReadSnapshot) -> ProcessReadResult:
 
 
 @method("process/read", ProcessReadParams, EXEC)
+@_mapped
 def read(
     connection: Connection, params: ProcessReadParams
 ) -> ProcessReadResult | Awaitable[ProcessReadResult]:
     processes = connection.require_session().processes
     after = params.after_seq or 0
     snapshot = processes.read(params.process_id, after, params.max_bytes)
-    if not params.wait_ms or processes.get(params.process_id).log.ready(after, snapshot):
+    if not params.wait_ms or is_ready(snapshot, after):
         return _read_result(snapshot)
-    return _long_poll(connection, params, after)
+    return _long_poll(connection, params, after, params.wait_ms)
 
 
 async def _long_poll(
-    connection: Connection, params: ProcessReadParams, after: int
+    connection: Connection, params: ProcessReadParams, after: int, wait_ms: int
 ) -> ProcessReadResult:
     processes = connection.require_session().processes
-    assert params.wait_ms is not None
-    snapshot = await processes.wait_read(params.process_id, after, params.max_bytes, params.wait_ms)
+    snapshot = await processes.wait_read(params.process_id, after, params.max_bytes, wait_ms)
     return _read_result(snapshot)
 
 
+# ---- write, signal, terminate --------------------------------------------------------------
+
+
 @method("process/write", ProcessWriteParams, EXEC)
+@_mapped
 def write(
     connection: Connection, params: ProcessWriteParams
 ) -> ProcessWriteResult | Awaitable[ProcessWriteResult]:
     if params.write_id is not None and not params.write_id:
         raise invalid_params("writeId must not be empty")
-    status = connection.require_session().processes.write(
+    outcome = connection.require_session().processes.write(
         params.process_id, params.chunk, params.write_id
     )
-    if isinstance(status, str):
-        return ProcessWriteResult(status)  # type: ignore[arg-type]
-    return _write_when_queued(status)
+    if isinstance(outcome, WriteStatus):
+        return ProcessWriteResult(_WRITE_STATUS[outcome])
+    return _accepted_when(outcome)
 
 
-async def _write_when_queued(status: Awaitable[str]) -> ProcessWriteResult:
-    return ProcessWriteResult(await status)  # type: ignore[arg-type]
+async def _accepted_when(queued: Awaitable[None]) -> ProcessWriteResult:
+    await queued
+    return ProcessWriteResult("accepted")
 
 
 @method("process/terminate", ProcessIdParams, EXEC)
+@_mapped
 def terminate(connection: Connection, params: ProcessIdParams) -> ProcessTerminateResult:
     return ProcessTerminateResult(
         connection.require_session().processes.terminate(params.process_id)
@@ -120,7 +218,11 @@ def terminate(connection: Connection, params: ProcessIdParams) -> ProcessTermina
 
 
 @method("process/signal", ProcessSignalParams, EXEC)
+@_mapped
 def send_signal(connection: Connection, params: ProcessSignalParams) -> EmptyResult:
     signum = parse_signal(params.signal)
+    if signum is None:
+        allowed = ", ".join(f"`{name}`" for name in SIGNALS_BY_NAME)
+        raise invalid_params(f"unknown signal `{params.signal}`, expected one of {allowed}")
     connection.require_session().processes.signal(params.process_id, signum)
     return EmptyResult()

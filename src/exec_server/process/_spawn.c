@@ -32,11 +32,10 @@ enum step { STEP_NONE = 0, STEP_SETSID, STEP_DUP, STEP_CTTY, STEP_PDEATHSIG, STE
 
 static const char *step_names[] = {"", "setsid", "dup2", "controlling terminal", "prctl", "chdir", "exec"};
 
-/* Free a NULL-terminated array of strings that point into Python bytes objects (not owned). */
-static void free_array(char **array) { PyMem_Free(array); }
-
-/* A NULL-terminated char* array borrowing from a sequence of bytes objects (kept alive by seq). */
-static char **bytes_array(PyObject *seq, const char *what) {
+/* A NULL-terminated char* array into the bytes items of a sequence. The items are owned by
+ * `*owner` (the sequence itself, or a list made from it), which the caller releases with
+ * free_array once the child has exec'd: the pointers stay valid until then. */
+static char **bytes_array(PyObject *seq, const char *what, PyObject **owner) {
     PyObject *fast = PySequence_Fast(seq, what);
     if (fast == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
@@ -54,9 +53,13 @@ static char **bytes_array(PyObject *seq, const char *what) {
             PyMem_Free(array); Py_DECREF(fast); return NULL;
         }
     }
-    /* The items stay alive through `seq`, which the caller holds; drop the fast view. */
-    Py_DECREF(fast);
+    *owner = fast;
     return array;
+}
+
+static void free_array(char **array, PyObject *owner) {
+    PyMem_Free(array);
+    Py_XDECREF(owner);
 }
 
 /* Runs in the vfork child: system calls only, no allocation, no Python. Never returns. */
@@ -129,12 +132,21 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
         return NULL;
     }
-    const char *cwd = cwd_obj == Py_None ? NULL : PyBytes_AS_STRING(cwd_obj);
+    const char *cwd = NULL;
+    if (cwd_obj != Py_None) {
+        cwd = PyBytes_AS_STRING(cwd_obj);
+        if (strlen(cwd) != (size_t)PyBytes_GET_SIZE(cwd_obj)) {
+            PyErr_SetString(PyExc_ValueError, "embedded null byte in cwd");
+            return NULL;
+        }
+    }
     char **candidates = NULL, **argv = NULL, **envp = NULL, **sh_argv = NULL;
+    PyObject *candidates_owner = NULL, *argv_owner = NULL, *envp_owner = NULL;
     PyObject *result = NULL;
-    if ((candidates = bytes_array(candidates_obj, "candidates")) == NULL) goto done;
-    if ((argv = bytes_array(argv_obj, "argv")) == NULL) goto done;
-    if ((envp = bytes_array(envp_obj, "envp")) == NULL) goto done;
+    if ((candidates = bytes_array(candidates_obj, "candidates", &candidates_owner)) == NULL)
+        goto done;
+    if ((argv = bytes_array(argv_obj, "argv", &argv_owner)) == NULL) goto done;
+    if ((envp = bytes_array(envp_obj, "envp", &envp_owner)) == NULL) goto done;
     /* /bin/sh <script> <args...>, built here because the child must not allocate. */
     Py_ssize_t argc = 0;
     while (argv[argc] != NULL) argc++;
@@ -179,9 +191,9 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     }
     result = PyLong_FromLong((long)pid);
 done:
-    if (candidates) free_array(candidates);
-    if (argv) free_array(argv);
-    if (envp) free_array(envp);
+    if (candidates) free_array(candidates, candidates_owner);
+    if (argv) free_array(argv, argv_owner);
+    if (envp) free_array(envp, envp_owner);
     if (sh_argv) PyMem_Free(sh_argv);
     return result;
 }

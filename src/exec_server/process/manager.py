@@ -1,13 +1,15 @@
 """The process table of one session: start, read, write, signal, terminate, and eviction.
 
-The manager owns every child it starts: the fds are read with event-loop callbacks (no task
-per stream; a streaming PTY by a native reader thread that wakes the loop, see
-``reading.PUMP``), the exit is watched through a pidfd, and the real status is always reaped.
-Events leave through an :class:`EventSink` in seq order; the sink may ask the manager to stop
-reading (backpressure), and calls :meth:`ProcessManager.resume_output` when it can take more.
+The manager owns every child it starts and composes the parts that look after one: an
+:class:`~.reading.OutputReader` for its output, a :class:`~.stdin.StdinQueue` for its stdin,
+the session's :class:`~.exits.ExitWatcher` for its exit, and an :class:`~.output.OutputLog`
+for what it printed. Events leave through an :class:`EventSink` in seq order; the sink may
+ask the manager to stop reading (backpressure) and calls :meth:`ProcessManager.resume_output`
+when it can take more.
 
 A process moves through explicit states: STARTING -> RUNNING -> EXITED -> CLOSED, where
-CLOSED means the exit is known *and* every output stream has ended.
+CLOSED means the exit is known *and* every output stream has ended. Refusals are the domain
+errors of :mod:`.errors`; the method layer words them for the wire.
 """
 
 from __future__ import annotations
@@ -17,18 +19,24 @@ import contextlib
 import enum
 import os
 import signal
-from collections import OrderedDict, deque
-from collections.abc import Awaitable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from ..config import Limits
-from ..errors import internal_error, invalid_params, invalid_request, os_error_message
-from .output import OutputLog, ReadSnapshot
-from .reading import PUMP, gather
-from .spawn import Child, SpawnRequest, exit_code_from_status, signal_group, spawn
-
-if TYPE_CHECKING:
-    from ._pump import Pump
+from ..errors import os_error_message
+from .errors import (
+    DuplicateProcess,
+    InvalidSpawn,
+    ProcessStarting,
+    SpawnFailed,
+    StdinBroken,
+    UnknownProcess,
+)
+from .exits import ExitWatcher
+from .output import OutputLog, ReadSnapshot, is_ready
+from .reading import OutputReader, Stream
+from .spawn import Child, SpawnRequest, exit_code_from_status, signal_group
+from .stdin import ByteBudget, StdinQueue
 
 
 class ProcessState(enum.Enum):
@@ -36,6 +44,16 @@ class ProcessState(enum.Enum):
     RUNNING = "running"
     EXITED = "exited"
     CLOSED = "closed"
+
+
+class WriteStatus(enum.Enum):
+    """What became of a write to a process's stdin."""
+
+    ACCEPTED = enum.auto()
+    UNKNOWN_PROCESS = enum.auto()
+    STDIN_CLOSED = enum.auto()
+    """The process was started without a writable stdin."""
+    STARTING = enum.auto()
 
 
 class EventSink(Protocol):
@@ -48,81 +66,61 @@ class EventSink(Protocol):
     def closed(self, process_id: str, seq: int) -> None: ...
 
 
-SIGNALS_BY_NAME: dict[str, signal.Signals] = {
-    "interrupt": signal.SIGINT,
-    **{
-        name: getattr(signal, "SIG" + name)
-        for name in ("TERM", "HUP", "KILL", "INT", "QUIT", "USR1", "USR2", "STOP", "CONT", "WINCH")
-    },
-}
-"""``process/signal`` values: the reference's ``interrupt`` plus plain signal names (Part A §A1)."""
-
-
-def parse_signal(name: str) -> signal.Signals:
-    key = name.upper().removeprefix("SIG") if name != "interrupt" else name
-    try:
-        return SIGNALS_BY_NAME[key]
-    except KeyError:
-        allowed = ", ".join(f"`{n}`" for n in SIGNALS_BY_NAME)
-        raise invalid_params(f"unknown signal `{name}`, expected one of {allowed}") from None
+Spawner = Callable[[SpawnRequest], Child]
 
 
 class ManagedProcess:
-    """One entry of the table: the child, its output log, its stdin queue and its state."""
+    """One entry of the table: the child and the parts that look after it."""
 
     __slots__ = (
-        "_eviction",
-        "_stdin_bytes",
-        "_stdin_pending",
-        "_stdin_waiters",
-        "_write_ids",
         "child",
+        "eviction",
         "log",
-        "open_streams",
-        "paused",
-        "pidfd",
-        "pipe_stdin",
         "process_id",
-        "pump",
-        "pump_countdown",
+        "reader",
         "reaped",
         "state",
+        "stdin",
         "terminated",
         "tty",
+        "writable_stdin",
     )
 
-    def __init__(self, process_id: str, tty: bool, pipe_stdin: bool, log: OutputLog) -> None:
+    def __init__(self, process_id: str, request: SpawnRequest, log: OutputLog) -> None:
         self.process_id = process_id
-        self.tty = tty
-        self.pipe_stdin = pipe_stdin
+        self.tty = request.tty
+        self.writable_stdin = request.tty or request.pipe_stdin
         self.log = log
         self.state = ProcessState.STARTING
         self.child: Child | None = None
-        self.pidfd = -1
-        self.open_streams = 0
-        self.paused = False
+        self.reader: OutputReader | None = None
+        self.stdin: StdinQueue | None = None
         self.terminated = False
         self.reaped = False
-        self.pump: Pump | None = None
-        self.pump_countdown = 0  # PTY bytes to go before a pump takes over; 0: never
-        self._stdin_pending: deque[memoryview] = deque()
-        self._stdin_bytes = 0
-        self._stdin_waiters: deque[tuple[bytes, asyncio.Future[None]]] = deque()
-        self._write_ids: OrderedDict[str, None] = OrderedDict()
-        self._eviction: asyncio.TimerHandle | None = None
+        self.eviction: asyncio.TimerHandle | None = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether reading its output waits for the client to catch up."""
+        return self.reader is not None and self.reader.paused
 
 
 class ProcessManager:
     """The process table of one session."""
 
-    def __init__(self, limits: Limits, sink: EventSink) -> None:
+    def __init__(
+        self, limits: Limits, sink: EventSink, spawner: Spawner, exits: ExitWatcher
+    ) -> None:
         self.limits = limits
         self.sink = sink
+        self._spawn = spawner
+        self._exits = exits
         self._loop = asyncio.get_running_loop()
         self._processes: dict[str, ManagedProcess] = {}
         self._paused: set[ManagedProcess] = set()
         self._unreaped: set[ManagedProcess] = set()
         self._reaped_event = asyncio.Event()
+        self._stdin_budget = ByteBudget(limits.stdin_session_max_bytes)
 
     # ---- table ----------------------------------------------------------------------------
 
@@ -133,204 +131,93 @@ class ProcessManager:
         return iter(list(self._processes.values()))
 
     def get(self, process_id: str) -> ManagedProcess:
-        """The entry, or -32600 ``unknown process id`` (never existed or evicted)."""
+        """The entry, or :class:`UnknownProcess` (never existed or evicted)."""
         process = self._processes.get(process_id)
         if process is None:
-            raise invalid_request(f"unknown process id {process_id}")
+            raise UnknownProcess(process_id)
+        return process
+
+    def _started(self, process_id: str) -> ManagedProcess:
+        """The entry of a process past STARTING, or the error that says why not."""
+        process = self.get(process_id)
+        if process.state is ProcessState.STARTING:
+            raise ProcessStarting(process_id)
         return process
 
     # ---- start ----------------------------------------------------------------------------
 
     def start(self, process_id: str, request: SpawnRequest) -> None:
-        """Spawn a child under ``process_id``; raises :class:`RpcError` on failure."""
+        """Spawn a child under ``process_id``; raises a :class:`~.errors.ProcessError`."""
         if not request.argv:
-            raise invalid_params("argv must not be empty")
+            raise InvalidSpawn(process_id, "argv must not be empty")
         if process_id in self._processes:
-            raise invalid_request(f"process {process_id} already exists")
+            raise DuplicateProcess(process_id)
         limits = self.limits
-        process = ManagedProcess(
-            process_id,
-            request.tty,
-            request.pipe_stdin,
-            OutputLog(
-                limits.retained_output_bytes,
-                limits.retained_output_chunks,
-                spill_threshold_bytes=limits.spill_threshold_bytes,
-            ),
+        log = OutputLog(
+            limits.retained_output_bytes,
+            limits.retained_output_chunks,
+            spill_threshold_bytes=limits.spill_threshold_bytes,
         )
+        process = ManagedProcess(process_id, request, log)
         self._processes[process_id] = process  # reserved while STARTING
         try:
-            child = spawn(request)
+            child = self._spawn(request)
         except OSError as exc:
             del self._processes[process_id]
-            raise internal_error(os_error_message(exc)) from None
+            raise SpawnFailed(process_id, os_error_message(exc)) from None
         except (ValueError, TypeError) as exc:  # embedded NUL, '=' in an env name, ...
             del self._processes[process_id]
-            raise invalid_params(f"cannot start process: {exc}") from None
+            raise InvalidSpawn(process_id, str(exc)) from None
+        self._run(process, child)
+
+    def _run(self, process: ManagedProcess, child: Child) -> None:
         process.child = child
         process.state = ProcessState.RUNNING
-        if child.tty and PUMP is not None and limits.pty_thread_after_bytes is not None:
-            process.pump_countdown = max(limits.pty_thread_after_bytes, 1)
-        try:
-            process.pidfd = os.pidfd_open(child.pid)
-        except OSError:  # pragma: no cover - the pid is our unreaped child, so this cannot fail
-            process.pidfd = -1
         self._unreaped.add(process)
-        loop = self._loop
-        if process.pidfd >= 0:
-            loop.add_reader(process.pidfd, self._on_exit, process)
-        loop.add_reader(child.stdout, self._on_readable, process, child.stdout, _STDOUT[child.tty])
-        process.open_streams = 1
+        self._exits.watch(child.pid, lambda status: self._on_exit(process, status))
+        if child.stdin is not None:
+            process.stdin = StdinQueue(
+                process.process_id,
+                child.stdin,
+                owned=not child.tty,
+                buffer_bytes=self.limits.stdin_buffer_bytes,
+                max_bytes=self.limits.stdin_process_max_bytes,
+                write_id_memory=self.limits.write_id_memory,
+                budget=self._stdin_budget,
+            )
+        streams = [Stream(child.stdout, "pty" if child.tty else "stdout", owned=not child.tty)]
         if child.stderr is not None:
-            loop.add_reader(child.stderr, self._on_readable, process, child.stderr, "stderr")
-            process.open_streams = 2
+            streams.append(Stream(child.stderr, "stderr", owned=True))
+        process.reader = OutputReader(
+            streams,
+            self.limits.read_chunk_bytes,
+            lambda stream, data: self._emit_output(process, stream, data),
+            lambda: self._maybe_close(process),
+        )
 
     # ---- output ---------------------------------------------------------------------------
 
-    def _on_readable(self, process: ManagedProcess, fd: int, stream: str) -> bool:
-        """Take what the child wrote on ``fd``; True when a chunk was taken (more may wait)."""
-        data = gather(fd, self.limits.read_chunk_bytes)
-        if data is None:
-            return False
-        if not data:
-            self._end_stream(process, fd)
-            return False
-        self._emit_output(process, stream, data)
-        if process.pump_countdown > 0:
-            process.pump_countdown -= len(data)
-            if process.pump_countdown <= 0:
-                return self._start_pump(process, fd)
-        return True
-
-    # A streaming PTY is read by a native thread (a "pump", see reading.PUMP) while its child
-    # runs; the loop watches the pump's eventfd instead of the master. At the exit the loop
-    # takes the master back (the pump is stopped and emptied first, so no byte is reordered),
-    # which keeps "output before exit" exactly as for every other stream.
-
-    def _start_pump(self, process: ManagedProcess, fd: int) -> bool:
-        """Move the reading of PTY master ``fd`` to a pump; False when the loop stops reading."""
-        if process.paused:
-            process.pump_countdown = 1  # the first chunk after the pause moves it
-            return False
-        if PUMP is None or process.reaped:
-            return True
-        try:
-            pump = PUMP(fd, 2 * self.limits.read_chunk_bytes)
-        except OSError:  # no thread to be had: the loop keeps reading, as before
-            return True
-        self._loop.remove_reader(fd)
-        process.pump = pump
-        self._loop.add_reader(pump.fileno(), self._on_pumped, process)
-        return False
-
-    def _take(self, pump: Pump) -> bytes | None:
-        """What the pump has read, up to a chunk; b"" at the end, which a failed read is too."""
-        try:
-            return pump.take(self.limits.read_chunk_bytes)
-        except OSError:  # ends the stream, as a hung-up PTY does
-            return b""
-
-    def _on_pumped(self, process: ManagedProcess) -> None:
-        pump = process.pump
-        assert pump is not None
-        data = self._take(pump)
-        if data is None:
-            return
-        if data:
-            self._emit_output(process, "pty", data)
-            return
-        child = process.child
-        assert child is not None
-        self._stop_pump(process)
-        self._end_stream(process, child.stdout)
-
-    def _stop_pump(self, process: ManagedProcess) -> bool:
-        """Stop the pump and emit what it still holds; True when it had seen the end."""
-        pump = process.pump
-        assert pump is not None
-        pump.stop()
-        while data := self._take(pump):
-            self._emit_output(process, "pty", data)
-        ended = pump.ended
-        self._drop_pump(process)
-        return ended
-
-    def _drop_pump(self, process: ManagedProcess) -> None:
-        """Stop watching the pump and close it; whatever it still holds is dropped."""
-        pump = process.pump
-        assert pump is not None
-        self._loop.remove_reader(pump.fileno())
-        pump.close()
-        process.pump = None
-
     def _emit_output(self, process: ManagedProcess, stream: str, data: bytes) -> None:
         seq = process.log.append(stream, data)
-        if not self.sink.output(process.process_id, seq, stream, data) and not process.paused:
-            self._pause(process)
-
-    def _streams(self, process: ManagedProcess) -> list[tuple[int, str]]:
-        child = process.child
-        if child is None or process.open_streams == 0:
-            return []
-        streams = [(child.stdout, _STDOUT[child.tty])]
-        if child.stderr is not None:
-            streams.append((child.stderr, "stderr"))
-        return [(fd, name) for fd, name in streams if fd >= 0]
-
-    def _pause(self, process: ManagedProcess) -> None:
-        process.paused = True
-        self._paused.add(process)
-        for fd, _ in self._streams(process):
-            self._loop.remove_reader(fd)
-        if process.pump is not None:
-            self._loop.remove_reader(process.pump.fileno())
+        if not self.sink.output(process.process_id, seq, stream, data):
+            reader = process.reader
+            if reader is not None and not reader.paused:
+                reader.pause()
+                self._paused.add(process)
 
     def resume_output(self) -> None:
-        """Start reading every paused process again (the sink has room)."""
+        """Read every paused process again (the sink has room)."""
         paused, self._paused = self._paused, set()
         for process in paused:
-            process.paused = False
-            pump = process.pump
-            for fd, stream in self._streams(process):
-                if pump is not None and stream == "pty":
-                    self._loop.add_reader(pump.fileno(), self._on_pumped, process)
-                else:
-                    self._loop.add_reader(fd, self._on_readable, process, fd, stream)
-
-    def _end_stream(self, process: ManagedProcess, fd: int) -> None:
-        self._loop.remove_reader(fd)
-        child = process.child
-        assert child is not None
-        if fd == child.stdout:
-            if child.tty:
-                # The master stays open for writes until close; mark the read side done.
-                process.open_streams = 0
-            else:
-                os.close(fd)
-                child.stdout = -1
-                process.open_streams -= 1
-        elif fd == child.stderr:
-            os.close(fd)
-            child.stderr = None
-            process.open_streams -= 1
-        self._maybe_close(process)
+            if process.reader is not None:
+                process.reader.resume()
 
     # ---- exit and close -------------------------------------------------------------------
 
-    def _on_exit(self, process: ManagedProcess) -> None:
-        child = process.child
-        assert child is not None
-        try:
-            pid, status = os.waitpid(child.pid, os.WNOHANG)
-        except ChildProcessError:  # pragma: no cover - someone else reaped it
-            pid, status = child.pid, 0
-        if pid == 0:
-            return
-        self._loop.remove_reader(process.pidfd)
-        os.close(process.pidfd)
-        process.pidfd = -1
+    def _on_exit(self, process: ManagedProcess, status: int) -> None:
         code = exit_code_from_status(status)
-        if child.popen is not None:
+        child = process.child
+        if child is not None and child.popen is not None:
             child.popen.returncode = code  # keeps subprocess from reaping or warning about it
         process.reaped = True
         self._unreaped.discard(process)
@@ -338,39 +225,23 @@ class ProcessManager:
             self._reaped_event.set()
         if process.state is ProcessState.CLOSED:
             return  # torn down with its session: reaped, and nobody is listening any more
-        # Output the child wrote before it died comes before its exit, when we can take it.
-        if process.pump is not None and not process.paused:
-            # While paused the pump stays: it stops when full, and delivers the end later.
-            if self._stop_pump(process):
-                self._end_stream(process, child.stdout)
-            elif not process.paused:
-                self._loop.add_reader(child.stdout, self._on_readable, process, child.stdout, "pty")
-        if not process.paused:
-            for fd, stream in self._streams(process):
-                self._drain(process, fd, stream)
+        reader = process.reader
+        if reader is not None:
+            reader.drain()  # output written before it died comes before its exit
         process.state = ProcessState.EXITED
         seq = process.log.mark_exited(code)
         self.sink.exited(process.process_id, seq, code)
         self._maybe_close(process)
 
-    def _drain(self, process: ManagedProcess, fd: int, stream: str) -> None:
-        for _ in range(64):  # bounded: a grandchild may keep writing forever
-            if process.paused or process.open_streams == 0:
-                return
-            try:
-                if not self._on_readable(process, fd, stream):
-                    return
-            except OSError:
-                return  # the exit is still reported; the reader callback sees the error
-
     def _maybe_close(self, process: ManagedProcess) -> None:
-        if process.state is not ProcessState.EXITED or process.open_streams > 0:
+        reader = process.reader
+        if process.state is not ProcessState.EXITED or (reader and reader.open_streams):
             return
         process.state = ProcessState.CLOSED
-        self._close_fds(process)
+        self._release(process)
         seq = process.log.mark_closed()
         self.sink.closed(process.process_id, seq)
-        process._eviction = self._loop.call_later(
+        process.eviction = self._loop.call_later(
             self.limits.closed_retention_s, self._evict, process
         )
 
@@ -379,49 +250,35 @@ class ProcessManager:
             del self._processes[process.process_id]
         process.log.close()  # its spill file, if any
 
-    def _close_fds(self, process: ManagedProcess) -> None:
+    def _release(self, process: ManagedProcess) -> None:
+        """Close every fd of the process (its reader's, its stdin, a PTY master)."""
+        if process.reader is not None:
+            process.reader.close()
+        if process.stdin is not None:
+            process.stdin.drop()
         child = process.child
-        if child is None:
-            return
-        if process.pump is not None:  # stopped before its fd is closed under it
-            self._drop_pump(process)
-        for fd in {child.stdout, child.stderr, child.stdin} - {None, -1}:
-            assert fd is not None
+        if child is not None and child.tty and child.stdout >= 0:
             with contextlib.suppress(OSError):
-                self._loop.remove_reader(fd)
-                self._loop.remove_writer(fd)
-                os.close(fd)
-        child.stdout, child.stderr, child.stdin = -1, None, None
-        process.open_streams = 0
-        self._fail_stdin_waiters(process)
+                os.close(child.stdout)
+            child.stdout = -1
         self._paused.discard(process)
 
     # ---- read -----------------------------------------------------------------------------
 
     def read(self, process_id: str, after_seq: int, max_bytes: int | None) -> ReadSnapshot:
-        process = self._processes.get(process_id)
-        if process is None or process.state is ProcessState.STARTING:
-            process = self._readable(process_id)  # raises the right error
-        return process.log.read(after_seq, max_bytes)
-
-    def _readable(self, process_id: str) -> ManagedProcess:
-        process = self.get(process_id)
-        if process.state is ProcessState.STARTING:
-            raise invalid_request(f"process id {process_id} is starting")
-        return process
+        return self._started(process_id).log.read(after_seq, max_bytes)
 
     async def wait_read(
         self, process_id: str, after_seq: int, max_bytes: int | None, wait_ms: int
     ) -> ReadSnapshot:
         """Long-poll: return as soon as §7.4 says so, or at the deadline."""
-        process = self._readable(process_id)
-        log = process.log
+        log = self._started(process_id).log
         loop = self._loop
         deadline = loop.time() + wait_ms / 1000
         while True:
             snapshot = log.read(after_seq, max_bytes)
             remaining = deadline - loop.time()
-            if log.ready(after_seq, snapshot) or remaining <= 0:
+            if is_ready(snapshot, after_seq) or remaining <= 0:
                 return snapshot
             waiter = log.waiter()
             timer = loop.call_later(min(remaining, 86400.0), _resolve, waiter)
@@ -432,115 +289,25 @@ class ProcessManager:
 
     # ---- write ----------------------------------------------------------------------------
 
-    def write(self, process_id: str, data: bytes, write_id: str | None) -> str | Awaitable[str]:
-        """Queue bytes for the child's stdin; returns the status, or an awaitable of it when
-        the stdin queue is full (writes to one process keep their order either way)."""
+    def write(
+        self, process_id: str, data: bytes, write_id: str | None
+    ) -> WriteStatus | asyncio.Future[None]:
+        """Queue bytes for the child's stdin; the status, or a future resolved once they are
+        queued (the queue was full). Writes to one process keep their order either way."""
         process = self._processes.get(process_id)
         if process is None:
-            return "unknownProcess"
+            return WriteStatus.UNKNOWN_PROCESS
         if process.state is ProcessState.STARTING:
-            return "starting"
-        if not process.tty and not process.pipe_stdin:
-            return "stdinClosed"
+            return WriteStatus.STARTING
+        if not process.writable_stdin:
+            return WriteStatus.STDIN_CLOSED
         if process.terminated:
-            raise internal_error("failed to write to process stdin")
-        if write_id is not None:
-            ids = process._write_ids
-            if write_id in ids:
-                return "accepted"
-            ids[write_id] = None
-            if len(ids) > self.limits.write_id_memory:
-                ids.popitem(last=False)
-        child = process.child
-        if child is None or child.stdin is None:
-            return "accepted"  # closed: the bytes are lost, as with the reference
-        queue_full = process._stdin_bytes + len(data) > self.limits.stdin_buffer_bytes
-        if process._stdin_waiters or (queue_full and process._stdin_bytes > 0):
-            future: asyncio.Future[None] = self._loop.create_future()
-            process._stdin_waiters.append((data, future))
-            return _accepted_when(future)
-        self._stdin_enqueue(process, data)
-        return "accepted"
-
-    def _stdin_enqueue(self, process: ManagedProcess, data: bytes) -> None:
-        child = process.child
-        assert child is not None and child.stdin is not None
-        view = memoryview(data)
-        if not process._stdin_pending:
-            written = self._write_some(process, view)
-            if written < 0 or written == len(view):
-                return
-            view = view[written:]
-            self._loop.add_writer(child.stdin, self._on_writable, process)
-        process._stdin_pending.append(view)
-        process._stdin_bytes += len(view)
-
-    def _write_some(self, process: ManagedProcess, view: memoryview) -> int:
-        """Write what the fd takes now; -1 when stdin is gone (the bytes are dropped)."""
-        child = process.child
-        assert child is not None and child.stdin is not None
-        try:
-            return os.write(child.stdin, view)
-        except BlockingIOError:
-            return 0
-        except OSError:  # EPIPE (the child closed stdin or died), EIO (PTY gone)
-            self._drop_stdin(process)
-            return -1
-
-    def _on_writable(self, process: ManagedProcess) -> None:
-        pending = process._stdin_pending
-        while pending:
-            view = pending[0]
-            written = self._write_some(process, view)
-            if written < 0:
-                return
-            process._stdin_bytes -= written
-            if written < len(view):
-                pending[0] = view[written:]
-                return
-            pending.popleft()
-            self._admit_stdin_waiters(process)
-        child = process.child
-        if child is not None and child.stdin is not None:
-            self._loop.remove_writer(child.stdin)
-        self._admit_stdin_waiters(process)
-
-    def _admit_stdin_waiters(self, process: ManagedProcess) -> None:
-        waiters = process._stdin_waiters
-        while waiters:
-            data, future = waiters[0]
-            if (
-                process._stdin_bytes
-                and process._stdin_bytes + len(data) > self.limits.stdin_buffer_bytes
-            ):
-                return
-            waiters.popleft()
-            process._stdin_pending.append(memoryview(data))
-            process._stdin_bytes += len(data)
-            child = process.child
-            if child is not None and child.stdin is not None:
-                self._loop.add_writer(child.stdin, self._on_writable, process)
-            if not future.done():
-                future.set_result(None)
-
-    def _drop_stdin(self, process: ManagedProcess) -> None:
-        """Stdin is unusable: forget queued bytes, accept (and lose) waiting writes."""
-        child = process.child
-        if child is not None and child.stdin is not None:
-            with contextlib.suppress(OSError):
-                self._loop.remove_writer(child.stdin)
-            if child.stdin not in (child.stdout, child.stderr):
-                os.close(child.stdin)
-            child.stdin = None
-        process._stdin_pending.clear()
-        process._stdin_bytes = 0
-        self._fail_stdin_waiters(process)
-
-    def _fail_stdin_waiters(self, process: ManagedProcess) -> None:
-        while process._stdin_waiters:
-            _, future = process._stdin_waiters.popleft()
-            if not future.done():
-                future.set_result(None)
+            raise StdinBroken(process_id)
+        stdin = process.stdin
+        if stdin is None or (write_id is not None and stdin.seen(write_id)):
+            return WriteStatus.ACCEPTED
+        queued = stdin.write(data)
+        return WriteStatus.ACCEPTED if queued is None else queued
 
     # ---- signals --------------------------------------------------------------------------
 
@@ -553,33 +320,31 @@ class ProcessManager:
         return True
 
     def signal(self, process_id: str, signum: int) -> None:
-        process = self.get(process_id)
-        if process.state is ProcessState.STARTING:
-            raise invalid_request(f"process id {process_id} is starting")
+        process = self._started(process_id)
         if process.state is ProcessState.RUNNING and process.child is not None:
             signal_group(process.child.pid, signum)
 
     def _kill(self, process: ManagedProcess) -> None:
-        """The one place a process is killed: SIGKILL to its whole group, stdin closed."""
+        """The one place a process is killed: SIGKILL to its whole group, stdin dropped."""
         process.terminated = True
         child = process.child
         if child is not None and not process.reaped:
             signal_group(child.pid, signal.SIGKILL)
-        if child is not None and child.stdin is not None and not child.tty:
-            self._drop_stdin(process)
+        if process.stdin is not None and not process.tty:
+            process.stdin.drop()
 
     # ---- teardown -------------------------------------------------------------------------
 
     def kill_all(self) -> None:
         """Session teardown: kill every child, close every fd, send nothing more.
 
-        Children are still reaped (their pidfd readers stay) so no zombie is left behind.
+        Children are still reaped (their exits stay watched) so no zombie is left behind.
         """
         processes = list(self._processes.values())
         self._processes.clear()
         for process in processes:
-            if process._eviction is not None:
-                process._eviction.cancel()
+            if process.eviction is not None:
+                process.eviction.cancel()
             child = process.child
             if child is not None and not process.reaped:
                 self._kill(process)
@@ -590,7 +355,7 @@ class ProcessManager:
                 # again, a live group with that id belongs to the new process (only a process
                 # can create a group with its own id), so it is left alone.
                 signal_group(child.pid, signal.SIGKILL, include_leader=False)
-            self._close_fds(process)
+            self._release(process)
             process.log.close()  # its spill file, if any
             process.state = ProcessState.CLOSED
 
@@ -601,9 +366,6 @@ class ProcessManager:
         self._reaped_event.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._reaped_event.wait(), timeout)
-
-
-_STDOUT = {False: "stdout", True: "pty"}
 
 
 def _pid_in_use(pid: int) -> bool:
@@ -620,8 +382,3 @@ def _pid_in_use(pid: int) -> bool:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-async def _accepted_when(future: asyncio.Future[None]) -> str:
-    await future
-    return "accepted"

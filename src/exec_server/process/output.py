@@ -228,14 +228,6 @@ class OutputLog:
             taken, next_seq, self.exit_code is not None, self.exit_code, self.closed
         )
 
-    def ready(self, after_seq: int, snapshot: ReadSnapshot) -> bool:
-        """Whether a long-poll should return ``snapshot`` now rather than wait (§7.4 step 4)."""
-        return bool(
-            snapshot.chunks
-            or snapshot.closed
-            or (snapshot.exited and after_seq < snapshot.next_seq - 1)
-        )
-
     def waiter(self) -> asyncio.Future[None]:
         """A future resolved at the next event (output, exit or close)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -318,6 +310,15 @@ class OutputLog:
         if len(data) != size:  # pragma: no cover - the bytes were written; only damage does this
             raise OSError(f"spill file: read {len(data)} of {size} bytes at {offset}")
         return data
+
+
+def is_ready(snapshot: ReadSnapshot, after_seq: int) -> bool:
+    """Whether a long-poll should return ``snapshot`` now rather than wait (§7.4 step 4)."""
+    return bool(
+        snapshot.chunks
+        or snapshot.closed
+        or (snapshot.exited and after_seq < snapshot.next_seq - 1)
+    )
 
 
 def _seq_of(entry: _Entry) -> int:

@@ -1,38 +1,24 @@
-"""Reading a child's output fd in whole chunks.
+"""Reading a child's output: one reader per process, on the event loop.
 
-A pipe hands out up to 64 KiB per ``read``, a PTY master only about 4 KiB (its line
+A pipe hands out up to 64 KiB per ``read``, a PTY master only a few KiB (its line
 discipline's buffer), so a chunk of PTY output is many reads. :func:`gather` reads on while
 more is *already there*, so bulk output costs fewer notifications; chunk boundaries were
-never part of the contract.
-
-"Already there" is asked of FIONREAD, not of another read: on Linux a read of a PTY master
-whose buffer is empty first waits for the kernel worker that refills it
-(``tty_buffer_flush_work`` in ``n_tty_read``), so reading on until EAGAIN made every 4 KiB of
-a streaming PTY a synchronous round trip with that worker while the event loop stood still
-(measured: 84% of the loop's time inside the gather). Stopping when nothing is buffered lets
-the worker refill while the chunk is sent: PTY throughput went from a median of 29 to 42 MiB/s
-on the 2-core VM. The first read of a gather still waits, so output a child wrote before it
-died is still collected before its exit is reported.
-
-The loop is the optional C helper ``_gather`` when it was built (one call per chunk instead
-of several reads, bytes objects and a join), else the same loop in Python.
-
-A PTY that keeps streaming is not read by the loop at all: :data:`PUMP` moves its reads to a
-native thread, so even the first read's wait overlaps the sending (see below).
+never part of the contract. "Already there" is asked of FIONREAD, not of another read: on
+Linux a read of a PTY master whose buffer is empty first waits for the kernel worker that
+refills it, which would stall the event loop once per refill.
 """
 
 from __future__ import annotations
 
 import array
+import asyncio
+import contextlib
 import errno
 import fcntl
 import os
 import termios
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ._pump import Pump
+from dataclasses import dataclass
 
 
 def _buffered(fd: int) -> int:
@@ -45,7 +31,13 @@ def _buffered(fd: int) -> int:
     return count[0]
 
 
-def _gather_in_python(fd: int, limit: int) -> bytes | None:
+def gather(fd: int, limit: int) -> bytes | None:
+    """What is there on non-blocking ``fd``, up to ``limit`` bytes; never waits.
+
+    ``b""`` is end of file (which a PTY reports as EIO); None means nothing is there yet;
+    OSError is any other error at the first read. An error or end of file after some data
+    ends the gather early and is seen by the next one.
+    """
     parts: list[bytes] = []
     size = 0
     while size < limit:
@@ -70,32 +62,104 @@ def _gather_in_python(fd: int, limit: int) -> bytes | None:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-gather: Callable[[int, int], bytes | None]
-"""``gather(fd, limit)``: what is there, up to ``limit`` bytes (``b""`` is end of file, which
-a PTY reports as EIO); None when nothing is there yet; OSError for any other error at the
-first read. An error or end of file after some data ends the gather early and is seen by the
-next one. Never waits: ``fd`` is non-blocking."""
+@dataclass(slots=True, eq=False)
+class Stream:
+    """One output fd of a child and the name its chunks carry (``stdout``, ``stderr``, ``pty``).
 
-try:
-    from ._gather import gather
-except ImportError:  # no C compiler at install time: same contract, slower
-    gather = _gather_in_python
+    ``owned``: the reader closes the fd at its end (a pipe); a PTY master is not owned,
+    since the child's stdin is written through it until the process is torn down.
+    """
 
-
-def _load_pump() -> type[Pump] | None:
-    if os.environ.get("EXEC_SERVER_NO_PTY_THREAD"):  # an escape hatch, as for native spawn
-        return None
-    try:
-        from ._pump import Pump
-    except ImportError:  # no C compiler at install time: PTYs are read on the loop
-        return None
-    return Pump
+    fd: int
+    name: str
+    owned: bool
 
 
-PUMP: type[Pump] | None = _load_pump()
-"""The native reader thread for streaming PTYs (see ``_pump.c``), or None when not built.
+OutputCallback = Callable[[str, bytes], None]
 
-Why a thread: each ~4 KiB of a PTY needs a round trip with the kernel worker that refills the
-line discipline. On the loop those waits and the sending of each chunk take turns; on a thread
-that holds no GIL they overlap. A Python thread was tried and measured worse (every read needs
-the GIL back, and the loop holds it while it sends)."""
+
+class OutputReader:
+    """Reads the output streams of one child with event-loop callbacks (no task per stream).
+
+    Each chunk goes to ``on_output(stream, data)``, which may :meth:`pause` the reader
+    (backpressure); ``on_end()`` is called once every stream has ended.
+    """
+
+    __slots__ = ("_chunk_bytes", "_loop", "_on_end", "_on_output", "_streams", "paused")
+
+    def __init__(
+        self,
+        streams: list[Stream],
+        chunk_bytes: int,
+        on_output: OutputCallback,
+        on_end: Callable[[], None],
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._streams = streams
+        self._chunk_bytes = chunk_bytes
+        self._on_output = on_output
+        self._on_end = on_end
+        self.paused = False
+        for stream in streams:
+            self._loop.add_reader(stream.fd, self._on_readable, stream)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def _on_readable(self, stream: Stream) -> bool:
+        """Take what the child wrote; True when a chunk was taken (more may wait)."""
+        try:
+            data = gather(stream.fd, self._chunk_bytes)
+        except OSError:  # an fd that fails to read will never give more: the stream ended
+            data = b""
+        if data is None:
+            return False
+        if not data:
+            self._end(stream)
+            return False
+        self._on_output(stream.name, data)
+        return True
+
+    def pause(self) -> None:
+        """Stop reading (the child blocks once its pipe or PTY buffer is full)."""
+        if self.paused:
+            return
+        self.paused = True
+        for stream in self._streams:
+            self._loop.remove_reader(stream.fd)
+
+    def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        for stream in list(self._streams):
+            self._loop.add_reader(stream.fd, self._on_readable, stream)
+
+    def drain(self, max_reads: int = 64) -> None:
+        """Take what is already buffered (at the child's exit: output it wrote before dying
+        comes before its exit is reported). Bounded, since a grandchild may write forever."""
+        for stream in list(self._streams):
+            for _ in range(max_reads):
+                if self.paused or stream not in self._streams:
+                    break
+                if not self._on_readable(stream):
+                    break
+
+    def _end(self, stream: Stream) -> None:
+        self._forget(stream)
+        if not self._streams:
+            self._on_end()
+
+    def _forget(self, stream: Stream) -> None:
+        self._streams.remove(stream)
+        self._loop.remove_reader(stream.fd)
+        if stream.owned:
+            os.close(stream.fd)
+
+    def close(self) -> None:
+        """Stop reading every stream now and close the fds it owns; ``on_end`` is not called."""
+        for stream in list(self._streams):
+            with contextlib.suppress(OSError):
+                self._forget(stream)
+        self._streams.clear()

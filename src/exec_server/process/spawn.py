@@ -26,16 +26,6 @@ PTY_COLUMNS = 80
 
 _PR_SET_PDEATHSIG = 1
 
-try:  # the vfork fast path (a C extension); without it, subprocess.Popen with a preexec_fn
-    from . import _spawn as _native
-except ImportError:  # pragma: no cover - only where the extension could not be built
-    _native = None  # type: ignore[assignment]
-if os.environ.get("EXEC_SERVER_NO_NATIVE_SPAWN"):
-    _native = None  # type: ignore[assignment]
-
-NATIVE_SPAWN = _native is not None
-"""Whether children start through the vfork extension (fast) or subprocess.Popen (portable)."""
-
 _SIG_DFL = 0
 _RESETTABLE_SIGNALS = tuple(
     int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
@@ -103,15 +93,50 @@ def _set_window_size(fd: int, rows: int, columns: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
 
-def spawn(request: SpawnRequest) -> Child:
-    """Start a child. Raises ``OSError`` (missing program, bad cwd, ...) with the OS reason.
+def _native_module() -> Any:
+    """The vfork extension, or None where it was not built."""
+    try:
+        from . import _spawn
+    except ImportError:  # pragma: no cover - only where the extension could not be built
+        return None
+    return _spawn
+
+
+def native_spawn_available() -> bool:
+    return _native_module() is not None
+
+
+def check_request(request: SpawnRequest) -> None:
+    """Raise ``ValueError`` naming what cannot be passed to a child: a NUL byte in the
+    program, an argument, the cwd or the environment, or ``=`` in a variable's name.
+    Both spawn paths refuse the same requests, before anything is started."""
+    for index, arg in enumerate(request.argv):
+        if "\0" in arg:
+            raise ValueError(f"argv[{index}] contains a NUL byte")
+    if request.arg0 is not None and "\0" in request.arg0:
+        raise ValueError("arg0 contains a NUL byte")
+    if "\0" in request.cwd:
+        raise ValueError("cwd contains a NUL byte")
+    for name, value in request.env.items():
+        if "\0" in name or "=" in name:
+            raise ValueError(f"illegal environment variable name {name!r}")
+        if "\0" in value:
+            raise ValueError(f"environment variable {name} contains a NUL byte")
+
+
+def spawn(request: SpawnRequest, *, native: bool = True) -> Child:
+    """Start a child. Raises ``OSError`` (missing program, bad cwd, ...) with the OS reason,
+    ``ValueError`` for what :func:`check_request` refuses.
 
     The program is ``argv[0]``, looked up on the child's PATH (libc's default path when the
-    child env has none); the program sees ``arg0`` (when given) as its argv[0].
+    child env has none); the program sees ``arg0`` (when given) as its argv[0]. ``native``
+    starts it through the vfork extension when that is built, else through Popen.
     """
+    check_request(request)
     program = request.argv[0]
     if not program:
         raise OSError(2, "missing program: argv[0] is empty")
+    extension = _native_module() if native else None
     args = list(request.argv)
     if request.arg0 is not None:
         args[0] = request.arg0
@@ -145,9 +170,9 @@ def spawn(request: SpawnRequest) -> Child:
                 to_close.append(stdin_child)
                 parent_fds = (out_r, err_r, None)
         try:
-            if _native is not None:
+            if extension is not None:
                 pid = _native_spawn(
-                    program, args, request, (stdin_child, stdout_child, stderr_child)
+                    extension, program, args, request, (stdin_child, stdout_child, stderr_child)
                 )
                 popen = None
             else:
@@ -210,25 +235,26 @@ def _script_fallback(program: str, args: list[str], env: dict[str, str]) -> list
 
 
 def _native_spawn(
-    program: str, args: list[str], request: SpawnRequest, fds: tuple[int, int, int]
+    extension: Any,
+    program: str,
+    args: list[str],
+    request: SpawnRequest,
+    fds: tuple[int, int, int],
 ) -> int:
     """Start through the vfork extension; errors carry the path the failing step used."""
-    assert _native is not None
     candidates = _candidates(program, request.env)
-    envp = []
-    for name, value in request.env.items():
-        if "=" in name:
-            raise ValueError(f"illegal environment variable name {name!r}")
-        envp.append(os.fsencode(name) + b"=" + os.fsencode(value))
+    envp = [os.fsencode(name) + b"=" + os.fsencode(value) for name, value in request.env.items()]
     try:
-        return _native.spawn(
-            candidates,
-            [os.fsencode(arg) for arg in args],
-            envp,
-            os.fsencode(request.cwd),
-            *fds,
-            request.tty,
-            signal.SIGKILL,
+        return int(
+            extension.spawn(
+                candidates,
+                [os.fsencode(arg) for arg in args],
+                envp,
+                os.fsencode(request.cwd),
+                *fds,
+                request.tty,
+                signal.SIGKILL,
+            )
         )
     except OSError as exc:
         step = exc.filename

@@ -1,8 +1,13 @@
 """stdio transport: newline-delimited JSON on stdin/stdout, one connection per server process.
 
 Blank lines are ignored. Nobody can come back over stdio, so EOF on stdin ends the session
-at once: every child is killed and the server exits (Part A §A2). Outbound messages are
-batched per event-loop turn, as over WebSocket.
+at once: every child is killed and the server exits (Part A §A2). The transport owns an
+:class:`~.outbox.Outbox` and an :class:`~.inbox.Inbox`, as the WebSocket one does.
+
+Either end may be a pipe, a socket, a terminal, a regular file or a device such as
+``/dev/null``. Pipes and sockets are driven by the event loop; anything else is read by a
+worker thread and written with plain blocking writes (a file or a terminal always takes
+what it is given; an event loop cannot watch a regular file).
 """
 
 from __future__ import annotations
@@ -10,28 +15,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import stat
 import sys
+import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 from ..connection import Connection
 from ..rpc import Malformed
 from ..server import Server
-from .flow import FlowControl
+from .inbox import Inbox
+from .outbox import Outbox
 
 FLUSH_TIMEOUT_S = 2.0
 """How long replies already written may take to reach a peer that has closed stdin."""
 
+Line = bytes | Malformed
 
-class StdioTransport(FlowControl["bytes | Malformed"]):
-    """The Connection's transport over a pair of pipes (or a tty, or files)."""
+
+def _is_stream(fd: int) -> bool:
+    """Whether the event loop can drive ``fd``: a pipe or a socket."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+class StdioTransport:
+    """The Connection's transport over stdin and stdout."""
 
     description = "exec-server stdio"
     resumable = False
     malformed_prefix = "failed to parse JSON-RPC message from exec-server stdio"
 
     def __init__(self, server: Server) -> None:
-        super().__init__(server.limits.outbound_queue_bytes)
+        self._loop = asyncio.get_running_loop()
         self._max_line = server.limits.max_message_bytes
+        self.outbox = Outbox(self._write, server.limits.outbound_queue_bytes, self._on_room)
+        self.inbox: Inbox[Line] = Inbox(
+            self._deliver, self._has_room, self._pause_reading, self._resume_reading
+        )
         self.connection = Connection(server, self)
         self.finished = asyncio.Event()
         self.write_closed = asyncio.Event()
@@ -40,6 +61,7 @@ class StdioTransport(FlowControl["bytes | Malformed"]):
         self._skipping = False
         self._write_transport: asyncio.WriteTransport | None = None
         self._read_transport: asyncio.ReadTransport | None = None
+        self._read_thread: _ReadThread | None = None
         self._write_fd = -1
 
     # ---- inbound ------------------------------------------------------------------------
@@ -56,104 +78,197 @@ class StdioTransport(FlowControl["bytes | Malformed"]):
             if self._skipping:
                 self._skipping = False  # the tail of a line already reported as too large
             elif end - start > self._max_line:
-                self._receive(self._too_large())
+                self.inbox.hold(self._too_large())
             elif buffer[start:end].strip():
-                self._receive(bytes(buffer[start:end]))
+                self.inbox.hold(bytes(buffer[start:end]))
             start = end + 1
         del buffer[:start]
         if len(buffer) > self._max_line and not self._skipping:
             buffer.clear()
             self._skipping = True  # drop the rest of this line as it comes
-            self._receive(self._too_large())
+            self.inbox.hold(self._too_large())
         elif self._skipping:
             buffer.clear()
-        self._handle_batch()
+        self._process()
 
     def _too_large(self) -> Malformed:
         return Malformed(f"message is larger than {self._max_line} bytes")
 
     def feed_eof(self) -> None:
         if self._buffer.strip() and not self._skipping:
-            self._receive(bytes(self._buffer))
+            self.inbox.hold(bytes(self._buffer))
         self._buffer.clear()
         self._eof = True
-        self._process_inbound()
+        self._process()
+
+    def _process(self) -> None:
+        """Hand over what is held; replies leave together after. At EOF with nothing left
+        held, the connection is over."""
+        self.outbox.begin_batch()
+        try:
+            self.inbox.process()
+        finally:
+            self.outbox.end_batch()
+        self._finish_at_eof()
+
+    def _finish_at_eof(self) -> None:
+        if self._eof and not self.inbox.holding:
+            self.finish()
 
     def finish(self) -> None:
         self.connection.close()
         self.finished.set()
 
+    # ---- what Connection needs ----------------------------------------------------------
+
+    def send(self, message: bytes) -> None:
+        self.outbox.put((message, b"\n"), len(message))
+
+    @property
+    def writable(self) -> bool:
+        return self.outbox.writable
+
     def abort(self) -> None:
         self.finish()
 
-    # ---- FlowControl hooks --------------------------------------------------------------
+    def resume_inbound(self) -> None:
+        self._on_room()
 
-    def _connection(self) -> Connection:
-        return self.connection
-
-    def _framed(self, message: bytes) -> list[bytes] | None:
-        return [message, b"\n"]
+    # ---- outbox and inbox wiring --------------------------------------------------------
 
     def _write(self, pieces: list[bytes]) -> None:
         if self._write_transport is not None:
             if not self._write_transport.is_closing():
                 self._write_transport.writelines(pieces)
         elif self._write_fd >= 0:
-            _write_all(self._write_fd, b"".join(pieces))
+            try:
+                _write_all(self._write_fd, b"".join(pieces))
+            except OSError:  # stdout is gone (EPIPE, disk full): nobody can hear us
+                self._write_fd = -1
+                self.write_closed.set()
+                self.finish()
 
-    def _handle(self, item: bytes | Malformed) -> bool:
-        if self.connection.receive(item):
+    def _deliver(self, line: Line) -> bool:
+        if self.connection.receive(line):
             return True
         self.abort()
         return False
 
-    def _inbound_done(self) -> None:
-        if self._eof:
-            self.finish()
+    def _has_room(self) -> bool:
+        if not self.connection.accepting:
+            return False
+        if not self.outbox.writable:
+            self.outbox.flush()
+        return self.outbox.writable
+
+    def _on_room(self) -> None:
+        self.inbox.resume()
+        self._finish_at_eof()
+        if self.outbox.writable:
+            self.connection.on_writable()
 
     def _pause_reading(self) -> None:
         if self._read_transport is not None:
             self._read_transport.pause_reading()
+        elif self._read_thread is not None:
+            self._read_thread.pause()
 
     def _resume_reading(self) -> None:
-        if self._read_transport is not None and not self._eof:
+        if self._eof:
+            return
+        if self._read_transport is not None:
             self._read_transport.resume_reading()
+        elif self._read_thread is not None:
+            self._read_thread.resume()
 
     # ---- wiring -------------------------------------------------------------------------
 
     async def open(self, stdin: BinaryIO, stdout: BinaryIO) -> None:
         loop = self._loop
-        write_file = os.fdopen(os.dup(stdout.fileno()), "wb", buffering=0)
-        try:
+        write_fd = os.dup(stdout.fileno())
+        if _is_stream(write_fd):
+            write_file = os.fdopen(write_fd, "wb", buffering=0)
             transport, _ = await loop.connect_write_pipe(lambda: _WriteSide(self), write_file)
-            transport.set_write_buffer_limits(high=self._high_water)
+            transport.set_write_buffer_limits(high=self.outbox.high_water)
             self._write_transport = transport
-        except ValueError:  # a regular file: plain blocking writes are fine there
-            self._write_fd = write_file.fileno()
-        read_file = os.fdopen(os.dup(stdin.fileno()), "rb", buffering=0)
-        try:
+        else:
+            os.set_blocking(write_fd, True)
+            self._write_fd = write_fd
+        read_fd = os.dup(stdin.fileno())
+        if _is_stream(read_fd):
+            read_file = os.fdopen(read_fd, "rb", buffering=0)
             read_transport, _ = await loop.connect_read_pipe(lambda: _ReadSide(self), read_file)
             self._read_transport = read_transport
-        except ValueError:  # a regular file: read it in a thread
-            loop.create_task(self._read_file(read_file))
-
-    async def _read_file(self, file: BinaryIO) -> None:
-        while True:
-            data = await asyncio.to_thread(file.read, 65536)
-            if not data:
-                self.feed_eof()
-                return
-            self.feed(data)
+        else:
+            os.set_blocking(read_fd, True)
+            self._read_thread = _ReadThread(read_fd, self)
 
     @property
     def has_write_transport(self) -> bool:
         return self._write_transport is not None
 
     def close(self) -> None:
-        self._flush()
+        self.outbox.flush()
         for transport in (self._read_transport, self._write_transport):
             if transport is not None:
                 transport.close()
+        if self._write_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._write_fd)
+            self._write_fd = -1
+
+
+class _ReadThread:
+    """Reads a file, a terminal or a device on a daemon thread (a blocked read must not keep
+    the process from exiting) and hands each block to the loop. The next block is read only
+    once the loop has taken the last and reading is not paused, so a large file of requests
+    is read no faster than it is handled."""
+
+    def __init__(self, fd: int, owner: StdioTransport) -> None:
+        self._fd = fd
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
+        self._paused = False
+        self._may_read = threading.Event()
+        self._may_read.set()
+        threading.Thread(target=self._run, name="stdio-reader", daemon=True).start()
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._may_read.set()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._may_read.wait()
+                self._may_read.clear()
+                data = self._read()
+                if not data:
+                    break
+                self._hand_over(self._take, data)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._hand_over(lambda _: self._owner.feed_eof(), b"")
+
+    def _read(self) -> bytes:
+        try:
+            return os.read(self._fd, 65536)
+        except OSError:  # EIO from a terminal that went away: the end of input
+            return b""
+
+    def _take(self, data: bytes) -> None:
+        """On the loop: hand the block over, then let the thread read on unless paused."""
+        self._owner.feed(data)
+        if not self._paused:
+            self._may_read.set()
+
+    def _hand_over(self, callback: Callable[[bytes], None], data: bytes) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+            self._loop.call_soon_threadsafe(callback, data)
 
 
 class _ReadSide(asyncio.Protocol):
@@ -176,10 +291,10 @@ class _WriteSide(asyncio.Protocol):
         self._owner = owner
 
     def pause_writing(self) -> None:
-        self._owner.pause_writing()
+        self._owner.outbox.pause_writing()
 
     def resume_writing(self) -> None:
-        self._owner.resume_writing()
+        self._owner.outbox.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._owner.write_closed.set()

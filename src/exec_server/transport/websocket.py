@@ -1,9 +1,11 @@
 """WebSocket transport: one Connection per WebSocket, plus ``GET /readyz``.
 
-The WebSocket protocol itself (handshake, frame parsing, ping/pong, close) is the
-``websockets`` library's sans-I/O state machine; this module is the thin asyncio layer over
-it. Outbound messages are framed here and written in one batch per event-loop turn, so a
-burst of notifications costs one system call, not one coroutine and one system call each.
+The HTTP handshake is judged by the ``websockets`` library's sans-I/O state machine; after
+it, frames are read by :class:`~.wsframes.FrameReader` straight from the buffer (the
+library's generator-based parser cost more than the rest of a small request). This module
+is the thin asyncio layer over both: it owns an :class:`~.outbox.Outbox` (framed messages,
+written in one batch per event-loop turn) and an :class:`~.inbox.Inbox` (messages held back
+while the connection cannot take more).
 
 Text and binary frames are both read as JSON; everything goes out as text frames.
 permessage-deflate is not negotiated (the 0.128 reference drops such handshakes, and on
@@ -26,7 +28,8 @@ from websockets.server import ServerProtocol
 
 from ..connection import Connection
 from ..server import Server
-from .flow import FlowControl
+from .inbox import Inbox
+from .outbox import Outbox
 from .wsframes import (
     CLOSE_NORMAL,
     OP_BINARY,
@@ -99,14 +102,14 @@ def check_handshake(
     return None
 
 
-class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
+class WebSocketTransport(asyncio.Protocol):
     """One accepted TCP connection: the HTTP handshake (judged by the ``websockets``
     state machine), then frames (read by :class:`FrameReader`), and the Connection over it."""
 
     resumable = True
 
     def __init__(self, server: Server, policy: HandshakePolicy) -> None:
-        super().__init__(server.limits.outbound_queue_bytes)
+        self._loop = asyncio.get_running_loop()
         self._server = server
         self._policy = policy
         self._ws = ServerProtocol(max_size=server.limits.max_message_bytes, logger=log)
@@ -116,6 +119,10 @@ class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._conn: Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.outbox = Outbox(self._write, server.limits.outbound_queue_bytes, self._on_room)
+        self.inbox: Inbox[bytes] = Inbox(
+            self._deliver, self._has_room, self._pause_reading, self._resume_reading
+        )
         self.description = "exec-server websocket"
         self.malformed_prefix = (
             "failed to parse websocket JSON-RPC message from exec-server websocket"
@@ -133,7 +140,7 @@ class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
                 f"failed to parse websocket JSON-RPC message from {self.description}"
             )
         # The kernel buffer is the first queue; ours starts past it.
-        transport.set_write_buffer_limits(high=self._high_water)
+        transport.set_write_buffer_limits(high=self.outbox.high_water)
         self._timer = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -145,9 +152,9 @@ class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
             reader = self._reader
             if reader is None or not data:
                 return
-        elif not self._inbound:
+        elif not self.inbox.holding:
             message = reader.whole_message(data)
-            if message is not None:
+            if message is not None:  # the usual case: one read, one whole message
                 self._receive_one(message)
                 return
         try:
@@ -157,14 +164,30 @@ class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
             return
         for opcode, payload in received:
             if opcode in (OP_TEXT, OP_BINARY):
-                self._receive(payload)
+                self.inbox.hold(payload)
             elif opcode == OP_PING:
                 self._control(OP_PONG, payload)
             elif opcode == OP_CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NORMAL
                 self._close(code, "")
                 return
-        self._handle_batch()
+        self._process_held()
+
+    # Replies queued while handing over what one read brought leave together, right after.
+
+    def _receive_one(self, message: bytes) -> None:
+        self.outbox.begin_batch()
+        try:
+            self.inbox.receive(message)
+        finally:
+            self.outbox.end_batch()
+
+    def _process_held(self) -> None:
+        self.outbox.begin_batch()
+        try:
+            self.inbox.process()
+        finally:
+            self.outbox.end_batch()
 
     def eof_received(self) -> bool:
         return False  # the peer is gone: close our side too
@@ -174,40 +197,65 @@ class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._out.clear()
-        self._inbound.clear()
+        self.outbox.clear()
+        self.inbox.clear()
         if self._conn is not None:
             self._conn.close()
 
+    def pause_writing(self) -> None:
+        self.outbox.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.outbox.resume_writing()
+
     # ---- what Connection needs --------------------------------------------------------------
+
+    def send(self, message: bytes) -> None:
+        if self._reader is None or self._closing:
+            return
+        self.outbox.put((text_header(len(message)), message), len(message))
+
+    @property
+    def writable(self) -> bool:
+        return self.outbox.writable
 
     def abort(self) -> None:
         self._closing = True
         if self._transport is not None:
             self._transport.abort()
 
-    # ---- FlowControl hooks ------------------------------------------------------------------
+    def resume_inbound(self) -> None:
+        self._on_room()
 
-    def _connection(self) -> Connection | None:
-        return self._conn
-
-    def _framed(self, message: bytes) -> list[bytes] | None:
-        if self._reader is None or self._closing:
-            return None
-        return [text_header(len(message)), message]
+    # ---- outbox and inbox wiring ----------------------------------------------------------
 
     def _write(self, pieces: list[bytes]) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.writelines(pieces)
 
-    def _handle(self, item: bytes) -> bool:
+    def _deliver(self, message: bytes) -> bool:
         connection = self._conn
         if connection is None or self._closing:
             return False
-        if not connection.receive(item):
+        if not connection.receive(message):
             self.abort()  # protocol violation: drop the socket, no close frame (as the reference)
             return False
         return True
+
+    def _has_room(self) -> bool:
+        connection = self._conn
+        if connection is not None and not connection.accepting:
+            return False
+        if not self.outbox.writable:
+            self.outbox.flush()  # the OS transport's buffer may take what is queued
+        return self.outbox.writable
+
+    def _on_room(self) -> None:
+        """Room again (the outbox drained, or a waiting request finished)."""
+        self.inbox.resume()
+        connection = self._conn
+        if connection is not None and self.outbox.writable:
+            connection.on_writable()
 
     def _pause_reading(self) -> None:
         if self._transport is not None:
@@ -272,20 +320,17 @@ class WebSocketTransport(FlowControl[bytes], asyncio.Protocol):
 
     def _control(self, opcode: int, payload: bytes = b"") -> None:
         """Queue a control frame after the data already queued."""
-        if self._closing:
-            return
-        self._out.append(frame(opcode, payload))
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+        if not self._closing:
+            self.outbox.put((frame(opcode, payload),), 0)
 
     def _close(self, code: int, reason: str) -> None:
         """Send a close frame (after what is queued) and close the TCP connection."""
         if self._closing:
             return
         self._control(OP_CLOSE, close_payload(code, reason))
-        self._flush()
+        self.outbox.flush()
         self._closing = True
-        self._inbound.clear()
+        self.inbox.clear()
         if self._transport is not None:
             self._transport.close()
 
