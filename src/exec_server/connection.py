@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -236,7 +236,7 @@ class Connection:
         else:
             task = asyncio.ensure_future(self._finish(request_id, method, outcome))
             self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+            task.add_done_callback(lambda done: self._task_done(done, outcome))
 
     async def _finish(
         self, request_id: rpc.RequestId, method: Method, outcome: Awaitable[Any]
@@ -258,8 +258,10 @@ class Connection:
         pile up tasks without bound; one finishing lets the next in."""
         return len(self._tasks) < self._max_waiting
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None], outcome: Awaitable[Any]) -> None:
         self._tasks.discard(task)
+        if task.cancelled() and isinstance(outcome, Coroutine):
+            outcome.close()  # cancelled before it ever ran: nothing will await it now
         if len(self._tasks) == self._max_waiting - 1 and self.is_open:
             self.transport.resume_inbound()
 

@@ -7,7 +7,7 @@ this module maps it to wire values and JSON-RPC errors.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from ..errors import RpcError, internal_error, invalid_params, invalid_request
@@ -65,26 +65,29 @@ def wire_error(error: process_errors.ProcessError) -> RpcError:
 
 
 def _mapped(handler: Callable[P, T]) -> Callable[P, T]:
-    """Run a handler (and what it returns to await) with process errors mapped to the wire."""
+    """Run a handler with process errors mapped to the wire."""
 
     @functools.wraps(handler)
     def run(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            outcome = handler(*args, **kwargs)
+            return handler(*args, **kwargs)
         except process_errors.ProcessError as error:
             raise wire_error(error) from None
-        if isinstance(outcome, Awaitable):
-            return _awaited(outcome)  # type: ignore[return-value]
-        return outcome
 
     return run
 
 
-async def _awaited(outcome: Awaitable[Any]) -> Any:
-    try:
-        return await outcome
-    except process_errors.ProcessError as error:
-        raise wire_error(error) from None
+def _mapped_async(handler: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """The same for the awaitable part of a handler (a long poll, a queued write)."""
+
+    @functools.wraps(handler)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except process_errors.ProcessError as error:
+            raise wire_error(error) from None
+
+    return run
 
 
 _WRITE_STATUS: dict[WriteStatus, WriteStatusName] = {
@@ -178,6 +181,7 @@ def read(
     return _long_poll(connection, params, after, params.wait_ms)
 
 
+@_mapped_async
 async def _long_poll(
     connection: Connection, params: ProcessReadParams, after: int, wait_ms: int
 ) -> ProcessReadResult:
