@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exec_server.config import Limits
 from exec_server.paths import to_file_uri
@@ -543,3 +545,15 @@ async def test_permission_denied_is_invalid_request(unprivileged: Client, tmp_pa
     finally:
         locked.chmod(0o700)
         closed.chmod(0o700)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b))
+def test_file_uris_are_encoded_as_urllib_encodes_them(name: bytes) -> None:
+    from urllib.parse import quote_from_bytes
+
+    from exec_server.paths import parse_path
+
+    path = "/" + os.fsdecode(name)
+    assert to_file_uri(path) == "file://" + quote_from_bytes(os.fsencode(path), safe="/")
+    assert parse_path(to_file_uri(path), "path") == parse_path(path, "path")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import ipaddress
 import logging
 import math
 import os
@@ -32,7 +31,11 @@ class ListenAddress:
 
     @property
     def is_loopback(self) -> bool:
-        return self.kind == "stdio" or ipaddress.ip_address(self.host).is_loopback
+        if self.kind == "stdio":
+            return True
+        import ipaddress  # a WebSocket listener's concern only
+
+        return ipaddress.ip_address(self.host).is_loopback
 
 
 def parse_listen(url: str) -> ListenAddress:
@@ -46,6 +49,8 @@ def parse_listen(url: str) -> ListenAddress:
     host, sep, port_text = url.removeprefix("ws://").rpartition(":")
     if not (sep and port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ValueError(invalid)
+    import ipaddress  # a WebSocket listener's concern only
+
     bracketed = host.startswith("[") and host.endswith("]")
     try:
         address = ipaddress.ip_address(host[1:-1] if bracketed else host)

@@ -6,7 +6,6 @@ CLI may shorten them without touching code.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass, replace
 
@@ -111,7 +110,9 @@ class Runtime:
 
 
 def _importable(name: str) -> bool:
+    """Whether ``name`` imports (it is then used, so importing it now costs nothing extra)."""
     try:
-        return importlib.util.find_spec(name) is not None
-    except ImportError:  # a parent package is missing
+        __import__(name)
+    except ImportError:
         return False
+    return True

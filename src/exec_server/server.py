@@ -6,7 +6,6 @@ import functools
 import os
 import pwd
 import sys
-import tempfile
 
 from . import __version__
 from .config import Limits, Runtime
@@ -21,7 +20,7 @@ def describe_environment() -> EnvironmentInfo:
     """What ``initialize`` and ``environment/info`` tell a client about this machine."""
     shell_path = os.environ.get("SHELL") or _login_shell() or "/bin/sh"
     home = os.path.expanduser("~")
-    temp_dir = tempfile.gettempdir()
+    temp_dir = temp_directory()
     return EnvironmentInfo(
         shell=ShellInfo(name=os.path.basename(shell_path), path=shell_path),
         executor_version=__version__,
@@ -34,6 +33,17 @@ def describe_environment() -> EnvironmentInfo:
         temp_dir=to_file_uri(temp_dir),
         capabilities={},
     )
+
+
+def temp_directory() -> str:
+    """Where temporary files go: ``$TMPDIR`` (or ``$TEMP``, ``$TMP``) when it names a
+    directory, else ``/tmp``, as most programs decide (``tempfile`` would also probe each
+    candidate by writing to it, which is not worth its import at start-up)."""
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        candidate = os.environ.get(name)
+        if candidate and os.path.isdir(candidate):
+            return os.path.abspath(candidate)
+    return "/tmp"
 
 
 def _login_shell() -> str | None:

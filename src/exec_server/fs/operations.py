@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from dataclasses import dataclass
 from typing import Any
@@ -172,6 +171,8 @@ def remove(path: str, recursive: bool, force: bool) -> None:
                 return
             raise exc
 
+        import shutil  # on first use: it is not needed at start-up
+
         shutil.rmtree(path, onerror=on_error)
 
 
@@ -232,6 +233,8 @@ def _copy_file(source: str, destination: str) -> None:
     Copying a file onto itself is refused: the truncate-then-copy the reference does would
     leave it empty.
     """
+    import shutil  # on first use: it is not needed at start-up
+
     try:
         shutil.copyfile(source, destination)
     except shutil.SameFileError:

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import os
 import sys
-import tempfile
 from bisect import bisect_right
 from collections import deque
 
@@ -329,6 +328,8 @@ def _open_unnamed(directory: str | None) -> int:
     """A new unnamed read-write file (close-on-exec) in ``directory``, or -1 if none can be
     made. ``O_TMPFILE`` gives a file that never has a name; where the file system lacks it,
     :func:`tempfile.TemporaryFile` makes a named one and unlinks it at once."""
+    import tempfile  # on first use: few processes print enough to spill
+
     directory = directory or tempfile.gettempdir()
     flag = getattr(os, "O_TMPFILE", 0)
     if flag:

@@ -16,10 +16,12 @@ import functools
 import os
 import signal
 import struct
-import subprocess
 import termios
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 PTY_ROWS = 24
 PTY_COLUMNS = 80
@@ -177,6 +179,8 @@ def spawn(request: SpawnRequest, *, native: bool = True) -> Child:
                 popen = None
             else:
                 _libc_calls()  # resolved here in the parent, never in the forked child
+
+                import subprocess  # the fallback path only
 
                 def start(argv: list[str], executable: str) -> subprocess.Popen[bytes]:
                     return subprocess.Popen(
