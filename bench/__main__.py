@@ -22,7 +22,7 @@ WORKLOAD_TIMEOUT = 900.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    names = ", ".join([*workloads.WORKLOADS, *workloads.ALIASES])
+    names = ", ".join([*workloads.WORKLOADS, *workloads.SPEC_WORKLOADS, *workloads.ALIASES])
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--reps", type=int, default=None, help="repetitions (default 3, --quick 1)")
     p.add_argument("--quick", action="store_true", help="1 repetition, smaller sizes")
@@ -51,11 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for item in args.only:
         for name in filter(None, (n.strip() for n in item.split(","))):
             name = workloads.ALIASES.get(name, name)
-            if name not in workloads.WORKLOADS:
+            if name not in workloads.WORKLOADS and name not in workloads.SPEC_WORKLOADS:
                 p.error(f"unknown workload {name!r}; choose from {names}")
             if name not in selected:
                 selected.append(name)
-    args.workloads = selected or list(workloads.WORKLOADS)
+    args.workloads = selected or [*workloads.WORKLOADS, *workloads.SPEC_WORKLOADS]
     args.transports = ["ws", "stdio"] if args.transport == "both" else [args.transport]
     if args.reps is None:
         args.reps = 1 if args.quick else 3
@@ -111,6 +111,14 @@ async def run_one(
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"server": spec.name, "transport": transport, "workload": name}
     t0 = time.perf_counter()
+    if name in workloads.SPEC_WORKLOADS:
+        try:
+            work = workloads.SPEC_WORKLOADS[name](spec, sizes)
+            record["metrics"] = await asyncio.wait_for(work, WORKLOAD_TIMEOUT)
+        except Exception as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        return record
     try:
         server = await servers.start_server(spec, transport, ws_library=ws_library)
     except ServerStartError as exc:
@@ -151,6 +159,8 @@ async def run(args: argparse.Namespace) -> int:
             if rep > reps[name]:
                 continue
             for transport in args.transports:
+                if name in workloads.SPEC_WORKLOADS and transport != "stdio":
+                    continue
                 for spec in specs:
                     if (spec.name, transport) in broken:
                         continue

@@ -47,6 +47,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("hol_latency_ms", "request behind a long poll", "ms", False, None, 5.0),
     Metric("rss_base_mib", "server RSS, no children", "MiB"),
     Metric("rss_idle_mib", "server RSS, idle children", "MiB", False, 1.0),
+    Metric("startup_reply_ms", "start to initialize reply", "ms", False, None, 100.0),
+    Metric("startup_exit_ms", "start to exit", "ms"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 

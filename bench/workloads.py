@@ -18,7 +18,7 @@ import msgspec
 
 from bench.client import ProcWatch, b64decode
 from bench.probe import PeakRss
-from bench.servers import RunningServer
+from bench.servers import RunningServer, ServerSpec
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -37,6 +37,7 @@ class Sizes:
     poll_batches: int = 5
     hol_wait_ms: int = 2000
     idle_n: int = 500
+    startup_n: int = 20
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -49,6 +50,7 @@ class Sizes:
             poll_batches=1,
             hol_wait_ms=1000,
             idle_n=100,
+            startup_n=5,
         )
 
 
@@ -300,5 +302,50 @@ cluster around two or three rates, the same ones for every server): a median of 
 runs is a coin toss between clusters, a median of nine is not. PTY throughput spreads
 almost 2:1 from run to run for every server (two full runs of 2026-12-01: ours 22.7-57.1
 MiB/s, 0.128 33.5-49.1), so it gets six."""
+
+# -- 8. start-up over stdio -------------------------------------------------------------------
+#
+# Some clients start a stdio server per session (codex's environments.toml `program`): the
+# time from exec to the `initialize` reply is paid at the start of every session.
+
+INITIALIZE = b'{"id":1,"method":"initialize","params":{"clientName":"bench"}}\n'
+
+
+async def startup(spec: ServerSpec, sizes: Sizes) -> Metrics:
+    """Start ``spec`` with ``--listen stdio`` ``startup_n`` times: the time from exec to the
+    `initialize` reply, and to the exit once stdin is closed."""
+    to_reply: list[float] = []
+    to_exit: list[float] = []
+    for _ in range(sizes.startup_n):
+        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            *spec.argv,
+            "--listen",
+            "stdio",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(INITIALIZE)
+        line = await asyncio.wait_for(proc.stdout.readline(), STEP_TIMEOUT)
+        to_reply.append(time.perf_counter() - t0)
+        if b'"result"' not in line:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError(f"no initialize reply: {line[:200]!r}")
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), STEP_TIMEOUT)
+        to_exit.append(time.perf_counter() - t0)
+    return {
+        "startup_reply_ms": statistics.median(to_reply) * 1000,
+        "startup_exit_ms": statistics.median(to_exit) * 1000,
+    }
+
+
+SpecWorkload = Callable[[ServerSpec, Sizes], Awaitable[Metrics]]
+SPEC_WORKLOADS: dict[str, SpecWorkload] = {"startup": startup}
+"""Workloads that start the server themselves (stdio only), rather than using one started
+for them."""
 
 ALIASES = {"cpu": "throughput", "latency": "spawn", "roundtrip": "rtt", "polling": "poll"}
