@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exec_server.process.env import CORE_VARIABLES, DEFAULT_EXCLUDES, child_environment, matches
 
@@ -344,3 +346,32 @@ async def test_every_policy_field_is_required(client: Client, missing: str) -> N
     error = await error_of(client, "process/start", params)
     assert error["code"] == -32602
     assert missing in error["message"]
+
+
+def _reference_match(pattern: str, name: str) -> bool:
+    """The glob by the standard library's translation to a regex (backtracking, but fine at
+    these sizes): what ``matches`` must agree with."""
+    import re
+
+    body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(body, name, re.IGNORECASE | re.DOTALL) is not None
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(alphabet="ab*?_", max_size=8),
+    st.text(alphabet="abAB_", max_size=10),
+)
+def test_glob_agrees_with_a_regex(pattern: str, name: str) -> None:
+    assert matches(pattern, name) == _reference_match(pattern, name)
+
+
+def test_a_pathological_pattern_is_decided_at_once() -> None:
+    """Issue 11: ``*A*A*...*AB`` against a long name took a backtracking regex seconds (12
+    stars: minutes) while the event loop stood still. Counted in steps, not timed: the
+    matcher looks at each run between stars once."""
+    pattern = "*A" * 12 + "B"
+    name = "A" * 4000
+    assert not matches(pattern, name)
+    assert matches(pattern, "A" * 12 + "B")
+    assert not matches("*A*A*A*A*A*A*A*AB", "A" * 40)

@@ -160,19 +160,35 @@ async def test_integer_ids_are_echoed_exactly(server_url: str, request_id: int) 
 @pytest.mark.parametrize(
     "raw_id", ["null", "1.5", "1.0", str(2**63), str(2**64 + 1), str(-(2**63) - 1), "true"]
 )
-async def test_request_with_invalid_id_is_a_notification_and_closes(
+async def test_request_with_invalid_id_is_answered_with_id_minus_one_and_the_connection_stays(
+    server_url: str, raw_id: str
+) -> None:
+    """As 0.169 does (0.128 and the spec read such a request as a notification and close)."""
+    async with raw_connection(server_url) as ws:
+        await ws.send('{"id":' + raw_id + ',"method":"initialize","params":{"clientName":"x"}}')
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert reply["id"] == -1 and reply["error"]["code"] == -32600
+        assert reply["error"]["message"].startswith(
+            "failed to parse websocket JSON-RPC message from exec-server websocket 127.0.0.1:"
+        )
+        await ws.send('{"id":1,"method":"initialize","params":{"clientName":"x"}}')
+        assert "result" in json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+
+@pytest.mark.parametrize("raw_id", ["null", "true", "{}", "[1]", "1.5", str(2**64)])
+async def test_invalid_ids_after_the_handshake_keep_the_connection(
     server_url: str, raw_id: str
 ) -> None:
     async with raw_connection(server_url) as ws:
-        await ws.send('{"id":' + raw_id + ',"method":"initialize","params":{"clientName":"x"}}')
-        await assert_closed_without_reply(ws)
-
-
-async def test_invalid_id_closes_even_after_the_handshake(server_url: str) -> None:
-    async with raw_connection(server_url) as ws:
         await handshake(ws)
-        await ws.send('{"id":null,"method":"environment/status"}')
-        await assert_closed_without_reply(ws)
+        await ws.send('{"id":' + raw_id + ',"method":"environment/status"}')
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert reply["id"] == -1
+        await ws.send('{"id":2,"method":"environment/status"}')
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {
+            "id": 2,
+            "result": {"status": "ready"},
+        }
 
 
 @pytest.mark.parametrize(

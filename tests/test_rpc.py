@@ -108,11 +108,10 @@ def test_request_with_valid_id(raw_id: str, expected: object) -> None:
         "1" * 40,
     ],
 )
-def test_request_with_invalid_id_is_a_notification(raw_id: str) -> None:
+def test_request_with_invalid_id_is_malformed(raw_id: str) -> None:
     message = rpc.decode(f'{{"id":{raw_id},"method":"process/start","params":[1]}}')
-    assert type(message) is rpc.Notification
-    assert message.method == "process/start"
-    assert _params(message) == [1]
+    assert type(message) is rpc.Malformed
+    assert "RequestId" in message.reason or "as u128" in message.reason
 
 
 def test_notification_without_params_reads_params_as_null() -> None:
@@ -235,7 +234,10 @@ def test_classification_follows_the_reference_order(obj: dict[str, object]) -> N
     )
     expected: type
     if isinstance(obj.get("method"), str):
-        expected = rpc.Request if has_valid_id else rpc.Notification
+        if has_valid_id:
+            expected = rpc.Request
+        else:
+            expected = rpc.Malformed if "id" in obj else rpc.Notification
     elif has_valid_id and ("result" in obj or error_shape):
         expected = rpc.Response
     else:

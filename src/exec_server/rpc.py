@@ -1,9 +1,11 @@
 """The JSON-RPC envelope, sans-I/O: bytes in, a classified message out; replies out as bytes.
 
 Messages are told apart structurally, in the reference's order (PROTOCOL.md Part B §2.1):
-a request has a valid id and a method; a notification has a method and no valid id (so a
-request with a float, null or out-of-range id *is* a notification); a response has an id and
-a result; an error has an id and an error object. Anything else is :class:`Malformed`.
+a request has a valid id and a method; a notification has a method and no id; a response has
+an id and a result; an error has an id and an error object. Anything else is
+:class:`Malformed`, which the connection answers with id -1 and survives; that includes a
+method with an id that is not one (a float, null, a bool, beyond i64), as 0.169 answers it
+(0.128 and the spec read it as a notification and closed the connection).
 Params stay undecoded (``msgspec.Raw``) until the handler's type is known.
 """
 
@@ -81,12 +83,21 @@ def decode(data: bytes | bytearray | memoryview | str) -> Message:
     if type(method) is str:
         if valid_id:
             return Request(env.id, method, params)
-        return Notification(method, params)
+        if env.id is msgspec.UNSET:
+            return Notification(method, params)
+        return Malformed(_invalid_id_reason(env.id))
     if valid_id and len(env.result) > 0:
         return Response(env.id)
     if valid_id and _is_error_object(env.error):
         return Response(env.id)
     return Malformed("data did not match any variant of JSON-RPC message")
+
+
+def _invalid_id_reason(value: object) -> str:
+    """Why an id is not one, in the reference's (serde's) words."""
+    if type(value) is int and not -(2**64) < value < 2**64:
+        return f"invalid type: integer `{value}` as u128, expected any value"
+    return "data did not match any variant of untagged enum RequestId"
 
 
 def _is_error_object(value: object) -> bool:

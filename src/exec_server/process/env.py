@@ -6,7 +6,6 @@ environment is filtered and overlaid, step by step, and the request's ``env`` wi
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Literal
@@ -36,24 +35,54 @@ Inherit = Literal["all", "core", "none"]
 
 
 @lru_cache(maxsize=1024)
-def _compile(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for char in pattern:
-        if char == "*":
-            parts.append(".*")
-        elif char == "?":
-            parts.append(".")
-        else:
-            parts.append(re.escape(char))
-    return re.compile("".join(parts), re.IGNORECASE | re.DOTALL)
+def _segments(pattern: str) -> tuple[str, ...]:
+    """The pattern's runs between stars, case-folded: ``*A*B`` -> ("", "a", "b")."""
+    return tuple(pattern.casefold().split("*"))
+
+
+def _segment_at(segment: str, text: str, start: int) -> bool:
+    """Whether ``segment`` (where ``?`` is any one character) matches ``text`` at ``start``."""
+    if start + len(segment) > len(text):
+        return False
+    return all(
+        s == "?" or s == t for s, t in zip(segment, text[start : start + len(segment)], strict=True)
+    )
+
+
+def _find_segment(segment: str, text: str, start: int, end: int) -> int:
+    """The first index in ``start..end-len(segment)`` where ``segment`` matches, or -1."""
+    if "?" not in segment:
+        return text.find(segment, start, end)
+    for index in range(start, end - len(segment) + 1):
+        if _segment_at(segment, text, index):
+            return index
+    return -1
 
 
 def matches(pattern: str, name: str) -> bool:
     """Whole-name, case-insensitive glob: ``*`` is any run (even empty), ``?`` one character.
 
-    No other character is special and there are no escapes.
+    No other character is special and there are no escapes. Matching never backtracks: the
+    runs between stars are found left to right, each at its first place (taking the first
+    place leaves the most room for the rest, so no later choice can do better), in at most
+    ``len(name) * len(pattern)`` steps (a backtracking regex took exponential time).
     """
-    return _compile(pattern).fullmatch(name) is not None
+    segments = _segments(pattern)
+    text = name.casefold()
+    if len(segments) == 1:  # no star: the whole name, character by character
+        return len(text) == len(segments[0]) and _segment_at(segments[0], text, 0)
+    first, *middle, last = segments
+    if len(first) + len(last) > len(text):
+        return False
+    if not _segment_at(first, text, 0) or not _segment_at(last, text, len(text) - len(last)):
+        return False
+    position, end = len(first), len(text) - len(last)
+    for segment in middle:
+        found = _find_segment(segment, text, position, end)
+        if found < 0:
+            return False
+        position = found + len(segment)
+    return True
 
 
 def _matches_any(patterns: Iterable[str], name: str) -> bool:
