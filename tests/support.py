@@ -19,7 +19,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from exec_server.config import Limits, Runtime
+from exec_server.config import Guards, Limits, Runtime
 from exec_server.server import Server
 from exec_server.transport.websocket import serve_websocket
 
@@ -197,10 +197,15 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    limits: Limits | None = None, *, runtime: Runtime | None = None, **kwargs: Any
+    limits: Limits | None = None,
+    *,
+    runtime: Runtime | None = None,
+    guards: Guards | None = None,
+    **kwargs: Any,
 ) -> AsyncIterator[tuple[Server, str]]:
-    """An in-process server on a free loopback port; yields (server, url)."""
-    server = Server(limits, runtime)
+    """An in-process server on a free loopback port; yields (server, url). ``kwargs`` go to
+    ``serve_websocket`` (origins, token, TLS)."""
+    server = Server(limits, runtime, guards)
     bound: list[tuple[str, int]] = []
     ws_server = await serve_websocket(
         server, "127.0.0.1", 0, on_bound=lambda h, p: bound.append((h, p)), **kwargs

@@ -11,6 +11,7 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 import pytest
@@ -127,7 +128,8 @@ def test_version() -> None:
     ("url", "message"),
     [
         ("http://127.0.0.1:0", "unsupported --listen URL `http://127.0.0.1:0`; expected `ws://IP:PORT` or `stdio`"),
-        ("wss://127.0.0.1:0", "unsupported --listen URL `wss://127.0.0.1:0`; expected `ws://IP:PORT` or `stdio`"),
+        ("wss://127.0.0.1:0", "a wss:// --listen URL needs both --tls-cert and --tls-key"),
+        ("unix://relative.sock", "expected `unix:///ABSOLUTE/PATH`"),
         ("127.0.0.1:0", "unsupported --listen URL `127.0.0.1:0`; expected `ws://IP:PORT` or `stdio`"),
         ("stdio:", "unsupported --listen URL `stdio:`; expected `ws://IP:PORT` or `stdio`"),
         ("ws://localhost:1234", "invalid websocket --listen URL `ws://localhost:1234`; expected `ws://IP:PORT`"),
@@ -183,6 +185,32 @@ def test_non_loopback_bind_is_refused_without_the_flag(address: str) -> None:
     assert result.returncode != 0
     assert "--insecure-allow-remote-without-auth" in result.stderr
     assert result.stdout == ""
+
+
+async def test_non_loopback_bind_with_a_token(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("  tok-123\n")
+    async with cli_server("--listen", "ws://0.0.0.0:0", "--auth-token-file", str(token_file)) as s:
+        port = s.url.rsplit(":", 1)[1]
+        headers = {"Authorization": "Bearer tok-123"}
+        async with Client.connect(f"ws://127.0.0.1:{port}", additional_headers=headers) as client:
+            assert "sessionId" in await client.call("initialize", {"clientName": "x"})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--auth-token-file", "/no/such/token"], "cannot read --auth-token-file"),
+        (["--tls-cert", "/x.pem"], "--tls-cert and --tls-key are for a wss:// --listen URL"),
+        (["--max-sessions", "0"], "--max-sessions must be positive"),
+        (["--stdin-max-bytes-per-process", "-1"], "--stdin-max-bytes-per-process must be positive"),
+    ],
+)
+def test_bad_security_and_limit_options_are_named(args: list[str], message: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def test_non_loopback_bind_with_the_explicit_flag() -> None:

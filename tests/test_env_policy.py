@@ -375,3 +375,34 @@ def test_a_pathological_pattern_is_decided_at_once() -> None:
     assert not matches(pattern, name)
     assert matches(pattern, "A" * 12 + "B")
     assert not matches("*A*A*A*A*A*A*A*AB", "A" * 40)
+
+
+async def test_operator_excludes_win_over_everything_the_client_asks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--env-exclude: names never passed to a child, whether inherited, set by the policy
+    or given in env (issue 11: inherit all passed DATABASE_URL and any *PASSWORD*)."""
+    from exec_server.config import Guards
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:pw@db")
+    monkeypatch.setenv("MY_PASSWORD_FILE", "/secret")
+    monkeypatch.setenv("HARMLESS", "ok")
+    guards = Guards(env_exclude=("DATABASE_URL", "*password*"))
+    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        policy = {
+            "inherit": "all",
+            "ignoreDefaultExcludes": True,
+            "exclude": [],
+            "set": {"DB_PASSWORD": "set-by-client"},
+            "includeOnly": [],
+        }
+        events = await client.run(
+            "env",
+            ["/usr/bin/env"],
+            env={"PATH": "/usr/bin:/bin", "Database_Url": "given-by-client"},
+            envPolicy=policy,
+        )
+        names = {line.split("=", 1)[0] for line in events.data().decode().splitlines()}
+        assert "HARMLESS" in names
+        assert not {"DATABASE_URL", "Database_Url", "MY_PASSWORD_FILE", "DB_PASSWORD"} & names

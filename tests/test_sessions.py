@@ -260,3 +260,35 @@ async def test_disconnect_during_a_long_poll_then_resume(
         await second.call("process/terminate", {"processId": "cat"})
         await second.wait_closed("cat")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+async def test_sessions_past_the_limit_are_refused_with_the_reason() -> None:
+    async with (
+        running_server(Limits(max_sessions=2)) as (_, url),
+        Client.connect(url) as a,
+        Client.connect(url) as b,
+        Client.connect(url) as c,
+    ):
+        await a.initialize()
+        await b.initialize()
+        with pytest.raises(RpcFailure) as info:
+            await c.call("initialize", {"clientName": "third"})
+        assert info.value.code == -32600 and "--max-sessions" in info.value.message
+
+
+async def test_processes_past_the_per_session_limit_are_refused() -> None:
+    limits = Limits(max_processes_per_session=2)
+    async with running_server(limits) as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        await client.start("a", ["sleep", "30"])
+        await client.run("b", ["true"])  # closed: no longer counted
+        await client.start("c", ["sleep", "30"])
+        with pytest.raises(RpcFailure) as info:
+            await client.start("d", ["sleep", "30"])
+        assert info.value.code == -32600
+        assert "--max-processes-per-session" in info.value.message
+        await client.call("process/terminate", {"processId": "a"})
+        await client.wait_closed("a")
+        await client.start("d", ["sleep", "30"])  # room again
+        for process_id in ("c", "d"):
+            await client.call("process/terminate", {"processId": process_id})

@@ -1,4 +1,4 @@
-"""The ``exec-server`` command."""
+"""The ``exec-server`` command: serve the protocol (the default), on a WebSocket or stdio."""
 
 from __future__ import annotations
 
@@ -12,44 +12,64 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Limits, Runtime
+from .config import Guards, Limits, Runtime
+
+if TYPE_CHECKING:
+    import ssl
+
+    from .server import Server
 
 log = logging.getLogger("exec_server")
 
 DEFAULT_LISTEN = "ws://127.0.0.1:0"
+TOKEN_ENV = "EXEC_SERVER_TOKEN"
 
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
-    """Where to serve: ``stdio``, or a WebSocket on a literal IP and port."""
+    """Where to serve: ``stdio``; a WebSocket on a literal IP and port (``ws``, or ``wss``
+    with TLS); or a WebSocket on a Unix socket (``unix``, ``path`` set)."""
 
-    kind: str  # "ws" or "stdio"
+    kind: str
     host: str = ""
     port: int = 0
+    path: str = ""
 
     @property
     def is_loopback(self) -> bool:
-        if self.kind == "stdio":
+        """Whether only this machine can reach it (a Unix socket is created 0600)."""
+        if self.kind in ("stdio", "unix"):
             return True
-        import ipaddress  # a WebSocket listener's concern only
+        import ipaddress  # a TCP listener's concern only
 
         return ipaddress.ip_address(self.host).is_loopback
 
 
 def parse_listen(url: str) -> ListenAddress:
-    """``ws://IP:PORT`` (a literal address, as the reference), ``stdio`` or ``stdio://``."""
+    """``ws://IP:PORT`` or ``wss://IP:PORT`` (a literal address, as the reference),
+    ``unix:///PATH``, ``stdio`` or ``stdio://``."""
     if url in ("stdio", "stdio://"):
         return ListenAddress("stdio")
-    if not url.startswith("ws://"):
-        raise ValueError(f"unsupported --listen URL `{url}`; expected `ws://IP:PORT` or `stdio`")
-    invalid = f"invalid websocket --listen URL `{url}`; expected `ws://IP:PORT`"
+    if url.startswith("unix://"):
+        path = url.removeprefix("unix://")
+        if not path.startswith("/"):
+            raise ValueError(f"invalid --listen URL `{url}`; expected `unix:///ABSOLUTE/PATH`")
+        return ListenAddress("unix", path=path)
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("ws", "wss"):
+        raise ValueError(
+            f"unsupported --listen URL `{url}`; expected `ws://IP:PORT` or `stdio` "
+            "(or, beyond the reference, `wss://IP:PORT` or `unix:///PATH`)"
+        )
+    invalid = f"invalid websocket --listen URL `{url}`; expected `{scheme}://IP:PORT`"
     # A socket address, exactly: `IPv4:PORT` or `[IPv6]:PORT`, ASCII digits, nothing after.
-    host, sep, port_text = url.removeprefix("ws://").rpartition(":")
+    host, sep, port_text = rest.rpartition(":")
     if not (sep and port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ValueError(invalid)
-    import ipaddress  # a WebSocket listener's concern only
+    import ipaddress  # a TCP listener's concern only
 
     bracketed = host.startswith("[") and host.endswith("]")
     try:
@@ -58,11 +78,13 @@ def parse_listen(url: str) -> ListenAddress:
         raise ValueError(invalid) from None
     if bracketed != (address.version == 6) or "%" in host:
         raise ValueError(invalid)
-    return ListenAddress("ws", str(address), int(port_text))
+    return ListenAddress(scheme, str(address), int(port_text))
+
+
+# ---- the parser -------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = Limits()
     parser = argparse.ArgumentParser(
         prog="exec-server",
         description=(
@@ -70,109 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
             "on this machine. Compatible with clients of `codex exec-server`."
         ),
         epilog=(
-            "Environment: EXEC_SERVER_LOG sets the default --log-level; "
-            "EXEC_SERVER_NO_NATIVE_SPAWN=1 is --no-native-spawn. "
-            "SIGINT or SIGTERM: every child's process group is killed, then exit 0."
+            f"Environment: {TOKEN_ENV} holds a bearer token (instead of --auth-token-file); "
+            "EXEC_SERVER_LOG sets the default --log-level; EXEC_SERVER_NO_NATIVE_SPAWN=1 is "
+            "--no-native-spawn. SIGINT or SIGTERM: every child's process group is killed, "
+            "then exit 0."
         ),
     )
     parser.add_argument(
         "--listen",
         default=DEFAULT_LISTEN,
         metavar="URL",
-        help="ws://IP:PORT (a literal IP; port 0 picks a free one and the bound URL is printed "
-        "as the first line of stdout) or stdio (newline-delimited JSON on stdin/stdout). "
-        f"Default: {DEFAULT_LISTEN}",
+        help="ws://IP:PORT (a literal IP; port 0 picks a free one, and the bound URL is "
+        "printed as the first line of stdout), wss://IP:PORT (TLS: needs --tls-cert and "
+        "--tls-key), unix:///PATH (a Unix socket, mode 0600) or stdio (newline-delimited "
+        f"JSON on stdin/stdout). Default: {DEFAULT_LISTEN}",
     )
-    parser.add_argument(
-        "--retained-output-bytes",
-        type=int,
-        default=defaults.retained_output_bytes,
-        metavar="N",
-        help="output kept per process for process/read; older chunks are dropped whole "
-        f"(default {defaults.retained_output_bytes})",
-    )
-    parser.add_argument(
-        "--closed-retention",
-        type=float,
-        default=defaults.closed_retention_s,
-        metavar="SECONDS",
-        help="how long a closed process stays readable before it is forgotten "
-        f"(default {defaults.closed_retention_s:g})",
-    )
-    parser.add_argument(
-        "--detach-grace",
-        type=float,
-        default=defaults.detach_grace_s,
-        metavar="SECONDS",
-        help="how long a disconnected session can be resumed before its processes are killed; "
-        f"0 kills them at once (default {defaults.detach_grace_s:g})",
-    )
-    parser.add_argument(
-        "--read-chunk-bytes",
-        type=int,
-        default=defaults.read_chunk_bytes,
-        metavar="N",
-        help=f"largest single read from a child's output (default {defaults.read_chunk_bytes})",
-    )
-    parser.add_argument(
-        "--outbound-queue-bytes",
-        type=int,
-        default=defaults.outbound_queue_bytes,
-        metavar="N",
-        help="bytes buffered for one slow client before its requests and its children's "
-        "output stop being read until it catches up "
-        f"(default {defaults.outbound_queue_bytes})",
-    )
-    parser.add_argument(
-        "--spill-threshold-bytes",
-        type=int,
-        default=defaults.spill_threshold_bytes,
-        metavar="N",
-        help="output of one process kept in memory; past it the rest of its retained output "
-        "goes to an unnamed temporary file in $TMPDIR (a ring buffer the size of "
-        "--retained-output-bytes), whose pages the kernel can write back and reclaim. "
-        "0 always spills; a value >= --retained-output-bytes never does "
-        f"(default {defaults.spill_threshold_bytes})",
-    )
-    parser.add_argument(
-        "--allow-origin",
-        action="append",
-        default=[],
-        metavar="ORIGIN",
-        help="a browser Origin allowed to connect (repeatable); any other Origin gets 403",
-    )
-    parser.add_argument(
-        "--insecure-allow-remote-without-auth",
-        action="store_true",
-        help="allow --listen on a non-loopback address. Anyone who can reach it can run "
-        "commands as this user: only for isolated networks",
-    )
-    accelerators = parser.add_argument_group(
-        "accelerators",
-        "Each is used when installed (`pip install exec-server[standard]` brings uvloop and "
-        "pybase64); these switches turn one off, for comparison or for a machine where it "
-        "misbehaves. The results are the same either way.",
-    )
-    accelerators.add_argument(
-        "--no-native-spawn",
-        action="store_true",
-        default=bool(os.environ.get("EXEC_SERVER_NO_NATIVE_SPAWN")),
-        help="start children through subprocess.Popen instead of the vfork C extension",
-    )
-    accelerators.add_argument(
-        "--no-uvloop", action="store_true", help="use the standard asyncio event loop"
-    )
-    accelerators.add_argument(
-        "--no-pybase64",
-        action="store_true",
-        help="encode output chunks with msgspec's base64 instead of pybase64's",
-    )
-    accelerators.add_argument(
-        "--no-pidfd",
-        action="store_true",
-        help="watch child exits with a thread per child instead of a pidfd (as on kernels "
-        "before 5.3)",
-    )
+    _add_security(parser)
+    _add_limits(parser)
+    _add_accelerators(parser)
     parser.add_argument(
         "--log-level",
         default=os.environ.get("EXEC_SERVER_LOG", "WARNING"),
@@ -183,24 +120,203 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_security(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "who may connect, and what they may do",
+        "Anyone who can open a session here can run commands as this user. The default is "
+        "safe for one user on one machine: loopback only, no browser origins.",
+    )
+    group.add_argument(
+        "--auth-token-file",
+        metavar="PATH",
+        help="a file holding a bearer token (surrounding whitespace ignored); every WebSocket "
+        "client must then send `Authorization: Bearer <token>` or gets 401. With a token, "
+        f"a non-loopback --listen is allowed. ${TOKEN_ENV} may hold the token instead",
+    )
+    group.add_argument("--tls-cert", metavar="PATH", help="certificate chain (PEM) for wss://")
+    group.add_argument("--tls-key", metavar="PATH", help="private key (PEM) for wss://")
+    group.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser Origin allowed to connect (repeatable); any other Origin gets 403",
+    )
+    group.add_argument(
+        "--insecure-allow-remote-without-auth",
+        action="store_true",
+        help="allow a non-loopback --listen without a token. Anyone who can reach it can run "
+        "commands as this user: only for isolated networks",
+    )
+    group.add_argument(
+        "--env-exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="names of environment variables never passed to a child, whatever the client "
+        "asks (repeatable; `*` any run, `?` one character, case-insensitive), e.g. "
+        "'*PASSWORD*' or DATABASE_URL",
+    )
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    defaults = Limits()
+    group = parser.add_argument_group(
+        "limits", "Bounds on what clients may hold; each refusal says which bound was reached."
+    )
+
+    def bound(flag: str, field: str, help_text: str, kind: type = int) -> None:
+        default = getattr(defaults, field)
+        group.add_argument(
+            flag,
+            dest=field,
+            type=kind,
+            default=default,
+            metavar="SECONDS" if kind is float else "N",
+            help=f"{help_text} (default {default:g})"
+            if kind is float
+            else f"{help_text} (default {default})",
+        )
+
+    bound(
+        "--retained-output-bytes",
+        "retained_output_bytes",
+        "output kept per process for process/read; older chunks are dropped whole",
+    )
+    bound(
+        "--closed-retention",
+        "closed_retention_s",
+        "how long a closed process stays readable before it is forgotten",
+        float,
+    )
+    bound(
+        "--detach-grace",
+        "detach_grace_s",
+        "how long a disconnected session can be resumed before its processes are killed; "
+        "0 kills them at once",
+        float,
+    )
+    bound("--read-chunk-bytes", "read_chunk_bytes", "largest single read from a child's output")
+    bound(
+        "--outbound-queue-bytes",
+        "outbound_queue_bytes",
+        "bytes buffered for one slow client before its requests and its children's output "
+        "stop being read until it catches up",
+    )
+    bound(
+        "--spill-threshold-bytes",
+        "spill_threshold_bytes",
+        "output of one process kept in memory; past it the rest of its retained output goes "
+        "to an unnamed temporary file in $TMPDIR (a ring buffer the size of "
+        "--retained-output-bytes), whose pages the kernel can write back and reclaim. "
+        "0 always spills; a value >= --retained-output-bytes never does",
+    )
+    bound("--max-message-bytes", "max_message_bytes", "the largest message a client may send")
+    bound("--max-sessions", "max_sessions", "sessions at once, attached or resumable")
+    bound(
+        "--max-processes-per-session",
+        "max_processes_per_session",
+        "processes of one session that have not closed yet",
+    )
+    bound(
+        "--max-open-files-per-session",
+        "fs_max_open_handles",
+        "file handles (fs/open) one session may hold open",
+    )
+    bound(
+        "--max-waiting-requests",
+        "max_waiting_requests",
+        "requests of one connection that may wait at once (long polls, full stdin, file "
+        "I/O); past it further requests are held back, not refused",
+    )
+    bound(
+        "--stdin-buffer-bytes",
+        "stdin_buffer_bytes",
+        "bytes queued for one child's stdin before process/write waits for it to read",
+    )
+    bound(
+        "--stdin-max-bytes-per-process",
+        "stdin_process_max_bytes",
+        "bytes held for one child's stdin, queued or waiting, before process/write is refused",
+    )
+    bound(
+        "--stdin-max-bytes-per-session",
+        "stdin_session_max_bytes",
+        "the same bound for all the children of one session",
+    )
+
+
+def _add_accelerators(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "accelerators",
+        "Each is used when installed (`pip install exec-server[standard]` brings uvloop and "
+        "pybase64); these switches turn one off, for comparison or for a machine where it "
+        "misbehaves. The results are the same either way.",
+    )
+    group.add_argument(
+        "--no-native-spawn",
+        action="store_true",
+        default=bool(os.environ.get("EXEC_SERVER_NO_NATIVE_SPAWN")),
+        help="start children through subprocess.Popen instead of the vfork C extension",
+    )
+    group.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio loop")
+    group.add_argument(
+        "--no-pybase64",
+        action="store_true",
+        help="encode output chunks with msgspec's base64 instead of pybase64's",
+    )
+    group.add_argument(
+        "--no-pidfd",
+        action="store_true",
+        help="watch child exits with a thread per child instead of a pidfd (as on kernels "
+        "before 5.3)",
+    )
+
+
+# ---- from arguments to configuration -----------------------------------------------------------
+
+
+_POSITIVE = (
+    "retained_output_bytes",
+    "read_chunk_bytes",
+    "outbound_queue_bytes",
+    "max_message_bytes",
+    "max_sessions",
+    "max_processes_per_session",
+    "fs_max_open_handles",
+    "max_waiting_requests",
+    "stdin_buffer_bytes",
+    "stdin_process_max_bytes",
+    "stdin_session_max_bytes",
+)
+
+
 def limits_from_args(args: argparse.Namespace) -> Limits:
-    for name in ("retained_output_bytes", "read_chunk_bytes", "outbound_queue_bytes"):
+    """The limits the arguments ask for; ValueError naming the option that is wrong."""
+    for name in _POSITIVE:
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+            raise ValueError(f"{_flag(name)} must be positive")
     if args.spill_threshold_bytes < 0:
         raise ValueError("--spill-threshold-bytes must not be negative")
-    for name in ("closed_retention", "detach_grace"):
+    for name in ("closed_retention_s", "detach_grace_s"):
         seconds = getattr(args, name)
         if not math.isfinite(seconds) or seconds < 0:  # NaN would break the event loop's timers
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite, non-negative number")
-    return Limits(
-        retained_output_bytes=args.retained_output_bytes,
-        closed_retention_s=args.closed_retention,
-        detach_grace_s=args.detach_grace,
-        read_chunk_bytes=args.read_chunk_bytes,
-        outbound_queue_bytes=args.outbound_queue_bytes,
-        spill_threshold_bytes=args.spill_threshold_bytes,
-    )
+            raise ValueError(f"{_flag(name)} must be a finite, non-negative number")
+    return Limits(**{name: getattr(args, name) for name in (*_POSITIVE, *_OTHER_LIMITS)})
+
+
+_OTHER_LIMITS = ("spill_threshold_bytes", "closed_retention_s", "detach_grace_s")
+
+
+def _flag(dest: str) -> str:
+    names = {
+        "closed_retention_s": "--closed-retention",
+        "detach_grace_s": "--detach-grace",
+        "fs_max_open_handles": "--max-open-files-per-session",
+        "stdin_process_max_bytes": "--stdin-max-bytes-per-process",
+        "stdin_session_max_bytes": "--stdin-max-bytes-per-session",
+    }
+    return names.get(dest, "--" + dest.replace("_", "-"))
 
 
 def runtime_from_args(args: argparse.Namespace) -> Runtime:
@@ -212,19 +328,102 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
     ).resolve()
 
 
-async def serve(
-    address: ListenAddress, limits: Limits, runtime: Runtime, allowed_origins: frozenset[str]
-) -> None:
+def guards_from_args(args: argparse.Namespace) -> Guards:
+    return Guards(env_exclude=tuple(args.env_exclude))
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The bearer token from --auth-token-file or the environment, or None for none."""
+    if args.auth_token_file is not None:
+        try:
+            with open(args.auth_token_file, encoding="utf-8") as file:
+                token = file.read().strip()
+        except (OSError, UnicodeError) as exc:
+            raise ValueError(f"cannot read --auth-token-file: {exc}") from None
+        if not token:
+            raise ValueError(f"--auth-token-file {args.auth_token_file} is empty")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return token or None
+
+
+def tls_from_args(args: argparse.Namespace, address: ListenAddress) -> ssl.SSLContext | None:
+    """A server TLS context for wss://; ValueError when the pair is missing or unusable."""
+    if address.kind != "wss":
+        if args.tls_cert or args.tls_key:
+            raise ValueError("--tls-cert and --tls-key are for a wss:// --listen URL")
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ValueError("a wss:// --listen URL needs both --tls-cert and --tls-key")
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load --tls-cert/--tls-key: {exc}") from None
+    return context
+
+
+# ---- serving ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """Everything ``serve`` needs, checked."""
+
+    address: ListenAddress
+    limits: Limits
+    runtime: Runtime
+    guards: Guards
+    allowed_origins: frozenset[str]
+    token: str | None
+    tls: ssl.SSLContext | None
+
+
+def _announce(url: str) -> None:
+    sys.stdout.write(url + "\n")
+    sys.stdout.flush()
+
+
+async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
+    """Start the WebSocket listener and print where it listens."""
+    from .transport.websocket import serve_unix, serve_websocket
+
+    address = options.address
+    if address.kind == "unix":
+        listener = await serve_unix(
+            server, address.path, allowed_origins=options.allowed_origins, token=options.token
+        )
+        _announce(f"unix://{address.path}")
+        return listener
+
+    def announce(host: str, port: int) -> None:
+        shown = f"[{host}]" if ":" in host else host
+        _announce(f"{address.kind}://{shown}:{port}")
+
+    return await serve_websocket(
+        server,
+        address.host,
+        address.port,
+        allowed_origins=options.allowed_origins,
+        token=options.token,
+        tls=options.tls,
+        on_bound=announce,
+    )
+
+
+async def serve(options: ServeOptions) -> None:
     """Run until SIGINT/SIGTERM (or stdin EOF over stdio); then kill every child and return."""
     from .server import Server
 
-    server = Server(limits, runtime)
+    server = Server(options.limits, options.runtime, options.guards)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        if address.kind == "stdio":
+        if options.address.kind == "stdio":
             from .transport.stdio import serve_stdio
 
             served = asyncio.ensure_future(serve_stdio(server))
@@ -233,24 +432,33 @@ async def serve(
             for task in (served, stopped):
                 task.cancel()
         else:
-            from .transport.websocket import serve_websocket
-
-            def announce(host: str, port: int) -> None:
-                shown = f"[{host}]" if ":" in host else host
-                sys.stdout.write(f"ws://{shown}:{port}\n")
-                sys.stdout.flush()
-
-            ws_server = await serve_websocket(
-                server,
-                address.host,
-                address.port,
-                allowed_origins=allowed_origins,
-                on_bound=announce,
-            )
+            listener = await _listen(server, options)
             await stop.wait()
-            ws_server.close()
+            listener.close()
     finally:
         await server.shutdown()
+
+
+def options_from_args(args: argparse.Namespace) -> ServeOptions:
+    """Check the arguments as a whole; ValueError with a message for the user."""
+    address = parse_listen(args.listen)
+    token = read_token(args) if address.kind != "stdio" else None
+    if not address.is_loopback and token is None and not args.insecure_allow_remote_without_auth:
+        raise ValueError(
+            f"refusing to listen on non-loopback address {address.host} without a token: "
+            "anyone who can reach it could run commands here. Give one with "
+            f"--auth-token-file (or ${TOKEN_ENV}), or pass "
+            "--insecure-allow-remote-without-auth for an isolated network"
+        )
+    return ServeOptions(
+        address=address,
+        limits=limits_from_args(args),
+        runtime=runtime_from_args(args),
+        guards=guards_from_args(args),
+        allowed_origins=frozenset(args.allow_origin),
+        token=token,
+        tls=tls_from_args(args, address),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,18 +475,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"unknown --log-level `{args.log_level}`; expected DEBUG, INFO, WARNING or ERROR"
         )
     try:
-        address = parse_listen(args.listen)
-        limits = limits_from_args(args)
+        options = options_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    if not address.is_loopback and not args.insecure_allow_remote_without_auth:
-        parser.error(
-            f"refusing to listen on non-loopback address {address.host}: anyone who can reach "
-            "it could run commands here. Pass --insecure-allow-remote-without-auth to do it anyway"
-        )
-    runtime = runtime_from_args(args)
     loop_factory = None
-    if runtime.uvloop:
+    if options.runtime.uvloop:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
@@ -288,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(address, limits, runtime, frozenset(args.allow_origin)))
+        runner.run(serve(options))
     return 0
 
 

@@ -46,6 +46,10 @@ class Limits:
             512 MiB); bigger files are read through handles in blocks.
         fs_block_max_bytes: the largest ``fs/readBlock`` / ``fs/writeBlock`` (reference: 1 MiB).
         fs_max_open_handles: file handles one session may hold open at once (reference: 128).
+        max_sessions: sessions one server holds at once, attached or waiting to be resumed;
+            past it ``initialize`` is refused.
+        max_processes_per_session: processes of one session that have not closed yet; past
+            it ``process/start`` is refused.
         http_response_max_bytes: the largest body a non-streaming ``http/request`` collects
             (ours; the reference has none). Bigger bodies need ``streamResponse``.
         spill_threshold_bytes: retained output one process keeps in the Python heap (ours).
@@ -70,6 +74,8 @@ class Limits:
     fs_read_file_max_bytes: int = 512 * MIB
     fs_block_max_bytes: int = MIB
     fs_max_open_handles: int = 128
+    max_sessions: int = 256
+    max_processes_per_session: int = 1024
     http_response_max_bytes: int = 512 * MIB
     spill_threshold_bytes: int = 64 * 1024
 
@@ -116,3 +122,16 @@ def _importable(name: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+@dataclass(frozen=True, slots=True)
+class Guards:
+    """What the operator imposes on every client, whatever the client asks.
+
+    Attributes:
+        env_exclude: glob patterns (as in ``envPolicy``) of environment variable names never
+            passed to a child: not inherited, not set by ``envPolicy.set``, not passed in
+            ``env``.
+    """
+
+    env_exclude: tuple[str, ...] = ()

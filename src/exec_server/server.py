@@ -8,7 +8,7 @@ import pwd
 import sys
 
 from . import __version__
-from .config import Limits, Runtime
+from .config import Guards, Limits, Runtime
 from .paths import to_file_uri
 from .process.exits import ExitWatcher
 from .process.spawn import spawn
@@ -54,12 +54,19 @@ def _login_shell() -> str | None:
 
 
 class Server:
-    """Everything connections share: limits, runtime choices, sessions, and facts about the
-    machine. Built inside the running event loop; ``runtime`` is resolved here, once."""
+    """Everything connections share: limits, runtime choices, the operator's guards,
+    sessions, and facts about the machine. Built inside the running event loop; ``runtime``
+    is resolved here, once."""
 
-    def __init__(self, limits: Limits | None = None, runtime: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        runtime: Runtime | None = None,
+        guards: Guards | None = None,
+    ) -> None:
         self.limits = limits or Limits()
         self.runtime = (runtime or Runtime()).resolve()
+        self.guards = guards or Guards()
         b64encode = base64_encoder(self.runtime.pybase64)
         self.sessions = SessionRegistry(
             self.limits,

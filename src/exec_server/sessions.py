@@ -136,6 +136,13 @@ class SessionRegistry:
         return iter(list(self._sessions.values()))
 
     def create(self, connection: Connection) -> Session:
+        """A new session attached to ``connection``, or -32600 past ``max_sessions``."""
+        limit = self.limits.max_sessions
+        if len(self._sessions) >= limit:
+            raise invalid_request(
+                f"this server already holds {limit} sessions (--max-sessions); end one, or "
+                "wait for a disconnected one to expire"
+            )
         session = Session(
             str(uuid.uuid4()),
             self.limits,

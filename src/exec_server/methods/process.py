@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from ..errors import RpcError, internal_error, invalid_params, invalid_request
 from ..paths import parse_path
 from ..process import errors as process_errors
-from ..process.env import child_environment
+from ..process.env import child_environment, without_excluded
 from ..process.manager import WriteStatus
 from ..process.output import ReadSnapshot, is_ready
 from ..process.signals import SIGNALS_BY_NAME, parse_signal
@@ -57,6 +57,11 @@ def wire_error(error: process_errors.ProcessError) -> RpcError:
         return invalid_params(f"cannot start process: {error.reason}")
     if isinstance(error, process_errors.SpawnFailed):
         return internal_error(error.reason)
+    if isinstance(error, process_errors.TooManyProcesses):
+        return invalid_request(
+            f"cannot start process {process_id}: this session already has {error.reason} "
+            "processes that have not closed (--max-processes-per-session)"
+        )
     if isinstance(error, StdinFull):
         return invalid_request(error.reason)
     if isinstance(error, process_errors.StdinBroken):
@@ -143,6 +148,7 @@ def start(connection: Connection, params: ProcessStartParams) -> ProcessStartRes
             include_only=policy.include_only,
             server_env=connection.server.server_env,
         )
+    env = without_excluded(env, connection.server.guards.env_exclude)
     request = SpawnRequest(
         argv=params.argv,
         cwd=cwd,

@@ -89,6 +89,14 @@ def _matches_any(patterns: Iterable[str], name: str) -> bool:
     return any(matches(pattern, name) for pattern in patterns)
 
 
+def without_excluded(env: dict[str, str], patterns: Iterable[str]) -> dict[str, str]:
+    """``env`` less every name matching one of ``patterns`` (the operator's --env-exclude)."""
+    patterns = tuple(patterns)
+    if not patterns:
+        return env
+    return {k: v for k, v in env.items() if not _matches_any(patterns, k)}
+
+
 def child_environment(
     *,
     request_env: Mapping[str, str],

@@ -33,5 +33,9 @@ class SpawnFailed(ProcessError):
     """The OS refused to start it (missing program, bad cwd, ...); ``reason`` is the OS's."""
 
 
+class TooManyProcesses(ProcessError):
+    """The session already has as many processes as it may (``reason`` says how many)."""
+
+
 class StdinBroken(ProcessError):
     """The process was terminated: its stdin takes nothing more."""

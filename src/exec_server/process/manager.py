@@ -30,6 +30,7 @@ from .errors import (
     ProcessStarting,
     SpawnFailed,
     StdinBroken,
+    TooManyProcesses,
     UnknownProcess,
 )
 from .exits import ExitWatcher
@@ -121,6 +122,7 @@ class ProcessManager:
         self._unreaped: set[ManagedProcess] = set()
         self._reaped_event = asyncio.Event()
         self._stdin_budget = ByteBudget(limits.stdin_session_max_bytes)
+        self._not_closed = 0  # processes counted against max_processes_per_session
 
     # ---- table ----------------------------------------------------------------------------
 
@@ -153,6 +155,8 @@ class ProcessManager:
         if process_id in self._processes:
             raise DuplicateProcess(process_id)
         limits = self.limits
+        if self._not_closed >= limits.max_processes_per_session:
+            raise TooManyProcesses(process_id, str(limits.max_processes_per_session))
         log = OutputLog(
             limits.retained_output_bytes,
             limits.retained_output_chunks,
@@ -173,6 +177,7 @@ class ProcessManager:
     def _run(self, process: ManagedProcess, child: Child) -> None:
         process.child = child
         process.state = ProcessState.RUNNING
+        self._not_closed += 1
         self._unreaped.add(process)
         self._exits.watch(child.pid, lambda status: self._on_exit(process, status))
         if child.stdin is not None:
@@ -238,6 +243,7 @@ class ProcessManager:
         if process.state is not ProcessState.EXITED or (reader and reader.open_streams):
             return
         process.state = ProcessState.CLOSED
+        self._not_closed -= 1
         self._release(process)
         seq = process.log.mark_closed()
         self.sink.closed(process.process_id, seq)
@@ -358,6 +364,7 @@ class ProcessManager:
             self._release(process)
             process.log.close()  # its spill file, if any
             process.state = ProcessState.CLOSED
+        self._not_closed = 0
 
     async def wait_reaped(self, timeout: float) -> None:
         """Wait until every child has been reaped (after :meth:`kill_all`)."""

@@ -16,18 +16,22 @@ loopback compression costs more than it saves). The handshake is judged in one p
 from __future__ import annotations
 
 import asyncio
-import http
-import ipaddress
+import contextlib
 import logging
+import os
+import stat
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+if TYPE_CHECKING:
+    import ssl
+
 from ..connection import Connection
 from ..server import Server
+from .handshake import HandshakePolicy, judge
 from .inbox import Inbox
 from .outbox import Outbox
 from .wsframes import (
@@ -54,52 +58,6 @@ MAX_HANDSHAKE_BYTES = 64 * 1024
 
 HANDSHAKE_TIMEOUT_S = 10.0
 """A peer that has not completed the WebSocket handshake by then is dropped."""
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakePolicy:
-    """Who may open a WebSocket here (Part A §A3).
-
-    ``allowed_hosts``: the names a ``Host`` header may carry, or None to accept any (a
-    non-loopback bind, where the server's own DNS name is unknown to us).
-    """
-
-    allowed_origins: frozenset[str] = frozenset()
-    allowed_hosts: frozenset[str] | None = None
-
-    @classmethod
-    def for_bind(cls, host: str, allowed_origins: frozenset[str] = frozenset()) -> HandshakePolicy:
-        """On a loopback bind only loopback names are accepted in ``Host``."""
-        if ipaddress.ip_address(host).is_loopback:
-            hosts = frozenset({host, "localhost", "127.0.0.1", "::1"})
-            return cls(allowed_origins, hosts)
-        return cls(allowed_origins, None)
-
-
-def _host_name(header: str) -> str:
-    """``Host`` without its port: ``[::1]:80`` -> ``::1``, ``localhost:80`` -> ``localhost``."""
-    if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-
-
-def check_handshake(
-    request: Request, policy: HandshakePolicy
-) -> tuple[http.HTTPStatus, str] | None:
-    """The one place a WebSocket handshake is judged; returns a refusal or None.
-
-    A browser page can open a WebSocket to loopback: any ``Origin`` that is not explicitly
-    allowed is refused, so a web page cannot run commands here; and on a loopback bind a
-    ``Host`` that is not a loopback name is refused, so DNS rebinding cannot get around that.
-    """
-    origin = request.headers.get("Origin")
-    if origin is not None and origin not in policy.allowed_origins:
-        return http.HTTPStatus.FORBIDDEN, f"origin {origin} is not allowed\n"
-    if policy.allowed_hosts is not None:
-        host = _host_name(request.headers.get("Host", "")).lower()
-        if host not in policy.allowed_hosts:
-            return http.HTTPStatus.FORBIDDEN, f"host {host or '(none)'} is not allowed\n"
-    return None
 
 
 class WebSocketTransport(asyncio.Protocol):
@@ -301,14 +259,13 @@ class WebSocketTransport(asyncio.Protocol):
 
     def _handshake(self, request: Request) -> None:
         ws = self._ws
-        if request.path == "/readyz":
-            response = ws.reject(http.HTTPStatus.OK, "ok\n")
-        elif (refusal := check_handshake(request, self._policy)) is not None:
-            response = ws.reject(*refusal)
-        elif "upgrade" not in request.headers.get("Connection", "").lower():
-            response = ws.reject(http.HTTPStatus.NOT_FOUND, "not found\n")
-        else:
+        refusal = judge(request, self._policy)
+        if refusal is None:
             response = ws.accept(request)
+        else:
+            response = ws.reject(refusal.status, refusal.body)
+            for name, value in refusal.headers:
+                response.headers[name] = value
         ws.send_response(response)
         if response.status_code != 101:
             return
@@ -351,15 +308,39 @@ async def serve_websocket(
     port: int,
     *,
     allowed_origins: frozenset[str] = frozenset(),
+    token: str | None = None,
+    tls: ssl.SSLContext | None = None,
     on_bound: Callable[[str, int], None] | None = None,
 ) -> asyncio.Server:
-    """Start listening; returns the asyncio server (close it to stop accepting)."""
-    policy = HandshakePolicy.for_bind(host, allowed_origins)
+    """Listen on TCP (with TLS when ``tls`` is given); returns the asyncio server (close it
+    to stop accepting). ``token``: the bearer token every client must present."""
+    policy = HandshakePolicy.for_bind(host, allowed_origins, token)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(
-        lambda: WebSocketTransport(server, policy), host, port, reuse_address=True
+        lambda: WebSocketTransport(server, policy), host, port, reuse_address=True, ssl=tls
     )
     if on_bound is not None:
         sockname = listener.sockets[0].getsockname()
         on_bound(sockname[0], sockname[1])
     return listener
+
+
+async def serve_unix(
+    server: Server,
+    path: str,
+    *,
+    allowed_origins: frozenset[str] = frozenset(),
+    token: str | None = None,
+) -> asyncio.Server:
+    """Listen on a Unix socket at ``path``, created with mode 0600 (only this user may
+    connect; a stale socket file there is replaced)."""
+    policy = HandshakePolicy.for_bind(None, allowed_origins, token)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    previous = os.umask(0o177)  # the socket is born 0600: no moment when others may connect
+    try:
+        return await loop.create_unix_server(lambda: WebSocketTransport(server, policy), path)
+    finally:
+        os.umask(previous)
