@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import http.server
 import json
 import threading
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from exec_server.config import Limits
+from exec_server.config import Guards, Limits
 
 from .support import Client, RpcFailure, running_server
 
@@ -54,6 +55,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(201, json.dumps(echo).encode(), (("X-Multi", "one"), ("X-Multi", "two")))
         elif path == "/redirect":
             self._send(302, b"", (("Location", "/echo"),))
+        elif path.startswith("/redirect-to/"):
+            target = path.removeprefix("/redirect-to/")
+            self._send(302, b"", (("Location", f"http://{target}/echo"),))
         elif path.startswith("/stream/"):
             parts = int(path.rsplit("/", 1)[1])
             self.send_response(200)
@@ -100,20 +104,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _TestHttpServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, address: str = "127.0.0.1") -> None:
+        super().__init__((address, 0), _Handler)
         self.release = threading.Event()
         self.pause = threading.Event()  # never set: only used to sleep interruptibly
         self.endless_dropped = threading.Event()
 
     @property
+    def host_port(self) -> str:
+        return f"{self.server_address[0]}:{self.server_address[1]}"
+
+    @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"http://{self.host_port}"
 
 
-@pytest.fixture
-def web() -> Iterator[_TestHttpServer]:
-    server = _TestHttpServer()
+@contextlib.contextmanager
+def _serving(address: str) -> Iterator[_TestHttpServer]:
+    server = _TestHttpServer(address)
     thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
@@ -123,6 +131,19 @@ def web() -> Iterator[_TestHttpServer]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def web() -> Iterator[_TestHttpServer]:
+    with _serving("127.0.0.1") as server:
+        yield server
+
+
+@pytest.fixture
+def other_web() -> Iterator[_TestHttpServer]:
+    """A second server on another loopback address, for what a redirect reaches."""
+    with _serving("127.0.0.2") as server:
+        yield server
 
 
 def b64decode(text: str) -> bytes:
@@ -419,3 +440,69 @@ async def test_stream_ids_are_per_connection(
     assert (await wait_done(one, "same"))[-1]["done"]
     assert (await wait_done(two, "same"))[-1]["done"]
     assert deltas(one, "same") != [] and deltas(two, "same") != []
+
+
+# ---- --http-deny ------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _client_of_a_server_denying(*networks: str) -> AsyncIterator[Client]:
+    async with (
+        running_server(guards=Guards(http_deny=networks)) as (_, url),
+        Client.connect(url) as client,
+    ):
+        await client.initialize()
+        yield client
+
+
+async def test_denied_networks_are_refused_after_name_resolution(web: _TestHttpServer) -> None:
+    port = web.server_address[1]
+    async with _client_of_a_server_denying("127.0.0.0/8", "::1/128") as client:
+        for target in (
+            web.base,
+            f"http://localhost:{port}",
+            f"http://[::ffff:127.0.0.1]:{port}",
+        ):
+            failure = await fails(client, {"method": "GET", "url": target + "/echo"})
+            assert failure.code == -32603
+            assert "denies (--http-deny)" in failure.message, failure.message
+
+
+async def test_allowed_destinations_work_through_the_guard(web: _TestHttpServer) -> None:
+    async with _client_of_a_server_denying("10.0.0.0/8") as client:
+        result = await client.call(
+            "http/request",
+            {
+                "method": "POST",
+                "url": web.base + "/echo",
+                "requestId": "1",
+                "bodyBase64": base64.b64encode(b"through").decode(),
+            },
+        )
+        assert result["status"] == 201
+        assert json.loads(b64decode(result["bodyBase64"]))["body"] == "through"
+        streamed = await client.call(
+            "http/request",
+            {
+                "method": "GET",
+                "url": web.base + "/stream/3",
+                "requestId": "s",
+                "streamResponse": True,
+            },
+        )
+        assert streamed["status"] == 200
+        body = b"".join(b64decode(d["deltaBase64"]) for d in await wait_done(client, "s"))
+        assert body == b"part 0;part 1;part 2;"
+
+
+async def test_a_redirect_into_a_denied_network_is_refused(
+    web: _TestHttpServer, other_web: _TestHttpServer
+) -> None:
+    async with _client_of_a_server_denying("127.0.0.2/32") as client:
+        hop = {"method": "GET", "url": f"{web.base}/redirect-to/{other_web.host_port}"}
+        failure = await fails(client, hop)
+        assert "denies (--http-deny)" in failure.message
+        stopped = await client.call(
+            "http/request", {**hop, "requestId": "2", "redirectPolicy": "stop"}
+        )
+        assert stopped["status"] == 302  # the first hop itself is allowed

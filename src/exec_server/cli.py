@@ -149,6 +149,16 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
         "commands as this user: only for isolated networks",
     )
     group.add_argument(
+        "--http-deny",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="an IP network http/request may not reach (repeatable), checked after DNS "
+        "resolution and on every redirect, e.g. 127.0.0.0/8, ::1/128, 169.254.0.0/16, "
+        "10.0.0.0/8 to keep clients off this host's own and its network's services. "
+        "Environment proxies are not used then. Default: none denied, as the reference",
+    )
+    group.add_argument(
         "--env-exclude",
         action="append",
         default=[],
@@ -329,7 +339,16 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
 
 
 def guards_from_args(args: argparse.Namespace) -> Guards:
-    return Guards(env_exclude=tuple(args.env_exclude))
+    for value in args.http_deny:
+        import ipaddress  # only when networks are denied
+
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"--http-deny {value!r} is not an IP network such as 10.0.0.0/8"
+            ) from None
+    return Guards(env_exclude=tuple(args.env_exclude), http_deny=tuple(args.http_deny))
 
 
 def read_token(args: argparse.Namespace) -> str | None:

@@ -132,6 +132,9 @@ class Guards:
         env_exclude: glob patterns (as in ``envPolicy``) of environment variable names never
             passed to a child: not inherited, not set by ``envPolicy.set``, not passed in
             ``env``.
+        http_deny: IP networks (CIDR text) that ``http/request`` may not connect to,
+            checked after DNS resolution and on every redirect.
     """
 
     env_exclude: tuple[str, ...] = ()
+    http_deny: tuple[str, ...] = ()

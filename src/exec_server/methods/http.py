@@ -114,7 +114,10 @@ async def _perform(
 
     deadline = _deadline(params.timeout_ms)
     try:
-        client = await _client(follow_redirects=params.redirect_policy != "stop")
+        client = await _client(
+            follow_redirects=params.redirect_policy != "stop",
+            deny=connection.server.guards.http_deny,
+        )
     except BaseException:
         if params.stream_response:
             streams.unreserve(params.request_id)
@@ -244,8 +247,9 @@ def _deadline(timeout_ms: int | None) -> float | None:
 _tls_context: ssl.SSLContext | None = None
 
 
-async def _client(*, follow_redirects: bool) -> httpx.AsyncClient:
-    """A client for one request: no timeouts of its own, nothing added to the request.
+async def _client(*, follow_redirects: bool, deny: tuple[str, ...]) -> httpx.AsyncClient:
+    """A client for one request: no timeouts of its own, nothing added to the request, and
+    connections only outside the ``deny`` networks when there are any (``http_guard``).
 
     One client per request keeps ownership simple (the request or its stream closes it);
     the TLS context, the costly part (loading CA certificates takes a noticeable fraction of
@@ -257,11 +261,18 @@ async def _client(*, follow_redirects: bool) -> httpx.AsyncClient:
     if _tls_context is None:
         context = await asyncio.to_thread(httpx.create_ssl_context)
         _tls_context = _tls_context or context
+    transport: httpx.AsyncBaseTransport | None = None
+    if deny:
+        from ..http_guard import GuardedTransport, parse_networks
+
+        transport = GuardedTransport(parse_networks(deny), _tls_context)
     client = httpx.AsyncClient(
         timeout=None,
         follow_redirects=follow_redirects,
         max_redirects=MAX_REDIRECTS,
         verify=_tls_context,
+        transport=transport,
+        trust_env=transport is None,
     )
     del client.headers["accept-encoding"]  # pass bodies through untouched
     del client.headers["user-agent"]
