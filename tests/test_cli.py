@@ -294,11 +294,29 @@ async def test_sigkill_of_the_server_leaves_no_running_direct_child() -> None:
             await client.start("pipe", ["sleep", "100"])
             await client.start("pty", ["sleep", "100"], tty=True)
             assert await wait_until(lambda: len([p for p in server.descendants("sleep")]) >= 2)
-            direct = [p.pid for p in psutil.Process(server.proc.pid).children()]
+            children = psutil.Process(server.proc.pid).children()
+            direct = [p.pid for p in children if p.name() != "exec-keeper"]
             assert len(direct) == 2
             server.proc.kill()
             assert await asyncio.wait_for(server.proc.wait(), 10) == -signal.SIGKILL
         assert await wait_until(lambda: not any(pid_alive(pid) for pid in direct))
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["pipe", "pty"])
+async def test_sigkill_of_the_server_leaves_no_grandchild(tty: bool) -> None:
+    """Issue 11: the direct child dies of its parent-death signal, and the keeper kills what
+    it left in its session (`sleep` was started by the shell, not by the server)."""
+    async with cli_server() as server:
+        async with Client.connect(server.url) as client:
+            await client.initialize()
+            script = "sleep 1000 & echo $!; wait"
+            await client.start("bg", ["sh", "-c", script], tty=tty)
+            out = await client.wait_output("bg", b"\n")
+            grandchild = int(out.split()[0])
+            assert pid_alive(grandchild)
+            server.proc.kill()
+            assert await asyncio.wait_for(server.proc.wait(), 10) == -signal.SIGKILL
+        assert await wait_until(lambda: not pid_alive(grandchild), timeout=15)
 
 
 async def test_ipv6_loopback_url_is_printed_with_brackets() -> None:

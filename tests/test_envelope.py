@@ -236,7 +236,7 @@ async def test_initialized_as_a_request_is_method_not_found(server_url: str) -> 
         }
 
 
-@pytest.mark.parametrize("method", ["no/such", "process/list", "fs/join", "Initialize"])
+@pytest.mark.parametrize("method", ["no/such", "process/kill", "fs/join", "Initialize"])
 async def test_unknown_method_is_method_not_found_with_the_reference_text(
     server_url: str, method: str
 ) -> None:

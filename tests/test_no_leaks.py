@@ -60,15 +60,19 @@ async def test_connections_and_processes_leave_no_fd_and_no_child(spill: bool, p
         assert await wait_until(lambda: not _threads() - threads, timeout=15), _threads() - threads
 
 
-def test_a_reaped_pid_is_not_in_use_and_a_live_one_is() -> None:
-    """Teardown kills the group of a reaped leader only while its pid is free (a pid in use
-    again may lead an unrelated group with the same id)."""
+def test_a_process_is_named_by_pid_and_start_time() -> None:
+    """Trees are killed by pid and start time, so a pid in use again by another process is
+    never signalled in the name of one that is gone."""
     import subprocess
 
-    from exec_server.process.manager import _pid_in_use
+    from exec_server.process.tree import Pid
 
-    child = subprocess.Popen(["true"])
+    child = subprocess.Popen(["sleep", "30"])
+    named = Pid.of(child.pid)
+    assert named is not None and named.alive()
+    assert not Pid(child.pid, named.start + 1).alive()  # same pid, another process
+    child.kill()
     child.wait()
-    assert not _pid_in_use(child.pid)
-    assert _pid_in_use(os.getpid())
-    assert _pid_in_use(1)
+    assert not named.alive() and Pid.of(child.pid) is None
+    me = Pid.of(os.getpid())
+    assert me is not None and me.alive()

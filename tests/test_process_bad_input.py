@@ -72,7 +72,7 @@ INVALID_PARAMS: list[tuple[str, Any]] = [
     ("process/write", {"processId": "p", "chunk": None}),
     ("process/write", {"processId": "p", "chunk": "eA==", "writeId": 5}),
     ("process/terminate", {"processId": None}),
-    ("process/signal", {"processId": "p", "signal": 15}),
+    ("process/signal", {"processId": "p", "signal": 1.5}),
     # negative and out-of-range numbers
     ("process/read", {"processId": "p", "afterSeq": -1}),
     ("process/read", {"processId": "p", "maxBytes": -1}),

@@ -197,7 +197,7 @@ def test_the_extension_itself_refuses_a_nul_in_cwd() -> None:
     from exec_server.process import _spawn
 
     with pytest.raises(ValueError, match="cwd"):
-        _spawn.spawn([b"/bin/true"], [b"true"], [], b"/tmp\0/x", -1, -1, -1, False, 0)
+        _spawn.spawn([b"/bin/true"], [b"true"], [], b"/tmp\0/x", -1, -1, -1, False, 0, False)
 
 
 def test_the_extension_keeps_what_it_points_into(start: Start) -> None:
@@ -210,9 +210,8 @@ def test_the_extension_keeps_what_it_points_into(start: Start) -> None:
     read_end, write_end = os.pipe()
     try:
         argv = (arg.encode() for arg in ["sh", "-c", "printf %s " + "x" * 4000])
-        pid = _spawn.spawn(
-            [b"/bin/sh"], argv, iter([b"PATH=/usr/bin:/bin"]), b"/", -1, write_end, -1, False, 0
-        )
+        env = iter([b"PATH=/usr/bin:/bin"])
+        pid = _spawn.spawn([b"/bin/sh"], argv, env, b"/", -1, write_end, -1, False, 0, False)
         os.close(write_end)
         write_end = -1
         output = b""

@@ -20,6 +20,7 @@ from .config import Guards, Limits, Runtime
 if TYPE_CHECKING:
     import ssl
 
+    from .process.keeper import Keeper
     from .server import Server
 
 log = logging.getLogger("exec_server")
@@ -335,6 +336,7 @@ def runtime_from_args(args: argparse.Namespace) -> Runtime:
         uvloop=not args.no_uvloop,
         pybase64=not args.no_pybase64,
         pidfd=not args.no_pidfd,
+        subreaper=True,  # the command owns its process: it adopts and reaps orphans
     ).resolve()
 
 
@@ -432,11 +434,11 @@ async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
     )
 
 
-async def serve(options: ServeOptions) -> None:
+async def serve(options: ServeOptions, keeper: Keeper | None = None) -> None:
     """Run until SIGINT/SIGTERM (or stdin EOF over stdio); then kill every child and return."""
     from .server import Server
 
-    server = Server(options.limits, options.runtime, options.guards)
+    server = Server(options.limits, options.runtime, options.guards, keeper)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -502,13 +504,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
+    # Before any loop or thread exists: orphans of our children come to us, and the keeper
+    # cleans up after us should we be killed (process/tree.py, process/keeper.py).
+    from .process.keeper import Keeper
+    from .process.tree import become_subreaper
+
+    become_subreaper()
+    keeper = Keeper.start()
     # Everything imported so far lives as long as the process: keep it out of every cyclic
     # collection, and collect the young generation less often (requests make many
     # short-lived objects and almost no cycles; bench/README.md has the measurement).
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(options))
+        runner.run(serve(options, keeper))
     return 0
 
 

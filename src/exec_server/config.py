@@ -97,12 +97,17 @@ class Runtime:
             than msgspec's encoder.
         pidfd: watch each child's exit through a pidfd on the event loop; without one (a
             kernel before 5.3) a thread per child waits for it.
+        subreaper: the server adopts descendants orphaned by its children's exits (a child
+            subreaper), reaps them, and kills them with the child they came from. The
+            ``exec-server`` command turns it on (as it does when it runs as PID 1); a program
+            embedding the server, which may have children of its own, leaves it off.
     """
 
     native_spawn: bool = True
     uvloop: bool = True
     pybase64: bool = True
     pidfd: bool = True
+    subreaper: bool = False
 
     def resolve(self) -> Runtime:
         """This runtime, less what is not installed or not supported here."""
@@ -112,6 +117,7 @@ class Runtime:
             uvloop=self.uvloop and _importable("uvloop"),
             pybase64=self.pybase64 and _importable("pybase64"),
             pidfd=self.pidfd and hasattr(os, "pidfd_open"),
+            subreaper=self.subreaper or os.getpid() == 1,
         )
 
 

@@ -63,6 +63,9 @@ class EnvironmentInfo(_Wire):
 class InitializeResult(_Wire):
     session_id: str
     environment_info: EnvironmentInfo
+    extensions: dict[str, bool] = msgspec.field(default_factory=dict)
+    """Ours: one flag per protocol extension this server serves (reference clients ignore
+    it; see the README's protocol section)."""
 
 
 class EnvironmentStatusResult(_Wire):
@@ -82,7 +85,17 @@ class EnvPolicy(_Wire, kw_only=True):
     include_only: list[str]
 
 
+TerminalDimension = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+
+
+class TerminalSize(_Wire):
+    rows: TerminalDimension
+    cols: TerminalDimension
+
+
 class ProcessStartParams(_Params):
+    """``size``, ``timeoutMs``, ``idleTimeoutMs`` and ``drainTimeoutMs`` are ours."""
+
     process_id: str
     argv: list[str]
     cwd: str
@@ -91,6 +104,10 @@ class ProcessStartParams(_Params):
     env_policy: EnvPolicy | None = None
     pipe_stdin: bool = False
     arg0: str | None = None
+    size: TerminalSize | None = None
+    timeout_ms: U64 | None = None
+    idle_timeout_ms: U64 | None = None
+    drain_timeout_ms: U64 | None = None
 
 
 class ProcessStartResult(_Wire):
@@ -135,13 +152,48 @@ class ProcessIdParams(_Params):
     process_id: str
 
 
+class ProcessTerminateParams(_Params):
+    """``graceMs`` (ours): SIGTERM first, SIGKILL after the grace to whatever is left."""
+
+    process_id: str
+    grace_ms: U64 | None = None
+
+
 class ProcessTerminateResult(_Wire):
     running: bool
 
 
 class ProcessSignalParams(_Params):
+    """``signal``: ``interrupt``, a name (``TERM``, ``SIGTERM``), a number, or the map form
+    ``{"interrupt": null}`` that 0.169 also accepts."""
+
     process_id: str
-    signal: str
+    signal: str | int | dict[str, Any]
+
+
+class ProcessResizeParams(_Params):
+    process_id: str
+    rows: TerminalDimension
+    cols: TerminalDimension
+
+
+class ProcessListEntry(_Wire):
+    process_id: str
+    pid: int | None
+    argv: list[str]
+    cwd: str
+    tty: bool
+    state: Literal["starting", "running", "exited", "closed"]
+    exit_code: int | None
+    terminated_by: str | None
+    signal: str | None
+    output_bytes: int
+    started_at_ms: int
+    exited_at_ms: int | None
+
+
+class ProcessListResult(_Wire):
+    processes: list[ProcessListEntry]
 
 
 class EmptyResult(_Wire):
@@ -202,22 +254,37 @@ class ProcessNotifications:
         )
         return b"".join((prefix, self._b64encode(data), b'"}}'))
 
-    def exited(self, process_id: str, seq: int, exit_code: int, sandbox_denied: bool) -> bytes:
+    def exited(
+        self,
+        process_id: str,
+        seq: int,
+        exit_code: int,
+        *,
+        terminated_by: str,
+        signal: str | None,
+        sandbox_denied: bool,
+    ) -> bytes:
+        """``terminatedBy`` and ``signal`` are ours (reference clients ignore them)."""
         return (
             b'{"method":"process/exited","params":{"processId":%s,"seq":%d,"exitCode":%d,'
-            b'"sandboxDenied":%s}}'
+            b'"sandboxDenied":%s,"terminatedBy":"%s","signal":%s}}'
             % (
                 self._id_json(process_id),
                 seq,
                 exit_code,
                 b"true" if sandbox_denied else b"false",
+                terminated_by.encode(),
+                encode(signal),
             )
         )
 
-    def closed(self, process_id: str, seq: int) -> bytes:
-        return b'{"method":"process/closed","params":{"processId":%s,"seq":%d}}' % (
+    def closed(self, process_id: str, seq: int, drained: bool = False) -> bytes:
+        """``drained`` (ours): the streams were closed by the drain timeout, not by EOF."""
+        tail = b',"drained":true}}' if drained else b"}}"
+        return b'{"method":"process/closed","params":{"processId":%s,"seq":%d%s' % (
             self._id_json(process_id),
             seq,
+            tail,
         )
 
 

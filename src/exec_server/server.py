@@ -11,6 +11,7 @@ from . import __version__
 from .config import Guards, Limits, Runtime
 from .paths import to_file_uri
 from .process.exits import ExitWatcher
+from .process.keeper import Keeper
 from .process.spawn import spawn
 from .protocol import EnvironmentInfo, ProcessNotifications, ShellInfo, base64_encoder
 from .sessions import SessionRegistry
@@ -63,21 +64,28 @@ class Server:
         limits: Limits | None = None,
         runtime: Runtime | None = None,
         guards: Guards | None = None,
+        keeper: Keeper | None = None,
     ) -> None:
+        """``keeper``: the process that cleans up should this one die (``process/keeper.py``);
+        the ``exec-server`` command forks it before the loop starts."""
         self.limits = limits or Limits()
         self.runtime = (runtime or Runtime()).resolve()
         self.guards = guards or Guards()
         b64encode = base64_encoder(self.runtime.pybase64)
+        self.exits = ExitWatcher(
+            use_pidfd=self.runtime.pidfd, reap_orphans=self.runtime.subreaper, keeper=keeper
+        )
         self.sessions = SessionRegistry(
             self.limits,
             functools.partial(spawn, native=self.runtime.native_spawn),
-            ExitWatcher(use_pidfd=self.runtime.pidfd),
+            self.exits,
             lambda: ProcessNotifications(b64encode),
         )
         self.environment_info = describe_environment()
         self.server_env: dict[str, str] = dict(os.environ)
 
     async def shutdown(self, timeout: float = 5.0) -> None:
-        """End every session: every child group is killed, then reaped."""
+        """End every session: every child and all it started is killed, then reaped."""
         for session in self.sessions.shutdown():
             await session.processes.wait_reaped(timeout)
+        self.exits.close()

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from .config import Limits
 from .errors import invalid_request
 from .process.exits import ExitWatcher
-from .process.manager import ProcessManager, Spawner
+from .process.manager import ExitInfo, ProcessManager, Spawner
+from .process.signals import signal_name
 from .protocol import ProcessNotifications
 from .resources import Resources
 
@@ -68,15 +69,22 @@ class Session:
             self._notifications.output(process_id, seq, stream, data)
         )
 
-    def exited(self, process_id: str, seq: int, exit_code: int) -> None:
+    def exited(self, process_id: str, seq: int, info: ExitInfo) -> None:
         if self.connection is not None:
             self.connection.send_notification(
-                self._notifications.exited(process_id, seq, exit_code, False)
+                self._notifications.exited(
+                    process_id,
+                    seq,
+                    info.exit_code,
+                    terminated_by=info.terminated_by.value,
+                    signal=signal_name(info.signal),
+                    sandbox_denied=False,
+                )
             )
 
-    def closed(self, process_id: str, seq: int) -> None:
+    def closed(self, process_id: str, seq: int, drained: bool) -> None:
         if self.connection is not None:
-            self.connection.send_notification(self._notifications.closed(process_id, seq))
+            self.connection.send_notification(self._notifications.closed(process_id, seq, drained))
 
     def resume_output(self) -> None:
         """The connection has room again (or is gone): let the processes go on."""

@@ -11,6 +11,21 @@ if TYPE_CHECKING:
     from ..connection import Connection
 
 
+EXTENSIONS: dict[str, bool] = {
+    "signal": True,  # process/signal: any name or number; a terminal's foreground group
+    "closeStdin": True,  # process/closeStdin
+    "resize": True,  # process/resize, and `size` on process/start
+    "list": True,  # process/list
+    "timeouts": True,  # `timeoutMs` and `idleTimeoutMs` on process/start
+    "terminateGrace": True,  # `graceMs` on process/terminate
+    "drainTimeout": True,  # `drainTimeoutMs` on process/start; `drained` on process/closed
+    "treeKill": True,  # terminate, timeouts and session ends reach setsid descendants
+    "terminatedBy": True,  # `terminatedBy` and `signal` on process/exited
+}
+"""Ours, beyond the reference: one flag per protocol extension, in ``initialize``'s answer
+where reference clients ignore it (the README's protocol section describes each)."""
+
+
 @method("initialize", InitializeParams, None)
 def initialize(connection: Connection, params: InitializeParams) -> InitializeResult:
     """Create a session, or resume a detached one; a failed resume may be retried."""
@@ -21,7 +36,7 @@ def initialize(connection: Connection, params: InitializeParams) -> InitializeRe
     else:
         session = sessions.create(connection)
     connection.attach(session)
-    return InitializeResult(session.id, connection.server.environment_info)
+    return InitializeResult(session.id, connection.server.environment_info, EXTENSIONS)
 
 
 @method("environment/info", Any, None)

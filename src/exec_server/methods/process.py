@@ -14,19 +14,23 @@ from ..errors import RpcError, internal_error, invalid_params, invalid_request
 from ..paths import parse_path
 from ..process import errors as process_errors
 from ..process.env import child_environment, without_excluded
-from ..process.manager import WriteStatus
+from ..process.manager import Deadlines, ProcessInfo, WriteStatus
 from ..process.output import ReadSnapshot, is_ready
-from ..process.signals import SIGNALS_BY_NAME, parse_signal
+from ..process.signals import parse_signal, signal_name
 from ..process.spawn import SpawnRequest
 from ..process.stdin import StdinFull
 from ..protocol import (
     EmptyResult,
     ProcessIdParams,
+    ProcessListEntry,
+    ProcessListResult,
     ProcessReadParams,
     ProcessReadResult,
+    ProcessResizeParams,
     ProcessSignalParams,
     ProcessStartParams,
     ProcessStartResult,
+    ProcessTerminateParams,
     ProcessTerminateResult,
     ProcessWriteParams,
     ProcessWriteResult,
@@ -64,6 +68,8 @@ def wire_error(error: process_errors.ProcessError) -> RpcError:
         )
     if isinstance(error, StdinFull):
         return invalid_request(error.reason)
+    if isinstance(error, process_errors.NoTerminal):
+        return invalid_request(f"process {process_id} has no terminal (it was started without tty)")
     if isinstance(error, process_errors.StdinBroken):
         return internal_error("failed to write to process stdin")
     return internal_error(str(error))  # pragma: no cover - every kind is named above
@@ -149,6 +155,7 @@ def start(connection: Connection, params: ProcessStartParams) -> ProcessStartRes
             server_env=connection.server.server_env,
         )
     env = without_excluded(env, connection.server.guards.env_exclude)
+    size = params.size
     request = SpawnRequest(
         argv=params.argv,
         cwd=cwd,
@@ -156,9 +163,19 @@ def start(connection: Connection, params: ProcessStartParams) -> ProcessStartRes
         tty=params.tty,
         pipe_stdin=params.pipe_stdin,
         arg0=params.arg0,
+        size=(size.rows, size.cols) if size is not None else None,
     )
-    connection.require_session().processes.start(params.process_id, request)
+    deadlines = Deadlines(
+        timeout_s=_seconds(params.timeout_ms),
+        idle_s=_seconds(params.idle_timeout_ms),
+        drain_s=_seconds(params.drain_timeout_ms),
+    )
+    connection.require_session().processes.start(params.process_id, request, deadlines)
     return ProcessStartResult(params.process_id)
+
+
+def _seconds(milliseconds: int | None) -> float | None:
+    return None if milliseconds is None else milliseconds / 1000
 
 
 # ---- read ----------------------------------------------------------------------------------
@@ -219,20 +236,72 @@ async def _accepted_when(queued: Awaitable[None]) -> ProcessWriteResult:
     return ProcessWriteResult("accepted")
 
 
-@method("process/terminate", ProcessIdParams, EXEC)
+@method("process/terminate", ProcessTerminateParams, EXEC)
 @_mapped
-def terminate(connection: Connection, params: ProcessIdParams) -> ProcessTerminateResult:
-    return ProcessTerminateResult(
-        connection.require_session().processes.terminate(params.process_id)
-    )
+def terminate(connection: Connection, params: ProcessTerminateParams) -> ProcessTerminateResult:
+    """SIGKILL to the whole tree at once, or with ``graceMs`` SIGTERM first (ours)."""
+    grace_s = None if params.grace_ms is None else params.grace_ms / 1000
+    processes = connection.require_session().processes
+    return ProcessTerminateResult(processes.terminate(params.process_id, grace_s))
 
 
 @method("process/signal", ProcessSignalParams, EXEC)
 @_mapped
 def send_signal(connection: Connection, params: ProcessSignalParams) -> EmptyResult:
-    signum = parse_signal(params.signal)
+    value = params.signal
+    if isinstance(value, dict):  # 0.169's map form, {"interrupt": null}
+        value = next(iter(value), "") if len(value) == 1 else ""
+    signum = parse_signal(value)
     if signum is None:
-        allowed = ", ".join(f"`{name}`" for name in SIGNALS_BY_NAME)
-        raise invalid_params(f"unknown signal `{params.signal}`, expected one of {allowed}")
+        raise invalid_params(
+            f"unknown signal `{value}`: expected `interrupt`, a signal name such as `TERM` or "
+            "`SIGTERM`, or a signal number"
+        )
     connection.require_session().processes.signal(params.process_id, signum)
     return EmptyResult()
+
+
+# ---- extensions (ours; announced in initialize's `extensions`) -----------------------------
+
+
+@method("process/closeStdin", ProcessIdParams, EXEC)
+@_mapped
+def close_stdin(
+    connection: Connection, params: ProcessIdParams
+) -> ProcessWriteResult | Awaitable[ProcessWriteResult]:
+    """End of input once what is queued is written: EOF for a pipe, the EOF character for a
+    terminal."""
+    outcome = connection.require_session().processes.close_stdin(params.process_id)
+    if isinstance(outcome, WriteStatus):
+        return ProcessWriteResult(_WRITE_STATUS[outcome])
+    return _accepted_when(outcome)
+
+
+@method("process/resize", ProcessResizeParams, EXEC)
+@_mapped
+def resize(connection: Connection, params: ProcessResizeParams) -> EmptyResult:
+    connection.require_session().processes.resize(params.process_id, params.rows, params.cols)
+    return EmptyResult()
+
+
+@method("process/list", Any, EXEC)
+def list_processes(connection: Connection, params: Any) -> ProcessListResult:
+    rows = connection.require_session().processes.describe()
+    return ProcessListResult([_list_entry(info) for info in rows])
+
+
+def _list_entry(info: ProcessInfo) -> ProcessListEntry:
+    return ProcessListEntry(
+        process_id=info.process_id,
+        pid=info.pid,
+        argv=info.argv,
+        cwd=info.cwd,
+        tty=info.tty,
+        state=info.state.value,
+        exit_code=info.exit_code,
+        terminated_by=info.terminated_by.value if info.terminated_by else None,
+        signal=signal_name(info.signal),
+        output_bytes=info.output_bytes,
+        started_at_ms=info.started_at_ms,
+        exited_at_ms=info.exited_at_ms,
+    )

@@ -4,13 +4,15 @@
  * fork and runs Python in the child, costing milliseconds per spawn):
  *
  *   setsid, the standard fds, the PTY as controlling terminal (TIOCSCTTY), a parent-death
- *   signal, chdir, default signal dispositions, and an execvp-like walk of candidate paths.
+ *   signal, child-subreaper status (so orphaned descendants stay in the child's tree), chdir,
+ *   default signal dispositions, and an execvp-like walk of candidate paths.
  *
  * The child shares the parent's memory until it execs (vfork), so it only makes system calls
  * and reports a failure by storing errno and the failing step in a shared variable.
  *
  * Python interface (see _spawn.pyi):
- *   spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig) -> pid
+ *   spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,
+ *         subreaper) -> pid
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -65,7 +67,7 @@ static void free_array(char **array, PyObject *owner) {
 /* Runs in the vfork child: system calls only, no allocation, no Python. Never returns. */
 static void child(char *const candidates[], char *const argv[], char *const envp[],
                   char **sh_argv, const char *cwd, int fds[3], int ctty, int pdeathsig,
-                  pid_t parent, volatile int *err, volatile int *step) {
+                  int subreaper, pid_t parent, volatile int *err, volatile int *step) {
     int i;
     if (setsid() < 0) { *step = STEP_SETSID; goto fail; }
     /* Move sources out of 0..2 first so one dup2 cannot clobber another's source. */
@@ -89,6 +91,7 @@ static void child(char *const candidates[], char *const argv[], char *const envp
         if (prctl(PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0) < 0) { *step = STEP_PDEATHSIG; goto fail; }
         if (getppid() != parent) _exit(128 + pdeathsig); /* the server is already gone */
     }
+    if (subreaper) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); /* best effort: kernels >= 3.4 */
     if (cwd != NULL && chdir(cwd) < 0) { *step = STEP_CHDIR; goto fail; }
 #ifdef SYS_close_range
     syscall(SYS_close_range, 3, ~0U, 0); /* best effort: Python's own fds are CLOEXEC anyway */
@@ -124,9 +127,9 @@ fail:
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
     PyObject *candidates_obj, *argv_obj, *envp_obj, *cwd_obj;
-    int fds[3], ctty, pdeathsig;
-    if (!PyArg_ParseTuple(args, "OOOOiiipi", &candidates_obj, &argv_obj, &envp_obj, &cwd_obj,
-                          &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig))
+    int fds[3], ctty, pdeathsig, subreaper;
+    if (!PyArg_ParseTuple(args, "OOOOiiipip", &candidates_obj, &argv_obj, &envp_obj, &cwd_obj,
+                          &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig, &subreaper))
         return NULL;
     if (cwd_obj != Py_None && !PyBytes_Check(cwd_obj)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -168,7 +171,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid_t pid = vfork();
     if (pid == 0) {
-        child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, parent, &err, &step);
+        child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, subreaper, parent, &err,
+              &step);
     }
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -200,7 +204,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS,
-     "spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig) -> pid\n"
+     "spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,\n"
+     "      subreaper) -> pid\n"
      "Start a child with vfork+execve; raises OSError naming the failing step."},
     {NULL, NULL, 0, NULL},
 };

@@ -10,5 +10,6 @@ def spawn(
     stderr_fd: int,
     ctty: bool,
     pdeathsig: int,
+    subreaper: bool,
     /,
 ) -> int: ...

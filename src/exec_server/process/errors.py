@@ -37,5 +37,9 @@ class TooManyProcesses(ProcessError):
     """The session already has as many processes as it may (``reason`` says how many)."""
 
 
+class NoTerminal(ProcessError):
+    """The process has no terminal (it was started without ``tty``)."""
+
+
 class StdinBroken(ProcessError):
     """The process was terminated: its stdin takes nothing more."""

@@ -2,14 +2,15 @@
 
 The manager owns every child it starts and composes the parts that look after one: an
 :class:`~.reading.OutputReader` for its output, a :class:`~.stdin.StdinQueue` for its stdin,
-the session's :class:`~.exits.ExitWatcher` for its exit, and an :class:`~.output.OutputLog`
-for what it printed. Events leave through an :class:`EventSink` in seq order; the sink may
-ask the manager to stop reading (backpressure) and calls :meth:`ProcessManager.resume_output`
-when it can take more.
+the server's :class:`~.exits.ExitWatcher` for its exit, an :class:`~.output.OutputLog` for
+what it printed, and :mod:`.tree` to kill all it started. Events leave through an
+:class:`EventSink` in seq order; the sink may ask the manager to stop reading (backpressure)
+and calls :meth:`ProcessManager.resume_output` when it can take more.
 
 A process moves through explicit states: STARTING -> RUNNING -> EXITED -> CLOSED, where
-CLOSED means the exit is known *and* every output stream has ended. Refusals are the domain
-errors of :mod:`.errors`; the method layer words them for the wire.
+CLOSED means the exit is known *and* every output stream has ended (or was cut off after
+``drain_timeout``). Refusals are the domain errors of :mod:`.errors`; the method layer
+words them for the wire.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import contextlib
 import enum
 import os
 import signal
+import termios
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..config import Limits
@@ -27,6 +31,7 @@ from ..errors import os_error_message
 from .errors import (
     DuplicateProcess,
     InvalidSpawn,
+    NoTerminal,
     ProcessStarting,
     SpawnFailed,
     StdinBroken,
@@ -36,8 +41,9 @@ from .errors import (
 from .exits import ExitWatcher
 from .output import OutputLog, ReadSnapshot, is_ready
 from .reading import OutputReader, Stream
-from .spawn import Child, SpawnRequest, exit_code_from_status, signal_group
+from .spawn import Child, SpawnRequest, exit_code_from_status, set_window_size, signal_group
 from .stdin import ByteBudget, StdinQueue
+from .tree import Pid, kill_trees, members
 
 
 class ProcessState(enum.Enum):
@@ -57,53 +63,136 @@ class WriteStatus(enum.Enum):
     STARTING = enum.auto()
 
 
+class TerminatedBy(enum.Enum):
+    """Why a process ended."""
+
+    EXIT = "exit"
+    """It exited by itself."""
+    SIGNAL = "signal"
+    """A signal the server did not send killed it."""
+    CLIENT = "client"
+    TIMEOUT = "timeout"
+    IDLE = "idle"
+    DISCONNECT = "disconnect"
+    """Its session ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExitInfo:
+    """What ``process/exited`` reports."""
+
+    exit_code: int
+    terminated_by: TerminatedBy
+    signal: int | None
+    """The signal that killed it, if one did."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """Per-process timers, in seconds; None for none."""
+
+    timeout_s: float | None = None
+    """Wall clock from the start, after which the process is killed."""
+    idle_s: float | None = None
+    """Time without output after which the process is killed."""
+    drain_s: float | None = None
+    """After the exit, how long output streams still held open by descendants are waited
+    for before they are closed anyway."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One row of ``process/list``."""
+
+    process_id: str
+    pid: int | None
+    argv: list[str]
+    cwd: str
+    tty: bool
+    state: ProcessState
+    exit_code: int | None
+    terminated_by: TerminatedBy | None
+    signal: int | None
+    output_bytes: int
+    started_at_ms: int
+    exited_at_ms: int | None
+
+
 class EventSink(Protocol):
     """Where a manager's events go. ``output`` returns False to ask the producer to pause."""
 
     def output(self, process_id: str, seq: int, stream: str, data: bytes) -> bool: ...
 
-    def exited(self, process_id: str, seq: int, exit_code: int) -> None: ...
+    def exited(self, process_id: str, seq: int, info: ExitInfo) -> None: ...
 
-    def closed(self, process_id: str, seq: int) -> None: ...
+    def closed(self, process_id: str, seq: int, drained: bool) -> None: ...
 
 
 Spawner = Callable[[SpawnRequest], Child]
 
 
 class ManagedProcess:
-    """One entry of the table: the child and the parts that look after it."""
+    """One entry of the table: the child, the parts that look after it, and its record."""
 
     __slots__ = (
         "child",
+        "deadlines",
+        "drained",
         "eviction",
+        "exit",
+        "exited_at",
+        "last_output",
         "log",
+        "orphans",
         "process_id",
         "reader",
         "reaped",
+        "request",
+        "root",
+        "started_at",
         "state",
         "stdin",
-        "terminated",
+        "terminated_by",
+        "timers",
         "tty",
         "writable_stdin",
     )
 
-    def __init__(self, process_id: str, request: SpawnRequest, log: OutputLog) -> None:
+    def __init__(
+        self, process_id: str, request: SpawnRequest, log: OutputLog, deadlines: Deadlines
+    ) -> None:
         self.process_id = process_id
+        self.request = request
         self.tty = request.tty
         self.writable_stdin = request.tty or request.pipe_stdin
         self.log = log
+        self.deadlines = deadlines
         self.state = ProcessState.STARTING
         self.child: Child | None = None
+        self.root: Pid | None = None
         self.reader: OutputReader | None = None
         self.stdin: StdinQueue | None = None
-        self.terminated = False
+        self.terminated_by: TerminatedBy | None = None
+        """Set by the server when it ends the process (first cause wins)."""
+        self.exit: ExitInfo | None = None
         self.reaped = False
+        self.drained = False
+        self.orphans: list[Pid] = []
+        self.timers: list[asyncio.TimerHandle] = []
         self.eviction: asyncio.TimerHandle | None = None
+        self.started_at = time.time()
+        self.exited_at: float | None = None
+        self.last_output = 0.0
 
     @property
     def paused(self) -> bool:
         """Whether reading its output waits for the client to catch up."""
         return self.reader is not None and self.reader.paused
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
 
 
 class ProcessManager:
@@ -123,6 +212,7 @@ class ProcessManager:
         self._reaped_event = asyncio.Event()
         self._stdin_budget = ByteBudget(limits.stdin_session_max_bytes)
         self._not_closed = 0  # processes counted against max_processes_per_session
+        self._leftovers: list[Pid] = []  # trees of evicted processes that may live on
 
     # ---- table ----------------------------------------------------------------------------
 
@@ -146,9 +236,15 @@ class ProcessManager:
             raise ProcessStarting(process_id)
         return process
 
+    def describe(self) -> list[ProcessInfo]:
+        """Every process of the session, in start order."""
+        return [_info(process) for process in self._processes.values()]
+
     # ---- start ----------------------------------------------------------------------------
 
-    def start(self, process_id: str, request: SpawnRequest) -> None:
+    def start(
+        self, process_id: str, request: SpawnRequest, deadlines: Deadlines | None = None
+    ) -> None:
         """Spawn a child under ``process_id``; raises a :class:`~.errors.ProcessError`."""
         if not request.argv:
             raise InvalidSpawn(process_id, "argv must not be empty")
@@ -162,7 +258,7 @@ class ProcessManager:
             limits.retained_output_chunks,
             spill_threshold_bytes=limits.spill_threshold_bytes,
         )
-        process = ManagedProcess(process_id, request, log)
+        process = ManagedProcess(process_id, request, log, deadlines or Deadlines())
         self._processes[process_id] = process  # reserved while STARTING
         try:
             child = self._spawn(request)
@@ -176,10 +272,14 @@ class ProcessManager:
 
     def _run(self, process: ManagedProcess, child: Child) -> None:
         process.child = child
+        process.root = Pid.of(child.pid)
         process.state = ProcessState.RUNNING
+        process.last_output = self._loop.time()
         self._not_closed += 1
         self._unreaped.add(process)
         self._exits.watch(child.pid, lambda status: self._on_exit(process, status))
+        if process.root is not None and self._exits.keeper is not None:
+            self._exits.keeper.started(process.root)
         if child.stdin is not None:
             process.stdin = StdinQueue(
                 process.process_id,
@@ -199,10 +299,35 @@ class ProcessManager:
             lambda stream, data: self._emit_output(process, stream, data),
             lambda: self._maybe_close(process),
         )
+        self._arm(process)
+
+    def _arm(self, process: ManagedProcess) -> None:
+        """Start the process's wall-clock and idle timers."""
+        deadlines = process.deadlines
+        if deadlines.timeout_s is not None:
+            process.timers.append(
+                self._loop.call_later(
+                    deadlines.timeout_s, self._kill, process, TerminatedBy.TIMEOUT
+                )
+            )
+        if deadlines.idle_s is not None:
+            process.timers.append(
+                self._loop.call_later(deadlines.idle_s, self._idle_check, process)
+            )
+
+    def _idle_check(self, process: ManagedProcess) -> None:
+        idle_s = process.deadlines.idle_s
+        assert idle_s is not None
+        quiet = self._loop.time() - process.last_output
+        if quiet >= idle_s:
+            self._kill(process, TerminatedBy.IDLE)
+        elif process.state is ProcessState.RUNNING:
+            process.timers.append(self._loop.call_later(idle_s - quiet, self._idle_check, process))
 
     # ---- output ---------------------------------------------------------------------------
 
     def _emit_output(self, process: ManagedProcess, stream: str, data: bytes) -> None:
+        process.last_output = self._loop.time()
         seq = process.log.append(stream, data)
         if not self.sink.output(process.process_id, seq, stream, data):
             reader = process.reader
@@ -225,17 +350,36 @@ class ProcessManager:
         if child is not None and child.popen is not None:
             child.popen.returncode = code  # keeps subprocess from reaping or warning about it
         process.reaped = True
+        process.exited_at = time.time()
+        process.orphans += self._exits.claim_orphans()
         self._unreaped.discard(process)
         if not self._unreaped:
             self._reaped_event.set()
         if process.state is ProcessState.CLOSED:
             return  # torn down with its session: reaped, and nobody is listening any more
+        signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        cause = process.terminated_by or (TerminatedBy.SIGNAL if signum else TerminatedBy.EXIT)
+        process.exit = ExitInfo(code, cause, signum)
+        process.cancel_timers()
         reader = process.reader
         if reader is not None:
             reader.drain()  # output written before it died comes before its exit
         process.state = ProcessState.EXITED
         seq = process.log.mark_exited(code)
-        self.sink.exited(process.process_id, seq, code)
+        self.sink.exited(process.process_id, seq, process.exit)
+        drain_s = process.deadlines.drain_s
+        if drain_s is not None and reader is not None and reader.open_streams:
+            process.timers.append(self._loop.call_later(drain_s, self._cut_off, process))
+        self._maybe_close(process)
+
+    def _cut_off(self, process: ManagedProcess) -> None:
+        """The drain timeout passed with streams still held open (by descendants): close
+        them, so the process closes; the descendants write into a closed pipe from now."""
+        if process.state is not ProcessState.EXITED or process.reader is None:
+            return
+        process.reader.drain()
+        process.drained = True
+        process.reader.close()
         self._maybe_close(process)
 
     def _maybe_close(self, process: ManagedProcess) -> None:
@@ -243,10 +387,11 @@ class ProcessManager:
         if process.state is not ProcessState.EXITED or (reader and reader.open_streams):
             return
         process.state = ProcessState.CLOSED
+        process.cancel_timers()
         self._not_closed -= 1
         self._release(process)
         seq = process.log.mark_closed()
-        self.sink.closed(process.process_id, seq)
+        self.sink.closed(process.process_id, seq, process.drained)
         process.eviction = self._loop.call_later(
             self.limits.closed_retention_s, self._evict, process
         )
@@ -255,6 +400,9 @@ class ProcessManager:
         if self._processes.get(process.process_id) is process:
             del self._processes[process.process_id]
         process.log.close()  # its spill file, if any
+        # Descendants may outlive the record (a background job, a daemon): they are still
+        # this session's, and die with it.
+        self._leftovers += self._roots(process)
 
     def _release(self, process: ManagedProcess) -> None:
         """Close every fd of the process (its reader's, its stdin, a PTY master)."""
@@ -293,13 +441,10 @@ class ProcessManager:
             finally:
                 timer.cancel()
 
-    # ---- write ----------------------------------------------------------------------------
+    # ---- stdin ----------------------------------------------------------------------------
 
-    def write(
-        self, process_id: str, data: bytes, write_id: str | None
-    ) -> WriteStatus | asyncio.Future[None]:
-        """Queue bytes for the child's stdin; the status, or a future resolved once they are
-        queued (the queue was full). Writes to one process keep their order either way."""
+    def _stdin_of(self, process_id: str) -> ManagedProcess | WriteStatus:
+        """The process whose stdin a request may use, or the status that says why not."""
         process = self._processes.get(process_id)
         if process is None:
             return WriteStatus.UNKNOWN_PROCESS
@@ -307,63 +452,132 @@ class ProcessManager:
             return WriteStatus.STARTING
         if not process.writable_stdin:
             return WriteStatus.STDIN_CLOSED
-        if process.terminated:
+        if process.terminated_by is not None:
             raise StdinBroken(process_id)
+        return process
+
+    def write(
+        self, process_id: str, data: bytes, write_id: str | None
+    ) -> WriteStatus | asyncio.Future[None]:
+        """Queue bytes for the child's stdin; the status, or a future resolved once they are
+        queued (the queue was full). Writes to one process keep their order either way."""
+        process = self._stdin_of(process_id)
+        if isinstance(process, WriteStatus):
+            return process
         stdin = process.stdin
         if stdin is None or (write_id is not None and stdin.seen(write_id)):
             return WriteStatus.ACCEPTED
         queued = stdin.write(data)
         return WriteStatus.ACCEPTED if queued is None else queued
 
-    # ---- signals --------------------------------------------------------------------------
+    def close_stdin(self, process_id: str) -> WriteStatus | asyncio.Future[None]:
+        """End of input, after what is queued: a pipe is closed; a terminal gets its EOF
+        character (as a user typing Ctrl-D at the start of a line)."""
+        process = self._stdin_of(process_id)
+        if isinstance(process, WriteStatus):
+            return process
+        stdin = process.stdin
+        if stdin is None or not stdin.open:
+            return WriteStatus.ACCEPTED
+        if process.tty:
+            queued = stdin.write(_eof_character(process))
+            return WriteStatus.ACCEPTED if queued is None else queued
+        stdin.close_when_written()
+        return WriteStatus.ACCEPTED
 
-    def terminate(self, process_id: str) -> bool:
-        """SIGKILL to the process group; True when the process was running."""
+    # ---- signals, size ------------------------------------------------------------------------
+
+    def signal(self, process_id: str, signum: int) -> None:
+        """Send ``signum`` to the process's group; for a terminal, to its foreground group
+        (what a key like Ctrl-C reaches), which may be a job the shell started."""
+        process = self._started(process_id)
+        child = process.child
+        if process.state is not ProcessState.RUNNING or child is None:
+            return
+        group = _foreground_group(child) if child.tty else None
+        if group is not None and group > 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signum)
+        else:
+            signal_group(child.pid, signum)
+
+    def resize(self, process_id: str, rows: int, columns: int) -> None:
+        """Size the process's terminal; its foreground group gets SIGWINCH."""
+        process = self._started(process_id)
+        child = process.child
+        if not process.tty or child is None:
+            raise NoTerminal(process_id)
+        if child.stdout >= 0:
+            with contextlib.suppress(OSError):  # the terminal is gone: nothing to size
+                set_window_size(child.stdout, rows, columns)
+
+    def terminate(self, process_id: str, grace_s: float | None = None) -> bool:
+        """End the process and its whole tree: SIGKILL now, or SIGTERM first and SIGKILL
+        after ``grace_s`` to whatever is left. True when the process was running."""
         process = self._processes.get(process_id)
         if process is None or process.state is not ProcessState.RUNNING:
             return False
-        self._kill(process)
+        if grace_s is None:
+            self._kill(process, TerminatedBy.CLIENT)
+            return True
+        process.terminated_by = process.terminated_by or TerminatedBy.CLIENT
+        # Who is in the tree now, before SIGTERM ends anyone: whoever outlives the grace is
+        # killed then, even if what tied it to the tree (its parent) ended meanwhile.
+        process.orphans += [p for p in members(self._roots(process)) if p != process.root]
+        for member in [*members(self._roots(process))]:
+            member.signal(signal.SIGTERM)
+        process.timers.append(
+            self._loop.call_later(grace_s, self._kill, process, TerminatedBy.CLIENT)
+        )
         return True
 
-    def signal(self, process_id: str, signum: int) -> None:
-        process = self._started(process_id)
-        if process.state is ProcessState.RUNNING and process.child is not None:
-            signal_group(process.child.pid, signum)
+    @staticmethod
+    def _roots(process: ManagedProcess) -> list[Pid]:
+        """The process and the orphans it left to the server: where its tree starts."""
+        return [p for p in (process.root, *process.orphans) if p is not None]
 
-    def _kill(self, process: ManagedProcess) -> None:
-        """The one place a process is killed: SIGKILL to its whole group, stdin dropped."""
-        process.terminated = True
+    def _kill(self, process: ManagedProcess, cause: TerminatedBy) -> None:
+        """The one place a process is killed: SIGKILL to its whole tree, stdin dropped."""
+        if process.state is ProcessState.CLOSED and process.eviction is None:
+            return
+        process.terminated_by = process.terminated_by or cause
+        kill_trees(self._roots(process))  # the tree is read before anyone in it dies
         child = process.child
         if child is not None and not process.reaped:
-            signal_group(child.pid, signal.SIGKILL)
+            signal_group(child.pid, signal.SIGKILL)  # and whatever the reading missed
         if process.stdin is not None and not process.tty:
             process.stdin.drop()
 
     # ---- teardown -------------------------------------------------------------------------
 
     def kill_all(self) -> None:
-        """Session teardown: kill every child, close every fd, send nothing more.
-
-        Children are still reaped (their exits stay watched) so no zombie is left behind.
-        """
+        """Session teardown: kill every child and all it started, close every fd, send
+        nothing more. Children are still reaped (their exits stay watched): no zombie."""
         processes = list(self._processes.values())
         self._processes.clear()
+        roots = list(self._leftovers)
         for process in processes:
+            process.cancel_timers()
             if process.eviction is not None:
                 process.eviction.cancel()
+            process.terminated_by = process.terminated_by or TerminatedBy.DISCONNECT
+            if process.stdin is not None:
+                process.stdin.drop()
+            roots += self._roots(process)
+        kill_trees(roots)  # the trees are read before anyone in them dies
+        for process in processes:
             child = process.child
             if child is not None and not process.reaped:
-                self._kill(process)
-            elif child is not None and not _pid_in_use(child.pid):
-                # The leader is reaped, but its group may live on: a background job holding
-                # the output open (exited) or one that let go of it (closed). While any member
-                # lives, nobody else can take the group id; once the pid itself is in use
-                # again, a live group with that id belongs to the new process (only a process
-                # can create a group with its own id), so it is left alone.
-                signal_group(child.pid, signal.SIGKILL, include_leader=False)
+                signal_group(child.pid, signal.SIGKILL)
+        keeper = self._exits.keeper
+        for process in processes:
             self._release(process)
             process.log.close()  # its spill file, if any
             process.state = ProcessState.CLOSED
+        if keeper is not None:
+            for root in roots:
+                keeper.finished(root)
+        self._leftovers.clear()
         self._not_closed = 0
 
     async def wait_reaped(self, timeout: float) -> None:
@@ -375,15 +589,44 @@ class ProcessManager:
             await asyncio.wait_for(self._reaped_event.wait(), timeout)
 
 
-def _pid_in_use(pid: int) -> bool:
-    """Whether some process (perhaps a zombie) has this pid right now."""
+def _info(process: ManagedProcess) -> ProcessInfo:
+    child = process.child
+    exit = process.exit
+    return ProcessInfo(
+        process_id=process.process_id,
+        pid=child.pid if child is not None else None,
+        argv=list(process.request.argv),
+        cwd=process.request.cwd,
+        tty=process.tty,
+        state=process.state,
+        exit_code=exit.exit_code if exit else None,
+        terminated_by=exit.terminated_by if exit else process.terminated_by,
+        signal=exit.signal if exit else None,
+        output_bytes=process.log.produced_bytes,
+        started_at_ms=int(process.started_at * 1000),
+        exited_at_ms=int(process.exited_at * 1000) if process.exited_at else None,
+    )
+
+
+def _foreground_group(child: Child) -> int | None:
+    """The terminal's foreground process group, read through the PTY master."""
+    if child.stdout < 0:
+        return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return os.tcgetpgrp(child.stdout)
+    except OSError:
+        return None
+
+
+def _eof_character(process: ManagedProcess) -> bytes:
+    """The terminal's EOF character (VEOF, usually Ctrl-D)."""
+    child = process.child
+    try:
+        assert child is not None
+        eof = termios.tcgetattr(child.stdout)[6][termios.VEOF]
+    except (AssertionError, OSError, termios.error):
+        return b"\x04"
+    return eof if isinstance(eof, bytes) else bytes([eof])
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -99,6 +99,7 @@ class OutputLog:
         "closed",
         "exit_code",
         "last_seq",
+        "produced_bytes",
         "retained_bytes",
     )
 
@@ -115,6 +116,7 @@ class OutputLog:
         self._max_chunks = max_chunks
         self._waiters: list[asyncio.Future[None]] = []
         self.retained_bytes = 0
+        self.produced_bytes = 0  # every byte ever appended, retained or not
         self.last_seq = 0
         self.exit_code: int | None = None
         self.closed = False
@@ -162,6 +164,7 @@ class OutputLog:
         """
         self.last_seq = seq = self.last_seq + 1
         size = len(data)
+        self.produced_bytes += size
         entries = self._entries
         if size > self._max_bytes or self._max_chunks < 1:
             while entries:

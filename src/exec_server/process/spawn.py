@@ -1,10 +1,11 @@
 """Starting children (pipes or PTY) and killing them. No asyncio here: plain fds and pids.
 
 Every child is a session leader (``setsid``), so its pid is its process group id and one
-``killpg`` reaches it and every descendant that stayed in the group. Each child also gets a
-parent-death signal (SIGKILL), so a server that is itself killed with SIGKILL leaves no
-running children behind. In PTY mode the slave becomes the child's controlling terminal, so
-job control works.
+``killpg`` reaches it and every descendant that stayed in the group; and a child subreaper,
+so descendants orphaned while it lives stay in its tree (``tree.py``). Each child also gets
+a parent-death signal (SIGKILL), so a server killed with SIGKILL leaves no child running
+(the keeper, ``keeper.py``, sees to its descendants). In PTY mode the slave becomes the
+child's controlling terminal, so job control works.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ PTY_ROWS = 24
 PTY_COLUMNS = 80
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 _SIG_DFL = 0
 _RESETTABLE_SIGNALS = tuple(
@@ -42,6 +44,8 @@ class SpawnRequest:
     tty: bool
     pipe_stdin: bool
     arg0: str | None = None
+    size: tuple[int, int] | None = None
+    """The PTY's (rows, columns); None for the usual 24x80."""
 
 
 @dataclass(slots=True)
@@ -82,6 +86,7 @@ def _preexec(tty: bool, parent_pid: int) -> None:  # pragma: no cover - runs in 
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the server died before the line above took effect
         os._exit(137)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphaned descendants stay in its tree
     if tty:
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     # Default dispositions and no blocked signal, whatever the server runs with (an ignored
@@ -91,7 +96,8 @@ def _preexec(tty: bool, parent_pid: int) -> None:  # pragma: no cover - runs in 
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
-def _set_window_size(fd: int, rows: int, columns: int) -> None:
+def set_window_size(fd: int, rows: int, columns: int) -> None:
+    """Size a PTY (either side); the terminal's foreground group gets SIGWINCH."""
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
 
@@ -153,7 +159,7 @@ def spawn(request: SpawnRequest, *, native: bool = True) -> Child:
         if tty:
             master, slave = os.openpty()
             to_close.append(slave)
-            _set_window_size(slave, PTY_ROWS, PTY_COLUMNS)
+            set_window_size(slave, *(request.size or (PTY_ROWS, PTY_COLUMNS)))
             stdin_child: int = slave
             stdout_child, stderr_child = slave, slave
             parent_fds: tuple[int, int | None, int | None] = (master, None, master)
@@ -258,6 +264,7 @@ def _native_spawn(
                 *fds,
                 request.tty,
                 signal.SIGKILL,
+                True,  # a child subreaper: see tree.py
             )
         )
     except OSError as exc:

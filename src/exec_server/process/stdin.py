@@ -70,6 +70,7 @@ class StdinQueue:
         self._held_bytes = 0  # pending + waiting: what counts against the bounds
         self._write_ids: OrderedDict[str, None] = OrderedDict()
         self._watching = False
+        self._close_when_written = False
 
     @property
     def open(self) -> bool:
@@ -96,7 +97,7 @@ class StdinQueue:
         Raises :class:`StdinFull` past the bounds. On a dropped stdin the bytes are lost
         (as with the reference) and the write still succeeds.
         """
-        if self._fd is None or not data:
+        if self._fd is None or not data or self._close_when_written:
             return None
         size = len(data)
         if self._held_bytes and self._held_bytes + size > self._max_bytes:
@@ -169,6 +170,8 @@ class StdinQueue:
             self._admit_waiting()
         self._unwatch()
         self._admit_waiting()
+        if self._close_when_written and not self._pending and not self._waiting:
+            self.drop()
 
     def _admit_waiting(self) -> None:
         """Move waiting writes into the queue while it has room, in order."""
@@ -189,6 +192,12 @@ class StdinQueue:
             with contextlib.suppress(OSError):
                 self._loop.remove_writer(self._fd)
         self._watching = False
+
+    def close_when_written(self) -> None:
+        """End of input: close stdin once everything queued has reached the child."""
+        self._close_when_written = True
+        if not self._pending and not self._waiting:
+            self.drop()
 
     def drop(self) -> None:
         """Stdin is unusable or the process is gone: forget held bytes, let waiting writes
