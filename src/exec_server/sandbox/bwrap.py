@@ -214,7 +214,7 @@ def _mount_args(policy: Policy, found: BwrapSupport, launch: Launch) -> list[str
             continue
         if access == parent:
             continue
-        if not os.path.lexists(path):
+        if _held(path) or not os.path.lexists(path):
             _guard_missing(policy, path, access, launch, args, frozen)
             continue
         if access == Access.WRITE:
@@ -272,7 +272,7 @@ def _guard_missing(
             _hide(policy, first_missing, args, frozen)
         return
     launch._placeholders.append(placeholder)
-    if directory:
+    if placeholder.directory:
         args += ["--perms", "555" if access == Access.READ else "000", "--tmpfs", first_missing]
         frozen.append(first_missing)
     else:
@@ -280,12 +280,21 @@ def _guard_missing(
 
 
 def _first_missing(path: str) -> str | None:
+    """The shallowest component of ``path`` that does not exist, or is only our placeholder."""
     current = "/"
     for part in path.strip("/").split("/"):
         current = posixpath.join(current, part)
-        if not os.path.lexists(current):
+        if _held(current) or not os.path.lexists(current):
             return current
     return None
+
+
+def _held(path: str) -> bool:
+    """Whether ``path`` is a placeholder a running launch of this server holds (then it is
+    still missing as far as policies go, and a new launch must share it, not bind it)."""
+    with _placeholder_lock:
+        held = _placeholders.get(path)
+    return held is not None and _same_file(held[0])
 
 
 def _acquire_placeholder(path: str, directory: bool) -> _Placeholder | None:
