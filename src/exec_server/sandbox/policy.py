@@ -427,11 +427,10 @@ def _absolute_pattern(pattern: str, cwd: str) -> str:
 
 
 def _add_metadata_carve_outs(draft: Policy, rules: dict[str, Rule]) -> None:
-    """``.git`` and friends under each writable root become read-only (not under ``/``
-    itself: a whole-disk grant is full trust, and placeholders at ``/`` would litter it)."""
-    for root in draft.writable_roots:
-        if root == "/":
-            continue
+    """``.git`` and friends under each writable entry become read-only, nested ones too (not
+    under ``/`` itself: a whole-disk grant is full trust, and placeholders at ``/`` would
+    litter it)."""
+    for root in [rule.path for rule in draft.rules if rule.access == Access.WRITE]:
         for name in PROTECTED_METADATA_NAMES:
             path = posixpath.join(root, name)
             if path in rules or draft.rule_access_at(path) != Access.WRITE:
