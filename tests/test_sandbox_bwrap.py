@@ -455,3 +455,18 @@ def test_placeholders_are_shared_and_removed_by_the_last_launch(ws: Path) -> Non
     (ws / ".agents" / "kept").write_text("someone else's file")  # filled on the host meanwhile
     third.release()
     assert (ws / ".agents" / "kept").exists()
+
+
+def test_minimal_shows_only_the_system_dirs_and_the_workspace(ws: Path, outside: Path) -> None:
+    """``minimal`` starts from an empty root: programs still run (merged-/usr symlinks are
+    recreated), the rest of the host is simply not there."""
+    policy = resolve(
+        _managed([_special("minimal", "read"), _special("project_roots", "write")]),
+        ResolveContext(cwd=str(ws)),
+    )
+    script = (
+        f"cat {outside}/target.txt; echo in > inside.txt && cat inside.txt; touch /new; echo end"
+    )
+    done = run(policy, script, ws)
+    assert done.stdout == "in\nend\n", done.stderr
+    assert "No such file or directory" in done.stderr and "Read-only file system" in done.stderr

@@ -208,6 +208,9 @@ def _mount_args(policy: Policy, found: BwrapSupport, launch: Launch) -> list[str
     }[policy.base]
     args += ["--dev", "/dev"]
     args += ["--proc", "/proc"] if found.fresh_proc else []
+    for link, target in policy.links:
+        if policy.parent_access(link) == Access.NONE and not link.startswith(_SKIPPED_TREES):
+            args += ["--symlink", target, link]  # e.g. /lib64 -> usr/lib64 on an empty root
     frozen: list[str] = []  # tmpfs mounts made read-only once everything below them is bound
     for path, access, parent in _layers(policy):
         if path in _SKIPPED_TREES or path.startswith(("/proc/", "/dev/")):

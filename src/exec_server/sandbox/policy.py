@@ -91,13 +91,16 @@ class Policy:
     ``base`` is the access at ``/``; ``rules`` are sorted shallow first, one per path, never
     ``/`` itself; ``deny_globs`` are absolute git-style patterns whose matches (and what is
     below them) can be neither read nor written. ``network`` says whether sockets may reach
-    anything outside the sandbox.
+    anything outside the sandbox. ``links`` are the symlinks (path, target) through which
+    entries were named (``/lib64 -> usr/lib64``), recreated where the sandbox would not
+    otherwise show them.
     """
 
     base: Access
     rules: tuple[Rule, ...] = ()
     network: bool = True
     deny_globs: tuple[str, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
     _by_path: dict[str, Rule] = field(init=False, repr=False, compare=False)
     _glob_regexes: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
 
@@ -107,6 +110,7 @@ class Policy:
         object.__setattr__(self, "rules", ordered)
         object.__setattr__(self, "_by_path", by_path)
         object.__setattr__(self, "deny_globs", tuple(dict.fromkeys(self.deny_globs)))
+        object.__setattr__(self, "links", tuple(sorted(set(self.links))))
         object.__setattr__(self, "_glob_regexes", tuple(glob_regex(g) for g in self.deny_globs))
 
     @property
@@ -202,6 +206,7 @@ class Policy:
             rules=tuple(rules),
             network=self.network and other.network,
             deny_globs=(*self.deny_globs, *other.deny_globs),
+            links=(*self.links, *other.links),
         )
 
 
@@ -242,7 +247,11 @@ def resolve(permissions: Permissions, context: ResolveContext) -> Policy:
     draft = Policy(base=base, rules=tuple(rules.values()), network=permissions.network)
     _add_metadata_carve_outs(draft, rules)
     policy = Policy(
-        base=base, rules=tuple(rules.values()), network=permissions.network, deny_globs=tuple(globs)
+        base=base,
+        rules=tuple(rules.values()),
+        network=permissions.network,
+        deny_globs=tuple(globs),
+        links=_entry_links(wanted),
     )
     _check_symlinked_carve_outs(policy, wanted)
     return policy
@@ -441,6 +450,15 @@ def _add_metadata_carve_outs(draft: Policy, rules: dict[str, Rule]) -> None:
                     "inside a writable root"
                 )
             rules[path] = Rule(path, Access.READ, protected=True)
+
+
+def _entry_links(wanted: Mapping[str, _Wanted]) -> tuple[tuple[str, str], ...]:
+    """Readable entries named through a symlink (merged-/usr's ``/bin``, ``/lib64``, ...)."""
+    links = []
+    for want in wanted.values():
+        if want.access != Access.NONE and os.path.islink(want.lexical):
+            links.append((want.lexical, os.readlink(want.lexical)))
+    return tuple(links)
 
 
 def _check_symlinked_carve_outs(policy: Policy, wanted: Mapping[str, _Wanted]) -> None:
