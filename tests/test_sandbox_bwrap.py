@@ -171,6 +171,12 @@ def test_no_privilege_to_undo_the_mounts(ws: Path) -> None:
     assert done.stdout.splitlines() == ["CapEff:\t0000000000000000", "end"]
 
 
+def test_the_command_gets_default_signal_dispositions(ws: Path) -> None:
+    """bwrap runs with signals ignored; the command must not inherit that."""
+    done = run(workspace_policy(ws), "grep -E '^Sig(Blk|Ign)' /proc/self/status", ws)
+    assert done.stdout == "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+
+
 def test_hidden_paths_cannot_be_read(ws: Path, outside: Path) -> None:
     (outside / "secret-dir").mkdir()
     (outside / "secret-dir" / "key").write_text("k")
@@ -423,9 +429,12 @@ def test_arg0_is_what_the_program_sees(ws: Path) -> None:
     assert done.stdout.startswith("renamed --noprofile --norc -c "), done.stderr
 
 
-def test_unrestricted_needs_no_sandbox() -> None:
+def test_arg0_is_left_to_the_spawner_only_when_unsandboxed(ws: Path) -> None:
     launch = wrap(UNRESTRICTED, ["prog", "a"], "/", arg0="shown")
-    assert (launch.argv, launch.sandboxed) == (["shown", "a"], False)
+    assert (launch.argv, launch.sandboxed, launch.arg0) == (["prog", "a"], False, "shown")
+    confined = wrap(workspace_policy(ws), ["prog"], str(ws), arg0="shown")
+    confined.release()
+    assert confined.sandboxed and confined.arg0 is None and "shown" in confined.argv
 
 
 def test_unavailable_bwrap_is_refused_with_the_reference_prefix(ws: Path) -> None:

@@ -134,7 +134,8 @@ _placeholders: dict[str, tuple[_Placeholder, int]] = {}
 
 @dataclass(slots=True)
 class Launch:
-    """A command ready to spawn confined: ``argv`` replaces the original argv.
+    """A command ready to spawn: ``argv`` replaces the original argv, and ``arg0`` is what
+    the spawner must still show as ``argv[0]`` (None once the sandbox took care of it).
 
     Call :meth:`release` once the child has exited (or failed to start): it removes the
     host-side placeholders this launch created, if no other launch still uses them.
@@ -142,6 +143,7 @@ class Launch:
 
     argv: list[str]
     sandboxed: bool
+    arg0: str | None = None
     _placeholders: list[_Placeholder] = field(default_factory=list, repr=False)
 
     def release(self) -> None:
@@ -171,7 +173,7 @@ def wrap(
     ``arg0``, when given, is the ``argv[0]`` the program sees (through ``bash exec -a``).
     """
     if not policy.is_restricted:
-        return Launch(list(argv) if arg0 is None else [arg0, *argv[1:]], sandboxed=False)
+        return Launch(list(argv), sandboxed=False, arg0=arg0)
     found = bwrap or support()
     if not found.usable or found.bwrap is None:
         raise SandboxUnavailable(found.reason or "bubblewrap is not usable")
