@@ -1,0 +1,430 @@
+"""Running a child inside a policy, with bubblewrap: the kernel enforces it (mount, user,
+PID, IPC and network namespaces), for the child and every descendant, ``setsid`` or not.
+
+:func:`wrap` turns a :class:`~.policy.Policy` and a command into the argv to spawn instead
+(:class:`Launch`). The mounts follow the policy's rules shallow first: ``/`` read-only (or a
+tmpfs, or writable), a fresh ``/dev`` and ``/proc``, then a bind per rule (``--bind`` for
+writable, ``--ro-bind`` for read-only carve-outs, an empty tmpfs or ``/dev/null`` over hidden
+paths). Missing read-only paths inside writable roots (a ``.git`` that does not exist yet) get
+an empty placeholder on the host for the child's lifetime, so the child cannot create them;
+:meth:`Launch.release` removes it once the child has exited.
+
+Signals: the spawned process is ``env --ignore-signal=... bwrap ...`` and the command runs
+under ``env --default-signal``. bubblewrap forwards no signal; if a signal sent to the
+process group killed bwrap, ``--die-with-parent`` would SIGKILL the command before its
+handler ran. Ignored in bwrap, default in the command: the command gets the signal (it is in
+the same process group) and handles it as it would unsandboxed; SIGKILL still kills all.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from .policy import (
+    PROTECTED_METADATA_NAMES,
+    Access,
+    Policy,
+    PolicyError,
+    glob_regex,
+    glob_static_prefix,
+)
+
+SANDBOX_TYPE = "linuxSeccomp"
+"""The ``sandboxType`` to answer for a sandboxed process: the reference's Linux value, the
+one clients know (codex keys its denial heuristics on it)."""
+
+INSTALL_HINT = "install the Debian/Ubuntu package `bubblewrap` (apt-get install bubblewrap)"
+
+IGNORED_IN_BWRAP = "HUP,INT,QUIT,TERM,USR1,USR2,ALRM"
+"""Signals bwrap itself must survive so the command receives and handles them (see above)."""
+
+MAX_GLOB_MATCHES = 8192
+"""More deny-glob matches than this refuses the launch, as the reference does."""
+
+_PROBE_TIMEOUT = 20.0
+_SKIPPED_TREES = ("/proc", "/dev")
+"""Rules below these are not mounted: the sandbox gets its own fresh /proc and /dev."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap cannot run here; ``message`` is what to tell the client (-32602, as the
+    reference's ``sandbox intent cannot be enforced on this executor``)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.message = f"sandbox intent cannot be enforced on this executor: {reason}"
+        super().__init__(self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class BwrapSupport:
+    """What the probe found: the bwrap binary, whether it works (``reason`` says why not),
+    and the optional features used when present."""
+
+    bwrap: str | None
+    reason: str | None = None
+    fresh_proc: bool = True
+    disable_userns: bool = False
+    signal_shim: str | None = None
+    bash: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """Whether sandboxed children can be started."""
+        return self.bwrap is not None and self.reason is None
+
+
+def find_bwrap() -> str | None:
+    """The bubblewrap binary: on PATH, else ``/usr/bin/bwrap``; None when neither exists."""
+    found = shutil.which("bwrap")
+    if found:
+        return found
+    return "/usr/bin/bwrap" if os.access("/usr/bin/bwrap", os.X_OK) else None
+
+
+@functools.cache
+def support() -> BwrapSupport:
+    """:func:`probe` once per process (the answer does not change while the server runs)."""
+    return probe()
+
+
+def probe(bwrap: str | None = None) -> BwrapSupport:
+    """Check that bubblewrap can build a sandbox here by running ``true`` in one."""
+    bwrap = bwrap or find_bwrap()
+    if bwrap is None:
+        return BwrapSupport(None, f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
+    true = shutil.which("true") or "/bin/true"
+    shim = _signal_shim()
+    bash = shutil.which("bash")
+    base = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--unshare-user", "--unshare-pid"]
+    base += ["--unshare-ipc", "--unshare-net", "--die-with-parent", "--cap-drop", "ALL"]
+    attempts = [(True, True), (True, False), (False, False)]  # (fresh /proc, --disable-userns)
+    first_error = ""
+    for fresh_proc, disable_userns in attempts:
+        argv = list(base)
+        argv += ["--proc", "/proc"] if fresh_proc else []
+        argv += ["--disable-userns"] if disable_userns else []
+        error = _run_quietly([*argv, "--", true])
+        if error is None:
+            return BwrapSupport(bwrap, None, fresh_proc, disable_userns, shim, bash)
+        first_error = first_error or error
+    return BwrapSupport(bwrap, _why(first_error))
+
+
+@dataclass(frozen=True, slots=True)
+class _Placeholder:
+    path: str
+    directory: bool
+    device: int
+    inode: int
+
+
+_placeholder_lock = threading.Lock()
+_placeholders: dict[str, tuple[_Placeholder, int]] = {}
+"""Placeholders this server created, with how many running launches use each."""
+
+
+@dataclass(slots=True)
+class Launch:
+    """A command ready to spawn: ``argv`` replaces the original argv, and ``arg0`` is what
+    the spawner must still show as ``argv[0]`` (None once the sandbox took care of it).
+
+    Call :meth:`release` once the child has exited (or failed to start): it removes the
+    host-side placeholders this launch created, if no other launch still uses them.
+    """
+
+    argv: list[str]
+    sandboxed: bool
+    arg0: str | None = None
+    _placeholders: list[_Placeholder] = field(default_factory=list, repr=False)
+
+    def release(self) -> None:
+        """Undo the launch's host-side effects; safe to call more than once."""
+        held, self._placeholders = self._placeholders, []
+        for placeholder in held:
+            _release_placeholder(placeholder)
+
+
+def wrap(
+    policy: Policy,
+    argv: Sequence[str],
+    cwd: str,
+    *,
+    arg0: str | None = None,
+    bwrap: BwrapSupport | None = None,
+) -> Launch:
+    """The launch that runs ``argv`` in ``cwd`` confined by ``policy``.
+
+    An unrestricted policy returns ``argv`` unchanged. Raises :class:`SandboxUnavailable`
+    when bubblewrap cannot run here and :class:`~.policy.PolicyError` when the policy
+    cannot be built (too many glob matches, a glob with no directory prefix).
+
+    The spawner must not add ``setsid`` inside: the child it spawns (the outer ``env``,
+    then bwrap) is the session leader and keeps the PTY as controlling terminal; bwrap runs
+    without ``--new-session``, so the command shares that terminal and job control works.
+    ``arg0``, when given, is the ``argv[0]`` the program sees (through ``bash exec -a``).
+    """
+    if not policy.is_restricted:
+        return Launch(list(argv), sandboxed=False, arg0=arg0)
+    found = bwrap or support()
+    if not found.usable or found.bwrap is None:
+        raise SandboxUnavailable(found.reason or "bubblewrap is not usable")
+    launch = Launch([], sandboxed=True)
+    try:
+        mounts = _mount_args(policy, found, launch)
+    except BaseException:
+        launch.release()
+        raise
+    inner = list(argv)
+    if arg0 is not None:
+        if found.bash is None:
+            launch.release()
+            raise SandboxUnavailable("arg0 under a sandbox needs bash, which is not installed")
+        inner = [found.bash, "-c", 'exec -a "$0" "$@"', arg0, *argv]
+    if found.signal_shim is not None:
+        inner = [found.signal_shim, "--default-signal", "--", *inner]
+    namespaces = ["--unshare-user", "--unshare-pid", "--unshare-ipc"]
+    namespaces += [] if policy.network else ["--unshare-net"]
+    namespaces += ["--disable-userns"] if found.disable_userns else []
+    command = [found.bwrap, *mounts, *namespaces, "--die-with-parent", "--cap-drop", "ALL"]
+    command += ["--chdir", cwd, "--", *inner]
+    if found.signal_shim is not None:
+        command = [found.signal_shim, f"--ignore-signal={IGNORED_IN_BWRAP}", "--", *command]
+    launch.argv = command
+    return launch
+
+
+def _mount_args(policy: Policy, found: BwrapSupport, launch: Launch) -> list[str]:
+    args = {
+        Access.READ: ["--ro-bind", "/", "/"],
+        Access.WRITE: ["--bind", "/", "/"],
+        Access.NONE: ["--tmpfs", "/"],
+    }[policy.base]
+    args += ["--dev", "/dev"]
+    args += ["--proc", "/proc"] if found.fresh_proc else []
+    for link, target in policy.links:
+        if policy.parent_access(link) == Access.NONE and not link.startswith(_SKIPPED_TREES):
+            args += ["--symlink", target, link]  # e.g. /lib64 -> usr/lib64 on an empty root
+    frozen: list[str] = []  # tmpfs mounts made read-only once everything below them is bound
+    for path, access, parent in _layers(policy):
+        if path in _SKIPPED_TREES or path.startswith(("/proc/", "/dev/")):
+            continue
+        if access == parent:
+            continue
+        if _held(path) or not os.path.lexists(path):
+            _guard_missing(policy, path, access, launch, args, frozen)
+            continue
+        if access == Access.WRITE:
+            args += ["--bind", path, path]
+        elif access == Access.READ:
+            args += ["--ro-bind", path, path]
+        else:
+            _hide(policy, path, args, frozen)
+    for path in reversed(frozen):
+        args += ["--remount-ro", path]
+    if policy.base == Access.NONE:
+        args += ["--remount-ro", "/"]
+    return args
+
+
+def _layers(policy: Policy) -> Iterator[tuple[str, Access, Access]]:
+    """(path, access, access of its parent) for every rule and deny-glob match, shallow first."""
+    layers = [(rule.path, rule.access) for rule in policy.rules]
+    layers += [(path, Access.NONE) for path in _glob_matches(policy)]
+    layers.sort(key=lambda layer: (layer[0].count("/"), layer[0]))
+    for path, access in layers:
+        yield path, access, policy.parent_access(path)
+
+
+def _hide(policy: Policy, path: str, args: list[str], frozen: list[str]) -> None:
+    """An existing hidden path: an empty, unreadable tmpfs over a directory (traversable
+    when something below it is bound again), ``/dev/null`` (not openable there) over a file."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        prefix = path.rstrip("/") + "/"
+        reopened = any(r.path.startswith(prefix) and r.access != Access.NONE for r in policy.rules)
+        args += ["--perms", "111" if reopened else "000", "--tmpfs", path]
+        frozen.append(path)
+    else:
+        args += ["--ro-bind", "/dev/null", path]
+
+
+def _guard_missing(
+    policy: Policy, path: str, access: Access, launch: Launch, args: list[str], frozen: list[str]
+) -> None:
+    """A missing read-only or hidden path inside a writable area: the child must not be able
+    to create it, so an empty placeholder is made on the host and covered read-only."""
+    if access == Access.WRITE:
+        return
+    first_missing = _first_missing(path)
+    if first_missing is None or policy.parent_access(first_missing) != Access.WRITE:
+        return  # nothing to create it in, or not writable anyway
+    directory = (
+        posixpath.basename(first_missing) in PROTECTED_METADATA_NAMES or first_missing != path
+    )
+    placeholder = _acquire_placeholder(first_missing, directory)
+    if placeholder is None:  # it appeared meanwhile: treat it as the existing path it is
+        if access == Access.READ:
+            args += ["--ro-bind", first_missing, first_missing]
+        else:
+            _hide(policy, first_missing, args, frozen)
+        return
+    launch._placeholders.append(placeholder)
+    if placeholder.directory:
+        args += ["--perms", "555" if access == Access.READ else "000", "--tmpfs", first_missing]
+        frozen.append(first_missing)
+    else:
+        args += ["--ro-bind", "/dev/null", first_missing]
+
+
+def _first_missing(path: str) -> str | None:
+    """The shallowest component of ``path`` that does not exist, or is only our placeholder."""
+    current = "/"
+    for part in path.strip("/").split("/"):
+        current = posixpath.join(current, part)
+        if _held(current) or not os.path.lexists(current):
+            return current
+    return None
+
+
+def _held(path: str) -> bool:
+    """Whether ``path`` is a placeholder a running launch of this server holds (then it is
+    still missing as far as policies go, and a new launch must share it, not bind it)."""
+    with _placeholder_lock:
+        held = _placeholders.get(path)
+    return held is not None and _same_file(held[0])
+
+
+def _acquire_placeholder(path: str, directory: bool) -> _Placeholder | None:
+    """Create (or share) the empty placeholder at ``path``; None if something else is there."""
+    with _placeholder_lock:
+        held = _placeholders.get(path)
+        if held is not None and _same_file(held[0]):
+            _placeholders[path] = (held[0], held[1] + 1)
+            return held[0]
+        try:
+            if directory:
+                os.mkdir(path, 0o755)
+            else:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        except FileExistsError:
+            return None
+        status = os.lstat(path)
+        placeholder = _Placeholder(path, directory, status.st_dev, status.st_ino)
+        _placeholders[path] = (placeholder, 1)
+        return placeholder
+
+
+def _release_placeholder(placeholder: _Placeholder) -> None:
+    with _placeholder_lock:
+        held = _placeholders.get(placeholder.path)
+        if held is None or held[0] != placeholder:
+            return
+        if held[1] > 1:
+            _placeholders[placeholder.path] = (placeholder, held[1] - 1)
+            return
+        del _placeholders[placeholder.path]
+        if not _same_file(placeholder):
+            return  # replaced on the host meanwhile: not ours to remove
+        try:
+            if placeholder.directory:
+                os.rmdir(placeholder.path)  # fails, and keeps it, if someone filled it
+            elif os.lstat(placeholder.path).st_size == 0:
+                os.unlink(placeholder.path)
+        except OSError:
+            pass
+
+
+def _same_file(placeholder: _Placeholder) -> bool:
+    try:
+        status = os.lstat(placeholder.path)
+    except OSError:
+        return False
+    kind_ok = (
+        stat.S_ISDIR(status.st_mode) if placeholder.directory else stat.S_ISREG(status.st_mode)
+    )
+    return kind_ok and (status.st_dev, status.st_ino) == (placeholder.device, placeholder.inode)
+
+
+def _glob_matches(policy: Policy) -> list[str]:
+    """Existing paths matching the deny globs (bubblewrap can only mask concrete paths)."""
+    matches: list[str] = []
+    for pattern in policy.deny_globs:
+        prefix = glob_static_prefix(pattern)
+        if prefix in ("", "/"):
+            raise PolicyError(
+                f"unreadable glob `{pattern}` cannot be safely expanded; use a pattern with "
+                "a non-root directory prefix"
+            )
+        if not os.path.isdir(prefix):
+            continue
+        regex = glob_regex(pattern)
+        for directory, subdirs, files in os.walk(prefix):
+            descend = []
+            for name in subdirs:
+                full = posixpath.join(directory, name)
+                if regex.fullmatch(full):
+                    matches.append(os.path.realpath(full))  # a match hides all below it
+                else:
+                    descend.append(name)
+            subdirs[:] = descend
+            for name in files:
+                full = posixpath.join(directory, name)
+                if regex.fullmatch(full):
+                    matches.append(os.path.realpath(full))
+            if len(matches) > MAX_GLOB_MATCHES:
+                raise PolicyError(
+                    f"unreadable glob expansion for {prefix} matched more than "
+                    f"{MAX_GLOB_MATCHES} paths"
+                )
+    return sorted(set(matches))
+
+
+def _signal_shim() -> str | None:
+    """An ``env`` that can set signal dispositions (GNU coreutils 8.31 or later)."""
+    env = shutil.which("env") or "/usr/bin/env"
+    test = [
+        env,
+        "--ignore-signal=INT",
+        "--default-signal=INT",
+        "--",
+        shutil.which("true") or "/bin/true",
+    ]
+    return env if _run_quietly(test) is None else None
+
+
+def _run_quietly(argv: list[str]) -> str | None:
+    """Run ``argv``; None when it succeeds, else its error output (or the OS error)."""
+    try:
+        done = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=_PROBE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    if done.returncode == 0:
+        return None
+    return done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
+
+
+def _why(error: str) -> str:
+    """A reason a person can act on, from bwrap's own complaint."""
+    lowered = error.lower()
+    if "uid map" in lowered or "user namespace" in lowered or "creating new namespace" in lowered:
+        return (
+            "bubblewrap cannot create a user namespace here (unprivileged user namespaces are "
+            f"disabled: check the sysctl kernel.unprivileged_userns_clone or the container's "
+            f"seccomp/AppArmor profile): {error}"
+        )
+    return f"bubblewrap cannot build a sandbox here: {error}"
