@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a browser Origin allowed to connect (repeatable); any other Origin gets 403",
     )
     parser.add_argument(
+        "--prepend-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory of tools put at the front of every child's PATH and reported to "
+        "clients in environmentInfo.prependPathDirs (repeatable, in priority order)",
+    )
+    parser.add_argument(
         "--insecure-allow-remote-without-auth",
         action="store_true",
         help="allow --listen on a non-loopback address. Anyone who can reach it can run "
@@ -178,11 +186,16 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     )
 
 
-async def serve(address: ListenAddress, limits: Limits, allowed_origins: frozenset[str]) -> None:
+async def serve(
+    address: ListenAddress,
+    limits: Limits,
+    allowed_origins: frozenset[str],
+    prepend_path_dirs: Sequence[str] = (),
+) -> None:
     """Run until SIGINT/SIGTERM (or stdin EOF over stdio); then kill every child and return."""
     from .server import Server
 
-    server = Server(limits)
+    server = Server(limits, prepend_path_dirs)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -255,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(address, limits, frozenset(args.allow_origin)))
+        prepend = [os.path.abspath(d) for d in args.prepend_path]
+        runner.run(serve(address, limits, frozenset(args.allow_origin), prepend))
     return 0
 
 

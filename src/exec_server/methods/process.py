@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import prepend_path
 from ..errors import invalid_params
 from ..paths import parse_path
 from ..process.env import child_environment
@@ -51,6 +52,7 @@ def start(connection: Connection, params: ProcessStartParams) -> ProcessStartRes
             include_only=policy.include_only,
             server_env=connection.server.server_env,
         )
+    prepend_path.apply(env, connection.server.prepend_path_dirs)
     request = SpawnRequest(
         argv=params.argv,
         cwd=cwd,
