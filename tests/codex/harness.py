@@ -58,7 +58,11 @@ def install_codex() -> tuple[Path | None, str]:
     except subprocess.TimeoutExpired:
         return None, f"installing codex {CODEX_VERSION} timed out"
     if done.returncode != 0:
-        return None, f"installing codex {CODEX_VERSION} failed: {done.stderr.strip()}"
+        detail = f": {done.stderr.strip()}" if done.stderr.strip() else ""
+        return None, (
+            f"installing codex {CODEX_VERSION} with {INSTALLER} failed (exit "
+            f"{done.returncode}){detail}; is the npm registry reachable?"
+        )
     return Path(done.stdout.strip().splitlines()[-1]), ""
 
 

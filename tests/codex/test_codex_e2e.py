@@ -68,7 +68,11 @@ def test_failing_command(codex: Path, workspace: Workspace, executor: Executor) 
 def test_streamed_output(codex: Path, workspace: Workspace, executor: Executor) -> None:
     """Output reaches codex while the process runs: the first line before the process can go
     on (it waits for a file the next call creates), the second after."""
-    waiter = "echo first; while [ ! -e go ]; do sleep 0.05; done; echo second"
+    # bounded, so a run that fails before creating the file leaves nothing behind for long
+    waiter = (
+        "echo first; i=0; while [ ! -e go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done; "
+        "echo second"
+    )
     model = run_agent(
         codex,
         workspace,
