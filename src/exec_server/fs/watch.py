@@ -52,8 +52,6 @@ class _Target:
 @dataclass(eq=False)
 class _Watch:
     watch_id: int
-    missing: list[str]
-    present: str | None
     subscriptions: list[Subscription] = field(default_factory=list)
 
 
@@ -79,7 +77,7 @@ class MissingWatches(SessionResource):
         targets = _plan(missing, present) if missing else None
         if targets is None:
             return False
-        watch = _Watch(watch_id, missing, present)
+        watch = _Watch(watch_id)
         if not self._subscribe(watch, targets):
             return False
         self._current = watch
