@@ -41,8 +41,16 @@ SAMPLE_PARAMS: dict[str, dict[str, Any]] = {
     "fs/writeBlock": {"handleId": "h", "offset": 0, "chunk": "aGk="},
     "fs/close": {"handleId": "h"},
     "http/request": {"method": "GET", "url": "http://127.0.0.1:9/", "requestId": "r"},
+    "fs/canonicalize": {"path": "/tmp"},
+    "fs/watchMissing": {"watchId": 1, "missing": ["/tmp/nonexistent-exec-server-test"]},
+    "environmentConfig/read": {"cwd": "/tmp", "configPaths": [["x"]], "requirementsPaths": []},
 }
-FAMILIES = {"process": "exec", "fs": "filesystem", "http": "http"}
+FAMILIES = {
+    "process": "exec",
+    "fs": "filesystem",
+    "http": "http",
+    "environmentConfig": "environment config",
+}
 GATED = [name for name in SAMPLE_PARAMS if name in METHODS]
 
 

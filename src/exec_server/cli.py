@@ -160,6 +160,14 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
         "Environment proxies are not used then. Default: none denied, as the reference",
     )
     group.add_argument(
+        "--prepend-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a directory of tools put at the front of every child's PATH and reported to "
+        "clients in environmentInfo.prependPathDirs (repeatable, in priority order)",
+    )
+    group.add_argument(
         "--env-exclude",
         action="append",
         default=[],
@@ -400,6 +408,7 @@ class ServeOptions:
     allowed_origins: frozenset[str]
     token: str | None
     tls: ssl.SSLContext | None
+    prepend_path_dirs: tuple[str, ...] = ()
 
 
 def _announce(url: str) -> None:
@@ -438,7 +447,9 @@ async def serve(options: ServeOptions, keeper: Keeper | None = None) -> None:
     """Run until SIGINT/SIGTERM (or stdin EOF over stdio); then kill every child and return."""
     from .server import Server
 
-    server = Server(options.limits, options.runtime, options.guards, keeper)
+    server = Server(
+        options.limits, options.runtime, options.guards, keeper, options.prepend_path_dirs
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -479,6 +490,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         allowed_origins=frozenset(args.allow_origin),
         token=token,
         tls=tls_from_args(args, address),
+        prepend_path_dirs=tuple(os.path.abspath(d) for d in args.prepend_path),
     )
 
 

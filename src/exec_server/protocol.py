@@ -437,3 +437,61 @@ class HttpBodyDelta(_Wire):
 class HttpBodyDeltaNotification(_Wire):
     method: str
     params: HttpBodyDelta
+
+
+# ---- codex 0.169 additions: paths, missing-path watches, executor config -------------------
+
+
+class FsCanonicalizeResult(_Wire):
+    """``fs/canonicalize``: the path with every symlink resolved, as a ``file://`` URI."""
+
+    path: str
+
+
+class FsWatchMissingParams(_Params):
+    """``fs/watchMissing``: ``present`` is one path that exists (or null), not a list."""
+
+    watch_id: int  # a u64 in the reference; msgspec bounds stop at i64, so the handler checks
+    missing: list[str]
+    present: str | None = None
+
+
+class FsWatchMissingResult(_Wire):
+    watching: bool
+
+
+class FsMissingChanged(_Wire):
+    """Params of the ``fs/missingChanged`` notification."""
+
+    watch_id: int
+
+
+def missing_changed_notification(watch_id: int) -> bytes:
+    return encode({"method": "fs/missingChanged", "params": FsMissingChanged(watch_id)})
+
+
+class EnvironmentConfigReadParams(_Params):
+    """``environmentConfig/read``: both path lists are required (each a list of TOML keys)."""
+
+    cwd: str
+    config_paths: list[list[str]]
+    requirements_paths: list[list[str]]
+
+
+class EnvironmentConfigLayer(_Wire):
+    source: str
+    base_dir: str
+    toml: str
+
+
+class EnvironmentConfigLayerStack(_Wire):
+    layers: list[EnvironmentConfigLayer]
+    cloud_insertion_index: int
+
+
+class EnvironmentConfigReadResult(_Wire):
+    user_home_dir: str | None
+    codex_home_dir: str
+    hostname: str | None
+    config: EnvironmentConfigLayerStack
+    requirements: EnvironmentConfigLayerStack

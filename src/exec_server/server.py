@@ -6,8 +6,10 @@ import functools
 import os
 import pwd
 import sys
+from collections.abc import Sequence
 
 from . import __version__
+from .capabilities import capabilities
 from .config import Guards, Limits, Runtime
 from .paths import to_file_uri
 from .process.exits import ExitWatcher
@@ -17,7 +19,7 @@ from .protocol import EnvironmentInfo, ProcessNotifications, ShellInfo, base64_e
 from .sessions import SessionRegistry
 
 
-def describe_environment() -> EnvironmentInfo:
+def describe_environment(prepend_path_dirs: Sequence[str] = ()) -> EnvironmentInfo:
     """What ``initialize`` and ``environment/info`` tell a client about this machine."""
     shell_path = os.environ.get("SHELL") or _login_shell() or "/bin/sh"
     home = os.path.expanduser("~")
@@ -29,10 +31,10 @@ def describe_environment() -> EnvironmentInfo:
         cwd=to_file_uri(os.getcwd()),
         user_home_dir=to_file_uri(home),
         platform_os=sys.platform,
-        prepend_path_dirs=[],
+        prepend_path_dirs=[to_file_uri(d) for d in prepend_path_dirs],
         temporary_directories=[to_file_uri(temp_dir)],
         temp_dir=to_file_uri(temp_dir),
-        capabilities={},
+        capabilities=capabilities(),
     )
 
 
@@ -65,9 +67,11 @@ class Server:
         runtime: Runtime | None = None,
         guards: Guards | None = None,
         keeper: Keeper | None = None,
+        prepend_path_dirs: Sequence[str] = (),
     ) -> None:
         """``keeper``: the process that cleans up should this one die (``process/keeper.py``);
-        the ``exec-server`` command forks it before the loop starts."""
+        the ``exec-server`` command forks it before the loop starts. ``prepend_path_dirs``:
+        put at the front of every child's PATH (``--prepend-path``)."""
         self.limits = limits or Limits()
         self.runtime = (runtime or Runtime()).resolve()
         self.guards = guards or Guards()
@@ -81,7 +85,8 @@ class Server:
             self.exits,
             lambda: ProcessNotifications(b64encode),
         )
-        self.environment_info = describe_environment()
+        self.prepend_path_dirs = tuple(prepend_path_dirs)
+        self.environment_info = describe_environment(self.prepend_path_dirs)
         self.server_env: dict[str, str] = dict(os.environ)
 
     async def shutdown(self, timeout: float = 5.0) -> None:

@@ -10,6 +10,7 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from .. import prepend_path
 from ..errors import RpcError, internal_error, invalid_params, invalid_request
 from ..paths import parse_path
 from ..process import errors as process_errors
@@ -154,6 +155,7 @@ def start(connection: Connection, params: ProcessStartParams) -> ProcessStartRes
             include_only=policy.include_only,
             server_env=connection.server.server_env,
         )
+    prepend_path.apply(env, connection.server.prepend_path_dirs)
     env = without_excluded(env, connection.server.guards.env_exclude)
     size = params.size
     request = SpawnRequest(

@@ -1,0 +1,31 @@
+"""``environmentInfo.capabilities``: the optional codex 0.169 features this server offers.
+
+A client sends a newer request, or a newer field of an older one, only when the matching
+flag is true (a missing flag counts as false), so a flag is true here only for what is
+implemented. ``docs/codex-0.169-methods.md`` says what each flag gates and why it is off.
+"""
+
+from __future__ import annotations
+
+from .fs import inotify
+
+
+def capabilities() -> dict[str, bool]:
+    """All fifteen flags the 0.169 reference announces, in its order."""
+    return {
+        "networkProxyLaunch": False,  # process/start networkProxy: no executor-local proxy
+        "networkProxyReviewDomains": False,  # network/policyRequest to the client: not sent
+        "credentialMasking": False,  # no masking of credentials in what children print
+        "credentialMaskingCustomProviders": False,
+        "capabilityDiscoverySandbox": False,  # capabilities/discoverV2 is not served
+        "fsWatchMissing": inotify.available(),  # fs/watchMissing + fs/missingChanged
+        "capabilityDiscoveryV2": False,  # capabilities/discoverV2 is not served
+        "environmentConfigRead": True,  # environmentConfig/read
+        "httpHeaderEnvVars": False,  # http/request header values from executor env vars
+        "sandboxedFileStreaming": False,  # fs/open and blocks inside a sandbox profile
+        "fileWriteStreaming": True,  # fs/open mode "replace" and fs/writeBlock
+        "shellSnapshotV2": False,  # process/start shellSnapshot
+        "windowsMxc": False,  # Windows only
+        "linuxRootWritePreservesDevices": False,  # these two describe a Linux sandbox
+        "linuxApprovedRootWritePreservesRestrictions": False,
+    }

@@ -1,0 +1,69 @@
+"""``fs/canonicalize`` and ``fs/watchMissing`` (codex 0.169).
+
+``fs/canonicalize`` resolves every symlink of an existing path, on a worker thread, with the
+errors mapped as for the other ``fs/*`` methods (a missing path is -32004, a symlink loop
+-32603). ``fs/watchMissing`` registers a one-shot watch (see :mod:`..fs.watch`) in the
+session's table, which sends ``fs/missingChanged`` to whichever connection the session is
+attached to when it fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from ..errors import invalid_params
+from ..fs import check_sandbox
+from ..fs.watch import MissingWatches
+from ..paths import parse_path, to_file_uri
+from ..protocol import (
+    FsCanonicalizeResult,
+    FsPathParams,
+    FsWatchMissingParams,
+    FsWatchMissingResult,
+    missing_changed_notification,
+)
+from . import method
+from .fs import FILESYSTEM, _reply, _submit
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+
+
+def _canonical(path: str) -> str:
+    return os.path.realpath(path, strict=True)
+
+
+@method("fs/canonicalize", FsPathParams, FILESYSTEM)
+def canonicalize(connection: Connection, params: FsPathParams) -> Awaitable[FsCanonicalizeResult]:
+    """The path with ``.``/``..`` and every symlink resolved; the path must exist."""
+    path = parse_path(params.path, "path")
+    check_sandbox(params.sandbox, writes=False)
+    return _reply(_submit(_canonical, path), lambda real: FsCanonicalizeResult(to_file_uri(real)))
+
+
+def _watches(connection: Connection) -> MissingWatches:
+    """The session's watch table, created on first use and released with the session."""
+    session = connection.require_session()
+
+    def notify(watch_id: int) -> None:
+        attached = session.connection
+        if attached is not None:  # a detached session's changes are not replayed
+            attached.send_notification(missing_changed_notification(watch_id))
+
+    return session.resources.get(
+        MissingWatches, lambda: MissingWatches(asyncio.get_running_loop(), notify)
+    )
+
+
+@method("fs/watchMissing", FsWatchMissingParams, FILESYSTEM)
+def watch_missing(connection: Connection, params: FsWatchMissingParams) -> FsWatchMissingResult:
+    """Watch for any of ``missing`` to appear (or ``present`` to change); ``watching`` says
+    whether the watch was taken."""
+    if not 0 <= params.watch_id < 2**64:
+        raise invalid_params(f"watchId must be an unsigned 64-bit integer, got {params.watch_id}")
+    missing = [parse_path(path, "missing") for path in params.missing]
+    present = None if params.present is None else parse_path(params.present, "present")
+    return FsWatchMissingResult(_watches(connection).register(params.watch_id, missing, present))

@@ -1,0 +1,296 @@
+"""Running the real `codex exec` 0.169 against an executor: ours or the reference.
+
+An executor is one of four: the reference (`codex exec-server` from the same install) or
+ours (`.venv/bin/exec-server`), each over WebSocket (`CODEX_EXEC_SERVER_URL`) or stdio
+(`environments.toml` in `$CODEX_HOME` naming a `program`, which codex starts itself).
+Every process started here runs in a process group of its own and is killed with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..support import REPO
+from .model import ScriptedModel, Turn
+
+CODEX_VERSION = "0.169.0"
+INSTALLER = Path(REPO).parent / "shared" / "peer" / "install-codex.sh"
+OUR_SERVER = Path(REPO) / ".venv" / "bin" / "exec-server"
+SCRATCH = Path.home() / ".cache" / "exec-server-codex-e2e"
+"""Where each run's CODEX_HOME and workspace live: codex refuses a CODEX_HOME under /tmp,
+and a folder outside any git checkout keeps the repository's own files out of the turn."""
+
+OURS_ENFORCES_SANDBOX = False
+"""Whether our server confines a child as codex's ``sandbox`` profile asks (-s workspace-write).
+Until it does, the sandbox scenarios are expected to fail against ours (strict xfail, so the
+day they pass the suite says so and this flag is flipped)."""
+
+EXECUTOR_MARK = "EXEC_SERVER_E2E_EXECUTOR"
+"""Set in the executor's environment only: a command that prints it proves where it ran."""
+
+CODEX_TIMEOUT_S = 120
+
+
+def install_codex() -> tuple[Path | None, str]:
+    """The codex binary, or None and why not (no shared/ beside the clone, npm unreachable)."""
+    if not INSTALLER.exists():
+        return None, f"{INSTALLER} not found (../shared beside the repository)"
+    try:
+        done = subprocess.run(
+            ["sh", str(INSTALLER), CODEX_VERSION],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"installing codex {CODEX_VERSION} timed out"
+    if done.returncode != 0:
+        detail = f": {done.stderr.strip()}" if done.stderr.strip() else ""
+        return None, (
+            f"installing codex {CODEX_VERSION} with {INSTALLER} failed (exit "
+            f"{done.returncode}){detail}; is the npm registry reachable?"
+        )
+    return Path(done.stdout.strip().splitlines()[-1]), ""
+
+
+@dataclass
+class Workspace:
+    """One run's folders: CODEX_HOME, the workspace codex works in, and a folder outside both."""
+
+    root: Path
+    groups: list[int] = field(default_factory=list)
+    """Process groups started for this run, killed when it ends (a stdio executor, strays)."""
+    home: Path = field(init=False)
+    work: Path = field(init=False)
+    outside: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.home = self.root / "home"
+        self.work = self.root / "work"
+        self.outside = self.root / "outside"
+        for folder in (self.home, self.work, self.outside):
+            folder.mkdir(parents=True)
+
+    @classmethod
+    @contextlib.contextmanager
+    def create(cls) -> Iterator[Workspace]:
+        root = SCRATCH / uuid.uuid4().hex
+        workspace = cls(root)
+        try:
+            yield workspace
+        finally:
+            for group in workspace.groups:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def write_config(home: Path, model_base_url: str) -> None:
+    """A config.toml pointing codex at the scripted model, with nothing that phones home."""
+    (home / "config.toml").write_text(
+        f"""model = "gpt-5.5"
+model_provider = "scripted"
+approval_policy = "never"
+check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[model_providers.scripted]
+name = "scripted"
+base_url = {json.dumps(model_base_url)}
+wire_api = "responses"
+request_max_retries = 0
+stream_max_retries = 0
+"""
+    )
+
+
+@dataclass(frozen=True)
+class ExecutorKind:
+    """Which executor (``reference`` or ``ours``) over which transport (``ws`` or ``stdio``)."""
+
+    impl: str
+    transport: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.impl}-{self.transport}"
+
+    def command(self, codex: Path, listen: str) -> list[str]:
+        if self.impl == "reference":
+            return [str(codex), "exec-server", "--listen", listen]
+        return [str(OUR_SERVER), "--listen", listen]
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
+class Executor:
+    """A running WebSocket executor (``url``), or the settings for codex to start a stdio one."""
+
+    kind: ExecutorKind
+    mark: str
+    url: str | None = None
+    stdio_command: list[str] | None = None
+
+    def codex_env(self, workspace: Workspace) -> dict[str, str]:
+        """Environment additions for codex, writing environments.toml for stdio."""
+        if self.url is not None:
+            return {"CODEX_EXEC_SERVER_URL": self.url}
+        assert self.stdio_command is not None
+        program, *args = self.stdio_command
+        (workspace.home / "environments.toml").write_text(
+            f"""default = "e2e"
+
+[[environments]]
+id = "e2e"
+program = {json.dumps(program)}
+args = {json.dumps(args)}
+env = {{ {EXECUTOR_MARK} = {json.dumps(self.mark)} }}
+"""
+        )
+        return {}
+
+
+@contextlib.contextmanager
+def start_executor(kind: ExecutorKind, codex: Path) -> Iterator[Executor]:
+    """A WebSocket executor running until the block ends; over stdio, codex starts it."""
+    mark = f"{kind.id}-{uuid.uuid4().hex[:8]}"
+    if kind.transport == "stdio":
+        yield Executor(kind, mark, stdio_command=kind.command(codex, "stdio"))
+        return
+    proc = subprocess.Popen(
+        kind.command(codex, "ws://127.0.0.1:0"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, EXECUTOR_MARK: mark},
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = _first_line(proc)
+        if not line.startswith("ws://"):
+            raise RuntimeError(f"{kind.id} printed {line!r} instead of its URL")
+        yield Executor(kind, mark, url=line)
+    finally:
+        _kill_group(proc)
+
+
+def _first_line(proc: subprocess.Popen[bytes], timeout: float = 30) -> str:
+    """The first stdout line, read on a thread so a silent server cannot hang the test."""
+    lines: list[bytes] = []
+    assert proc.stdout is not None
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    return lines[0].decode().strip() if lines else ""
+
+
+@dataclass
+class CodexRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_codex(
+    codex: Path,
+    workspace: Workspace,
+    executor: Executor,
+    *,
+    sandbox: str,
+    prompt: str = "go",
+) -> CodexRun:
+    """`codex exec` once, no stdin, in its own process group (killed with everything it
+    started if it has not ended by :data:`CODEX_TIMEOUT_S`)."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "OPENAI_"))},
+        "CODEX_HOME": str(workspace.home),
+        **executor.codex_env(workspace),
+    }
+    proc = subprocess.Popen(
+        [
+            str(codex),
+            "exec",
+            "--skip-git-repo-check",
+            "--ephemeral",
+            "--color",
+            "never",
+            "-s",
+            sandbox,
+            "-C",
+            str(workspace.work),
+            prompt,
+        ],
+        cwd=workspace.work,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    workspace.groups.append(proc.pid)
+    try:
+        stdout, stderr = proc.communicate(timeout=CODEX_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        stdout, stderr = proc.communicate()
+        print(stderr.decode(errors="replace")[-4000:], file=sys.stderr)
+        raise
+    return CodexRun(
+        proc.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+    )
+
+
+def run_agent(
+    codex: Path,
+    workspace: Workspace,
+    executor: Executor,
+    turns: list[Turn],
+    *,
+    sandbox: str = "danger-full-access",
+) -> ScriptedModel:
+    """One `codex exec` whose model makes the scripted tool calls; returns the model, whose
+    recorded requests hold what codex reported back. Fails if codex did not finish its turn."""
+    with ScriptedModel(turns) as model:
+        write_config(workspace.home, model.base_url)
+        run = run_codex(codex, workspace, executor, sandbox=sandbox)
+    detail = f"codex exited {run.returncode}; stderr:\n{run.stderr[-4000:]}"
+    assert run.returncode == 0, detail
+    assert not model.errors, model.errors
+    assert len(model.requests) == len(turns) + 1, detail  # every scripted turn, then "done"
+    return model
+
+
+def wait_until_sync(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
