@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint typecheck check bench clean
+.PHONY: run test lint typecheck check bench clean sandbox
 
 $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,10 +16,23 @@ $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	$(BIN)/python -m compileall -q src >/dev/null
 	@touch $(STAMP)
 
-run: $(STAMP)
+# Sandboxing needs bubblewrap (codex's sandbox profiles are refused without it, never run
+# unconfined). Install it where we can (root with apt-get); otherwise say what to install.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (sandboxing) with apt-get" >&2; \
+	    apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; } || \
+	    echo "could not install bubblewrap: sandboxed requests will be refused" >&2; \
+	  else \
+	    echo "exec-server: sandboxing needs bubblewrap; install it, e.g. 'sudo apt-get install bubblewrap' (Debian/Ubuntu) or 'sudo dnf install bubblewrap' (Fedora). Until then sandboxed requests are refused." >&2; \
+	  fi; }
+
+run: $(STAMP) sandbox
 	$(BIN)/exec-server $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) sandbox
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)

@@ -13,14 +13,10 @@ import sys
 
 from exec_server.paths import to_file_uri
 from exec_server.process.spawn import SpawnRequest, exit_code_from_status, spawn
-from exec_server.sandbox import (
-    SANDBOX_TYPE,
-    is_sandbox_denied,
-    parse_sandbox,
-    process_context,
-    resolve,
-    wrap,
-)
+from exec_server.sandbox.bwrap import SANDBOX_TYPE, wrap
+from exec_server.sandbox.denial import is_sandbox_denied
+from exec_server.sandbox.policy import process_context, resolve
+from exec_server.sandbox.profile import parse_sandbox
 
 
 def workspace_write(cwd: str) -> dict[str, object]:

@@ -25,7 +25,7 @@ OURS = {
     "capabilityDiscoveryV2": False,
     "environmentConfigRead": True,
     "httpHeaderEnvVars": False,
-    "sandboxedFileStreaming": False,
+    "sandboxedFileStreaming": True,
     "fileWriteStreaming": True,
     "shellSnapshotV2": False,
     "windowsMxc": False,

@@ -444,22 +444,17 @@ async def test_sandbox_profiles(client: Client, tmp_path: Path) -> None:
             "fs/writeFile", {"path": str(f), "dataBase64": b64(b"data"), "sandbox": sandbox}
         )
 
+    # Restricted profiles are enforced (tests/test_sandbox_server.py has the escapes): a
+    # read-only root lets reads through and refuses writes as the reference does (EROFS).
     read_only_root = _restricted([{"path": _ROOT, "access": "read"}])
     assert await client.call("fs/getMetadata", {"path": str(f), "sandbox": read_only_root})
-    for sandbox in (
-        read_only_root,
-        _restricted([]),
-        _restricted([{"path": _ROOT, "access": "write"}, {"path": _ROOT, "access": "deny"}]),
-    ):
-        error = await fails(
-            client, "fs/writeFile", {"path": str(f), "dataBase64": "", "sandbox": sandbox}
-        )
-        assert error.code == -32600
-        assert "sandbox is not supported" in error.message
     error = await fails(
-        client, "fs/readDirectory", {"path": str(tmp_path), "sandbox": _restricted([])}
+        client, "fs/writeFile", {"path": str(f), "dataBase64": "", "sandbox": read_only_root}
     )
-    assert error.code == -32600
+    assert error.code == -32603 and "Read-only file system (os error 30)" in error.message
+    hidden = _restricted([{"path": _ROOT, "access": "write"}, {"path": _ROOT, "access": "deny"}])
+    error = await fails(client, "fs/readFile", {"path": str(f), "sandbox": hidden})
+    assert error.code == -32600 and "Permission denied (os error 13)" in error.message
     assert f.read_bytes() == b"data"  # nothing was written by a refused request
 
     error = await fails(client, "fs/readFile", {"path": str(f), "sandbox": {}})

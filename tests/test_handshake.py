@@ -244,7 +244,12 @@ async def test_environment_methods_need_no_handshake(server_url: str) -> None:
         assert await client.call("environment/status", {}) == {"status": "ready"}
         info = await client.call("environment/info")
         initialized = await client.call("initialize", {"clientName": "x"})
+        # environment/info also tries the sandbox mechanism; initialize does not wait for it
+        tried, untried = info.pop("sandbox"), initialized["environmentInfo"].pop("sandbox")
         assert initialized["environmentInfo"] == info
+        assert tried["mechanism"] == untried["mechanism"] == "bubblewrap"
+        assert untried["available"] is None
+        assert tried["available"] is (tried["reason"] is None)
 
 
 async def test_sessions_of_separate_connections_are_distinct(server_url: str) -> None:

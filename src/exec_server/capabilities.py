@@ -22,7 +22,7 @@ def capabilities() -> dict[str, bool]:
         "capabilityDiscoveryV2": False,  # capabilities/discoverV2 is not served
         "environmentConfigRead": True,  # environmentConfig/read
         "httpHeaderEnvVars": False,  # http/request header values from executor env vars
-        "sandboxedFileStreaming": False,  # fs/open and blocks inside a sandbox profile
+        "sandboxedFileStreaming": True,  # fs/open honours the sandbox profile it carries
         "fileWriteStreaming": True,  # fs/open mode "replace" and fs/writeBlock
         "shellSnapshotV2": False,  # process/start shellSnapshot
         "windowsMxc": False,  # Windows only

@@ -95,8 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             f"Environment: {TOKEN_ENV} holds a bearer token (instead of --auth-token-file); "
             "EXEC_SERVER_LOG sets the default --log-level; EXEC_SERVER_NO_NATIVE_SPAWN=1 is "
-            "--no-native-spawn. SIGINT or SIGTERM: every child's process group is killed, "
-            "then exit 0."
+            "--no-native-spawn. Sandboxing: codex's sandbox profiles (and --confine) are "
+            "enforced with bubblewrap (the bwrap program; Debian/Ubuntu package bubblewrap); "
+            "where it cannot run, a restricted profile is refused, never run unconfined "
+            "(environment/info says whether it runs here). SIGINT or SIGTERM: every child and "
+            "all it started is killed, then exit 0."
         ),
     )
     parser.add_argument(
@@ -148,6 +151,16 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a non-loopback --listen without a token. Anyone who can reach it can run "
         "commands as this user: only for isolated networks",
+    )
+    group.add_argument(
+        "--confine",
+        metavar="PROFILE",
+        help="a sandbox profile (a JSON file in the terms of codex's permission profiles: "
+        "file_system entries with read/write/deny access, network restricted or enabled, "
+        "optional workspaceRoots) that every process and every fs/* call is held to, "
+        "whatever the client asks: a client's own profile can only narrow it. With the "
+        "network restricted, http/request is refused. Enforced with bubblewrap; the server "
+        "will not start if bubblewrap cannot run here",
     )
     group.add_argument(
         "--http-deny",
@@ -358,7 +371,23 @@ def guards_from_args(args: argparse.Namespace) -> Guards:
             raise ValueError(
                 f"--http-deny {value!r} is not an IP network such as 10.0.0.0/8"
             ) from None
-    return Guards(env_exclude=tuple(args.env_exclude), http_deny=tuple(args.http_deny))
+    confinement = None
+    if args.confine is not None:
+        from .sandbox.bwrap import support
+        from .sandbox.policy import load_confinement
+        from .sandbox.profile import ProfileError
+
+        try:
+            confinement = load_confinement(args.confine)
+        except ProfileError as error:
+            raise ValueError(f"--confine {args.confine}: {error.message}") from None
+        if not support().usable:
+            raise ValueError(f"--confine needs a working sandbox: {support().reason}")
+    return Guards(
+        env_exclude=tuple(args.env_exclude),
+        http_deny=tuple(args.http_deny),
+        confinement=confinement,
+    )
 
 
 def read_token(args: argparse.Namespace) -> str | None:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .sandbox.policy import Confinement
 
 MIB = 1024 * 1024
 
@@ -140,7 +144,11 @@ class Guards:
             ``env``.
         http_deny: IP networks (CIDR text) that ``http/request`` may not connect to,
             checked after DNS resolution and on every redirect.
+        confinement: a sandbox profile every process and every ``fs/*`` call is held to,
+            narrowing whatever the client asks (``--confine``); with its network restricted,
+            ``http/request`` is refused.
     """
 
     env_exclude: tuple[str, ...] = ()
     http_deny: tuple[str, ...] = ()
+    confinement: Confinement | None = None

@@ -45,8 +45,20 @@ class ShellInfo(_Wire):
     path: str
 
 
+class SandboxInfo(_Wire):
+    """Ours: how this server enforces sandbox profiles. ``available`` and ``reason`` are
+    known once the mechanism was tried (``environment/info`` tries it; ``initialize`` does
+    not wait for that)."""
+
+    mechanism: str
+    binary: str | None
+    available: bool | None = None
+    reason: str | None = None
+
+
 class EnvironmentInfo(_Wire):
-    """What ``initialize`` and ``environment/info`` report about the machine (0.169 shape)."""
+    """What ``initialize`` and ``environment/info`` report about the machine (0.169 shape,
+    and ``sandbox``, ours)."""
 
     shell: ShellInfo
     executor_version: str
@@ -58,6 +70,7 @@ class EnvironmentInfo(_Wire):
     temporary_directories: list[str]
     temp_dir: str
     capabilities: dict[str, Any]
+    sandbox: SandboxInfo | None = None
 
 
 class InitializeResult(_Wire):
@@ -108,6 +121,10 @@ class ProcessStartParams(_Params):
     timeout_ms: U64 | None = None
     idle_timeout_ms: U64 | None = None
     drain_timeout_ms: U64 | None = None
+    sandbox: dict[str, Any] | None = None
+    """codex's permission profile, decoded by ``sandbox/profile.py`` (its -32602 texts)."""
+    enforce_managed_network: bool = False
+    """A managed network proxy is required (we announce no ``networkProxyLaunch``)."""
 
 
 class ProcessStartResult(_Wire):

@@ -15,7 +15,13 @@ from .paths import to_file_uri
 from .process.exits import ExitWatcher
 from .process.keeper import Keeper
 from .process.spawn import spawn
-from .protocol import EnvironmentInfo, ProcessNotifications, ShellInfo, base64_encoder
+from .protocol import (
+    EnvironmentInfo,
+    ProcessNotifications,
+    SandboxInfo,
+    ShellInfo,
+    base64_encoder,
+)
 from .sessions import SessionRegistry
 
 
@@ -35,7 +41,15 @@ def describe_environment(prepend_path_dirs: Sequence[str] = ()) -> EnvironmentIn
         temporary_directories=[to_file_uri(temp_dir)],
         temp_dir=to_file_uri(temp_dir),
         capabilities=capabilities(),
+        sandbox=SandboxInfo("bubblewrap", _bwrap_binary()),
     )
+
+
+def _bwrap_binary() -> str | None:
+    import shutil  # start-up only: no probe here, that runs bwrap (environment/info does)
+
+    found = shutil.which("bwrap")
+    return found or ("/usr/bin/bwrap" if os.access("/usr/bin/bwrap", os.X_OK) else None)
 
 
 def temp_directory() -> str:

@@ -78,7 +78,7 @@ class Session:
                     info.exit_code,
                     terminated_by=info.terminated_by.value,
                     signal=signal_name(info.signal),
-                    sandbox_denied=False,
+                    sandbox_denied=info.sandbox_denied,
                 )
             )
 

@@ -39,7 +39,11 @@ def open_regular_file(path: str, mode: HandleMode) -> int:
 
     Raises ``OSError`` as the OS reports it, or -32600 when the path is not a regular file.
     """
-    fd = os.open(path, _OPEN_FLAGS[mode], 0o666)
+    return regular_file(os.open(path, _OPEN_FLAGS[mode], 0o666), path)
+
+
+def regular_file(fd: int, path: str) -> int:
+    """``fd`` if it is a regular file; otherwise it is closed and -32600 raised."""
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise invalid_request(f"path `{path}` is not a file")

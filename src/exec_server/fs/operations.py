@@ -30,7 +30,11 @@ def read_file(path: str, limit: int) -> bytes:
     The size is checked before reading and the read itself is bounded too, so a file that
     grows meanwhile (or a ``/proc`` file that reports size 0) fails the same way.
     """
-    fd = os.open(path, _READ_FLAGS)
+    return read_open_file(os.open(path, _READ_FLAGS), path, limit)
+
+
+def read_open_file(fd: int, path: str, limit: int) -> bytes:
+    """:func:`read_file` for a descriptor already open (and closed here, whatever happens)."""
     try:
         status = os.fstat(fd)
         if not (stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode)):

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
-from ..protocol import EnvironmentInfo, EnvironmentStatusResult, InitializeParams, InitializeResult
+import msgspec
+
+from ..protocol import (
+    EnvironmentInfo,
+    EnvironmentStatusResult,
+    InitializeParams,
+    InitializeResult,
+    SandboxInfo,
+)
 from . import method
 
 if TYPE_CHECKING:
@@ -40,8 +49,14 @@ def initialize(connection: Connection, params: InitializeParams) -> InitializeRe
 
 
 @method("environment/info", Any, None)
-def environment_info(connection: Connection, params: Any) -> EnvironmentInfo:
-    return connection.server.environment_info
+async def environment_info(connection: Connection, params: Any) -> EnvironmentInfo:
+    """The machine, and whether the sandbox mechanism runs here (tried once, off the loop)."""
+    from ..sandbox.bwrap import support
+
+    found = await asyncio.to_thread(support)
+    info = connection.server.environment_info
+    sandbox = SandboxInfo("bubblewrap", found.bwrap, found.usable, found.reason)
+    return msgspec.structs.replace(info, sandbox=sandbox)
 
 
 @method("environment/status", Any, None)

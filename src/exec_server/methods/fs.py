@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import invalid_request
-from ..fs import FileHandle, HandleTable, check_sandbox, fs_error
+from ..errors import invalid_params, invalid_request
+from ..fs import FileHandle, HandleTable, fs_error, sandboxed
 from ..fs import handles as handle_io
 from ..fs import operations as ops
 from ..fs.errors import invalid_path_error
@@ -33,6 +34,7 @@ from ..protocol import (
     FsReadDirectoryResult,
     FsReadFileResult,
     FsRemoveParams,
+    FsSandbox,
     FsWriteBlockParams,
     FsWriteFileParams,
 )
@@ -66,13 +68,48 @@ def _consume_outcome(future: asyncio.Future[Any]) -> None:
 
 async def _reply(future: asyncio.Future[_T], convert: Callable[[_T], _R]) -> _R:
     """The reply for submitted work; OS errors become the §9 replies."""
+    from ..sandbox.policy import PolicyError
+
     try:
         value = await asyncio.shield(future)
     except OSError as exc:
         raise fs_error(exc) from None
+    except PolicyError as exc:
+        raise invalid_params(f"failed to prepare fs sandbox: {exc}") from None
     except ValueError as exc:  # an embedded NUL byte, an unencodable name
         raise invalid_path_error(exc) from None
     return convert(value)
+
+
+def _submit_under_policy(
+    connection: Connection,
+    sandbox: FsSandbox,
+    plain: Callable[..., _T],
+    sandboxed: Callable[..., _T],
+    *args: Any,
+) -> asyncio.Future[_T]:
+    """Submit ``plain(*args)``, or ``sandboxed(policy, *args)`` when the request's profile
+    (narrowed by the server's confinement) restricts the filesystem. The profile is
+    checked now (-32602 with the reference's texts); it is resolved on the worker thread."""
+    confinement = connection.server.guards.confinement
+    if sandbox is None and confinement is None:
+        return _submit(plain, *args)
+    from ..sandbox.profile import ProfileError, parse_sandbox
+
+    try:
+        profile = parse_sandbox(sandbox)
+    except ProfileError as error:
+        raise invalid_params(error.message) from None
+
+    def work() -> _T:
+        from ..sandbox.enforce import fs_policy
+
+        policy = fs_policy(profile, confinement, os.getcwd())
+        if policy is None or not policy.restricts_filesystem:
+            return plain(*args)
+        return sandboxed(policy, *args)
+
+    return _submit(work)
 
 
 def _empty(_: object) -> EmptyResult:
@@ -86,21 +123,25 @@ def _empty(_: object) -> EmptyResult:
 def read_file(connection: Connection, params: FsPathParams) -> Awaitable[FsReadFileResult]:
     """The file's bytes; above ``Limits.fs_read_file_max_bytes`` -32600 (use handles)."""
     path = parse_path(params.path, "path")
-    check_sandbox(params.sandbox, writes=False)
     limit = connection.server.limits.fs_read_file_max_bytes
-    return _reply(_submit(ops.read_file, path, limit), FsReadFileResult)
+    work = _submit_under_policy(
+        connection, params.sandbox, ops.read_file, sandboxed.read_file, path, limit
+    )
+    return _reply(work, FsReadFileResult)
 
 
 @method("fs/writeFile", FsWriteFileParams, FILESYSTEM)
 def write_file(connection: Connection, params: FsWriteFileParams) -> Awaitable[EmptyResult]:
     """Create or truncate the file with the given bytes; bad base64 is -32600 (§9)."""
     path = parse_path(params.path, "path")
-    check_sandbox(params.sandbox, writes=True)
     try:
         data = binascii.a2b_base64(params.data_base64, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise invalid_request(f"fs/writeFile requires valid base64 dataBase64: {exc}") from None
-    return _reply(_submit(ops.write_file, path, data), _empty)
+    work = _submit_under_policy(
+        connection, params.sandbox, ops.write_file, sandboxed.write_file, path, data
+    )
+    return _reply(work, _empty)
 
 
 @method("fs/createDirectory", FsCreateDirectoryParams, FILESYSTEM)
@@ -109,17 +150,26 @@ def create_directory(
 ) -> Awaitable[EmptyResult]:
     """``mkdir -p`` unless ``recursive`` is false."""
     path = parse_path(params.path, "path")
-    check_sandbox(params.sandbox, writes=True)
     recursive = params.recursive is not False
-    return _reply(_submit(ops.create_directory, path, recursive), _empty)
+    work = _submit_under_policy(
+        connection,
+        params.sandbox,
+        ops.create_directory,
+        sandboxed.create_directory,
+        path,
+        recursive,
+    )
+    return _reply(work, _empty)
 
 
 @method("fs/getMetadata", FsPathParams, FILESYSTEM)
 def get_metadata(connection: Connection, params: FsPathParams) -> Awaitable[FsMetadataResult]:
     """Kind, size and times of a path (following symlinks, plus ``isSymlink``)."""
     path = parse_path(params.path, "path")
-    check_sandbox(params.sandbox, writes=False)
-    return _reply(_submit(ops.get_metadata, path), _metadata_result)
+    work = _submit_under_policy(
+        connection, params.sandbox, ops.get_metadata, sandboxed.get_metadata, path
+    )
+    return _reply(work, _metadata_result)
 
 
 def _metadata_result(meta: ops.Metadata) -> FsMetadataResult:
@@ -139,8 +189,10 @@ def read_directory(
 ) -> Awaitable[FsReadDirectoryResult]:
     """The directory's entries in OS order; broken symlinks are left out."""
     path = parse_path(params.path, "path")
-    check_sandbox(params.sandbox, writes=False)
-    return _reply(_submit(ops.read_directory, path), _directory_result)
+    work = _submit_under_policy(
+        connection, params.sandbox, ops.read_directory, sandboxed.read_directory, path
+    )
+    return _reply(work, _directory_result)
 
 
 def _directory_result(entries: list[ops.DirectoryEntry]) -> FsReadDirectoryResult:
@@ -153,10 +205,12 @@ def _directory_result(entries: list[ops.DirectoryEntry]) -> FsReadDirectoryResul
 def remove(connection: Connection, params: FsRemoveParams) -> Awaitable[EmptyResult]:
     """Remove a file, symlink or directory; ``recursive`` and ``force`` default to true."""
     path = parse_path(params.path, "path")
-    check_sandbox(params.sandbox, writes=True)
     recursive = params.recursive is not False
     force = params.force is not False
-    return _reply(_submit(ops.remove, path, recursive, force), _empty)
+    work = _submit_under_policy(
+        connection, params.sandbox, ops.remove, sandboxed.remove, path, recursive, force
+    )
+    return _reply(work, _empty)
 
 
 @method("fs/copy", FsCopyParams, FILESYSTEM)
@@ -164,8 +218,16 @@ def copy(connection: Connection, params: FsCopyParams) -> Awaitable[EmptyResult]
     """Copy a file, a symlink (recreated) or, with ``recursive``, a directory tree."""
     source = parse_path(params.source_path, "sourcePath")
     destination = parse_path(params.destination_path, "destinationPath")
-    check_sandbox(params.sandbox, writes=True)
-    return _reply(_submit(ops.copy, source, destination, params.recursive), _empty)
+    work = _submit_under_policy(
+        connection,
+        params.sandbox,
+        ops.copy,
+        sandboxed.copy,
+        source,
+        destination,
+        params.recursive,
+    )
+    return _reply(work, _empty)
 
 
 # ---- file handles --------------------------------------------------------------------------
@@ -181,11 +243,21 @@ def _table(connection: Connection) -> HandleTable:
 def open_handle(connection: Connection, params: FsOpenParams) -> Awaitable[FsOpenResult]:
     """Open a regular file for block reads (``read``) or writes (``replace``: truncates)."""
     path = parse_path(params.path, "path")
-    check_sandbox(params.sandbox, writes=params.mode == "replace")
     table = _table(connection)
     handle_id, mode = params.handle_id, params.mode
     table.reserve(handle_id)  # now, so a second open of the same id is refused
-    opened = _submit(handle_io.open_regular_file, path, mode)
+    try:
+        opened = _submit_under_policy(
+            connection,
+            params.sandbox,
+            handle_io.open_regular_file,
+            sandboxed.open_regular_file,
+            path,
+            mode,
+        )
+    except BaseException:
+        table.unreserve(handle_id)
+        raise
 
     def settle(future: asyncio.Future[int]) -> None:
         if future.cancelled() or future.exception() is not None:

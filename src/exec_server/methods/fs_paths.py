@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from ..errors import invalid_params
-from ..fs import check_sandbox
+from ..fs import sandboxed
 from ..fs.watch import MissingWatches
 from ..paths import parse_path, to_file_uri
 from ..protocol import (
@@ -26,7 +26,7 @@ from ..protocol import (
     missing_changed_notification,
 )
 from . import method
-from .fs import FILESYSTEM, _reply, _submit
+from .fs import FILESYSTEM, _reply, _submit_under_policy
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -40,8 +40,10 @@ def _canonical(path: str) -> str:
 def canonicalize(connection: Connection, params: FsPathParams) -> Awaitable[FsCanonicalizeResult]:
     """The path with ``.``/``..`` and every symlink resolved; the path must exist."""
     path = parse_path(params.path, "path")
-    check_sandbox(params.sandbox, writes=False)
-    return _reply(_submit(_canonical, path), lambda real: FsCanonicalizeResult(to_file_uri(real)))
+    work = _submit_under_policy(
+        connection, params.sandbox, _canonical, sandboxed.canonicalize, path
+    )
+    return _reply(work, lambda real: FsCanonicalizeResult(to_file_uri(real)))
 
 
 def _watches(connection: Connection) -> MissingWatches:

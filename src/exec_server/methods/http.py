@@ -22,7 +22,7 @@ import re
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ..errors import internal_error, invalid_params
+from ..errors import internal_error, invalid_params, invalid_request
 from ..protocol import (
     HttpBodyDelta,
     HttpBodyDeltaNotification,
@@ -93,6 +93,11 @@ def _valid_headers(headers: list[HttpHeader]) -> list[tuple[bytes, bytes]]:
 @method("http/request", HttpRequestParams, HTTP)
 def http_request(connection: Connection, params: HttpRequestParams) -> Awaitable[HttpRequestResult]:
     """Validate now (-32602), then perform the request; see the module docstring."""
+    confinement = connection.server.guards.confinement
+    if confinement is not None and not confinement.allows_network:
+        raise invalid_request(
+            "http/request is refused: this server's confinement (--confine) restricts the network"
+        )
     if not _TOKEN.fullmatch(params.method):
         raise invalid_params("http/request method is invalid: invalid HTTP method")
     url = _valid_url(params.url)

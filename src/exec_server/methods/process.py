@@ -6,12 +6,14 @@ this module maps it to wire values and JSON-RPC errors.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .. import prepend_path
-from ..errors import RpcError, internal_error, invalid_params, invalid_request
+from ..errors import RpcError, internal_error, invalid_params, invalid_request, os_error_message
 from ..paths import parse_path
 from ..process import errors as process_errors
 from ..process.env import child_environment, without_excluded
@@ -42,6 +44,12 @@ from . import method
 
 if TYPE_CHECKING:
     from ..connection import Connection
+    from ..sandbox.bwrap import Launch
+    from ..sandbox.profile import SandboxRequest
+
+SANDBOX_TYPE = "linuxSeccomp"
+"""``sandboxType`` for a process under a Linux sandbox: the value codex 0.169 knows (the
+reference's, though ours is bubblewrap without seccomp); ``none`` when nothing is restricted."""
 
 EXEC = "exec"
 
@@ -137,9 +145,18 @@ def _check_strings(params: ProcessStartParams) -> None:
 
 @method("process/start", ProcessStartParams, EXEC)
 @_mapped
-def start(connection: Connection, params: ProcessStartParams) -> ProcessStartResult:
+def start(
+    connection: Connection, params: ProcessStartParams
+) -> ProcessStartResult | Awaitable[ProcessStartResult]:
+    """Start a child; under a sandbox (the client's profile, the server's confinement, or
+    both) the start is prepared on a worker thread, the id reserved meanwhile."""
     if not params.argv:
         raise invalid_params("argv must not be empty")
+    if params.enforce_managed_network:
+        raise invalid_params(
+            "enforceManagedNetwork is not supported: this executor runs no managed network "
+            "proxy (networkProxyLaunch is false)"
+        )
     _check_strings(params)
     cwd = _no_nul(parse_path(params.cwd, "cwd"), "cwd")
     policy = params.env_policy
@@ -172,8 +189,62 @@ def start(connection: Connection, params: ProcessStartParams) -> ProcessStartRes
         idle_s=_seconds(params.idle_timeout_ms),
         drain_s=_seconds(params.drain_timeout_ms),
     )
-    connection.require_session().processes.start(params.process_id, request, deadlines)
-    return ProcessStartResult(params.process_id)
+    processes = connection.require_session().processes
+    confinement = connection.server.guards.confinement
+    if params.sandbox is None and confinement is None:
+        processes.start(params.process_id, request, deadlines)
+        return ProcessStartResult(params.process_id)
+    from ..sandbox.profile import ProfileError, parse_sandbox  # sandboxed starts only
+
+    try:
+        profile = parse_sandbox(params.sandbox)
+    except ProfileError as error:
+        raise invalid_params(error.message) from None
+    processes.reserve(params.process_id, request, deadlines)
+    return _start_sandboxed(connection, params.process_id, request, profile)
+
+
+async def _start_sandboxed(
+    connection: Connection, process_id: str, request: SpawnRequest, profile: SandboxRequest | None
+) -> ProcessStartResult:
+    """Resolve the policy and build the sandbox off the loop, then spawn the reserved id.
+    A restricted policy that cannot be enforced fails the start: it never runs unconfined."""
+    from ..sandbox import enforce
+    from ..sandbox.policy import PolicyError
+
+    processes = connection.require_session().processes
+    confinement = connection.server.guards.confinement
+
+    def prepare() -> Launch | None:
+        policy = enforce.process_policy(profile, confinement, request.cwd, request.env)
+        if policy is None or not policy.is_restricted:
+            return None
+        return enforce.launch(policy, request.argv, request.cwd, request.arg0, request.env)
+
+    try:
+        launch = await asyncio.to_thread(prepare)
+    except enforce.SandboxUnavailable as error:
+        processes.abandon(process_id)
+        raise invalid_params(error.message) from None
+    except PolicyError as error:
+        processes.abandon(process_id)
+        raise invalid_params(f"failed to prepare process sandbox: {error}") from None
+    except OSError as error:
+        processes.abandon(process_id)
+        raise internal_error(os_error_message(error)) from None
+    except BaseException:
+        processes.abandon(process_id)
+        raise
+    if launch is None:
+        processes.spawn_reserved(process_id)
+        return ProcessStartResult(process_id)
+    sandboxed = dataclasses.replace(request, argv=launch.argv, arg0=launch.arg0)
+    try:
+        processes.spawn_reserved(process_id, sandboxed, launch)
+    except BaseException:
+        launch.release()
+        raise
+    return ProcessStartResult(process_id, SANDBOX_TYPE)
 
 
 def _seconds(milliseconds: int | None) -> float | None:
@@ -190,6 +261,7 @@ def _read_result(snapshot: ReadSnapshot) -> ProcessReadResult:
         exited=snapshot.exited,
         exit_code=snapshot.exit_code,
         closed=snapshot.closed,
+        sandbox_denied=snapshot.sandbox_denied,
     )
 
 

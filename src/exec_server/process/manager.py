@@ -24,7 +24,7 @@ import termios
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..config import Limits
 from ..errors import os_error_message
@@ -44,6 +44,9 @@ from .reading import OutputReader, Stream
 from .spawn import Child, SpawnRequest, exit_code_from_status, set_window_size, signal_group
 from .stdin import ByteBudget, StdinQueue
 from .tree import Pid, kill_trees, members
+
+if TYPE_CHECKING:
+    from ..sandbox.bwrap import Launch
 
 
 class ProcessState(enum.Enum):
@@ -85,6 +88,8 @@ class ExitInfo:
     terminated_by: TerminatedBy
     signal: int | None
     """The signal that killed it, if one did."""
+    sandbox_denied: bool = False
+    """It ran sandboxed and its failure looks like a denial (the reference's rule)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +147,7 @@ class ManagedProcess:
         "exit",
         "exited_at",
         "last_output",
+        "launch",
         "log",
         "orphans",
         "process_id",
@@ -183,6 +189,8 @@ class ManagedProcess:
         self.started_at = time.time()
         self.exited_at: float | None = None
         self.last_output = 0.0
+        self.launch: Launch | None = None
+        """The sandbox it runs in, released once it has exited."""
 
     @property
     def paused(self) -> bool:
@@ -246,6 +254,14 @@ class ProcessManager:
         self, process_id: str, request: SpawnRequest, deadlines: Deadlines | None = None
     ) -> None:
         """Spawn a child under ``process_id``; raises a :class:`~.errors.ProcessError`."""
+        self.reserve(process_id, request, deadlines)
+        self.spawn_reserved(process_id)
+
+    def reserve(
+        self, process_id: str, request: SpawnRequest, deadlines: Deadlines | None = None
+    ) -> None:
+        """Take ``process_id`` (STARTING) while the start is prepared elsewhere (a sandbox
+        is built on a worker thread); :meth:`spawn_reserved` or :meth:`abandon` follows."""
         if not request.argv:
             raise InvalidSpawn(process_id, "argv must not be empty")
         if process_id in self._processes:
@@ -258,17 +274,34 @@ class ProcessManager:
             limits.retained_output_chunks,
             spill_threshold_bytes=limits.spill_threshold_bytes,
         )
-        process = ManagedProcess(process_id, request, log, deadlines or Deadlines())
-        self._processes[process_id] = process  # reserved while STARTING
+        self._processes[process_id] = ManagedProcess(
+            process_id, request, log, deadlines or Deadlines()
+        )
+
+    def spawn_reserved(
+        self, process_id: str, spawn_as: SpawnRequest | None = None, launch: Launch | None = None
+    ) -> None:
+        """Spawn the reserved process: as reserved, or as ``spawn_as`` (the sandboxed form
+        of the same request, whose ``launch`` is released when the child has exited)."""
+        process = self._processes.get(process_id)
+        if process is None or process.state is not ProcessState.STARTING:
+            raise UnknownProcess(process_id)  # the session ended while it was prepared
         try:
-            child = self._spawn(request)
+            child = self._spawn(spawn_as or process.request)
         except OSError as exc:
             del self._processes[process_id]
             raise SpawnFailed(process_id, os_error_message(exc)) from None
         except (ValueError, TypeError) as exc:  # embedded NUL, '=' in an env name, ...
             del self._processes[process_id]
             raise InvalidSpawn(process_id, str(exc)) from None
+        process.launch = launch
         self._run(process, child)
+
+    def abandon(self, process_id: str) -> None:
+        """Give back a reservation whose start could not be prepared."""
+        process = self._processes.get(process_id)
+        if process is not None and process.state is ProcessState.STARTING:
+            del self._processes[process_id]
 
     def _run(self, process: ManagedProcess, child: Child) -> None:
         process.child = child
@@ -352,6 +385,8 @@ class ProcessManager:
         process.reaped = True
         process.exited_at = time.time()
         process.orphans += self._exits.claim_orphans()
+        if process.launch is not None:
+            process.launch.release()
         self._unreaped.discard(process)
         if not self._unreaped:
             self._reaped_event.set()
@@ -359,13 +394,14 @@ class ProcessManager:
             return  # torn down with its session: reaped, and nobody is listening any more
         signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         cause = process.terminated_by or (TerminatedBy.SIGNAL if signum else TerminatedBy.EXIT)
-        process.exit = ExitInfo(code, cause, signum)
         process.cancel_timers()
         reader = process.reader
         if reader is not None:
             reader.drain()  # output written before it died comes before its exit
+        denied = process.launch is not None and _looks_denied(process.log, code)
+        process.exit = ExitInfo(code, cause, signum, denied)
         process.state = ProcessState.EXITED
-        seq = process.log.mark_exited(code)
+        seq = process.log.mark_exited(code, denied)
         self.sink.exited(process.process_id, seq, process.exit)
         drain_s = process.deadlines.drain_s
         if drain_s is not None and reader is not None and reader.open_streams:
@@ -574,6 +610,8 @@ class ProcessManager:
             self._release(process)
             process.log.close()  # its spill file, if any
             process.state = ProcessState.CLOSED
+            if process.launch is not None and process.reaped:
+                process.launch.release()
         if keeper is not None:
             for root in roots:
                 keeper.finished(root)
@@ -587,6 +625,15 @@ class ProcessManager:
         self._reaped_event.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._reaped_event.wait(), timeout)
+
+
+def _looks_denied(log: OutputLog, exit_code: int) -> bool:
+    """The reference's ``sandboxDenied`` rule over what the process printed."""
+    if exit_code == 0:
+        return False
+    from ..sandbox.denial import is_sandbox_denied  # sandboxed processes only
+
+    return is_sandbox_denied(True, exit_code, (c.data for c in log.read(0, None).chunks))
 
 
 def _info(process: ManagedProcess) -> ProcessInfo:

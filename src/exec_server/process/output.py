@@ -53,6 +53,7 @@ class ReadSnapshot(msgspec.Struct, frozen=True, gc=False):
     exited: bool
     exit_code: int | None
     closed: bool
+    sandbox_denied: bool = False
 
 
 class _Entry(msgspec.Struct, frozen=True, gc=False):
@@ -101,6 +102,7 @@ class OutputLog:
         "last_seq",
         "produced_bytes",
         "retained_bytes",
+        "sandbox_denied",
     )
 
     def __init__(
@@ -119,6 +121,7 @@ class OutputLog:
         self.produced_bytes = 0  # every byte ever appended, retained or not
         self.last_seq = 0
         self.exit_code: int | None = None
+        self.sandbox_denied = False
         self.closed = False
         # Spilling. The ring's capacity is ``max_bytes``: a chunk is written only after the
         # chunks it displaces are evicted, so the live part of the ring (the file-backed
@@ -188,9 +191,10 @@ class OutputLog:
         self._wake()
         return seq
 
-    def mark_exited(self, exit_code: int) -> int:
+    def mark_exited(self, exit_code: int, sandbox_denied: bool = False) -> int:
         self.last_seq = seq = self.last_seq + 1
         self.exit_code = exit_code
+        self.sandbox_denied = sandbox_denied
         self._wake()
         return seq
 
@@ -227,7 +231,12 @@ class OutputLog:
                 if max_bytes is not None and total >= max_bytes:
                     break
         return ReadSnapshot(
-            taken, next_seq, self.exit_code is not None, self.exit_code, self.closed
+            taken,
+            next_seq,
+            self.exit_code is not None,
+            self.exit_code,
+            self.closed,
+            self.sandbox_denied,
         )
 
     def waiter(self) -> asyncio.Future[None]:

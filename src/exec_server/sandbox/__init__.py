@@ -8,45 +8,6 @@
   escapes;
 * :mod:`.denial` decides ``sandboxDenied`` as the reference does.
 
+Nothing is imported here: a server that never meets a sandbox never loads these.
 docs/sandbox.md describes the reference's behaviour these follow, with sources.
 """
-
-from .bwrap import SANDBOX_TYPE, Launch, SandboxUnavailable, support, wrap
-from .denial import is_sandbox_denied
-from .policy import (
-    UNRESTRICTED,
-    Access,
-    Confinement,
-    Policy,
-    PolicyError,
-    ResolveContext,
-    combine,
-    fs_context,
-    load_confinement,
-    process_context,
-    resolve,
-)
-from .profile import ProfileError, SandboxRequest, parse_sandbox
-
-__all__ = [
-    "SANDBOX_TYPE",
-    "UNRESTRICTED",
-    "Access",
-    "Confinement",
-    "Launch",
-    "Policy",
-    "PolicyError",
-    "ProfileError",
-    "ResolveContext",
-    "SandboxRequest",
-    "SandboxUnavailable",
-    "combine",
-    "fs_context",
-    "is_sandbox_denied",
-    "load_confinement",
-    "parse_sandbox",
-    "process_context",
-    "resolve",
-    "support",
-    "wrap",
-]

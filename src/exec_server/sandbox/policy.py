@@ -299,6 +299,12 @@ class Confinement:
     cwd: str | None = None
     workspace_roots: tuple[str, ...] = ()
 
+    @property
+    def allows_network(self) -> bool:
+        """Whether the confinement lets the network through (else ``http/request`` is
+        refused too)."""
+        return self.permissions.network
+
     def policy(self, context: ResolveContext) -> Policy:
         """This confinement resolved for one request."""
         own = ResolveContext(
