@@ -20,6 +20,7 @@ from .config import Limits
 log = logging.getLogger("exec_server")
 
 DEFAULT_LISTEN = "ws://127.0.0.1:0"
+CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serve the exec-server JSON-RPC protocol: clients start and control processes "
             "on this machine. Compatible with clients of `codex exec-server`."
+            " Client commands: exec-server {run,shell,ls,cat,put,get} --help."
         ),
         epilog=(
             "Environment: EXEC_SERVER_LOG sets the default --log-level; "
@@ -218,8 +220,13 @@ async def serve(address: ListenAddress, limits: Limits, allowed_origins: frozens
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CLIENT_COMMANDS:  # the client side, in its own package
+        from .client.cli import main as client_main
+
+        return client_main(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv[1:] if argv[:1] == ["serve"] else argv)
     try:
         logging.basicConfig(
             level=args.log_level.upper(),

@@ -511,6 +511,7 @@ class Client:
         inherit_env: bool = True,
         tty: bool = False,
         stdin: bool = False,
+        stdin_size: int | None = None,
         size: tuple[int, int] | None = None,
     ) -> Process:
         """Start a process and return its handle.
@@ -518,11 +519,27 @@ class Client:
         ``cwd`` defaults to the server's working directory. The environment is the server's
         (less names like *KEY*, *SECRET*, *TOKEN*) with ``env`` on top; with
         ``inherit_env=False`` it is exactly ``env``. ``tty`` runs it in a PTY (``size``:
-        ``(rows, cols)``); ``stdin`` makes a pipe-mode stdin writable (a PTY always is).
+        ``(rows, cols)``). ``stdin`` makes a pipe-mode stdin writable (a PTY always is).
+
+        ``stdin_size``: the exact number of bytes that will be written; the process sees
+        end-of-file right after them, even on servers that cannot close stdin (there a
+        pipe-mode command runs behind ``head -c``). Implies ``stdin``.
         """
-        return await self._start(
-            list(argv), cwd=cwd, env=env, inherit_env=inherit_env, tty=tty, stdin=stdin, size=size
+        if stdin_size is not None and stdin_size < 0:
+            raise ValueError("stdin_size must not be negative")
+        process = await self._start(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            inherit_env=inherit_env,
+            tty=tty,
+            stdin=bool(stdin_size) if stdin_size is not None else stdin,  # 0: /dev/null
+            size=size,
+            stdin_size=stdin_size,
         )
+        if stdin_size == 0 and tty:
+            await process.close_stdin()
+        return process
 
     async def _start(
         self,
@@ -534,11 +551,14 @@ class Client:
         tty: bool,
         stdin: bool,
         size: tuple[int, int] | None,
-        feed_exactly: int | None = None,
+        stdin_size: int | None,
     ) -> Process:
         if not argv:
             raise ValueError("argv must not be empty")
         program = list(argv)
+        feed_exactly = None
+        if stdin_size and not tty and not self.supports("closeStdin"):
+            feed_exactly = stdin_size
         process_id = self._new_id("p")
         params: dict[str, Any] = {
             "processId": process_id,
@@ -560,6 +580,8 @@ class Client:
                 program = ["/bin/sh", "-c", _SET_SIZE, "sh", str(rows), str(cols), *program]
         params["argv"] = program
         process = Process(self, process_id, argv, tty=tty, stdin=stdin)
+        process._stdin_limit = stdin_size
+        process._stdin_closes_itself = feed_exactly is not None
         self._processes[process_id] = process  # before the call: output can precede the reply
         try:
             await self._request("process/start", params, subject=argv[0], done_if="already exists")
@@ -590,24 +612,16 @@ class Client:
         :class:`ProcessError` for a non-zero exit. In a PTY all output is ``stdout``.
         """
         argv = list(argv)
-        feed = input is not None and (tty or len(input) > 0)
-        exactly = None
-        if feed and not tty and not self.supports("closeStdin"):
-            exactly = len(input or b"")
-        process = await self._start(
+        process = await self.start(
             argv,
             cwd=cwd,
             env=env,
             inherit_env=inherit_env,
             tty=tty,
-            stdin=feed,
-            size=None,
-            feed_exactly=exactly,
+            stdin_size=None if input is None else len(input),
         )
         stdout, stderr = bytearray(), bytearray()
-        feeder = (
-            self._spawn(self._feed(process, input or b"", close=exactly is None)) if feed else None
-        )
+        feeder = self._spawn(self._feed(process, input)) if input else None
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
@@ -631,14 +645,24 @@ class Client:
             completed.check_returncode()
         return completed
 
-    async def _feed(self, process: Process, data: bytes, close: bool) -> None:
+    async def _feed(self, process: Process, data: bytes) -> None:
         """``input=`` of :meth:`run`: a process that stops reading early is not an error."""
         with contextlib.suppress(StdinClosed, ProcessLost):
             await process.write(data)
-            if close:
-                await process.close_stdin()
 
     async def _write(self, process: Process, data: bytes) -> None:
+        limit = process._stdin_limit
+        if limit is not None and process._stdin_written + len(data) > limit:
+            raise ValueError(
+                f"process {process.id} was started with stdin_size={limit}: "
+                f"{process._stdin_written + len(data) - limit} bytes too many"
+            )
+        await self._send_stdin(process, data)
+        process._stdin_written += len(data)
+        if limit is not None and process._stdin_written == limit and data:
+            await self._close_stdin(process)  # the announced size is reached: end of file
+
+    async def _send_stdin(self, process: Process, data: bytes) -> None:
         view = memoryview(data)
         for offset in range(0, len(view), WRITE_CHUNK_BYTES):
             piece = bytes(view[offset : offset + WRITE_CHUNK_BYTES])
@@ -661,6 +685,8 @@ class Client:
         raise ExecServerError(f"writing to process {process.id}: the server answered {status!r}")
 
     async def _close_stdin(self, process: Process) -> None:
+        if process._stdin_closes_itself:
+            return  # `head -c` ends it after the announced size
         if self.supports("closeStdin"):
             raw = await self._request(
                 "process/closeStdin", {"processId": process.id}, subject=process.id
@@ -670,11 +696,11 @@ class Client:
                 self._check_stdin_status(process, status)
         elif process.tty:
             # Ctrl-D ends input at the start of a line; after a partial line it only flushes it.
-            await self._write(process, b"\x04\x04" if process._line_open else b"\x04")
+            await self._send_stdin(process, b"\x04\x04" if process._line_open else b"\x04")
         else:
             raise NotSupported(
                 "this server cannot close a process's stdin (it does not announce the "
-                "closeStdin extension); pass the data as run(input=...) instead"
+                "closeStdin extension); start it with stdin_size=N, or use run(input=...)"
             )
 
     async def _signal(self, process: Process, name: str) -> None:
@@ -702,7 +728,7 @@ class Client:
                 raise NotSupported(
                     "this server cannot signal processes (no process/signal); use terminate()"
                 ) from None
-            await self._write(process, b"\x03")  # the PTY's line discipline sends SIGINT
+            await self._send_stdin(process, b"\x03")  # the PTY's line discipline sends SIGINT
 
     async def _resize(self, process: Process, rows: int, cols: int) -> None:
         if not self.supports("resize"):

@@ -161,6 +161,9 @@ class Process:
         self.returncode: int | None = None
         """The exit code once the exit was delivered, else None."""
         self._line_open = False  # a PTY's input so far ends mid-line (EOF needs two Ctrl-D)
+        self._stdin_limit: int | None = None  # start(stdin_size=...)
+        self._stdin_written = 0
+        self._stdin_closes_itself = False  # stdin_size is enforced by `head -c` on the server
 
     def __repr__(self) -> str:
         return f"<Process {self.id} {self.argv!r} returncode={self.returncode}>"
