@@ -44,10 +44,15 @@ def server_argv(kind: str, listen: str = "ws://127.0.0.1:0") -> list[str]:
 
 
 @contextlib.contextmanager
-def server_process(kind: str) -> Iterator[str]:
-    """A server as a child process on a free loopback port; yields its URL."""
+def server_process(kind: str, cwd: str | os.PathLike[str] | None = None) -> Iterator[str]:
+    """A server as a child process on a free loopback port (working in ``cwd``); yields
+    its URL."""
     child = subprocess.Popen(
-        server_argv(kind), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+        server_argv(kind),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=cwd,
     )
     try:
         assert child.stdout is not None

@@ -20,7 +20,7 @@ from pathlib import PurePosixPath
 from typing import Any, BinaryIO
 
 from .client import Client, connect
-from .errors import ExecServerError, NotSupported, OutputGap, ProcessLost, StdinClosed
+from .errors import ExecServerError, NotSupported, OutputGap, ProcessLost, RpcError, StdinClosed
 from .process import Output, Process
 from .terminal import LocalInput, is_null_device, raw_mode, window_size
 
@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="sent as `Authorization: Bearer TOKEN` (default: $EXEC_SERVER_TOKEN, which, "
         "unlike a command line, other users cannot see)",
     )
+    common.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to keep trying to resume the session when the connection drops "
+        "(default 30; 0 gives up at once)",
+    )
     parser = argparse.ArgumentParser(
         prog="exec-server",
         description="Use a running exec-server. (`exec-server serve`, or no command, serves.)",
@@ -61,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tty", "-t", action="store_true", help="run it in a pseudo-terminal")
     _process_options(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_run, parser=run)
 
     shell = commands.add_parser(
         "shell",
@@ -72,29 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _process_options(shell)
     shell.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
-    shell.set_defaults(handler=_shell)
+    shell.set_defaults(handler=_shell, parser=shell)
 
     ls = commands.add_parser("ls", parents=[common], help="list remote directories")
     ls.add_argument("paths", nargs="*", metavar="PATH", help="default: the server's directory")
-    ls.set_defaults(handler=_ls)
+    ls.set_defaults(handler=_ls, parser=ls)
 
     cat = commands.add_parser("cat", parents=[common], help="print remote files")
     cat.add_argument("paths", nargs="+", metavar="PATH")
-    cat.set_defaults(handler=_cat)
+    cat.set_defaults(handler=_cat, parser=cat)
 
     put = commands.add_parser("put", parents=[common], help="copy a local file to the server")
     put.add_argument("local", metavar="LOCAL", help="a local file, or - for stdin")
     put.add_argument(
         "remote", nargs="?", metavar="REMOTE", help="a remote file or directory (default: .)"
     )
-    put.set_defaults(handler=_put)
+    put.set_defaults(handler=_put, parser=put)
 
     get = commands.add_parser("get", parents=[common], help="copy a remote file here")
     get.add_argument("remote", metavar="REMOTE")
     get.add_argument(
         "local", nargs="?", metavar="LOCAL", help="a local file or directory, or - for stdout"
     )
-    get.set_defaults(handler=_get)
+    get.set_defaults(handler=_get, parser=get)
     return parser
 
 
@@ -115,25 +123,34 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.url:
-        parser.error("no server given: pass --url ws://HOST:PORT or set EXEC_SERVER_URL")
+        args.parser.error("no server given: pass --url ws://HOST:PORT or set EXEC_SERVER_URL")
     if args.command in ("run", "shell"):
         args.argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
         if args.command == "run" and not args.argv:
-            parser.error("run: no command given (exec-server run --url URL -- CMD ARGS...)")
+            args.parser.error("no command given (exec-server run --url URL -- CMD ARGS...)")
         try:
             args.env = _parse_env(args.env)
         except ValueError as exc:
-            parser.error(str(exc))
+            args.parser.error(str(exc))
     try:
         return asyncio.run(_connected(args))
     except ExecServerError as exc:
-        _complain(args.command, str(exc))
+        _complain(args.command, _describe(exc))
         return CLIENT_ERROR
     except OSError as exc:
         _complain(args.command, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         return LOCAL_ERROR
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+
+
+def _describe(error: ExecServerError) -> str:
+    """An error as one line: a failure about a path or a program names it first."""
+    if not isinstance(error, RpcError) or error.subject is None:
+        return str(error)
+    if not (error.method.startswith("fs/") or error.method == "process/start"):
+        return str(error)
+    return f"{error.subject}: {error.message.removesuffix(f': {error.subject}')}"
 
 
 def _complain(command: str, message: str) -> None:
@@ -153,7 +170,13 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 
 async def _connected(args: argparse.Namespace) -> int:
     handler: Handler = args.handler
-    async with connect(args.url, token=args.token, client_name="exec-server-cli") as client:
+    async with connect(
+        args.url,
+        token=args.token,
+        client_name="exec-server-cli",
+        reconnect=args.reconnect_timeout > 0,
+        reconnect_timeout=args.reconnect_timeout,
+    ) as client:
         return await handler(client, args)
 
 

@@ -212,10 +212,9 @@ class Client:
         """Terminate the processes this client started that still run, then disconnect."""
         if self.state is State.OPEN:
             running = [p for p in self._processes.values() if not p._exit.done()]
-            for process in running:
-                with contextlib.suppress(ExecServerError, TimeoutError):
-                    async with asyncio.timeout(self._options.connect_timeout):
-                        await process.terminate()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._options.connect_timeout):
+                    await asyncio.gather(*(self._end(p) for p in running))
         self._shut(ConnectionLost("the client was closed"))
         tasks = list(self._tasks)
         for task in tasks:
@@ -224,6 +223,12 @@ class Client:
         if self._transport is not None:
             with contextlib.suppress(Exception):
                 await self._transport.close()
+
+    async def _end(self, process: Process) -> None:
+        """Terminate a process and wait for its exit, so its handle has the code."""
+        with contextlib.suppress(ExecServerError):
+            await process.terminate()
+            await process.wait()
 
     async def __aenter__(self) -> Client:
         return self
