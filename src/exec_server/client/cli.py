@@ -137,6 +137,9 @@ def main(argv: Sequence[str]) -> int:
     except ExecServerError as exc:
         _complain(args.command, _describe(exc))
         return CLIENT_ERROR
+    except BrokenPipeError:  # our reader went away (`... | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as exc:
         _complain(args.command, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         return LOCAL_ERROR

@@ -272,6 +272,9 @@ class Client:
                     self._route(envelope)
         except TransportClosed as exc:
             reason = exc.reason
+        except Exception as exc:  # a bug here must not leave calls waiting forever
+            log.exception("the client failed to handle a message; dropping the connection")
+            reason = f"the client failed to handle a message ({exc!r})"
         with contextlib.suppress(Exception):
             await transport.close()
         self._connection_lost(generation, reason)
