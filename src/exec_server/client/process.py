@@ -102,6 +102,21 @@ class _Sequencer:
             for item in self.pending.values()
         )
 
+    def settle(
+        self, last_seq: int, exited: bool, exit_code: int | None, closed: bool
+    ) -> list[_Item]:
+        """What fills the holes up to ``last_seq``, the server's latest seq, given what a
+        ``process/read`` that returned no more output said: the close (always the last
+        seq), the exit (the one hole left, when only one is), and gaps for the rest."""
+        holes = self.holes(last_seq)
+        filled: list[_Item] = []
+        if closed and not self.saw_closed and holes and holes[-1][1] == last_seq:
+            filled.append(Closed(_take_highest(holes)))
+        if exited and exit_code is not None and not self.saw_exit and holes:
+            filled.append(Exited(_take_highest(holes), exit_code))
+        filled.extend(_Gap(first, last) for first, last in holes)
+        return filled
+
     def holes(self, last_seq: int) -> list[tuple[int, int]]:
         """The runs of seqs up to ``last_seq`` neither released nor pending, lowest first."""
         holes = []
@@ -247,15 +262,10 @@ class Process:
         self._wake()
 
     def _settle(self, last_seq: int, exited: bool, exit_code: int | None, closed: bool) -> None:
-        """After a catch-up read reached the end (``last_seq``, the server's latest seq):
-        place the exit and close the read reported, and mark what is still missing as lost."""
-        holes = self._sequencer.holes(last_seq)
-        if closed and not self._sequencer.saw_closed and holes and holes[-1][1] == last_seq:
-            self._add(Closed(_take_highest(holes)))  # the close is always the last seq
-        if exited and exit_code is not None and not self._sequencer.saw_exit and holes:
-            self._add(Exited(_take_highest(holes), exit_code))
-        for first, last in holes:
-            self._add(_Gap(first, last))
+        """A catch-up read reached the end: fill the holes it leaves (see
+        :meth:`_Sequencer.settle`)."""
+        for item in self._sequencer.settle(last_seq, exited, exit_code, closed):
+            self._add(item)
 
     def _fail(self, error: BaseException) -> None:
         """The process can no longer be followed: consumers and waiters get ``error``."""
