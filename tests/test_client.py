@@ -7,6 +7,7 @@ says so per server; everything else must hold for all of them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path, PurePosixPath
@@ -131,6 +132,14 @@ async def test_events_come_once_each_in_seq_order(client: Client) -> None:
     assert b"".join(d for s, d in outputs if s == "stderr") == b"b\n"
     assert [type(e) for e in events if not isinstance(e, Output)] == [Exited, Closed]
     assert await process.wait() == 5 and process.returncode == 5
+
+
+async def test_concurrent_runs_each_get_their_own_output(client: Client) -> None:
+    # The references often send a process's output and exit before the reply to its
+    # process/start (here about half the time): none of it may be lost.
+    results = await asyncio.gather(*(client.run(["echo", str(i)]) for i in range(60)))
+    assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(60)]
+    assert {r.returncode for r in results} == {0}
 
 
 async def test_write_read_and_the_two_streams(client: Client) -> None:
@@ -268,6 +277,9 @@ async def test_streaming_a_large_file(client: Client, tmp_path: Path) -> None:
     async with client.fs.open(tmp_path / "big") as remote:
         head = await remote.read(10)
         rest = b"".join([block async for block in remote])
+        assert await remote.read() == b""
+        remote.seek(500_000)
+        assert await remote.read(3) == data[500_000:500_003] and remote.tell() == 500_003
     assert head + rest == data
 
 

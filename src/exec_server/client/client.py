@@ -445,9 +445,9 @@ class Client:
         if self._lost.is_set():
             return False
         self.state = State.OPEN
+        self._catch_ups = {pid: t for pid, t in self._catch_ups.items() if not t.done()}
         for process in list(self._processes.values()):
-            task = self._catch_ups.get(process.id)
-            if task is None or task.done():
+            if process.id not in self._catch_ups:
                 self._catch_ups[process.id] = self._spawn(self._catch_up(process))
         return True
 

@@ -231,7 +231,7 @@ class RemoteFile:
         """The current position."""
         return self._position + len(self._pending)
 
-    async def seek(self, offset: int) -> int:
+    def seek(self, offset: int) -> int:
         """Move to an absolute position (reading only)."""
         self._check("rb")
         self._position, self._eof = offset, False

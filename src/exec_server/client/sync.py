@@ -123,7 +123,8 @@ class _Stream:
 
 
 class RemoteFS:
-    """The server's file system (see :class:`exec_server.client.RemoteFS`)."""
+    """The server's file system: the same methods as :class:`exec_server.client.RemoteFS`,
+    blocking."""
 
     def __init__(self, loop: _Loop, client: aio.Client) -> None:
         self._loop = loop
@@ -172,7 +173,8 @@ class RemoteFS:
 
 
 class File:
-    """A remote file opened with :meth:`RemoteFS.open`."""
+    """A remote file opened with :meth:`RemoteFS.open`: the methods of
+    :class:`exec_server.client.RemoteFile`, blocking, and ``with``."""
 
     def __init__(self, loop: _Loop, file: RemoteFile) -> None:
         self._loop = loop
@@ -200,7 +202,7 @@ class File:
         return self._loop.run(self._file.write(data))
 
     def seek(self, offset: int) -> int:
-        return self._loop.run(self._file.seek(offset))
+        return self._file.seek(offset)
 
     def tell(self) -> int:
         return self._file.tell()
