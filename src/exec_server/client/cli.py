@@ -137,6 +137,9 @@ def main(argv: Sequence[str]) -> int:
     except ExecServerError as exc:
         _complain(args.command, _describe(exc))
         return CLIENT_ERROR
+    except ValueError as exc:  # e.g. a relative remote path for a server that has no cwd
+        _complain(args.command, str(exc))
+        return LOCAL_ERROR
     except BrokenPipeError:  # our reader went away (`... | head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
