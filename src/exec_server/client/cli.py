@@ -159,8 +159,9 @@ def _describe(error: ExecServerError) -> str:
     return f"{error.subject}: {error.message.removesuffix(f': {error.subject}')}"
 
 
-def _complain(command: str, message: str) -> None:
-    sys.stderr.write(f"exec-server {command}: {message}\n")
+def _complain(command: str, message: str, raw: bool = False) -> None:
+    """One line on stderr; ``raw``: the terminal is in raw mode, so the line ends in CR LF."""
+    sys.stderr.write(f"exec-server {command}: {message}{chr(13) if raw else ''}\n")
     sys.stderr.flush()
 
 
@@ -228,8 +229,8 @@ async def _attach(client: Client, argv: list[str], args: argparse.Namespace, *, 
         stdin_size=stdin.size,
         size=size,
     )
-    session = _Session(client, process, args.command)
     interactive = tty and os.isatty(0)
+    session = _Session(client, process, args.command, raw=interactive)
     with raw_mode(0) if interactive else contextlib.nullcontext():
         return await session.follow(stdin)
 
@@ -275,10 +276,11 @@ def _remaining_file_bytes(fd: int) -> int | None:
 class _Session:
     """One remote process attached to this terminal: output out, input in, signals over."""
 
-    def __init__(self, client: Client, process: Process, command: str) -> None:
+    def __init__(self, client: Client, process: Process, command: str, raw: bool) -> None:
         self.client = client
         self.process = process
         self.command = command
+        self.raw = raw
         self.loop = asyncio.get_running_loop()
         self.tasks: set[asyncio.Task[None]] = set()
         self.interrupts = 0
@@ -333,7 +335,7 @@ class _Session:
             if stdin.size is None:
                 await self.process.close_stdin()
         except NotSupported as exc:
-            _complain(self.command, f"warning: {exc}")
+            _complain(self.command, f"warning: {exc}", self.raw)
         except (StdinClosed, ProcessLost):
             pass  # the remote side stopped reading: nothing more to send
 
@@ -345,7 +347,7 @@ class _Session:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and isinstance(task.exception(), ExecServerError):
-            _complain(self.command, f"warning: {task.exception()}")
+            _complain(self.command, f"warning: {task.exception()}", self.raw)
 
     def _interrupt(self) -> None:
         """Ctrl-C (outside raw mode): interrupt the remote process; a second one kills it."""
