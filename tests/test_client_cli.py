@@ -200,8 +200,9 @@ def test_shell_is_an_interactive_terminal(kind: str, tmp_path: Path) -> None:
         child.send("stty size; echo $TERM\r")
         child.expect_exact("33 101")  # the window size went along
         child.expect_exact("xterm-test")  # and so did TERM
-        child.send("sleep 30\r")
-        child.sendcontrol("c")  # a keystroke: the remote terminal interrupts sleep
+        child.send("sh -c 'echo sleep\"\"ing; exec sleep 30'\r")
+        child.expect_exact("sleeping")  # not the typed line's echo: it is running
+        child.sendcontrol("c")  # a keystroke: the remote terminal interrupts it
         child.send("echo status:$?\r")
         child.expect(r"status:(\d+)")
         assert child.match.group(1) == b"130"

@@ -70,8 +70,8 @@ async def test_every_byte_arrives_once_across_cuts(kind: str) -> None:
                     if marker in seen:
                         await process.write(b"go\n")
                         prompted += 1
-            assert proxy.cuts == 3
-            assert proxy.connections == 4
+            assert proxy.cuts == 3  # (a resume can take more than one try: the server
+            assert proxy.connections >= 4  # may not have seen the old connection end yet)
             assert bytes(seen) == EXPECTED
             assert seqs == list(range(1, len(seqs) + 1)), "each seq once, in order"
             assert kinds.count(Exited) == 1 and kinds[-1] is Closed
@@ -100,7 +100,8 @@ async def test_output_dropped_while_disconnected_is_an_explicit_gap(tmp_path) ->
         assert "was lost" in str(gap.value)
         rest = [event async for event in process.events()]  # it goes on after the gap
         data = b"".join(e.data for e in rest if isinstance(e, Output))
-        assert data.endswith(b"\x00\nlast\n") and 0 < len(data) < 300_000
+        assert data.endswith(b"\nlast\n") and len(data) < 300_000
+        assert set(data[: -len(b"\nlast\n")]) <= {0}  # what is left of the zeros, if any
         assert rest[0].seq == gap.value.last_seq + 1
         assert isinstance(rest[-1], Closed) and await process.wait() == 0
 
