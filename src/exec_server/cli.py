@@ -27,6 +27,7 @@ log = logging.getLogger("exec_server")
 
 DEFAULT_LISTEN = "ws://127.0.0.1:0"
 TOKEN_ENV = "EXEC_SERVER_TOKEN"
+CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serve the exec-server JSON-RPC protocol: clients start and control processes "
             "on this machine. Compatible with clients of `codex exec-server`."
+            " Client commands: exec-server {run,shell,ls,cat,put,get} --help."
         ),
         epilog=(
             f"Environment: {TOKEN_ENV} holds a bearer token (instead of --auth-token-file); "
@@ -524,8 +526,13 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in CLIENT_COMMANDS:  # the client side, in its own package
+        from .client.cli import main as client_main
+
+        return client_main(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv[1:] if argv[:1] == ["serve"] else argv)
     try:
         logging.basicConfig(
             level=args.log_level.upper(),

@@ -1,0 +1,63 @@
+"""A client for exec-server (and the reference ``codex exec-server`` 0.128 and 0.169).
+
+    async with connect("ws://127.0.0.1:PORT") as client:
+        result = await client.run(["uname", "-a"], check=True)
+        print(result.stdout.decode())
+
+:func:`connect` (WebSocket) and :func:`connect_stdio` (a server command on stdin/stdout) do
+the handshake and yield a :class:`Client`: :meth:`Client.run` runs a command to its end,
+:meth:`Client.start` gives a :class:`Process` to stream and steer, ``client.fs`` reaches
+files. :mod:`exec_server.client.sync` is the same without ``await``.
+
+This package does not import the server.
+"""
+
+from .client import Client, State, connect, connect_stdio
+from .errors import (
+    AuthenticationFailed,
+    ConnectionFailed,
+    ConnectionLost,
+    ExecServerError,
+    NotSupported,
+    OutputGap,
+    ProcessError,
+    ProcessLost,
+    ProcessTimeout,
+    RemoteFileExists,
+    RemoteFileNotFound,
+    RpcError,
+    StdinClosed,
+)
+from .fs import DirEntry, FileStat, RemoteFile, RemoteFS
+from .process import Closed, CompletedProcess, Event, Exited, Output, Process, ProcessStream
+
+__all__ = [
+    "AuthenticationFailed",
+    "Client",
+    "Closed",
+    "CompletedProcess",
+    "ConnectionFailed",
+    "ConnectionLost",
+    "DirEntry",
+    "Event",
+    "ExecServerError",
+    "Exited",
+    "FileStat",
+    "NotSupported",
+    "Output",
+    "OutputGap",
+    "Process",
+    "ProcessError",
+    "ProcessLost",
+    "ProcessStream",
+    "ProcessTimeout",
+    "RemoteFS",
+    "RemoteFile",
+    "RemoteFileExists",
+    "RemoteFileNotFound",
+    "RpcError",
+    "State",
+    "StdinClosed",
+    "connect",
+    "connect_stdio",
+]

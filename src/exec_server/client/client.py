@@ -1,0 +1,838 @@
+"""The asyncio client: one connection (resumed when it drops), calls matched to replies by
+id, and notifications routed to the :class:`Process` they belong to.
+
+States are explicit (:class:`State`): ``OPEN`` sends at once; ``RECONNECTING`` keeps calls
+until the session is resumed, then sends them in their original order (a repeated
+``process/write`` is recognised by its ``writeId``), and catches every live process up with
+``process/read`` from the last seq it delivered; ``CLOSED`` fails everything with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import secrets
+import signal as signal_module
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
+
+import msgspec
+
+from . import _wire
+from ._transport import StdioTransport, TransportClosed, WebSocketTransport
+from ._transport import Transport as _Transport
+from .errors import (
+    METHOD_NOT_FOUND,
+    AuthenticationFailed,
+    ConnectionFailed,
+    ConnectionLost,
+    ExecServerError,
+    NotSupported,
+    ProcessLost,
+    ProcessTimeout,
+    RpcError,
+    StdinClosed,
+    rpc_error,
+)
+from .fs import RemoteFS, RemotePath
+from .process import Closed, CompletedProcess, Exited, Output, Process
+
+log = logging.getLogger("exec_server.client")
+
+DEFAULT_CLIENT_NAME = "exec-server-python"
+WRITE_CHUNK_BYTES = 256 * 1024
+"""The largest piece of stdin sent in one ``process/write``."""
+
+_INHERIT_ALL = {
+    "inherit": "all",
+    "ignoreDefaultExcludes": False,
+    "exclude": [],
+    "set": {},
+    "includeOnly": [],
+}
+"""The server's own environment, less names like *KEY*, *SECRET*, *TOKEN* (PROTOCOL §8)."""
+
+# Without closeStdin, a pipe's stdin cannot be closed: `head` reads exactly the input and
+# exits, which gives the command its end of file.
+_FEED_EXACTLY = 'n=$1; shift; head -c "$n" | "$@"'
+# Without a size on process/start, the PTY is 24x80 until `stty` sets it.
+_SET_SIZE = 'stty rows "$1" cols "$2" 2>/dev/null; shift 2; exec "$@"'
+
+
+class State(enum.Enum):
+    """Where a :class:`Client`'s connection stands."""
+
+    OPEN = "open"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class _Call:
+    id: int
+    method: str
+    params: Any
+    subject: str | None
+    future: asyncio.Future[msgspec.Raw]
+    generation: int = -1
+    """The connection it was last sent on."""
+    sends: int = 0
+
+
+Opener = Callable[[], Awaitable[_Transport]]
+
+
+@dataclass
+class _Options:
+    describe: str
+    client_name: str = DEFAULT_CLIENT_NAME
+    connect_timeout: float = 10.0
+    reconnect: bool = True
+    reconnect_timeout: float = 30.0
+
+
+def to_file_uri(path: str) -> str:
+    """An absolute path as a ``file://`` URI."""
+    return "file://" + quote_from_bytes(os.fsencode(path), safe="/")
+
+
+def _from_file_uri(uri: str) -> str:
+    return os.fsdecode(unquote_to_bytes(urlsplit(uri).path)) if uri.startswith("file:") else uri
+
+
+class Client:
+    """A connection to an exec-server, made by :func:`connect` or :func:`connect_stdio`."""
+
+    def __init__(self, opener: Opener, options: _Options) -> None:
+        self._opener = opener
+        self._options = options
+        self.state = State.CLOSED
+        self.session_id = ""
+        """The server's id for this client's session (kept across reconnects)."""
+        self.environment_info: dict[str, Any] | None = None
+        """What the server says about its machine (shell, cwd, home...); None from 0.128."""
+        self.extensions: dict[str, Any] = {}
+        """The protocol extensions the server announces (``initialize`` result's ``extensions``)."""
+        self.fs = RemoteFS(self)
+        """The server's file system."""
+        self._transport: _Transport | None = None
+        self._generation = 0
+        self._lost = asyncio.Event()  # the current connection ended
+        self._pending: dict[int, _Call] = {}
+        self._processes: dict[str, Process] = {}
+        self._catch_ups: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed_error: ExecServerError = ConnectionLost("the client is not connected")
+        self._next_id = 0
+        self._id_prefix = f"py-{secrets.token_hex(4)}"
+        self._uri_paths = False
+        self._server_cwd: PurePosixPath | None = None
+
+    def __repr__(self) -> str:
+        return f"<Client {self._options.describe} {self.state.value} session={self.session_id}>"
+
+    def supports(self, extension: str) -> bool:
+        """Whether the server announced ``extension`` (e.g. ``"closeStdin"``, ``"resize"``)."""
+        return self.extensions.get(extension) is True
+
+    # ---- opening and closing --------------------------------------------------------------
+
+    async def _open(self) -> None:
+        transport = await self._opener()
+        try:
+            async with asyncio.timeout(self._options.connect_timeout):
+                result = await self._handshake(transport, None)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await transport.close()
+            if isinstance(exc, TransportClosed):
+                raise ConnectionFailed(
+                    f"{self._options.describe} closed the connection during the handshake "
+                    f"({exc.reason})"
+                ) from None
+            if isinstance(exc, TimeoutError):
+                raise ConnectionFailed(
+                    f"{self._options.describe} did not answer `initialize` within "
+                    f"{self._options.connect_timeout:g} s"
+                ) from None
+            raise
+        self._adopt(result)
+        self._attach(transport)
+        self.state = State.OPEN
+
+    async def _handshake(self, transport: _Transport, resume: str | None) -> _wire.InitializeResult:
+        """``initialize`` (resuming a session if asked), then ``initialized``. Notifications
+        that arrive meanwhile are routed as usual."""
+        call_id = self._new_call_id()
+        params: dict[str, Any] = {"clientName": self._options.client_name}
+        if resume is not None:
+            params["resumeSessionId"] = resume
+        await transport.send(
+            _wire.encode({"id": call_id, "method": "initialize", "params": params})
+        )
+        while True:
+            envelope = self._decode(await transport.recv())
+            if envelope is None or envelope.id != call_id or envelope.method is not None:
+                if envelope is not None:
+                    self._route(envelope)
+                continue
+            if envelope.error is not None:
+                raise rpc_error("initialize", envelope.error.code, envelope.error.message)
+            result: _wire.InitializeResult = _wire.decode(
+                envelope.result,  # type: ignore[arg-type]
+                _wire.InitializeResult,
+            )
+            break
+        await transport.send(_wire.encode({"method": "initialized", "params": {}}))
+        return result
+
+    def _adopt(self, result: _wire.InitializeResult) -> None:
+        self.session_id = result.session_id
+        self.environment_info = result.environment_info
+        self.extensions = dict(result.extensions)
+        # Servers that describe their environment (0.169, ours) take file:// URIs; 0.128 paths.
+        self._uri_paths = result.environment_info is not None
+        cwd = (result.environment_info or {}).get("cwd")
+        self._server_cwd = PurePosixPath(_from_file_uri(cwd)) if isinstance(cwd, str) else None
+
+    def _attach(self, transport: _Transport) -> None:
+        self._generation += 1
+        self._transport = transport
+        self._lost = asyncio.Event()
+        self._spawn(self._read_loop(transport, self._generation))
+
+    async def close(self) -> None:
+        """Terminate the processes this client started that still run, then disconnect."""
+        if self.state is State.OPEN:
+            running = [p for p in self._processes.values() if not p._exit.done()]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._options.connect_timeout):
+                    await asyncio.gather(*(self._end(p) for p in running))
+        self._shut(ConnectionLost("the client was closed"))
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                await self._transport.close()
+
+    async def _end(self, process: Process) -> None:
+        """Terminate a process and wait for its exit, so its handle has the code."""
+        with contextlib.suppress(ExecServerError):
+            await process.terminate()
+            await process.wait()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _shut(self, error: ExecServerError) -> None:
+        """No more calls: fail every waiting call and every live process with ``error``."""
+        if self.state is State.CLOSED and self._closed_error is error:
+            return
+        self.state = State.CLOSED
+        self._closed_error = error
+        for call in list(self._pending.values()):
+            if not call.future.done():
+                call.future.set_exception(error)
+        self._pending.clear()
+        for process in list(self._processes.values()):
+            process._fail(error)
+        self._processes.clear()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task this client owns: :meth:`close` cancels and awaits it."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ---- receiving ------------------------------------------------------------------------
+
+    async def _read_loop(self, transport: _Transport, generation: int) -> None:
+        try:
+            while True:
+                envelope = self._decode(await transport.recv())
+                if envelope is not None:
+                    self._route(envelope)
+        except TransportClosed as exc:
+            reason = exc.reason
+        except Exception as exc:  # a bug here must not leave calls waiting forever
+            log.exception("the client failed to handle a message; dropping the connection")
+            reason = f"the client failed to handle a message ({exc!r})"
+        with contextlib.suppress(Exception):
+            await transport.close()
+        self._connection_lost(generation, reason)
+
+    @staticmethod
+    def _decode(raw: bytes) -> _wire.Envelope | None:
+        try:
+            return _wire.ENVELOPE.decode(raw)
+        except msgspec.MsgspecError as exc:
+            log.warning("ignoring a message from the server that is not JSON-RPC: %s", exc)
+            return None
+
+    def _route(self, envelope: _wire.Envelope) -> None:
+        if envelope.method is not None:
+            if envelope.id is None:
+                self._notification(envelope.method, envelope.params)
+            return
+        call = self._pending.pop(envelope.id, None) if isinstance(envelope.id, int) else None
+        if call is None:
+            if envelope.error is not None:
+                log.warning("server error without a request: %s", envelope.error.message)
+            return
+        if call.future.done():
+            return
+        if envelope.error is not None:
+            error = rpc_error(
+                call.method, envelope.error.code, envelope.error.message, call.subject
+            )
+            call.future.set_exception(error)
+        elif isinstance(envelope.result, msgspec.Raw):
+            call.future.set_result(envelope.result)
+
+    def _notification(self, method: str, params: msgspec.Raw) -> None:
+        kind = _wire.NOTIFICATION_TYPES.get(method)
+        if kind is None:
+            return
+        try:
+            decoded = _wire.decode(params, kind)
+        except msgspec.ValidationError as exc:
+            log.warning("ignoring a malformed %s notification: %s", method, exc)
+            return
+        process = self._processes.get(decoded.process_id)
+        if process is None:
+            return
+        if isinstance(decoded, _wire.OutputParams):
+            process._add(Output(decoded.seq, decoded.stream, decoded.chunk))
+        elif isinstance(decoded, _wire.ExitedParams):
+            process._add(Exited(decoded.seq, decoded.exit_code))
+        else:
+            process._add(Closed(decoded.seq))
+
+    # ---- calling --------------------------------------------------------------------------
+
+    def _new_call_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _new_id(self, kind: str) -> str:
+        """A process or handle id no other client of the session will pick."""
+        return f"{self._id_prefix}-{kind}{self._new_call_id()}"
+
+    async def request(self, method: str, params: Any = None) -> Any:
+        """Call any method; returns the decoded JSON result or raises :class:`RpcError`."""
+        return msgspec.json.decode(await self._request(method, params))
+
+    async def _request(
+        self, method: str, params: Any, *, subject: str | None = None, done_if: str | None = None
+    ) -> msgspec.Raw:
+        """One call. If it had to be sent again after a reconnect, an error containing
+        ``done_if`` means the first sending took effect (e.g. ``already exists``)."""
+        if self.state is State.CLOSED:
+            raise self._closed_error
+        future: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
+        call = _Call(self._new_call_id(), method, params, subject, future)
+        self._pending[call.id] = call
+        if self.state is State.OPEN:
+            await self._send(call)
+        try:
+            return await future
+        except RpcError as exc:
+            if done_if is not None and call.sends > 1 and done_if in exc.message:
+                return msgspec.Raw(b"null")
+            raise
+        finally:
+            self._pending.pop(call.id, None)
+
+    async def _send(self, call: _Call) -> None:
+        assert self._transport is not None
+        call.generation = self._generation
+        call.sends += 1
+        message: dict[str, Any] = {"id": call.id, "method": call.method}
+        if call.params is not None:
+            message["params"] = call.params
+        with contextlib.suppress(TransportClosed):  # the read loop sees the end and acts
+            await self._transport.send(_wire.encode(message))
+
+    # ---- reconnecting ---------------------------------------------------------------------
+
+    def _connection_lost(self, generation: int, reason: str) -> None:
+        if self.state is State.CLOSED or generation != self._generation:
+            return
+        self._lost.set()
+        if self.state is State.RECONNECTING:
+            return  # the reconnecting task sees it
+        if not self._options.reconnect:
+            self._shut(
+                ConnectionLost(f"the connection to {self._options.describe} was lost: {reason}")
+            )
+            return
+        log.info("connection to %s lost (%s); resuming", self._options.describe, reason)
+        self.state = State.RECONNECTING
+        self._spawn(self._reconnect(reason))
+
+    async def _reconnect(self, reason: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._options.reconnect_timeout
+        delay, problem = 0.02, reason
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                async with asyncio.timeout(remaining):
+                    if await self._resume():
+                        return
+                problem = "the new connection dropped too"
+                continue
+            except AuthenticationFailed as exc:
+                self._shut(ConnectionLost(f"reconnecting failed: {exc}"))
+                return
+            except RpcError as exc:
+                if "already attached" not in exc.message:
+                    self._shut(self._unresumable(reason, exc.message))
+                    return
+                problem = exc.message  # the server has not yet seen the old connection end
+            except (ConnectionFailed, TransportClosed, TimeoutError) as exc:
+                problem = str(exc)
+            await asyncio.sleep(min(delay, max(remaining, 0)))
+            delay = min(delay * 2, 0.5)
+        self._shut(
+            ConnectionLost(
+                f"the connection to {self._options.describe} was lost ({reason}) and could not "
+                f"be re-established within {self._options.reconnect_timeout:g} s: {problem}"
+            )
+        )
+
+    def _unresumable(self, reason: str, why: str) -> ConnectionLost:
+        return ConnectionLost(
+            f"the connection to {self._options.describe} was lost ({reason}) and the server "
+            f"could not resume session {self.session_id}: {why}"
+        )
+
+    async def _resume(self) -> bool:
+        """One attempt: connect, resume the session, send again what was not answered,
+        and catch every process up. False if the new connection dropped meanwhile."""
+        transport = await self._opener()
+        try:
+            result = await self._handshake(transport, self.session_id)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await transport.close()
+            raise
+        self._adopt(result)
+        self._attach(transport)
+        generation = self._generation
+        while unsent := [c for c in self._pending.values() if c.generation != generation]:
+            for call in unsent:  # in id order, so writes to one stdin keep their order
+                if self._lost.is_set():
+                    return False
+                await self._send(call)
+        if self._lost.is_set():
+            return False
+        self.state = State.OPEN
+        self._catch_ups = {pid: t for pid, t in self._catch_ups.items() if not t.done()}
+        for process in list(self._processes.values()):
+            if process.id not in self._catch_ups:
+                self._catch_ups[process.id] = self._spawn(self._catch_up(process))
+        return True
+
+    async def _catch_up(self, process: Process) -> None:
+        """Read what the process produced while the connection was down, from the last seq
+        delivered, then let :meth:`Process._settle` place the exit and close and mark any
+        output the server no longer has."""
+        try:
+            await asyncio.shield(process._started)
+        except Exception:
+            return
+        after = process._sequencer.delivered
+        while True:
+            params = {"processId": process.id, "afterSeq": after}
+            try:
+                raw = await self._request("process/read", params, subject=process.id)
+            except RpcError as exc:
+                if "unknown process" not in exc.message:
+                    process._fail(exc)
+                    return
+                forgotten = f"the server forgot process {process.id} while the connection was down"
+                process._fail(
+                    ProcessLost(f"{forgotten}; its remaining output and exit code are lost")
+                )
+                return
+            except ExecServerError:
+                return  # the client is closed; the process was failed with the reason
+            result: _wire.ReadResult = _wire.decode(raw, _wire.ReadResult)
+            for chunk in result.chunks:
+                process._add(Output(chunk.seq, chunk.stream, chunk.chunk))
+            if not result.chunks:
+                process._settle(result.next_seq - 1, result.exited, result.exit_code, result.closed)
+                return
+            after = result.chunks[-1].seq
+
+    # ---- paths ----------------------------------------------------------------------------
+
+    def _remote_path(self, path: RemotePath) -> PurePosixPath:
+        remote = PurePosixPath(os.fspath(path))
+        if remote.is_absolute():
+            return remote
+        if self._server_cwd is None:
+            raise ValueError(
+                f"remote path `{remote}` is relative and this server does not report its "
+                "working directory: give an absolute path"
+            )
+        return self._server_cwd / remote
+
+    def _wire_path(self, path: PurePosixPath) -> str:
+        return to_file_uri(str(path)) if self._uri_paths else str(path)
+
+    def _wire_cwd(self, cwd: RemotePath | None) -> str:
+        if cwd is None:
+            if self._server_cwd is None:
+                return "."  # 0.128 resolves it against its own working directory
+            return self._wire_path(self._server_cwd)
+        if not PurePosixPath(os.fspath(cwd)).is_absolute() and self._server_cwd is None:
+            return os.fspath(cwd)
+        return self._wire_path(self._remote_path(cwd))
+
+    # ---- processes ------------------------------------------------------------------------
+
+    async def start(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: RemotePath | None = None,
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        tty: bool = False,
+        stdin: bool = False,
+        stdin_size: int | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> Process:
+        """Start a process and return its handle.
+
+        ``cwd`` defaults to the server's working directory. The environment is the server's
+        (less names like *KEY*, *SECRET*, *TOKEN*) with ``env`` on top; with
+        ``inherit_env=False`` it is exactly ``env``. ``tty`` runs it in a PTY (``size``:
+        ``(rows, cols)``). ``stdin`` makes a pipe-mode stdin writable (a PTY always is).
+
+        ``stdin_size``: the exact number of bytes that will be written; the process sees
+        end-of-file right after them, even on servers that cannot close stdin (there a
+        pipe-mode command runs behind ``head -c``). Implies ``stdin``.
+        """
+        if stdin_size is not None and stdin_size < 0:
+            raise ValueError("stdin_size must not be negative")
+        process = await self._start(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            inherit_env=inherit_env,
+            tty=tty,
+            stdin=bool(stdin_size) if stdin_size is not None else stdin,  # 0: /dev/null
+            size=size,
+            stdin_size=stdin_size,
+        )
+        if stdin_size == 0 and tty:
+            await process.close_stdin()
+        return process
+
+    async def _start(
+        self,
+        argv: list[str],
+        *,
+        cwd: RemotePath | None,
+        env: Mapping[str, str] | None,
+        inherit_env: bool,
+        tty: bool,
+        stdin: bool,
+        size: tuple[int, int] | None,
+        stdin_size: int | None,
+    ) -> Process:
+        if not argv:
+            raise ValueError("argv must not be empty")
+        program = list(argv)
+        feed_exactly = None
+        if stdin_size and not tty and not self.supports("closeStdin"):
+            feed_exactly = stdin_size
+        process_id = self._new_id("p")
+        params: dict[str, Any] = {
+            "processId": process_id,
+            "cwd": self._wire_cwd(cwd),
+            "env": dict(env or {}),
+            "tty": tty,
+        }
+        if inherit_env:
+            params["envPolicy"] = _INHERIT_ALL
+        if stdin and not tty:
+            params["pipeStdin"] = True
+        if feed_exactly is not None:
+            program = ["/bin/sh", "-c", _FEED_EXACTLY, "sh", str(feed_exactly), *program]
+        if size is not None and tty:
+            rows, cols = size
+            if self.supports("resize"):
+                params["size"] = {"rows": rows, "cols": cols}
+            else:
+                program = ["/bin/sh", "-c", _SET_SIZE, "sh", str(rows), str(cols), *program]
+        params["argv"] = program
+        process = Process(self, process_id, argv, tty=tty, stdin=stdin)
+        process._stdin_limit = stdin_size
+        process._stdin_closes_itself = feed_exactly is not None
+        self._processes[process_id] = process  # before the call: output can precede the reply
+        try:
+            await self._request("process/start", params, subject=argv[0], done_if="already exists")
+        except BaseException as exc:
+            self._processes.pop(process_id, None)
+            process._fail(exc if isinstance(exc, ExecServerError) else ConnectionLost(str(exc)))
+            raise
+        process._started.set_result(None)
+        return process
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: RemotePath | None = None,
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        tty: bool = False,
+        check: bool = False,
+    ) -> CompletedProcess:
+        """Run a process to its end and return its exit code and output, like
+        :func:`subprocess.run`.
+
+        ``input`` is written to its stdin, followed by end-of-file. ``timeout`` (seconds)
+        terminates it and raises :class:`ProcessTimeout`; ``check`` raises
+        :class:`ProcessError` for a non-zero exit. In a PTY all output is ``stdout``.
+        """
+        argv = list(argv)
+        process = await self.start(
+            argv,
+            cwd=cwd,
+            env=env,
+            inherit_env=inherit_env,
+            tty=tty,
+            stdin_size=None if input is None else len(input),
+        )
+        stdout, stderr = bytearray(), bytearray()
+        feeder = self._spawn(self._feed(process, input)) if input else None
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                async for event in process.events():
+                    if isinstance(event, Output):
+                        (stderr if event.stream == "stderr" else stdout).extend(event.data)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            with contextlib.suppress(ExecServerError):
+                await process.terminate()
+            raise ProcessTimeout(argv, timeout or 0.0, bytes(stdout), bytes(stderr)) from None
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ExecServerError):
+                    await feeder
+        returncode = await process.wait()
+        completed = CompletedProcess(argv, returncode, bytes(stdout), bytes(stderr))
+        if check:
+            completed.check_returncode()
+        return completed
+
+    async def _feed(self, process: Process, data: bytes) -> None:
+        """``input=`` of :meth:`run`: a process that stops reading early is not an error."""
+        with contextlib.suppress(StdinClosed, ProcessLost):
+            await process.write(data)
+
+    async def _write(self, process: Process, data: bytes) -> None:
+        limit = process._stdin_limit
+        if limit is not None and process._stdin_written + len(data) > limit:
+            raise ValueError(
+                f"process {process.id} was started with stdin_size={limit}: "
+                f"{process._stdin_written + len(data) - limit} bytes too many"
+            )
+        await self._send_stdin(process, data)
+        process._stdin_written += len(data)
+        if limit is not None and process._stdin_written == limit and data:
+            await self._close_stdin(process)  # the announced size is reached: end of file
+
+    async def _send_stdin(self, process: Process, data: bytes) -> None:
+        view = memoryview(data)
+        for offset in range(0, len(view), WRITE_CHUNK_BYTES):
+            piece = bytes(view[offset : offset + WRITE_CHUNK_BYTES])
+            params = {"processId": process.id, "chunk": piece, "writeId": self._new_id("w")}
+            raw = await self._request("process/write", params, subject=process.id)
+            self._check_stdin_status(process, _wire.decode(raw, _wire.WriteResult).status)
+        if data:
+            process._line_open = data[-1:] not in (b"\n", b"\r")
+
+    def _check_stdin_status(self, process: Process, status: str) -> None:
+        if status == "accepted":
+            return
+        if status == "stdinClosed":
+            hint = "" if process.stdin_enabled else " (start it with stdin=True to write to it)"
+            raise StdinClosed(f"process {process.id} has no open stdin{hint}")
+        if status == "unknownProcess":
+            raise ProcessLost(
+                f"the server does not know process {process.id} (it ended and was forgotten)"
+            )
+        raise ExecServerError(f"writing to process {process.id}: the server answered {status!r}")
+
+    async def _close_stdin(self, process: Process) -> None:
+        if process._stdin_closes_itself:
+            return  # `head -c` ends it after the announced size
+        if self.supports("closeStdin"):
+            raw = await self._request(
+                "process/closeStdin", {"processId": process.id}, subject=process.id
+            )
+            status = _wire.decode(raw, _wire.WriteResult).status
+            if status != "stdinClosed":
+                self._check_stdin_status(process, status)
+        elif process.tty:
+            # Ctrl-D ends input at the start of a line; after a partial line it only flushes it.
+            await self._send_stdin(process, b"\x04\x04" if process._line_open else b"\x04")
+        else:
+            raise NotSupported(
+                "this server cannot close a process's stdin (it does not announce the "
+                "closeStdin extension); start it with stdin_size=N, or use run(input=...)"
+            )
+
+    async def _signal(self, process: Process, name: str) -> None:
+        short = _signal_name(name)
+        if self.supports("signal"):
+            await self._request(
+                "process/signal", {"processId": process.id, "signal": short}, subject=process.id
+            )
+            return
+        if short != "INT":
+            raise NotSupported(
+                f"cannot send SIG{short}: this server can only interrupt a process (it does not "
+                "announce the signal extension); use terminate() to kill it"
+            )
+        try:
+            await self._request(
+                "process/signal",
+                {"processId": process.id, "signal": "interrupt"},
+                subject=process.id,
+            )
+        except RpcError as exc:
+            if exc.code != METHOD_NOT_FOUND:
+                raise
+            if not process.tty:
+                raise NotSupported(
+                    "this server cannot signal processes (no process/signal); use terminate()"
+                ) from None
+            await self._send_stdin(process, b"\x03")  # the PTY's line discipline sends SIGINT
+
+    async def _resize(self, process: Process, rows: int, cols: int) -> None:
+        if not self.supports("resize"):
+            raise NotSupported(
+                "this server cannot resize a PTY (it does not announce the resize extension)"
+            )
+        params = {"processId": process.id, "rows": rows, "cols": cols}
+        await self._request("process/resize", params, subject=process.id)
+
+    async def _terminate(self, process: Process) -> bool:
+        raw = await self._request(
+            "process/terminate", {"processId": process.id}, subject=process.id
+        )
+        result: _wire.TerminateResult = _wire.decode(raw, _wire.TerminateResult)
+        return result.running
+
+    def _forget(self, process: Process) -> None:
+        """The process closed: no more events will come for it."""
+        if self._processes.get(process.id) is process:
+            del self._processes[process.id]
+
+
+def _signal_name(name: str | int) -> str:
+    """``"SIGTERM"``, ``"term"``, ``15``, ``signal.SIGTERM`` -> ``"TERM"``; ``"interrupt"`` -> ``"INT"``."""
+    if isinstance(name, int):
+        return signal_module.Signals(name).name.removeprefix("SIG")
+    short = name.strip().upper().removeprefix("SIG")
+    return "INT" if short == "INTERRUPT" else short
+
+
+@dataclass
+class _Connector:
+    """What :func:`connect` and :func:`connect_stdio` return: ``async with`` it."""
+
+    opener: Opener
+    options: _Options
+    client: Client | None = field(default=None, init=False)
+
+    async def __aenter__(self) -> Client:
+        client = Client(self.opener, self.options)
+        await client._open()
+        self.client = client
+        return client
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.client is not None:
+            await self.client.close()
+
+
+def connect(
+    url: str,
+    *,
+    token: str | None = None,
+    client_name: str = DEFAULT_CLIENT_NAME,
+    connect_timeout: float = 10.0,
+    reconnect: bool = True,
+    reconnect_timeout: float = 30.0,
+) -> _Connector:
+    """Connect to a WebSocket server: ``async with connect("ws://127.0.0.1:PORT") as client``.
+
+    Does the handshake (``initialize``, then ``initialized``); ``token`` is sent as
+    ``Authorization: Bearer <token>``. If the connection drops, the session is resumed
+    (retrying for up to ``reconnect_timeout`` seconds) and no output is lost or repeated.
+    Leaving the block terminates processes still running and disconnects.
+    Raises :class:`ConnectionFailed` or :class:`AuthenticationFailed`.
+    """
+
+    async def opener() -> _Transport:
+        return await WebSocketTransport.open(url, token, connect_timeout)
+
+    options = _Options(url, client_name, connect_timeout, reconnect, reconnect_timeout)
+    return _Connector(opener, options)
+
+
+def connect_stdio(
+    argv: Sequence[str],
+    *,
+    client_name: str = DEFAULT_CLIENT_NAME,
+    connect_timeout: float = 10.0,
+    stderr: int | None = None,
+) -> _Connector:
+    """Start a server command that speaks over stdio (``["exec-server", "--listen",
+    "stdio"]``, ``["codex", "exec-server", "--listen", "stdio"]``) and connect to it.
+
+    Leaving the block closes its stdin, which ends its processes and the server.
+    ``stderr`` is where the server's stderr goes (inherited by default).
+    """
+    command = list(argv)
+
+    async def opener() -> _Transport:
+        return await StdioTransport.open(command, stderr)
+
+    options = _Options(command[0], client_name, connect_timeout, reconnect=False)
+    return _Connector(opener, options)

@@ -1,0 +1,146 @@
+"""The errors the client raises, each with a message a person can act on.
+
+Every one derives from :class:`ExecServerError`, so ``except ExecServerError`` catches all
+failures that come from the server or the connection to it (and nothing else).
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+
+METHOD_NOT_FOUND = -32601
+INVALID_REQUEST = -32600
+NOT_FOUND = -32004
+
+
+class ExecServerError(Exception):
+    """Base of every error of :mod:`exec_server.client`."""
+
+
+class ConnectionFailed(ExecServerError):
+    """The server could not be reached, or the connection was not accepted."""
+
+
+class AuthenticationFailed(ConnectionFailed):
+    """The server refused the connection at the handshake (HTTP 401): a missing or wrong token."""
+
+
+class ConnectionLost(ExecServerError):
+    """The connection dropped and could not be resumed (or reconnection is turned off)."""
+
+
+class NotSupported(ExecServerError):
+    """The server does not offer what was asked (an extension, or a method of a later release)."""
+
+
+class RpcError(ExecServerError):
+    """The server answered a request with a JSON-RPC error.
+
+    ``code`` is the JSON-RPC code (-32600 invalid request, -32601 method not found, -32602
+    invalid params, -32603 internal error, -32004 not found) and ``message`` the server's text.
+    """
+
+    def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
+        what = method if subject is None else f"{method} {subject}"
+        super().__init__(f"{what} failed: {message} (error {code})")
+        self.method = method
+        self.code = code
+        self.message = message
+        self.subject = subject
+        """What the request was about (a remote path, a process id), when known."""
+
+
+class RemoteFileNotFound(RpcError, FileNotFoundError):
+    """A remote path does not exist (error -32004); also a :class:`FileNotFoundError`."""
+
+    def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
+        super().__init__(method, code, message, subject)
+        self.errno = errno.ENOENT
+        self.strerror = message
+        self.filename = subject
+
+    def __str__(self) -> str:
+        return RpcError.__str__(self)
+
+
+class StdinClosed(ExecServerError, BrokenPipeError):
+    """The process has no writable stdin (it was not started with ``stdin=True``), or the
+    server closed it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "stdin is closed"
+
+
+class RemoteFileExists(RpcError, FileExistsError):
+    """A remote path that must not exist does (``File exists (os error 17)``); also a
+    :class:`FileExistsError`."""
+
+    def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
+        super().__init__(method, code, message, subject)
+        self.errno = errno.EEXIST
+        self.strerror = message
+        self.filename = subject
+
+    def __str__(self) -> str:
+        return RpcError.__str__(self)
+
+
+def rpc_error(method: str, code: int, message: str, subject: str | None = None) -> RpcError:
+    """The error for a JSON-RPC error reply: file-not-found and file-exists are also the
+    matching :class:`OSError` subclasses."""
+    if code == NOT_FOUND:
+        return RemoteFileNotFound(method, code, message, subject)
+    if "(os error 17)" in message:
+        return RemoteFileExists(method, code, message, subject)
+    return RpcError(method, code, message, subject)
+
+
+class ProcessError(ExecServerError):
+    """A process run with ``check=True`` exited with a non-zero code.
+
+    Carries ``argv``, ``returncode``, ``stdout`` and ``stderr`` (bytes), like
+    :class:`subprocess.CalledProcessError`.
+    """
+
+    def __init__(self, argv: Sequence[str], returncode: int, stdout: bytes, stderr: bytes) -> None:
+        super().__init__(f"command {list(argv)!r} exited with code {returncode}")
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class ProcessTimeout(ExecServerError):
+    """A process run with ``timeout=`` did not finish in time; it was terminated.
+
+    Carries ``argv``, ``timeout`` and the ``stdout``/``stderr`` collected until then.
+    """
+
+    def __init__(self, argv: Sequence[str], timeout: float, stdout: bytes, stderr: bytes) -> None:
+        super().__init__(f"command {list(argv)!r} did not finish within {timeout:g} s")
+        self.argv = list(argv)
+        self.timeout = timeout
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class OutputGap(ExecServerError):
+    """Output of a process was lost: the server dropped it (retention) before the client,
+    reconnecting, could read it. ``first_seq``..``last_seq`` is the missing range; events
+    before it were delivered, and iterating again continues after it."""
+
+    def __init__(self, process_id: str, first_seq: int, last_seq: int) -> None:
+        span = f"seq {first_seq}" if first_seq == last_seq else f"seqs {first_seq}..{last_seq}"
+        super().__init__(
+            f"output of process {process_id} was lost ({span}): the server discarded it "
+            "while the connection was down"
+        )
+        self.process_id = process_id
+        self.first_seq = first_seq
+        self.last_seq = last_seq
+
+
+class ProcessLost(ExecServerError):
+    """The server no longer knows a process this client started (it was forgotten while the
+    connection was down), so its remaining output and exit code cannot be learned."""

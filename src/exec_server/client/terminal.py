@@ -1,0 +1,78 @@
+"""The local terminal, for ``exec-server shell`` and ``exec-server run --tty``: raw mode
+that is always undone, the window size, and reading stdin without blocking the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import stat
+import termios
+import tty
+from collections.abc import Iterator
+
+READ_BYTES = 64 * 1024
+
+
+@contextlib.contextmanager
+def raw_mode(fd: int) -> Iterator[None]:
+    """Keystrokes go to the program unchanged (Ctrl-C, Ctrl-D, arrows...) until the block
+    ends, however it ends; then the terminal's modes are exactly as they were."""
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd, termios.TCSANOW)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def window_size(fd: int) -> tuple[int, int] | None:
+    """``(rows, cols)`` of the terminal on ``fd``, or None if it is not one."""
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return None
+    return size.lines, size.columns
+
+
+def is_null_device(fd: int) -> bool:
+    """Whether ``fd`` is /dev/null or closed: no input will ever come from it."""
+    try:
+        mode = os.fstat(fd)
+    except OSError:
+        return True
+    null = os.stat(os.devnull)
+    return stat.S_ISCHR(mode.st_mode) and mode.st_rdev == null.st_rdev
+
+
+class LocalInput:
+    """Reads a local fd as data comes: through the event loop for terminals, pipes and
+    sockets, on a worker thread for regular files (which epoll cannot watch)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._loop = asyncio.get_running_loop()
+        self._pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
+
+    async def read(self) -> bytes:
+        """The next bytes; ``b""`` at end of file."""
+        if not self._pollable:
+            return await self._loop.run_in_executor(None, os.read, self._fd, READ_BYTES)
+        while True:
+            ready: asyncio.Future[None] = self._loop.create_future()
+            self._loop.add_reader(self._fd, _settle, ready)
+            try:
+                await ready
+            finally:
+                self._loop.remove_reader(self._fd)
+            try:
+                return os.read(self._fd, READ_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:  # EIO: the terminal went away
+                return b""
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
