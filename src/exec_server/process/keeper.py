@@ -20,6 +20,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import time
 
 from .tree import Pid, kill_trees
 
@@ -67,12 +68,18 @@ class Keeper:
         """The server has killed or reaped this child's tree itself."""
         self._tell(b"-%d %d\n" % (process.pid, process.start))
 
-    def close(self) -> None:
-        """The server is done: the keeper finds nothing left and exits."""
+    def close(self, wait_s: float = 2.0) -> None:
+        """The server is done: the keeper finds nothing left and exits, and is reaped here
+        (waiting up to ``wait_s``), so no zombie outlives a server under an init that does
+        not reap."""
         if self._pipe >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._pipe)
             self._pipe = -1
+        deadline = time.monotonic() + wait_s
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(self.pid, os.WNOHANG) == (0, 0) and time.monotonic() < deadline:
+                time.sleep(0.005)
 
 
 def _keep(pipe: int) -> None:  # pragma: no cover - runs in the forked keeper

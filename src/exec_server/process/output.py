@@ -12,10 +12,10 @@ unnamed temporary file (``O_TMPFILE`` in :func:`tempfile.gettempdir`) used as a 
 the size of the retention bound, with only ``(seq, stream, offset, length)`` kept in memory.
 
 This is a real saving, not an accounting trick. Heap memory of a server process can only be
-given back by the server, and this machine has no swap, so a hundred chatty children used to
-pin a hundred MiB of anonymous memory for as long as their output stayed readable. The spill
-file's bytes are page cache of a real file (``/tmp`` here is on disk-backed ext4, not tmpfs):
-the kernel may write those pages back to disk and reclaim them under memory pressure, and a
+given back by the server, so chatty children would pin their retained output as anonymous
+memory (unswappable where there is no swap) for as long as it stays readable. The spill
+file's bytes are page cache of a real file (when the temporary directory is on disk, not
+tmpfs): the kernel may write those pages back and reclaim them under memory pressure, and a
 later read simply faults them back in. The file has no name, so nothing is left behind if the
 server dies, and closing it (process evicted, session ended) frees its pages without writing
 them anywhere.
