@@ -27,15 +27,17 @@ from exec_server.sandbox import bwrap as bwrap_module
 from exec_server.sandbox.bwrap import BwrapSupport, Launch, SandboxUnavailable, probe, support, wrap
 from exec_server.sandbox.policy import UNRESTRICTED, Policy, ResolveContext, resolve
 
+from .sandbox_support import ORIGINAL, outside
 from .support import PATH_ENV
 from .test_sandbox_policy import _managed, _path, _special
+
+__all__ = ["outside"]  # a fixture, used by name
 
 SUPPORT = support()
 pytestmark = pytest.mark.skipif(
     not SUPPORT.usable, reason=f"bubblewrap cannot run here: {SUPPORT.reason}"
 )
 BASH = ["bash", "--noprofile", "--norc", "-c"]
-ORIGINAL = "original\n"
 
 
 @pytest.fixture
@@ -48,14 +50,6 @@ def ws(tmp_path: Path) -> Path:
         (workspace / ".git").mkdir()
         (workspace / ".git" / "config").write_text("[core]\n")
     return workspace
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    directory = tmp_path / "outside"
-    directory.mkdir()
-    (directory / "target.txt").write_text(ORIGINAL)
-    return directory
 
 
 def workspace_policy(ws: Path, *extra: dict[str, object], network: str = "restricted") -> Policy:
@@ -233,6 +227,7 @@ def _listener(family: int, kind: int, address: str) -> socket.socket:
 
 NET_PROBE = """
 import errno, socket, sys
+
 family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
 kind = socket.SOCK_STREAM if sys.argv[3] == "tcp" else socket.SOCK_DGRAM
 s = socket.socket(family, kind)

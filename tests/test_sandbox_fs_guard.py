@@ -19,9 +19,10 @@ from exec_server.fs.errors import fs_error
 from exec_server.sandbox import fs_guard
 from exec_server.sandbox.policy import Policy, ResolveContext, resolve
 
+from .sandbox_support import ORIGINAL, outside
 from .test_sandbox_policy import _managed, _path, _special
 
-ORIGINAL = "original\n"
+__all__ = ["outside"]  # a fixture, used by name
 
 
 @pytest.fixture
@@ -30,14 +31,6 @@ def ws(tmp_path: Path) -> Path:
     (workspace / ".git").mkdir(parents=True)
     (workspace / ".git" / "config").write_text("[core]\n")
     return workspace
-
-
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    directory = tmp_path / "outside"
-    directory.mkdir()
-    (directory / "target.txt").write_text(ORIGINAL)
-    return directory
 
 
 @pytest.fixture

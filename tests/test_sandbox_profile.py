@@ -22,6 +22,8 @@ from exec_server.sandbox.profile import (
     parse_sandbox,
 )
 
+from .sandbox_support import special as _special
+from .sandbox_support import workspace_write as codex_workspace_write
 from .support import REPO
 
 CAPTURE = os.path.join(
@@ -30,38 +32,8 @@ CAPTURE = os.path.join(
 ROOT = "file:///home/dev/project-root/work"
 
 
-def _special(kind: str, **extra: Any) -> dict[str, Any]:
-    return {"type": "special", "value": {"kind": kind, **extra}}
-
-
 def workspace_write() -> dict[str, Any]:
-    """The profile codex 0.169 sends for ``codex exec -s workspace-write`` (with fs/* extras)."""
-    entries = [
-        {"path": _special("root"), "access": "read"},
-        {"path": _special("project_roots"), "access": "write"},
-        {"path": _special("slash_tmp"), "access": "write"},
-        {"path": _special("tmpdir"), "access": "write"},
-    ] + [
-        {
-            "path": _special("project_roots", subpath=name),
-            "access": "read",
-            "missing_path_behavior": "skip",
-        }
-        for name in (".git", ".agents", ".codex", ".aws")
-    ]
-    return {
-        "permissions": {
-            "type": "managed",
-            "file_system": {"type": "restricted", "entries": entries},
-            "network": "restricted",
-        },
-        "cwd": ROOT,
-        "policyContext": {"cwd": ROOT, "workspaceRoots": [ROOT]},
-        "workspaceRoots": [ROOT],
-        "userHomeDir": "file:///home/dev",
-        "windowsSandboxLevel": "disabled",
-        "useLegacyLandlock": False,
-    }
+    return codex_workspace_write(ROOT)
 
 
 def test_captured_profiles_decode() -> None:

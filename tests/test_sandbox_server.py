@@ -22,6 +22,7 @@ from exec_server.sandbox import enforce
 from exec_server.sandbox.bwrap import BwrapSupport, support
 from exec_server.sandbox.policy import load_confinement
 
+from .sandbox_support import workspace_write as codex_workspace_write
 from .support import PATH_ENV, Client, RpcFailure, running_server
 
 pytestmark = pytest.mark.skipif(
@@ -29,36 +30,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def workspace_write(root: Path, *, network: str = "restricted") -> dict[str, Any]:
-    """The sandbox param codex 0.169 sends for `codex exec -s workspace-write`."""
-    entries: list[dict[str, Any]] = [
-        {"path": {"type": "special", "value": {"kind": kind}}, "access": access}
-        for kind, access in (
-            ("root", "read"),
-            ("project_roots", "write"),
-            ("slash_tmp", "write"),
-            ("tmpdir", "write"),
-        )
-    ]
-    entries += [
-        {
-            "path": {"type": "special", "value": {"kind": "project_roots", "subpath": name}},
-            "access": "read",
-            "missing_path_behavior": "skip",
-        }
-        for name in (".git", ".agents", ".codex", ".aws")
-    ]
-    return {
-        "permissions": {
-            "type": "managed",
-            "file_system": {"type": "restricted", "entries": entries},
-            "network": network,
-        },
-        "cwd": to_file_uri(str(root)),
-        "workspaceRoots": [to_file_uri(str(root))],
-        "windowsSandboxLevel": "disabled",
-        "useLegacyLandlock": False,
-    }
+def workspace_write(root: Path) -> dict[str, Any]:
+    return codex_workspace_write(to_file_uri(str(root)))
 
 
 @pytest.fixture

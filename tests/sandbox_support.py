@@ -1,0 +1,56 @@
+"""What the sandbox tests share: codex's workspace-write profile and a directory outside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ORIGINAL = "original\n"
+"""What the file outside the workspace holds, and must still hold after every escape."""
+
+
+def special(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "special", "value": {"kind": kind, **extra}}
+
+
+def workspace_write(root: str, *, network: str = "restricted") -> dict[str, Any]:
+    """The sandbox param codex 0.169 sends for ``codex exec -s workspace-write`` with
+    ``root`` (a ``file://`` URI) as its workspace, fs/* extras included."""
+    entries: list[dict[str, Any]] = [
+        {"path": special("root"), "access": "read"},
+        {"path": special("project_roots"), "access": "write"},
+        {"path": special("slash_tmp"), "access": "write"},
+        {"path": special("tmpdir"), "access": "write"},
+    ]
+    entries += [
+        {
+            "path": special("project_roots", subpath=name),
+            "access": "read",
+            "missing_path_behavior": "skip",
+        }
+        for name in (".git", ".agents", ".codex", ".aws")
+    ]
+    return {
+        "permissions": {
+            "type": "managed",
+            "file_system": {"type": "restricted", "entries": entries},
+            "network": network,
+        },
+        "cwd": root,
+        "policyContext": {"cwd": root, "workspaceRoots": [root]},
+        "workspaceRoots": [root],
+        "userHomeDir": "file:///home/dev",
+        "windowsSandboxLevel": "disabled",
+        "useLegacyLandlock": False,
+    }
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory outside every writable root, holding ``target.txt``."""
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    (directory / "target.txt").write_text(ORIGINAL)
+    return directory
