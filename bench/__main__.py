@@ -8,6 +8,7 @@ import datetime as dt
 import os
 import platform
 import resource
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -40,6 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="reference versions to install and run, comma-separated ('' for none)",
     )
     p.add_argument("--no-ours", action="store_true", help="run the references only")
+    p.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="another build to compare with ours, e.g. an older checkout: "
+        "old='env X=1 /path/.venv/bin/exec-server' (repeatable; it speaks our dialect)",
+    )
     p.add_argument(
         "--ws-library",
         action="store_true",
@@ -75,6 +84,9 @@ def raise_fd_limit() -> None:
 
 def collect_servers(args: argparse.Namespace) -> tuple[list[ServerSpec], dict[str, str]]:
     specs: list[ServerSpec] = [] if args.no_ours else [servers.ours()]
+    for item in args.server:
+        name, _, command = item.partition("=")
+        specs.append(servers.other(name, shlex.split(command)))
     notes: dict[str, str] = {}
     for version in filter(None, (v.strip() for v in args.refs.split(","))):
         spec, why = servers.install_reference(version)

@@ -59,6 +59,11 @@ def ours() -> ServerSpec:
     return ServerSpec("ours", (str(OURS),), "/tmp", frozenset({"ws", "stdio"}))
 
 
+def other(name: str, argv: list[str]) -> ServerSpec:
+    """Another build of this server (speaking our dialect), to compare with ours."""
+    return ServerSpec(name, tuple(argv), "/tmp", frozenset({"ws", "stdio"}))
+
+
 def install_reference(version: str) -> tuple[ServerSpec | None, str]:
     """Install (or find cached) a reference release; return its spec, or None and the reason."""
     try:
