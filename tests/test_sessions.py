@@ -292,3 +292,14 @@ async def test_processes_past_the_per_session_limit_are_refused() -> None:
         await client.start("d", ["sleep", "30"])  # room again
         for process_id in ("c", "d"):
             await client.call("process/terminate", {"processId": process_id})
+
+
+def test_session_ids_are_random_uuids() -> None:
+    from exec_server.sessions import _new_session_id
+
+    ids = {_new_session_id() for _ in range(200)}
+    assert len(ids) == 200
+    for session_id in ids:
+        parsed = uuid.UUID(session_id)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == session_id

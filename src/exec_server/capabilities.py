@@ -7,7 +7,13 @@ implemented. ``docs/codex-0.169-methods.md`` says what each flag gates and why i
 
 from __future__ import annotations
 
-from .fs import inotify
+import os
+import sys
+
+
+def _has_inotify() -> bool:
+    """Linux with inotify (its limits are in procfs); checked without loading libc."""
+    return sys.platform.startswith("linux") and os.path.isdir("/proc/sys/fs/inotify")
 
 
 def capabilities() -> dict[str, bool]:
@@ -18,7 +24,7 @@ def capabilities() -> dict[str, bool]:
         "credentialMasking": False,  # no masking of credentials in what children print
         "credentialMaskingCustomProviders": False,
         "capabilityDiscoverySandbox": False,  # capabilities/discoverV2 is not served
-        "fsWatchMissing": inotify.available(),  # fs/watchMissing + fs/missingChanged
+        "fsWatchMissing": _has_inotify(),  # fs/watchMissing + fs/missingChanged
         "capabilityDiscoveryV2": False,  # capabilities/discoverV2 is not served
         "environmentConfigRead": True,  # environmentConfig/read
         "httpHeaderEnvVars": False,  # http/request header values from executor env vars

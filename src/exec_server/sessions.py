@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import uuid
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -121,6 +121,16 @@ class Session:
             self._expiry = None
 
 
+def _new_session_id() -> str:
+    """A random (version 4) UUID, as the reference's session ids (without importing uuid,
+    which pulls in more than a server started per session should load)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 class SessionRegistry:
     """Every live session of a server, with detach timers and resume rules."""
 
@@ -152,7 +162,7 @@ class SessionRegistry:
                 "wait for a disconnected one to expire"
             )
         session = Session(
-            str(uuid.uuid4()),
+            _new_session_id(),
             self.limits,
             self._spawner,
             self._exits,

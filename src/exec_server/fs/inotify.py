@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import errno
+import functools
 import logging
 import os
 import struct
@@ -55,10 +55,12 @@ Listener = Callable[[int, str], None]
 path itself). ``IN_Q_OVERFLOW`` reaches every listener, as events may have been lost."""
 
 
+@functools.cache
 def _load_libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
+    """libc's inotify calls, loaded on first use. The process's own symbols include libc's
+    (``ctypes.util.find_library`` would run ldconfig to find it by name)."""
     try:
-        libc = ctypes.CDLL(name or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.inotify_init1.argtypes = [ctypes.c_int]
         libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
         libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -67,12 +69,9 @@ def _load_libc() -> ctypes.CDLL | None:
     return libc
 
 
-_libc = _load_libc()
-
-
 def available() -> bool:
     """Whether this platform's libc offers inotify."""
-    return _libc is not None
+    return _load_libc() is not None
 
 
 @dataclass(eq=False)
@@ -92,6 +91,7 @@ class Inotify:
     """An inotify instance whose events are dispatched to listeners on the event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        _libc = _load_libc()
         if _libc is None:
             raise OSError(errno.ENOSYS, "inotify is not available")
         fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
@@ -106,6 +106,7 @@ class Inotify:
     def subscribe(self, path: str, listener: Listener) -> Subscription:
         """Watch ``path`` (a file or a directory) for :data:`CHANGES`; OSError if the kernel
         refuses (missing path, no permission, out of watches)."""
+        _libc = _load_libc()
         assert _libc is not None
         wd = _libc.inotify_add_watch(self._fd, os.fsencode(path), CHANGES)
         if wd < 0:
@@ -122,6 +123,7 @@ class Inotify:
         watch.listeners.remove(subscription)
         if not watch.listeners:
             del self._watches[subscription.wd]
+            _libc = _load_libc()
             assert _libc is not None
             _libc.inotify_rm_watch(self._fd, subscription.wd)  # EINVAL if the kernel dropped it
 

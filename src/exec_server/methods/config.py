@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from .. import environment_config
 from ..paths import parse_path
 from ..protocol import EnvironmentConfigReadParams, EnvironmentConfigReadResult
 from . import method
@@ -27,6 +26,8 @@ def read(
     connection: Connection, params: EnvironmentConfigReadParams
 ) -> Awaitable[EnvironmentConfigReadResult]:
     """Config and requirements layers from this machine, reduced to the requested key paths."""
+    from .. import environment_config  # TOML and friends, on first use
+
     cwd = parse_path(params.cwd, "cwd")
     environment_config.validate_paths(params.config_paths, params.requirements_paths)
     return asyncio.get_running_loop().run_in_executor(

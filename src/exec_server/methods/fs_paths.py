@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from ..errors import invalid_params
 from ..fs import sandboxed
-from ..fs.watch import MissingWatches
 from ..paths import parse_path, to_file_uri
 from ..protocol import (
     FsCanonicalizeResult,
@@ -30,6 +29,7 @@ from .fs import FILESYSTEM, _reply, _submit_under_policy
 
 if TYPE_CHECKING:
     from ..connection import Connection
+    from ..fs.watch import MissingWatches
 
 
 def _canonical(path: str) -> str:
@@ -48,6 +48,8 @@ def canonicalize(connection: Connection, params: FsPathParams) -> Awaitable[FsCa
 
 def _watches(connection: Connection) -> MissingWatches:
     """The session's watch table, created on first use and released with the session."""
+    from ..fs.watch import MissingWatches  # inotify through ctypes, on first use
+
     session = connection.require_session()
 
     def notify(watch_id: int) -> None:

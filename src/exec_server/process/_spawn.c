@@ -202,11 +202,18 @@ done:
     return result;
 }
 
+/* The server itself becomes a child subreaper (without loading ctypes at start-up). */
+static PyObject *become_subreaper(PyObject *self, PyObject *unused) {
+    return PyBool_FromLong(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0);
+}
+
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS,
      "spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,\n"
      "      subreaper) -> pid\n"
      "Start a child with vfork+execve; raises OSError naming the failing step."},
+    {"become_subreaper", become_subreaper, METH_NOARGS,
+     "become_subreaper() -> bool\nMake this process a child subreaper (PR_SET_CHILD_SUBREAPER)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -17,7 +17,6 @@ that left their child's session with ``setsid`` are beyond its reach once the ch
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import time
@@ -87,6 +86,8 @@ def _keep(pipe: int) -> None:  # pragma: no cover - runs in the forked keeper
     code = 0
     try:
         os.setsid()
+        import ctypes  # here, in the keeper: the server never needs it
+
         ctypes.CDLL(None).prctl(_PR_SET_NAME, NAME, 0, 0, 0)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(signum, signal.SIG_IGN)

@@ -177,8 +177,13 @@ def adopted_orphans(server_pid: int, known: set[int]) -> list[Pid]:
 
 def become_subreaper() -> bool:
     """Make this process adopt its orphaned descendants (PR_SET_CHILD_SUBREAPER); False
-    where the kernel refuses."""
-    import ctypes
+    where the kernel refuses. Through the spawn helper when it is built (ctypes is a
+    noticeable import for a server started per session), else through ctypes."""
+    try:
+        from ._spawn import become_subreaper as native
+    except ImportError:
+        import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    return native()
