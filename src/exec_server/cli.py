@@ -11,8 +11,9 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from . import __version__
 from .config import Guards, Limits, Runtime
@@ -30,8 +31,7 @@ TOKEN_ENV = "EXEC_SERVER_TOKEN"
 CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get")
 
 
-@dataclass(frozen=True, slots=True)
-class ListenAddress:
+class ListenAddress(msgspec.Struct, frozen=True):
     """Where to serve: ``stdio``; a WebSocket on a literal IP and port (``ws``, or ``wss``
     with TLS); or a WebSocket on a Unix socket (``unix``, ``path`` set)."""
 
@@ -428,8 +428,7 @@ def tls_from_args(args: argparse.Namespace, address: ListenAddress) -> ssl.SSLCo
 # ---- serving ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ServeOptions:
+class ServeOptions(msgspec.Struct, frozen=True):
     """Everything ``serve`` needs, checked."""
 
     address: ListenAddress

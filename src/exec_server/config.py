@@ -7,8 +7,9 @@ CLI may shorten them without touching code.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from .sandbox.policy import Confinement
@@ -16,8 +17,7 @@ if TYPE_CHECKING:
 MIB = 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(msgspec.Struct, frozen=True):
     """Bounds and timers of one server.
 
     Attributes:
@@ -84,8 +84,7 @@ class Limits:
     spill_threshold_bytes: int = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Runtime:
+class Runtime(msgspec.Struct, frozen=True):
     """The native and event-loop choices of one server, resolved once when it is built.
 
     Each choice is a faster way to do what a pure-Python twin also does, with the same
@@ -115,7 +114,7 @@ class Runtime:
 
     def resolve(self) -> Runtime:
         """This runtime, less what is not installed or not supported here."""
-        return replace(
+        return msgspec.structs.replace(
             self,
             native_spawn=self.native_spawn and _importable("exec_server.process._spawn"),
             uvloop=self.uvloop and _importable("uvloop"),
@@ -134,8 +133,7 @@ def _importable(name: str) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class Guards:
+class Guards(msgspec.Struct, frozen=True):
     """What the operator imposes on every client, whatever the client asks.
 
     Attributes:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from ..errors import invalid_request
 
@@ -83,8 +84,7 @@ def create_directory(path: str, recursive: bool) -> None:
         os.mkdir(path)
 
 
-@dataclass(frozen=True, slots=True)
-class Metadata:
+class Metadata(msgspec.Struct, frozen=True):
     """What ``fs/getMetadata`` reports; the flags and size follow symlinks."""
 
     is_directory: bool
@@ -110,8 +110,7 @@ def get_metadata(path: str) -> Metadata:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class DirectoryEntry:
+class DirectoryEntry(msgspec.Struct, frozen=True):
     """One ``fs/readDirectory`` entry; flags follow symlinks."""
 
     file_name: str

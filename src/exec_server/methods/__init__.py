@@ -14,7 +14,6 @@ through :mod:`..rpc` and :meth:`Method.decode`, which classify it and word the e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
@@ -27,24 +26,24 @@ if TYPE_CHECKING:
 Handler = Callable[["Connection", Any], Any]
 
 
-@dataclass(slots=True)
 class Method:
-    name: str
-    params_type: Any
-    family: str | None
-    handler: Handler
-    _decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
-    request_type: type[TypedRequest] = field(init=False, repr=False)
-    """``{"id", "method": <name>, "params"}`` with params of :attr:`params_type`."""
+    """One method: its name, params type, family (for the handshake gate) and handler."""
 
-    def __post_init__(self) -> None:
-        self._decoder = msgspec.json.Decoder(self.params_type)
-        self.request_type = msgspec.defstruct(  # type: ignore[assignment]
-            f"Request[{self.name}]",
-            [("params", self.params_type)],
+    __slots__ = ("_decoder", "family", "handler", "name", "params_type", "request_type")
+
+    def __init__(self, name: str, params_type: Any, family: str | None, handler: Handler) -> None:
+        self.name = name
+        self.params_type = params_type
+        self.family = family
+        self.handler = handler
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(params_type)
+        # {"id", "method": <name>, "params"} with params of params_type (see REQUESTS)
+        self.request_type: type[TypedRequest] = msgspec.defstruct(  # type: ignore[assignment]
+            f"Request[{name}]",
+            [("params", params_type)],
             bases=(TypedRequest,),
             tag_field="method",
-            tag=self.name,
+            tag=name,
         )
 
     def decode(self, raw: msgspec.Raw | bytes) -> Any:

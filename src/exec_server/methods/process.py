@@ -7,10 +7,11 @@ this module maps it to wire values and JSON-RPC errors.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import msgspec
 
 from .. import prepend_path
 from ..errors import RpcError, internal_error, invalid_params, invalid_request, os_error_message
@@ -238,7 +239,7 @@ async def _start_sandboxed(
     if launch is None:
         processes.spawn_reserved(process_id)
         return ProcessStartResult(process_id)
-    sandboxed = dataclasses.replace(request, argv=launch.argv, arg0=launch.arg0)
+    sandboxed = msgspec.structs.replace(request, argv=launch.argv, arg0=launch.arg0)
     try:
         processes.spawn_reserved(process_id, sandboxed, launch)
     except BaseException:

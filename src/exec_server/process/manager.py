@@ -23,8 +23,9 @@ import signal
 import termios
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+
+import msgspec
 
 from ..config import Limits
 from ..errors import os_error_message
@@ -80,8 +81,7 @@ class TerminatedBy(enum.Enum):
     """Its session ended."""
 
 
-@dataclass(frozen=True, slots=True)
-class ExitInfo:
+class ExitInfo(msgspec.Struct, frozen=True):
     """What ``process/exited`` reports."""
 
     exit_code: int
@@ -92,8 +92,7 @@ class ExitInfo:
     """It ran sandboxed and its failure looks like a denial (the reference's rule)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Deadlines:
+class Deadlines(msgspec.Struct, frozen=True):
     """Per-process timers, in seconds; None for none."""
 
     timeout_s: float | None = None
@@ -105,8 +104,7 @@ class Deadlines:
     for before they are closed anyway."""
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessInfo:
+class ProcessInfo(msgspec.Struct, frozen=True):
     """One row of ``process/list``."""
 
     process_id: str

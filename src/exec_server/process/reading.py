@@ -18,7 +18,8 @@ import fcntl
 import os
 import termios
 from collections.abc import Callable
-from dataclasses import dataclass
+
+import msgspec
 
 
 def _buffered(fd: int) -> int:
@@ -62,8 +63,7 @@ def gather(fd: int, limit: int) -> bytes | None:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-@dataclass(slots=True, eq=False)
-class Stream:
+class Stream(msgspec.Struct, eq=False):
     """One output fd of a child and the name its chunks carry (``stdout``, ``stderr``, ``pty``).
 
     ``owned``: the reader closes the fd at its end (a pipe); a PTY master is not owned,

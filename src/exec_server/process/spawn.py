@@ -18,8 +18,9 @@ import os
 import signal
 import struct
 import termios
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 if TYPE_CHECKING:
     import subprocess
@@ -36,8 +37,7 @@ _RESETTABLE_SIGNALS = tuple(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class SpawnRequest:
+class SpawnRequest(msgspec.Struct, frozen=True):
     argv: list[str]
     cwd: str
     env: dict[str, str]
@@ -48,8 +48,7 @@ class SpawnRequest:
     """The PTY's (rows, columns); None for the usual 24x80."""
 
 
-@dataclass(slots=True)
-class Child:
+class Child(msgspec.Struct):
     """A started child: its pid and the parent's ends of its stdio, all non-blocking.
 
     In PTY mode ``stdout`` is the PTY master (read and written), ``stdin`` is the same fd and
@@ -61,7 +60,7 @@ class Child:
     stdout: int
     stderr: int | None
     stdin: int | None
-    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    popen: subprocess.Popen[bytes] | None = None
     """Only on the Popen path; kept so subprocess never reaps or warns about our child."""
 
 

@@ -22,13 +22,13 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+import msgspec
 
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-@dataclass(frozen=True, slots=True)
-class Pid:
+class Pid(msgspec.Struct, frozen=True):
     """A process: its pid and its start time (clock ticks since boot), which together are
     unique for as long as the machine runs."""
 
@@ -53,8 +53,7 @@ class Pid:
                 os.kill(self.pid, signum)
 
 
-@dataclass(frozen=True, slots=True)
-class _Stat:
+class _Stat(msgspec.Struct, frozen=True):
     pid: int
     state: str
     ppid: int

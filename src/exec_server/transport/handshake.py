@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import hmac
 import http
-from dataclasses import dataclass
 
+import msgspec
 from websockets.http11 import Request
 
 READY_PATH = "/readyz"
 UPGRADE_PATH = "/"
 
 
-@dataclass(frozen=True, slots=True)
-class HandshakePolicy:
+class HandshakePolicy(msgspec.Struct, frozen=True):
     """The rules of one listener.
 
     ``allowed_hosts``: the names a ``Host`` header may carry, or None to accept any (a
@@ -50,8 +49,7 @@ class HandshakePolicy:
         return cls(allowed_origins, None, token_bytes)
 
 
-@dataclass(frozen=True, slots=True)
-class Refusal:
+class Refusal(msgspec.Struct, frozen=True):
     status: http.HTTPStatus
     body: str
     headers: tuple[tuple[str, str], ...] = ()
