@@ -32,11 +32,6 @@ SCRATCH = Path.home() / ".cache" / "exec-server-codex-e2e"
 """Where each run's CODEX_HOME and workspace live: codex refuses a CODEX_HOME under /tmp,
 and a folder outside any git checkout keeps the repository's own files out of the turn."""
 
-OURS_ENFORCES_SANDBOX = True
-"""Whether our server confines a child as codex's ``sandbox`` profile asks (-s workspace-write).
-Until it does, the sandbox scenarios are expected to fail against ours (strict xfail, so the
-day they pass the suite says so and this flag is flipped)."""
-
 EXECUTOR_MARK = "EXEC_SERVER_E2E_EXECUTOR"
 """Set in the executor's environment only: a command that prints it proves where it ran."""
 
