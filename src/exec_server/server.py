@@ -38,7 +38,8 @@ def describe_environment(prepend_path_dirs: Sequence[str] = ()) -> EnvironmentIn
         user_home_dir=to_file_uri(home),
         platform_os=sys.platform,
         prepend_path_dirs=[to_file_uri(d) for d in prepend_path_dirs],
-        temporary_directories=[to_file_uri(temp_dir)],
+        # as the reference: $TMPDIR when it is set, else none (tempDir still names one)
+        temporary_directories=[to_file_uri(temp_dir)] if os.environ.get("TMPDIR") else [],
         temp_dir=to_file_uri(temp_dir),
         capabilities=capabilities(),
         sandbox=SandboxInfo("bubblewrap", _bwrap_binary()),
