@@ -173,6 +173,20 @@ async def test_terminate_with_grace_kills_what_ignores_sigterm(client: Client) -
     assert exited["exitCode"] == 137 and exited["terminatedBy"] == "client"
 
 
+async def test_what_outlives_the_grace_is_killed_after_the_process_exited(
+    client: Client,
+) -> None:
+    """SIGTERM ends the shell at once, but a job of it ignores SIGTERM: the SIGKILL at the
+    end of the grace still finds it, though its process has exited meanwhile."""
+    script = "sh -c 'trap \"\" TERM; sleep 100' & echo $!; wait"
+    await client.start("parent", ["sh", "-c", script])
+    job = int((await client.wait_output("parent", b"\n")).split()[0])
+    await client.call("process/terminate", {"processId": "parent", "graceMs": 300})
+    assert await wait_until(lambda: client.processes["parent"].exited is not None)
+    assert _exit(client, "parent")["terminatedBy"] == "client"
+    assert await wait_until(lambda: not pid_alive(job), timeout=10)
+
+
 # ---- whole trees --------------------------------------------------------------------------
 
 SETSID_CHILD = "setsid sleep 1000 & echo $!; wait"

@@ -144,6 +144,7 @@ class ManagedProcess:
         "eviction",
         "exit",
         "exited_at",
+        "grace",
         "last_output",
         "launch",
         "log",
@@ -183,6 +184,9 @@ class ManagedProcess:
         self.drained = False
         self.orphans: list[Pid] = []
         self.timers: list[asyncio.TimerHandle] = []
+        """Deadlines that end with the exit (timeouts, the drain)."""
+        self.grace: asyncio.TimerHandle | None = None
+        """A graceful terminate's SIGKILL: it outlives the exit, for what is left of the tree."""
         self.eviction: asyncio.TimerHandle | None = None
         self.started_at = time.time()
         self.exited_at: float | None = None
@@ -195,10 +199,13 @@ class ManagedProcess:
         """Whether reading its output waits for the client to catch up."""
         return self.reader is not None and self.reader.paused
 
-    def cancel_timers(self) -> None:
+    def cancel_timers(self, *, grace: bool = False) -> None:
         for timer in self.timers:
             timer.cancel()
         self.timers.clear()
+        if grace and self.grace is not None:
+            self.grace.cancel()
+            self.grace = None
 
 
 class ProcessManager:
@@ -431,6 +438,7 @@ class ProcessManager:
         )
 
     def _evict(self, process: ManagedProcess) -> None:
+        process.cancel_timers(grace=True)
         if self._processes.get(process.process_id) is process:
             del self._processes[process.process_id]
         process.log.close()  # its spill file, if any
@@ -560,9 +568,8 @@ class ProcessManager:
         process.orphans += [p for p in members(self._roots(process)) if p != process.root]
         for member in [*members(self._roots(process))]:
             member.signal(signal.SIGTERM)
-        process.timers.append(
-            self._loop.call_later(grace_s, self._kill, process, TerminatedBy.CLIENT)
-        )
+        if process.grace is None:
+            process.grace = self._loop.call_later(grace_s, self._kill, process, TerminatedBy.CLIENT)
         return True
 
     @staticmethod
@@ -572,8 +579,7 @@ class ProcessManager:
 
     def _kill(self, process: ManagedProcess, cause: TerminatedBy) -> None:
         """The one place a process is killed: SIGKILL to its whole tree, stdin dropped."""
-        if process.state is ProcessState.CLOSED and process.eviction is None:
-            return
+        process.grace = None
         process.terminated_by = process.terminated_by or cause
         kill_trees(self._roots(process))  # the tree is read before anyone in it dies
         child = process.child
@@ -591,7 +597,7 @@ class ProcessManager:
         self._processes.clear()
         roots = list(self._leftovers)
         for process in processes:
-            process.cancel_timers()
+            process.cancel_timers(grace=True)
             if process.eviction is not None:
                 process.eviction.cancel()
             process.terminated_by = process.terminated_by or TerminatedBy.DISCONNECT
