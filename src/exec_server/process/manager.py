@@ -224,7 +224,7 @@ class ProcessManager:
         self._unreaped: set[ManagedProcess] = set()
         self._reaped_event = asyncio.Event()
         self._stdin_budget = ByteBudget(limits.stdin_session_max_bytes)
-        self._not_closed = 0  # processes counted against max_processes_per_session
+        self._not_closed = 0  # reserved or running or exited: max_processes_per_session
         self._leftovers: list[Pid] = []  # trees of evicted processes that may live on
 
     # ---- table ----------------------------------------------------------------------------
@@ -282,6 +282,7 @@ class ProcessManager:
         self._processes[process_id] = ManagedProcess(
             process_id, request, log, deadlines or Deadlines()
         )
+        self._not_closed += 1
 
     def spawn_reserved(
         self, process_id: str, spawn_as: SpawnRequest | None = None, launch: Launch | None = None
@@ -294,10 +295,10 @@ class ProcessManager:
         try:
             child = self._spawn(spawn_as or process.request)
         except OSError as exc:
-            del self._processes[process_id]
+            self.abandon(process_id)
             raise SpawnFailed(process_id, os_error_message(exc)) from None
         except (ValueError, TypeError) as exc:  # embedded NUL, '=' in an env name, ...
-            del self._processes[process_id]
+            self.abandon(process_id)
             raise InvalidSpawn(process_id, str(exc)) from None
         process.launch = launch
         self._run(process, child)
@@ -307,13 +308,13 @@ class ProcessManager:
         process = self._processes.get(process_id)
         if process is not None and process.state is ProcessState.STARTING:
             del self._processes[process_id]
+            self._not_closed -= 1
 
     def _run(self, process: ManagedProcess, child: Child) -> None:
         process.child = child
         process.root = Pid.of(child.pid)
         process.state = ProcessState.RUNNING
         process.last_output = self._loop.time()
-        self._not_closed += 1
         self._unreaped.add(process)
         self._exits.watch(child.pid, lambda status: self._on_exit(process, status))
         if process.root is not None and self._exits.keeper is not None:
