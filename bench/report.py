@@ -38,12 +38,14 @@ METRICS: tuple[Metric, ...] = (
     Metric("rtt_median_ms", "PTY round trip, median", "ms", False, 1.0, 1.0, True),
     Metric("rtt_p95_ms", "PTY round trip, p95", "ms"),
     Metric("throughput_pipe_mibs", "throughput, pipe", "MiB/s", True, 1.0),
-    Metric("throughput_pty_mibs", "throughput, PTY", "MiB/s", True, 1.0),
+    # Parity rows: the kernel (PTY refills) and the bench client (polling) set the pace, so
+    # the target is a median of at least 0.9 of the reference's (issue 12).
+    Metric("throughput_pty_mibs", "throughput, PTY", "MiB/s", True, 0.9),
     Metric("cpu_pipe_s_per_gib", "server CPU per GiB, pipe", "s"),
     Metric("cpu_pty_s_per_gib", "server CPU per GiB, PTY", "s"),
     Metric("fanout_wall_s", "fan-out wall time", "s", False, 1.0),
     Metric("fanout_peak_rss_mib", "fan-out peak server RSS", "MiB", False, 0.5),
-    Metric("poll_rps", "polling process/read", "req/s", True, 1.0),
+    Metric("poll_rps", "polling process/read", "req/s", True, 0.9),
     Metric("hol_latency_ms", "request behind a long poll", "ms", False, None, 5.0),
     Metric("rss_base_mib", "server RSS, no children", "MiB"),
     Metric("rss_idle_mib", "server RSS, idle children", "MiB", False, 1.0),
