@@ -2,6 +2,8 @@
 
 "The server" is its own process plus any descendant running the same executable (a helper
 process of the server, if it has one); the children it starts for clients are never counted.
+A helper's memory is its unique set size: a forked helper (our keeper) shares the server's
+pages, and its RSS would count them twice.
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ class ServerProbe:
         return [self.proc, *self._helpers]
 
     def rss(self) -> int:
-        """Resident set size in bytes of the server and its helpers."""
-        total = 0
-        for p in self._members():
+        """Resident set size in bytes of the server, plus what its helpers hold alone."""
+        try:
+            total = int(self.proc.memory_info().rss)
+        except psutil.Error:
+            return 0
+        for p in self._helpers:
             try:
-                total += p.memory_info().rss
+                total += p.memory_full_info().uss
             except psutil.Error:
                 continue
         return total

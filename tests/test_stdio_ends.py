@@ -132,7 +132,7 @@ def _read_replies(fd: int, want: int) -> list[dict[str, Any]]:
 
 @pytest.fixture(params=["uvloop", "asyncio"])
 def loop_flag(request: pytest.FixtureRequest) -> list[str]:
-    return [] if request.param == "uvloop" else ["--no-uvloop"]
+    return ["--loop", str(request.param)]
 
 
 @pytest.fixture

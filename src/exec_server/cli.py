@@ -293,7 +293,16 @@ def _add_accelerators(parser: argparse.ArgumentParser) -> None:
         default=bool(os.environ.get("EXEC_SERVER_NO_NATIVE_SPAWN")),
         help="start children through subprocess.Popen instead of the vfork C extension",
     )
-    group.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio loop")
+    group.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the event loop: uvloop, or the standard asyncio loop. auto (the default) takes "
+        "uvloop for a WebSocket listener, which lives long and serves many, and the standard "
+        "loop for stdio, which some clients start once per session: importing uvloop would "
+        "add to every start, and a single session rarely needs its speed",
+    )
+    group.add_argument("--no-uvloop", action="store_true", help="the same as --loop asyncio")
     group.add_argument(
         "--no-pybase64",
         action="store_true",
@@ -353,10 +362,13 @@ def _flag(dest: str) -> str:
     return names.get(dest, "--" + dest.replace("_", "-"))
 
 
-def runtime_from_args(args: argparse.Namespace) -> Runtime:
+def runtime_from_args(args: argparse.Namespace, address: ListenAddress) -> Runtime:
+    loop = "asyncio" if args.no_uvloop else args.loop
+    if loop == "auto":
+        loop = "asyncio" if address.kind == "stdio" else "uvloop"
     return Runtime(
         native_spawn=not args.no_native_spawn,
-        uvloop=not args.no_uvloop,
+        uvloop=loop == "uvloop",
         pybase64=not args.no_pybase64,
         pidfd=not args.no_pidfd,
         subreaper=True,  # the command owns its process: it adopts and reaps orphans
@@ -515,7 +527,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(
         address=address,
         limits=limits_from_args(args),
-        runtime=runtime_from_args(args),
+        runtime=runtime_from_args(args, address),
         guards=guards_from_args(args),
         allowed_origins=frozenset(args.allow_origin),
         token=token,

@@ -95,7 +95,8 @@ class Runtime(msgspec.Struct, frozen=True):
         native_spawn: start children through the vfork extension ``process/_spawn.c``
             instead of ``subprocess.Popen`` (which must run a Python ``preexec_fn`` in a
             fully forked child).
-        uvloop: run on uvloop rather than the standard asyncio loop.
+        uvloop: run on uvloop rather than the standard asyncio loop (the command takes it
+            for WebSocket listeners, not for stdio: see ``--loop``).
         pybase64: encode output chunks with pybase64 (SIMD, chosen at run time) rather
             than msgspec's encoder.
         pidfd: watch each child's exit through a pidfd on the event loop; without one (a

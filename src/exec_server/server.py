@@ -47,10 +47,13 @@ def describe_environment(prepend_path_dirs: Sequence[str] = ()) -> EnvironmentIn
 
 
 def _bwrap_binary() -> str | None:
-    import shutil  # start-up only: no probe here, that runs bwrap (environment/info does)
-
-    found = shutil.which("bwrap")
-    return found or ("/usr/bin/bwrap" if os.access("/usr/bin/bwrap", os.X_OK) else None)
+    """Where bwrap is, as the sandbox will look for it (not whether it runs: the probe that
+    tells runs bwrap, and waits for ``environment/info``)."""
+    for directory in [*os.get_exec_path(), "/usr/bin"]:
+        candidate = os.path.join(directory, "bwrap")
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
 
 
 def temp_directory() -> str:
