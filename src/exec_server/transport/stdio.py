@@ -5,9 +5,10 @@ at once: every child is killed and the server exits (Part A §A2). The transport
 :class:`~.outbox.Outbox` and an :class:`~.inbox.Inbox`, as the WebSocket one does.
 
 Either end may be a pipe, a socket, a terminal, a regular file or a device such as
-``/dev/null``. Pipes and sockets are driven by the event loop; anything else is read by a
-worker thread and written with plain blocking writes (a file or a terminal always takes
-what it is given; an event loop cannot watch a regular file).
+``/dev/null``. Pipes and sockets are driven by the event loop (written by a
+:class:`~.pipe_writer.PipeWriter`); anything else is read by a worker thread and written
+with plain blocking writes (a file or a terminal always takes what it is given; an event
+loop cannot watch a regular file).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..rpc import Malformed
 from ..server import Server
 from .inbox import Inbox
 from .outbox import Outbox
+from .pipe_writer import PipeWriter
 
 FLUSH_TIMEOUT_S = 2.0
 """How long replies already written may take to reach a peer that has closed stdin."""
@@ -55,11 +57,10 @@ class StdioTransport:
         )
         self.connection = Connection(server, self)
         self.finished = asyncio.Event()
-        self.write_closed = asyncio.Event()
         self._buffer = bytearray()
         self._eof = False
         self._skipping = False
-        self._write_transport: asyncio.WriteTransport | None = None
+        self._writer: PipeWriter | None = None
         self._read_transport: asyncio.ReadTransport | None = None
         self._read_thread: _ReadThread | None = None
         self._write_fd = -1
@@ -137,15 +138,13 @@ class StdioTransport:
     # ---- outbox and inbox wiring --------------------------------------------------------
 
     def _write(self, pieces: list[bytes]) -> None:
-        if self._write_transport is not None:
-            if not self._write_transport.is_closing():
-                self._write_transport.writelines(pieces)
+        if self._writer is not None:
+            self._writer.write(pieces)
         elif self._write_fd >= 0:
             try:
                 _write_all(self._write_fd, b"".join(pieces))
             except OSError:  # stdout is gone (EPIPE, disk full): nobody can hear us
                 self._write_fd = -1
-                self.write_closed.set()
                 self.finish()
 
     def _deliver(self, line: Line) -> bool:
@@ -187,10 +186,15 @@ class StdioTransport:
         loop = self._loop
         write_fd = os.dup(stdout.fileno())
         if _is_stream(write_fd):
-            write_file = os.fdopen(write_fd, "wb", buffering=0)
-            transport, _ = await loop.connect_write_pipe(lambda: _WriteSide(self), write_file)
-            transport.set_write_buffer_limits(high=self.outbox.high_water)
-            self._write_transport = transport
+            os.set_blocking(write_fd, False)
+            outbox = self.outbox
+            self._writer = PipeWriter(
+                write_fd,
+                outbox.high_water,
+                outbox.pause_writing,
+                outbox.resume_writing,
+                self.finish,  # stdout is gone: nobody can hear us
+            )
         else:
             os.set_blocking(write_fd, True)
             self._write_fd = write_fd
@@ -203,15 +207,14 @@ class StdioTransport:
             os.set_blocking(read_fd, True)
             self._read_thread = _ReadThread(read_fd, self)
 
-    @property
-    def has_write_transport(self) -> bool:
-        return self._write_transport is not None
-
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Deliver what is queued (unless the reader of stdout is stuck), then close."""
         self.outbox.flush()
-        for transport in (self._read_transport, self._write_transport):
-            if transport is not None:
-                transport.close()
+        if self._read_transport is not None:
+            self._read_transport.close()
+        if self._writer is not None:
+            await self._writer.drain(FLUSH_TIMEOUT_S)
+            self._writer.close()
         if self._write_fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._write_fd)
@@ -286,21 +289,6 @@ class _ReadSide(asyncio.Protocol):
         self._owner.finish()
 
 
-class _WriteSide(asyncio.Protocol):
-    def __init__(self, owner: StdioTransport) -> None:
-        self._owner = owner
-
-    def pause_writing(self) -> None:
-        self._owner.outbox.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._owner.outbox.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._owner.write_closed.set()
-        self._owner.finish()  # stdout is gone: nobody can hear us
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -316,9 +304,6 @@ async def serve_stdio(
     try:
         await transport.finished.wait()
     finally:
-        transport.close()
-    # Replies already written are delivered before we go (`printf '<request>\n' | exec-server
-    # --listen stdio` gets its answer), unless the reader of stdout is stuck.
-    if transport.has_write_transport:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(transport.write_closed.wait(), FLUSH_TIMEOUT_S)
+        # Replies already written are delivered before we go (`printf '<request>\n' |
+        # exec-server --listen stdio` gets its answer), unless the reader of stdout is stuck.
+        await transport.close()
