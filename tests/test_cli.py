@@ -319,6 +319,29 @@ async def test_sigkill_of_the_server_leaves_no_grandchild(tty: bool) -> None:
         assert await wait_until(lambda: not pid_alive(grandchild), timeout=15)
 
 
+async def test_the_keeper_outlives_a_session_that_ended() -> None:
+    """The keeper is the server's child but nobody's orphan: a session that ended (and
+    killed its processes' trees) must not take it along, so a later SIGKILL of the server
+    still leaves no grandchild of another session."""
+    async with cli_server("--detach-grace", "0") as server:
+        keepers = [
+            p for p in psutil.Process(server.proc.pid).children() if _name(p) == "exec-keeper"
+        ]
+        assert len(keepers) == 1
+        async with Client.connect(server.url) as first:
+            await first.initialize()
+            await first.run("done", ["true"])  # an exit: the orphans are claimed then
+        async with Client.connect(server.url) as second:
+            await second.initialize()
+            await second.start("bg", ["sh", "-c", "sleep 1000 & echo $!; wait"])
+            grandchild = int((await second.wait_output("bg", b"\n")).split()[0])
+            await asyncio.sleep(0.5)  # the first session is torn down (grace 0) meanwhile
+            assert keepers[0].is_running() and keepers[0].status() != psutil.STATUS_ZOMBIE
+            server.proc.kill()
+            assert await asyncio.wait_for(server.proc.wait(), 10) == -signal.SIGKILL
+        assert await wait_until(lambda: not pid_alive(grandchild), timeout=15)
+
+
 async def test_ipv6_loopback_url_is_printed_with_brackets() -> None:
     try:
         with socket.socket(socket.AF_INET6) as probe:

@@ -128,7 +128,10 @@ class ExitWatcher:
         any to claim."""
         if not self._reap_orphans:
             return []
-        found = adopted_orphans(os.getpid(), set(self._watched))
+        known = set(self._watched)
+        if self.keeper is not None:
+            known.add(self.keeper.pid)  # the server's own helper, never anyone's leftover
+        found = adopted_orphans(os.getpid(), known)
         new = [p for p in found if p not in self._claimed]
         self._claimed.update(new)
         return new

@@ -44,10 +44,13 @@ from .output import OutputLog, ReadSnapshot, is_ready
 from .reading import OutputReader, Stream
 from .spawn import Child, SpawnRequest, exit_code_from_status, set_window_size, signal_group
 from .stdin import ByteBudget, StdinQueue
-from .tree import Pid, kill_trees, members
+from .tree import Pid, kill_trees, members, with_living_members
 
 if TYPE_CHECKING:
     from ..sandbox.bwrap import Launch
+
+LEFTOVERS_PRUNE_MIN = 64
+"""Evicted trees kept before the first look at which still have a living process."""
 
 
 class ProcessState(enum.Enum):
@@ -226,6 +229,7 @@ class ProcessManager:
         self._stdin_budget = ByteBudget(limits.stdin_session_max_bytes)
         self._not_closed = 0  # reserved or running or exited: max_processes_per_session
         self._leftovers: list[Pid] = []  # trees of evicted processes that may live on
+        self._leftovers_pruned_at = LEFTOVERS_PRUNE_MIN
 
     # ---- table ----------------------------------------------------------------------------
 
@@ -444,8 +448,13 @@ class ProcessManager:
             del self._processes[process.process_id]
         process.log.close()  # its spill file, if any
         # Descendants may outlive the record (a background job, a daemon): they are still
-        # this session's, and die with it.
+        # this session's, and die with it. Trees with nobody left are dropped now and then,
+        # so a long session's list stays as long as what still lives (amortized: one reading
+        # of /proc each time the list has doubled).
         self._leftovers += self._roots(process)
+        if len(self._leftovers) >= self._leftovers_pruned_at:
+            self._leftovers = with_living_members(self._leftovers)
+            self._leftovers_pruned_at = max(LEFTOVERS_PRUNE_MIN, 2 * len(self._leftovers))
 
     def _release(self, process: ManagedProcess) -> None:
         """Close every fd of the process (its reader's, its stdin, a PTY master)."""

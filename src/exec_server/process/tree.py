@@ -119,19 +119,36 @@ def _subtree(root: Pid, stats: list[_Stat], children: dict[int, list[_Stat]]) ->
     return [Pid(s.pid, s.start) for s in found.values() if s.state != "Z"]
 
 
+class _Snapshot:
+    """One reading of ``/proc``: every process, by parent, and the living ones."""
+
+    def __init__(self) -> None:
+        self.stats = _all_stats()
+        self.children: dict[int, list[_Stat]] = {}
+        for stat in self.stats:
+            self.children.setdefault(stat.ppid, []).append(stat)
+        self.living = {Pid(s.pid, s.start) for s in self.stats if s.state != "Z"}
+
+    def tree(self, root: Pid) -> list[Pid]:
+        found = _subtree(root, self.stats, self.children)
+        return [root, *found] if root in self.living else found
+
+
 def members(roots: Iterable[Pid]) -> set[Pid]:
     """The living processes of every root's tree, roots included (see :func:`_subtree`)."""
-    stats = _all_stats()
-    children: dict[int, list[_Stat]] = {}
-    for stat in stats:
-        children.setdefault(stat.ppid, []).append(stat)
-    living = {Pid(s.pid, s.start) for s in stats if s.state != "Z"}
+    snapshot = _Snapshot()
     found: set[Pid] = set()
     for root in roots:
-        if root in living:
-            found.add(root)
-        found.update(_subtree(root, stats, children))
+        found.update(snapshot.tree(root))
     return found
+
+
+def with_living_members(roots: Iterable[Pid]) -> list[Pid]:
+    """The roots whose tree still has a living process. A tree with none can gain none (no
+    one is left to fork into it, and a reused pid has another start time), so the others
+    can be forgotten."""
+    snapshot = _Snapshot()
+    return [root for root in roots if snapshot.tree(root)]
 
 
 def kill_trees(roots: Iterable[Pid], *, signum: int = signal.SIGKILL, rounds: int = 8) -> None:
