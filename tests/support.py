@@ -282,6 +282,14 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
     return bool(predicate())
 
 
+def read_exactly(fd: int, size: int) -> bytes:
+    """``size`` bytes from a (blocking) fd, however many reads it takes."""
+    data = b""
+    while len(data) < size:
+        data += os.read(fd, size - len(data))
+    return data
+
+
 def open_fds() -> set[int]:
     """The fds this process has open."""
     return {int(name) for name in os.listdir("/proc/self/fd")}

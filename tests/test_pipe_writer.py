@@ -12,6 +12,8 @@ import pytest
 
 from exec_server.transport.pipe_writer import IOV_MAX, PipeWriter
 
+from .support import read_exactly
+
 
 @pytest.fixture
 def pipe() -> Iterator[tuple[int, int]]:
@@ -37,13 +39,6 @@ class Flow:
         self.events.append("closed")
 
 
-def _read_exactly(fd: int, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        data += os.read(fd, size - len(data))
-    return data
-
-
 async def test_pieces_arrive_in_order_across_partial_writes_and_flow_is_told(
     pipe: tuple[int, int],
 ) -> None:
@@ -55,7 +50,7 @@ async def test_pieces_arrive_in_order_across_partial_writes_and_flow_is_told(
     writer.write(pieces[:10])
     writer.write(pieces[10:])  # the pipe is full by now: kept, not lost
     assert flow.events == ["pause"]  # past the high-water mark while the pipe is full
-    received = await asyncio.to_thread(_read_exactly, r, len(expected))
+    received = await asyncio.to_thread(read_exactly, r, len(expected))
     await writer.drain(10)
     assert received == expected
     assert flow.events == ["pause", "resume"]

@@ -12,7 +12,7 @@ import pytest
 
 from exec_server.process.stdin import ByteBudget, StdinFull, StdinQueue
 
-from .support import Client, RpcFailure
+from .support import Client, RpcFailure, read_exactly
 
 
 @pytest.fixture
@@ -37,13 +37,6 @@ def _queue(fd: int, budget: ByteBudget | None = None, **bounds: int) -> StdinQue
     )
 
 
-def _read_all(fd: int, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        data += os.read(fd, size - len(data))
-    return data
-
-
 async def test_writes_past_the_buffer_wait_their_turn_and_arrive_in_order(
     pipe: tuple[int, int],
 ) -> None:
@@ -54,7 +47,7 @@ async def test_writes_past_the_buffer_wait_their_turn_and_arrive_in_order(
     assert queue.write(first) is None
     waiting = queue.write(b"b" * 10)
     assert isinstance(waiting, asyncio.Future) and not waiting.done()
-    received = await asyncio.to_thread(_read_all, r, len(first) + 10)
+    received = await asyncio.to_thread(read_exactly, r, len(first) + 10)
     assert received == first + b"b" * 10
     assert waiting.done()
     assert queue.held_bytes == 0
@@ -74,7 +67,7 @@ async def test_past_its_bound_a_write_is_refused_and_nothing_is_lost(
             accepted += 1
     assert 0 < accepted < 100
     assert budget.held == queue.held_bytes <= 64 * 1024 * 5
-    received = await asyncio.to_thread(_read_all, r, accepted * len(chunk))
+    received = await asyncio.to_thread(read_exactly, r, accepted * len(chunk))
     assert received == chunk * accepted
 
 
