@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -280,6 +280,20 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
             return True
         await asyncio.sleep(interval)
     return bool(predicate())
+
+
+@contextlib.contextmanager
+def os_pipe(*, nonblocking: str) -> Iterator[tuple[int, int]]:
+    """A pipe ``(read_end, write_end)`` with the end named ``"r"`` or ``"w"`` non-blocking,
+    closed afterwards (whichever ends the test has not closed itself)."""
+    r, w = os.pipe()
+    os.set_blocking(r if nonblocking == "r" else w, False)
+    try:
+        yield r, w
+    finally:
+        for fd in (r, w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def read_exactly(fd: int, size: int) -> bytes:

@@ -4,7 +4,6 @@ across partial writes, flow control past the high-water mark, and a reader that 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Iterator
 
@@ -12,17 +11,13 @@ import pytest
 
 from exec_server.transport.pipe_writer import IOV_MAX, PipeWriter
 
-from .support import read_exactly
+from .support import os_pipe, read_exactly
 
 
 @pytest.fixture
 def pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    yield r, w
-    for fd in (r, w):
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    with os_pipe(nonblocking="w") as fds:
+        yield fds
 
 
 class Flow:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import pty
@@ -15,17 +14,13 @@ import pytest
 
 from exec_server.process.reading import gather
 
-from .support import Client
+from .support import Client, os_pipe
 
 
 @pytest.fixture
 def pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    os.set_blocking(r, False)
-    yield r, w
-    for fd in (r, w):
-        with contextlib.suppress(OSError):  # a test may have closed it
-            os.close(fd)
+    with os_pipe(nonblocking="r") as fds:
+        yield fds
 
 
 def test_nothing_there_yet_is_none(pipe: tuple[int, int]) -> None:

@@ -78,6 +78,21 @@ def run(
         launch.release()
 
 
+@contextlib.contextmanager
+def started_when_ready(policy: Policy, script: str, cwd: Path) -> Iterator[subprocess.Popen[str]]:
+    """``script`` confined, in a session of its own, once it has printed ``ready``."""
+    launch = wrap(policy, [*BASH, script], str(cwd))
+    try:
+        child = subprocess.Popen(
+            launch.argv, cwd=cwd, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        yield child
+    finally:
+        launch.release()
+
+
 def snapshot(directory: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(directory.iterdir()) if p.is_file()}
 
@@ -358,18 +373,11 @@ def test_a_signal_to_the_group_reaches_the_command_not_bwrap(ws: Path) -> None:
     script = (
         "trap 'echo got-int; sleep 0.1; echo handled; exit 5' INT; echo ready; sleep 300 & wait"
     )
-    launch = wrap(workspace_policy(ws), [*BASH, script], str(ws))
-    try:
-        child = subprocess.Popen(
-            launch.argv, cwd=ws, stdout=subprocess.PIPE, text=True, start_new_session=True
-        )
-        assert child.stdout is not None
-        assert child.stdout.readline() == "ready\n"
+    with started_when_ready(workspace_policy(ws), script, ws) as child:
         os.killpg(child.pid, signal.SIGINT)
         assert child.wait(timeout=30) == 5
+        assert child.stdout is not None
         assert child.stdout.read() == "got-int\nhandled\n"
-    finally:
-        launch.release()
 
 
 def test_exit_codes(ws: Path) -> None:
@@ -386,13 +394,7 @@ def test_killing_the_group_kills_every_sandboxed_process(ws: Path) -> None:
     """Even a setsid'd daemon: the PID namespace dies with bwrap."""
     marker = f"exec-server-sandbox-{os.getpid()}-{time.monotonic_ns()}"
     script = f"setsid bash -c 'exec -a {marker} sleep 300' & echo ready; wait"
-    launch = wrap(workspace_policy(ws), [*BASH, script], str(ws))
-    try:
-        child = subprocess.Popen(
-            launch.argv, cwd=ws, stdout=subprocess.PIPE, text=True, start_new_session=True
-        )
-        assert child.stdout is not None
-        assert child.stdout.readline() == "ready\n"
+    with started_when_ready(workspace_policy(ws), script, ws) as child:
         deadline = time.monotonic() + 30
         while not _processes_named(marker):
             assert time.monotonic() < deadline, "the daemon never started"
@@ -402,8 +404,6 @@ def test_killing_the_group_kills_every_sandboxed_process(ws: Path) -> None:
         while _processes_named(marker):
             assert time.monotonic() < deadline, "the setsid daemon survived"
             time.sleep(0.01)
-    finally:
-        launch.release()
 
 
 def _processes_named(name: str) -> list[int]:

@@ -12,17 +12,13 @@ import pytest
 
 from exec_server.process.stdin import ByteBudget, StdinFull, StdinQueue
 
-from .support import Client, RpcFailure, read_exactly
+from .support import Client, RpcFailure, os_pipe, read_exactly
 
 
 @pytest.fixture
 def pipe() -> Iterator[tuple[int, int]]:
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    yield r, w
-    for fd in (r, w):
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    with os_pipe(nonblocking="w") as fds:
+        yield fds
 
 
 def _queue(fd: int, budget: ByteBudget | None = None, **bounds: int) -> StdinQueue:
