@@ -2,7 +2,9 @@
 
 An executor is one of four: the reference (`codex exec-server` from the same install) or
 ours (`.venv/bin/exec-server`), each over WebSocket (`CODEX_EXEC_SERVER_URL`) or stdio
-(`environments.toml` in `$CODEX_HOME` naming a `program`, which codex starts itself).
+(`environments.toml` in `$CODEX_HOME` naming a `program`, which codex starts itself). A
+WebSocket executor may also require a bearer token, which codex then finds beside the
+executor's `url` in `environments.toml` (:func:`remote_environments_toml`).
 Every process started here runs in a process group of its own and is killed with it.
 """
 
@@ -18,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,10 +127,16 @@ class ExecutorKind:
     def id(self) -> str:
         return f"{self.impl}-{self.transport}"
 
-    def command(self, codex: Path, listen: str) -> list[str]:
+    def command(self, codex: Path, listen: str, token_file: Path | None = None) -> list[str]:
+        """The executor's command line; with ``token_file``, every WebSocket client must
+        present that file's token (each implementation has its own option for it)."""
         if self.impl == "reference":
-            return [str(codex), "exec-server", "--listen", listen]
-        return [str(OUR_SERVER), "--listen", listen]
+            command = [str(codex), "exec-server", "--listen", listen]
+            auth = ["--ws-auth", "capability-token", "--ws-token-file", str(token_file)]
+        else:
+            command = [str(OUR_SERVER), "--listen", listen]
+            auth = ["--auth-token-file", str(token_file)]
+        return command + auth if token_file is not None else command
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -150,9 +158,15 @@ class Executor:
     mark: str
     url: str | None = None
     stdio_command: list[str] | None = None
+    environments_toml: str | None = None
+    """When set, codex is pointed at the executor by this `environments.toml` rather than
+    by ``CODEX_EXEC_SERVER_URL`` (which cannot carry a token)."""
 
     def codex_env(self, workspace: Workspace) -> dict[str, str]:
-        """Environment additions for codex, writing environments.toml for stdio."""
+        """Environment additions for codex, writing environments.toml where it is used."""
+        if self.environments_toml is not None:
+            (workspace.home / "environments.toml").write_text(self.environments_toml)
+            return {}
         if self.url is not None:
             return {"CODEX_EXEC_SERVER_URL": self.url}
         assert self.stdio_command is not None
@@ -170,15 +184,35 @@ env = {{ {EXECUTOR_MARK} = {json.dumps(self.mark)} }}
         return {}
 
 
+def remote_environments_toml(url: str, token: str | None, *, include_local: bool) -> str:
+    """An `environments.toml` (codex 0.169's schema) whose default environment is the
+    WebSocket executor at ``url``; codex sends ``token`` as `authorization: Bearer <token>`.
+
+    ``include_local`` is codex's own default (true): then a turn whose executor refused
+    codex runs its commands on codex's side instead; false leaves the turn no environment.
+    """
+    token_line = f"auth_bearer_token = {json.dumps(token)}\n" if token is not None else ""
+    return f"""default = "executor"
+include_local = {json.dumps(include_local)}
+
+[[environments]]
+id = "executor"
+url = {json.dumps(url)}
+{token_line}"""
+
+
 @contextlib.contextmanager
-def start_executor(kind: ExecutorKind, codex: Path) -> Iterator[Executor]:
-    """A WebSocket executor running until the block ends; over stdio, codex starts it."""
+def start_executor(
+    kind: ExecutorKind, codex: Path, *, token_file: Path | None = None
+) -> Iterator[Executor]:
+    """A WebSocket executor running until the block ends (requiring the token in
+    ``token_file`` when given); over stdio, codex starts it."""
     mark = f"{kind.id}-{uuid.uuid4().hex[:8]}"
     if kind.transport == "stdio":
         yield Executor(kind, mark, stdio_command=kind.command(codex, "stdio"))
         return
     proc = subprocess.Popen(
-        kind.command(codex, "ws://127.0.0.1:0"),
+        kind.command(codex, "ws://127.0.0.1:0", token_file),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -219,13 +253,15 @@ def run_codex(
     *,
     sandbox: str,
     prompt: str = "go",
+    extra_env: Mapping[str, str] | None = None,
 ) -> CodexRun:
     """`codex exec` once, no stdin, in its own process group (killed with everything it
-    started if it has not ended by :data:`CODEX_TIMEOUT_S`)."""
+    started if it has not ended by :data:`CODEX_TIMEOUT_S`); ``extra_env`` adds to its environment."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "OPENAI_"))},
         "CODEX_HOME": str(workspace.home),
         **executor.codex_env(workspace),
+        **(extra_env or {}),
     }
     proc = subprocess.Popen(
         [
@@ -261,6 +297,23 @@ def run_codex(
     )
 
 
+def run_turn(
+    codex: Path,
+    workspace: Workspace,
+    executor: Executor,
+    turns: list[Turn],
+    *,
+    sandbox: str = "danger-full-access",
+    extra_env: Mapping[str, str] | None = None,
+) -> tuple[ScriptedModel, CodexRun]:
+    """One `codex exec` whose model makes the scripted tool calls, whatever its outcome: the
+    model (its recorded requests hold what codex reported back) and how codex ended."""
+    with ScriptedModel(turns) as model:
+        write_config(workspace.home, model.base_url)
+        run = run_codex(codex, workspace, executor, sandbox=sandbox, extra_env=extra_env)
+    return model, run
+
+
 def run_agent(
     codex: Path,
     workspace: Workspace,
@@ -269,11 +322,8 @@ def run_agent(
     *,
     sandbox: str = "danger-full-access",
 ) -> ScriptedModel:
-    """One `codex exec` whose model makes the scripted tool calls; returns the model, whose
-    recorded requests hold what codex reported back. Fails if codex did not finish its turn."""
-    with ScriptedModel(turns) as model:
-        write_config(workspace.home, model.base_url)
-        run = run_codex(codex, workspace, executor, sandbox=sandbox)
+    """:func:`run_turn`, failing if codex did not finish its turn; returns the model."""
+    model, run = run_turn(codex, workspace, executor, turns, sandbox=sandbox)
     detail = f"codex exited {run.returncode}; stderr:\n{run.stderr[-4000:]}"
     assert run.returncode == 0, detail
     assert not model.errors, model.errors
