@@ -11,10 +11,12 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -307,3 +309,19 @@ def read_exactly(fd: int, size: int) -> bytes:
 def open_fds() -> set[int]:
     """The fds this process has open."""
     return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed server certificate for 127.0.0.1 and localhost, and its key, made with
+    openssl. Not a CA (rustls, in codex, refuses a CA certificate as a server's)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-addext", "basicConstraints=critical,CA:FALSE",
+         "-addext", "extendedKeyUsage=serverAuth",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key

@@ -8,7 +8,6 @@ import json
 import os
 import ssl
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from exec_server.server import Server
 from exec_server.transport.handshake import HandshakePolicy, host_name
 from exec_server.transport.websocket import serve_unix
 
-from .support import running_server, upgrade_request
+from .support import running_server, self_signed, upgrade_request
 
 
 async def _handshake_status(url: str, headers: dict[str, str], path: str = "/") -> int:
@@ -168,20 +167,8 @@ async def test_a_unix_socket_listener_is_private_and_serves(tmp_path: Path) -> N
         await server.shutdown()
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 async def test_wss_with_a_certificate(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(cert, key)
     client_tls = ssl.create_default_context(cafile=str(cert))

@@ -203,16 +203,25 @@ url = {json.dumps(url)}
 
 @contextlib.contextmanager
 def start_executor(
-    kind: ExecutorKind, codex: Path, *, token_file: Path | None = None
+    kind: ExecutorKind,
+    codex: Path,
+    *,
+    token_file: Path | None = None,
+    listen: list[str] | None = None,
 ) -> Iterator[Executor]:
     """A WebSocket executor running until the block ends (requiring the token in
-    ``token_file`` when given); over stdio, codex starts it."""
+    ``token_file`` when given; ``listen``: other listening options than plain ws:// on
+    loopback, for ours); over stdio, codex starts it."""
     mark = f"{kind.id}-{uuid.uuid4().hex[:8]}"
     if kind.transport == "stdio":
         yield Executor(kind, mark, stdio_command=kind.command(codex, "stdio"))
         return
+    command = kind.command(codex, "ws://127.0.0.1:0", token_file)
+    if listen is not None:
+        at = command.index("--listen")
+        command[at : at + 2] = listen
     proc = subprocess.Popen(
-        kind.command(codex, "ws://127.0.0.1:0", token_file),
+        command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -222,7 +231,7 @@ def start_executor(
     try:
         assert proc.stdout is not None
         line = _first_line(proc)
-        if not line.startswith("ws://"):
+        if not line.startswith(("ws://", "wss://")):
             raise RuntimeError(f"{kind.id} printed {line!r} instead of its URL")
         yield Executor(kind, mark, url=line)
     finally:

@@ -26,6 +26,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 from websockets.sync.client import connect
 
+from ..support import self_signed
 from .harness import (
     EXECUTOR_MARK,
     Executor,
@@ -177,3 +178,38 @@ def test_codex_sends_a_token_only_over_wss_or_to_loopback(
     assert run.returncode == 1
     assert "exec-server WebSocket headers require wss:// or a loopback destination" in run.stderr
     assert not model.requests
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted", "untrusted"])
+def test_codex_reaches_ours_over_wss_with_the_token(
+    codex: Path, workspace: Workspace, trusted: bool
+) -> None:
+    """The README's advice for a server elsewhere, taken whole: `wss://` (our --tls-cert and
+    --tls-key) with the token. codex trusts the certificate through SSL_CERT_FILE; one it
+    does not trust gets it nowhere, and nothing runs."""
+    cert, key = self_signed(workspace.root)
+    token = secrets.token_urlsafe(32)
+    token_file = workspace.root / "token"
+    token_file.write_text(token)
+    listen = ["--listen", "wss://127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    with start_executor(OURS[0], codex, token_file=token_file, listen=listen) as executor:
+        assert executor.url is not None and executor.url.startswith("wss://"), executor.url
+        toml = remote_environments_toml(executor.url, token, include_local=False)
+        seen = dataclasses.replace(executor, environments_toml=toml)
+        trust = {"SSL_CERT_FILE": str(cert)} if trusted else {}
+        model, run = run_turn(
+            codex,
+            workspace,
+            seen,
+            [[exec_command("c1", COMMAND)]],
+            extra_env={**CODEX_LOG, **trust},
+        )
+    assert run.returncode == 0, run.stderr[-4000:]
+    if trusted:
+        assert model.output_of("c1").endswith(f"Output:\nran-on={executor.mark}\n"), run.stderr[
+            -3000:
+        ]
+        assert (workspace.work / MARKER).read_text() == f"ran-on={executor.mark}\n"
+    else:
+        assert model.output_of("c1") == NO_ENVIRONMENT
+        assert not (workspace.work / MARKER).exists()
