@@ -1,0 +1,187 @@
+"""Hostile input through the real transports (issue 11): each defect found, with the test
+that would have caught it, over the transport it was found on.
+
+Covered elsewhere, over the transport named (not repeated here):
+
+* (a) invalid UTF-8 inside ``params``: the connection itself in
+  ``test_connection.py::test_invalid_utf8_inside_params_is_an_error_reply_and_the_connection_stays``;
+  whole frames that are not UTF-8 in ``test_envelope.py::test_bad_binary_frames_get_id_minus_one``
+  (WebSocket) and ``test_stdio.py::test_parse_errors_name_stdio_and_keep_the_connection``
+  (stdio). Through WebSocket and stdio, with a running child that must survive it: here.
+* (b) a pathological ``envPolicy`` pattern: the matcher in
+  ``test_env_policy.py::test_a_pathological_pattern_is_decided_at_once``; through the server,
+  answering a concurrent cheap call: here.
+* (c) queued stdin bounded: ``test_stdin_queue.py::test_a_client_flooding_a_child_that_never_reads_gets_an_error``
+  (WebSocket, the ``--stdin-max-bytes-per-process`` bound) and the ``StdinQueue`` tests beside it
+  (the per-session bound).
+* (d) NUL in cwd (a path and a ``file://`` URI with ``%00``), argv, arg0, env names and values
+  -> -32602 on both spawn paths (the vfork helper and ``subprocess.Popen``, with and without
+  pidfds, pipes and PTYs): ``test_process_spawn_paths.py::test_lookup_and_errors``.
+* (e) stdout a regular file (and ``/dev/null``) for ``--listen stdio``:
+  ``test_stdio_ends.py::test_every_kind_of_end_works`` (file->file, pipe->file, file->devnull,
+  on both loops); stdin from ``/dev/null``: here.
+* (f) invalid ids answered with id -1, the connection kept: WebSocket in
+  ``test_envelope.py::test_request_with_invalid_id_is_answered_with_id_minus_one_and_the_connection_stays``
+  and ``test_invalid_ids_after_the_handshake_keep_the_connection``; stdio: here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from .support import PATH_ENV, REPO, Client, pid_alive, running_server, server_command
+from .test_stdio import PARSE_PREFIX, stdio_server
+
+NOT_UTF8_IN_PARAMS = b'{"id":"u1","method":"fs/readFile","params":{"path":"/tmp/\xff"}}'
+"""Issue 11's example: a raw 0xFF inside a string of params."""
+
+PATHOLOGICAL = "*A" * 12 + "B"
+"""``*A*A*A*A*A*A*A*A*A*A*A*AB``: a backtracking matcher takes minutes on a long name of A's."""
+
+
+@contextlib.asynccontextmanager
+async def raw_websocket(url: str) -> AsyncIterator[ClientConnection]:
+    async with connect(url, compression=None, max_size=None) as ws:
+        yield ws
+
+
+async def reply_to(ws: ClientConnection, request_id: object) -> dict[str, Any]:
+    """The reply to ``request_id``, skipping notifications."""
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        if "method" not in message and message.get("id") == request_id:
+            return dict(message)
+
+
+async def call(ws: ClientConnection, request_id: object, method: str, params: Any = None) -> Any:
+    await ws.send(json.dumps({"id": request_id, "method": method, "params": params}))
+    return await reply_to(ws, request_id)
+
+
+async def handshake(ws: ClientConnection) -> None:
+    assert "result" in await call(ws, 0, "initialize", {"clientName": "hostile"})
+    await ws.send('{"method":"initialized"}')
+
+
+def start_params(process_id: str, argv: list[str], **extra: Any) -> dict[str, Any]:
+    return {
+        "processId": process_id,
+        "argv": argv,
+        "cwd": "/tmp",
+        "env": PATH_ENV,
+        "tty": False,
+        **extra,
+    }
+
+
+# ---- (a) invalid UTF-8 inside params --------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [True, False], ids=["text-frame", "binary-frame"])
+async def test_invalid_utf8_in_params_over_websocket_is_an_error_and_the_child_lives(
+    server_url: str, text: bool
+) -> None:
+    async with raw_websocket(server_url) as ws:
+        await handshake(ws)
+        assert "result" in await call(
+            ws, 1, "process/start", start_params("alive", ["sleep", "30"])
+        )
+        await ws.send(NOT_UTF8_IN_PARAMS, text=text)
+        reply = await reply_to(ws, "u1")
+        assert reply["error"]["code"] == -32602, reply
+        assert await call(ws, 2, "environment/status") == {"id": 2, "result": {"status": "ready"}}
+        read = await call(ws, 3, "process/read", {"processId": "alive"})
+        assert read["result"]["exited"] is False
+        await call(ws, 4, "process/terminate", {"processId": "alive"})
+
+
+async def test_invalid_utf8_in_params_over_stdio_is_an_error_and_the_child_lives() -> None:
+    """Over stdio this used to end the server, and with it every child."""
+    async with stdio_server() as server:
+        await server.handshake()
+        reply = await server.call(2, "process/start", start_params("alive", ["sleep", "30"]))
+        assert "result" in reply, reply
+        [child] = server.descendants("sleep")
+        await server.send_line(NOT_UTF8_IN_PARAMS + b"\n")
+        reply = await server.recv_until(lambda m: m.get("id") == "u1")
+        assert reply["error"]["code"] == -32602, reply
+        assert (await server.call(3, "environment/status"))["result"] == {"status": "ready"}
+        read = await server.call(4, "process/read", {"processId": "alive"})
+        assert read["result"]["exited"] is False
+        assert server.proc.returncode is None and pid_alive(child)
+        server.close_stdin()
+        rc, _, stderr = await server.wait_exit()
+        assert rc == 0, stderr
+        assert not pid_alive(child)  # and at EOF, as ever, the child goes with the session
+
+
+# ---- (b) a pathological envPolicy pattern ---------------------------------------------------
+
+
+async def test_a_pathological_env_pattern_does_not_stall_the_server() -> None:
+    long_name = "A" * 5000
+    async with running_server() as (server, url), Client.connect(url) as client:
+        server.server_env[long_name] = "inherited"
+        await client.initialize()
+        policy = {
+            "inherit": "all",
+            "ignoreDefaultExcludes": True,
+            "exclude": [PATHOLOGICAL],
+            "set": {long_name + "A": "set"},
+            "includeOnly": [PATHOLOGICAL, "PATH"],
+        }
+        start = client.start("env", ["/usr/bin/env"], env={}, envPolicy=policy)
+        status = client.call("environment/status")
+        # A generous guard on a busy 2-core machine: the backtracking matcher took minutes.
+        started, ready = await asyncio.wait_for(asyncio.gather(start, status), 10)
+        assert started["processId"] == "env" and ready == {"status": "ready"}
+        events = await client.wait_closed("env")
+        names = {line.split("=", 1)[0] for line in events.data().decode().splitlines()}
+        assert long_name not in names and long_name + "A" not in names
+        assert "PATH" in names
+
+
+# ---- (e) stdin from /dev/null -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_stdin_from_devnull_with_stdout_a_file_exits_cleanly(tmp_path: Path, loop: str) -> None:
+    out = tmp_path / "out.jsonl"
+    with open(out, "wb") as stdout:
+        result = subprocess.run(
+            server_command("--listen", "stdio", "--loop", loop),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            timeout=30,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    assert out.read_bytes() == b""
+    assert b"Traceback" not in result.stderr
+
+
+# ---- (f) invalid ids over stdio ---------------------------------------------------------------
+
+
+async def test_invalid_ids_over_stdio_get_id_minus_one_and_the_connection_stays() -> None:
+    async with stdio_server() as server:
+        await server.handshake()
+        for number, raw_id in enumerate(["null", "true", "{}", "[]", "1.5", str(2**64)]):
+            line = '{"id":' + raw_id + ',"method":"environment/status"}\n'
+            await server.send_line(line.encode())
+            reply = await server.recv()
+            assert reply["id"] == -1 and reply["error"]["code"] == -32600, (raw_id, reply)
+            assert reply["error"]["message"].startswith(PARSE_PREFIX)
+            answer = await server.call(number + 10, "environment/status")
+            assert answer == {"id": number + 10, "result": {"status": "ready"}}
+        assert server.proc.returncode is None
