@@ -23,6 +23,11 @@ Covered elsewhere, over the transport named (not repeated here):
 * (f) invalid ids answered with id -1, the connection kept: WebSocket in
   ``test_envelope.py::test_request_with_invalid_id_is_answered_with_id_minus_one_and_the_connection_stays``
   and ``test_invalid_ids_after_the_handshake_keep_the_connection``; stdio: here.
+
+Found by the fuzzer (``test_fuzz.py``), with their regression tests here:
+
+* a path whose bytes are not UTF-8 (``file:///tmp/%FF``) in an error message or a result
+  made the reply unencodable: no reply at all, the client waited forever.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,6 +43,8 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
+
+from exec_server.paths import to_file_uri
 
 from .support import PATH_ENV, REPO, Client, pid_alive, running_server, server_command
 from .test_stdio import PARSE_PREFIX, stdio_server
@@ -185,3 +193,36 @@ async def test_invalid_ids_over_stdio_get_id_minus_one_and_the_connection_stays(
             answer = await server.call(number + 10, "environment/status")
             assert answer == {"id": number + 10, "result": {"status": "ready"}}
         assert server.proc.returncode is None
+
+
+# ---- found by the fuzzer: paths that are not UTF-8 in replies ---------------------------------
+
+
+async def test_a_path_that_is_not_utf8_in_a_reply_is_sent_lossily(
+    client: Client, tmp_path: Path
+) -> None:
+    """Such a path (``%FF`` in a ``file://`` URI: the OS's bytes) used to make its reply
+    unencodable, and the request went unanswered."""
+    missing = to_file_uri(str(tmp_path)) + "/%FF%FE"
+    for method in ("fs/getMetadata", "fs/readFile", "fs/canonicalize", "fs/readDirectory"):
+        reply = await client.request(method, {"path": missing})
+        assert reply["error"]["code"] == -32004, reply
+        assert reply["error"]["message"].endswith(f"{tmp_path}/\ufffd\ufffd"), reply
+    params = start_params("p", ["true"], cwd=missing)
+    reply = await client.request("process/start", params)
+    assert reply["error"]["code"] == -32603 and "\ufffd" in reply["error"]["message"], reply
+    os.mkdir(os.fsencode(tmp_path) + b"/\xff")
+    await client.start("here", ["sleep", "30"], cwd=to_file_uri(str(tmp_path)) + "/%FF")
+    listed = await client.call("process/list")
+    [entry] = [p for p in listed["processes"] if p["processId"] == "here"]
+    assert entry["cwd"] == f"{tmp_path}/\ufffd"
+    await client.call("process/terminate", {"processId": "here"})
+
+
+async def test_a_path_that_is_not_utf8_in_an_error_over_stdio_is_answered(tmp_path: Path) -> None:
+    async with stdio_server() as server:
+        await server.handshake()
+        path = to_file_uri(str(tmp_path)) + "/%FF"
+        reply = await server.call(2, "fs/getMetadata", {"path": path})
+        assert reply["error"]["code"] == -32004
+        assert reply["error"]["message"].endswith("/\ufffd")
