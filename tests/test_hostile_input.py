@@ -27,7 +27,9 @@ Covered elsewhere, over the transport named (not repeated here):
 Found by the fuzzer (``test_fuzz.py``), with their regression tests here:
 
 * a path whose bytes are not UTF-8 (``file:///tmp/%FF``) in an error message or a result
-  made the reply unencodable: no reply at all, the client waited forever.
+  made the reply unencodable: no reply at all, the client waited forever;
+* ``fs/createDirectory`` of a path a thousand levels deep, and ``fs/remove`` of such a tree,
+  failed with "internal error: maximum recursion depth exceeded".
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import contextlib
 import json
 import os
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from exec_server.paths import to_file_uri
 
+from .sandbox_support import workspace_write
 from .support import PATH_ENV, REPO, Client, pid_alive, running_server, server_command
 from .test_stdio import PARSE_PREFIX, stdio_server
 
@@ -226,3 +229,48 @@ async def test_a_path_that_is_not_utf8_in_an_error_over_stdio_is_answered(tmp_pa
         reply = await server.call(2, "fs/getMetadata", {"path": path})
         assert reply["error"]["code"] == -32004
         assert reply["error"]["message"].endswith("/\ufffd")
+
+
+# ---- found by the fuzzer: trees a thousand levels deep ----------------------------------------
+
+
+DEPTH = 1100
+"""Past Python's recursion limit (1000), within PATH_MAX (about 2.2 kB of ``/d``)."""
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory, removed with ``rm -rf`` (pytest's rmtree recurses too)."""
+    root = tmp_path / "work"
+    root.mkdir()
+    yield root
+    subprocess.run(["rm", "-rf", str(root)], check=True)
+
+
+async def test_a_tree_a_thousand_levels_deep_is_made_and_removed(
+    client: Client, work: Path
+) -> None:
+    """``os.makedirs`` and Python 3.11's ``shutil.rmtree`` recurse once per level: this
+    failed with "internal error: maximum recursion depth exceeded"."""
+    deep = str(work / "tree") + "/d" * DEPTH
+    assert await client.call("fs/createDirectory", {"path": deep}) == {}
+    assert (await client.call("fs/getMetadata", {"path": deep}))["isDirectory"]
+    (Path(deep) / "leaf").write_bytes(b"leaf")
+    assert await client.call("fs/remove", {"path": str(work / "tree"), "recursive": True}) == {}
+    assert os.listdir(work) == []
+    too_long = str(work) + "/" + "n" * 300 + "/d" * DEPTH  # the OS's error, not ours
+    reply = await client.request("fs/createDirectory", {"path": too_long})
+    assert reply["error"]["message"].startswith("File name too long"), reply
+
+
+async def test_a_tree_a_thousand_levels_deep_is_removed_under_a_sandbox_profile(
+    client: Client, work: Path
+) -> None:
+    """The same removal through ``sandbox/fs_guard.py``, which used ``shutil.rmtree`` too."""
+    mkdir = await asyncio.create_subprocess_exec("mkdir", "-p", str(work / "tree") + "/d" * DEPTH)
+    assert await mkdir.wait() == 0
+    (work / "tree" / "file").write_bytes(b"x")
+    sandbox = workspace_write(to_file_uri(str(work)))
+    params = {"path": str(work / "tree"), "recursive": True, "sandbox": sandbox}
+    assert await client.call("fs/remove", params) == {}
+    assert os.listdir(work) == []
