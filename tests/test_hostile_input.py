@@ -29,7 +29,10 @@ Found by the fuzzer (``test_fuzz.py``), with their regression tests here:
 * a path whose bytes are not UTF-8 (``file:///tmp/%FF``) in an error message or a result
   made the reply unencodable: no reply at all, the client waited forever;
 * ``fs/createDirectory`` of a path a thousand levels deep, and ``fs/remove`` of such a tree,
-  failed with "internal error: maximum recursion depth exceeded".
+  failed with "internal error: maximum recursion depth exceeded";
+* a sandboxed ``process/start`` that could not spawn (a missing cwd, a bad env name) answered
+  "internal error: ..." with -32603 and logged a traceback, where the same start without a
+  sandbox answers -32603 or -32602 with the reason.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from exec_server.paths import to_file_uri
+from exec_server.sandbox.bwrap import support
 
 from .sandbox_support import workspace_write
 from .support import PATH_ENV, REPO, Client, pid_alive, running_server, server_command
@@ -274,3 +278,25 @@ async def test_a_tree_a_thousand_levels_deep_is_removed_under_a_sandbox_profile(
     params = {"path": str(work / "tree"), "recursive": True, "sandbox": sandbox}
     assert await client.call("fs/remove", params) == {}
     assert os.listdir(work) == []
+
+
+# ---- found by the fuzzer: sandboxed starts that cannot spawn ----------------------------------
+
+
+@pytest.mark.skipif(not support().usable, reason=f"bubblewrap cannot run here: {support().reason}")
+async def test_a_sandboxed_start_that_cannot_spawn_says_why(
+    client: Client, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sandbox = workspace_write(to_file_uri(str(tmp_path)))
+    cases = [
+        ({"cwd": str(tmp_path / "missing")}, -32603, "No such file or directory"),
+        ({"env": {**PATH_ENV, "A=": "x"}}, -32602, "illegal environment variable name"),
+    ]
+    for changes, code, reason in cases:
+        params = {**start_params("s", ["true"], cwd=str(tmp_path), sandbox=sandbox), **changes}
+        reply = await client.request("process/start", params)
+        assert reply["error"]["code"] == code, reply
+        assert reason in reply["error"]["message"], reply
+        assert not reply["error"]["message"].startswith("internal error"), reply
+    await client.run("s", ["true"], cwd=str(tmp_path), sandbox=sandbox)  # the id is free again
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
