@@ -121,13 +121,37 @@ class _Result(msgspec.Struct, gc=False):
 
 def encode_result(request_id: RequestId, result: Any) -> bytes:
     """A success reply; ``result`` is any wire value (a result struct, usually)."""
-    return _encode(_Result(request_id, result))
+    try:
+        return _encode(_Result(request_id, result))
+    except UnicodeEncodeError:  # a path that is not UTF-8 (see lossy)
+        return _encode(_Result(request_id, _lossy_values(msgspec.to_builtins(result))))
 
 
 def encode_error(request_id: RequestId, code: int, message: str) -> bytes:
     """An error reply, in the reference's shape (no ``data``, no ``jsonrpc``)."""
-    return b'{"error":{"code":%d,"message":%s},"id":%s}' % (
-        code,
-        _encode(message),
-        _encode(request_id),
-    )
+    try:
+        text = _encode(message)
+    except UnicodeEncodeError:  # a path that is not UTF-8 (see lossy)
+        text = _encode(lossy(message))
+    return b'{"error":{"code":%d,"message":%s},"id":%s}' % (code, text, _encode(request_id))
+
+
+def lossy(text: str) -> str:
+    """``text`` as UTF-8 can carry it. A path whose bytes are not UTF-8 reaches a reply as
+    ``os.fsdecode`` gives it, with lone surrogates that no JSON encoder takes; each such byte
+    becomes U+FFFD, as in the reference's lossy conversion."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that does not stand for a byte
+        data = text.encode("utf-8", "surrogatepass")
+    return data.decode("utf-8", "replace")
+
+
+def _lossy_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return lossy(value)
+    if isinstance(value, dict):
+        return {lossy(k): _lossy_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_lossy_values(v) for v in value]
+    return value

@@ -79,9 +79,27 @@ def write_file(path: str, data: bytes) -> None:
 def create_directory(path: str, recursive: bool) -> None:
     """``mkdir -p`` (an existing directory is fine) or a single ``mkdir``."""
     if recursive:
-        os.makedirs(path, exist_ok=True)
+        make_dirs(path)
     else:
         os.mkdir(path)
+
+
+def make_dirs(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)`` without recursion, so a path thousands of missing
+    levels deep cannot exhaust the stack (``os.makedirs`` recurses once per missing level)."""
+    missing: list[str] = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            if not os.path.isdir(directory):  # a file took the name: as os.makedirs says
+                raise
 
 
 class Metadata(msgspec.Struct, frozen=True):
@@ -167,16 +185,69 @@ def remove(path: str, recursive: bool, force: bool) -> None:
     elif not recursive:
         os.rmdir(path)
     else:
+        remove_tree(path, None, force)
 
-        def on_error(function: Any, failed_path: str, exc_info: Any) -> None:
-            exc = exc_info[1]
-            if force and isinstance(exc, FileNotFoundError):
-                return
-            raise exc
 
-        import shutil  # on first use: it is not needed at start-up
+_TREE_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-        shutil.rmtree(path, onerror=on_error)
+_TreeLevel = tuple[int, str, int | None, list[str]]
+"""A directory of a tree being removed: its fd, its name, its parent's fd, and the names of
+its subdirectories still to remove."""
+
+
+def remove_tree(name: str, dir_fd: int | None, force: bool) -> None:
+    """The directory ``name`` (relative to ``dir_fd``) and all it holds, as ``shutil.rmtree``
+    does it but without recursion: Python 3.11's recurses once per level, so a tree a
+    thousand levels deep failed with RecursionError. Each directory is opened relative to
+    its parent with ``O_NOFOLLOW``, so a symlink is removed, never followed, even one
+    swapped in meanwhile. Entries that vanish meanwhile are fine when ``force`` is set."""
+    top = _open_tree_level(name, dir_fd, force)
+    stack: list[_TreeLevel] = [] if top is None else [top]
+    try:
+        while stack:
+            fd, level_name, parent, subdirectories = stack[-1]
+            if subdirectories:
+                level = _open_tree_level(subdirectories.pop(), fd, force)
+                if level is not None:
+                    stack.append(level)
+                continue
+            stack.pop()
+            os.close(fd)
+            try:
+                os.rmdir(level_name, dir_fd=parent)
+            except FileNotFoundError:
+                if not force:
+                    raise
+    finally:
+        for fd, *_ in stack:
+            os.close(fd)
+
+
+def _open_tree_level(name: str, dir_fd: int | None, force: bool) -> _TreeLevel | None:
+    """Open a directory of a tree being removed and unlink what it holds but directories;
+    None when it vanished meanwhile (and ``force`` is set)."""
+    try:
+        fd = os.open(name, _TREE_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if force:
+            return None
+        raise
+    subdirectories: list[str] = []
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirectories.append(entry.name)
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+                except FileNotFoundError:
+                    if not force:
+                        raise
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name, dir_fd, subdirectories
 
 
 def copy(source: str, destination: str, recursive: bool) -> None:
@@ -213,7 +284,7 @@ def _is_same_or_inside(destination: str, source: str) -> bool:
 
 def _copy_tree(source: str, destination: str) -> None:
     """Copy a directory tree without recursion (deep trees cannot exhaust the stack)."""
-    os.makedirs(destination, exist_ok=True)
+    make_dirs(destination)
     pending = [(source, destination)]
     while pending:
         from_dir, to_dir = pending.pop()

@@ -205,6 +205,7 @@ def start(
     return _start_sandboxed(connection, params.process_id, request, profile)
 
 
+@_mapped_async
 async def _start_sandboxed(
     connection: Connection, process_id: str, request: SpawnRequest, profile: SandboxRequest | None
 ) -> ProcessStartResult:

@@ -28,13 +28,12 @@ import functools
 import os
 import posixpath
 import secrets
-import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import invalid_request
+from ..fs import operations as ops
 from .policy import Access, Policy
 
 _SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64
@@ -128,12 +127,7 @@ def remove(policy: Policy, path: str, recursive: bool, force: bool) -> None:
             os.rmdir(spot.name, dir_fd=spot.dir_fd)
         else:
             _require_tree(policy, spot.path, Access.WRITE)
-
-            def on_error(function: Any, failed: str, exc_info: Any) -> None:
-                if not (force and isinstance(exc_info[1], FileNotFoundError)):
-                    raise exc_info[1]
-
-            shutil.rmtree(spot.name, onerror=on_error, dir_fd=spot.dir_fd)
+            ops.remove_tree(spot.name, spot.dir_fd, force)
     finally:
         spot.close()
 
