@@ -112,3 +112,18 @@ async def test_an_evicted_process_is_freed_by_reference_counting() -> None:
             assert left() == []
         finally:
             gc.enable()
+
+
+def test_a_closed_process_leaves_the_id_cache() -> None:
+    """The notification encoder caches the JSON of live process ids only: ids of closed ones
+    kept the allocator's arenas of a burst of processes from being given back."""
+    from exec_server.protocol import ProcessNotifications, msgspec_base64
+
+    notifications = ProcessNotifications(msgspec_base64)
+    assert b'"processId":"a"' in notifications.output("a", 1, "stdout", b"x")
+    assert b'"processId":"a"' in notifications.closed("a", 2)
+    assert notifications._ids == {}
+    assert (
+        notifications.closed("b", 1)
+        == b'{"method":"process/closed","params":{"processId":"b","seq":1}}'
+    )
