@@ -25,6 +25,7 @@ class Resources:
     threads: int
     children: int  # live descendants that are not helpers: processes started for clients
     zombies: int  # descendants that exited and were not reaped (helpers included)
+    helpers_uss: int  # bytes of ``rss`` that the helpers hold alone (the rest: the server's)
 
 
 class ServerProbe:
@@ -99,7 +100,12 @@ class ServerProbe:
                 zombies += 1
             elif p.pid not in helpers:
                 children += 1
-        return Resources(self.rss(), fds, threads, children, zombies)
+        rss = self.rss()
+        try:
+            own = int(self.proc.memory_info().rss)
+        except psutil.Error:
+            own = rss
+        return Resources(rss, fds, threads, children, zombies, rss - own)
 
     def descendants(self) -> list[psutil.Process]:
         try:

@@ -545,6 +545,7 @@ async def _settle(probe: ServerProbe, before: Resources, sizes: SoakSizes) -> Me
     out: Metrics = {"settled_after_s": waited}
     for name, snap in (("before", before), ("end", end), ("after", after)):
         out[f"rss_{name}_mib"] = snap.rss / MiB
+        out[f"rss_helpers_{name}_mib"] = snap.helpers_uss / MiB
         out[f"fds_{name}"] = snap.fds
         out[f"threads_{name}"] = snap.threads
         out[f"children_{name}"] = snap.children
