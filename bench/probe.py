@@ -10,9 +10,22 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
 
 import psutil  # type: ignore[import-untyped]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What the server holds at one moment (server process plus helpers), and what it left."""
+
+    rss: int  # bytes, as :meth:`ServerProbe.rss`
+    fds: int  # open file descriptors
+    threads: int
+    children: int  # live descendants that are not helpers: processes started for clients
+    zombies: int  # descendants that exited and were not reaped (helpers included)
+    helpers_uss: int  # bytes of ``rss`` that the helpers hold alone (the rest: the server's)
 
 
 class ServerProbe:
@@ -64,6 +77,35 @@ class ServerProbe:
                 continue
             total += t.user + t.system
         return total
+
+    def resources(self) -> Resources:
+        """fds, threads, children and zombies now (helpers refreshed first), and RSS."""
+        self.refresh_helpers()
+        fds = threads = 0
+        for p in self._members():
+            try:
+                with p.oneshot():
+                    fds += p.num_fds()
+                    threads += p.num_threads()
+            except psutil.Error:
+                continue
+        helpers = {p.pid for p in self._helpers}
+        children = zombies = 0
+        for p in self.descendants():
+            try:
+                status = p.status()
+            except psutil.Error:
+                continue
+            if status == psutil.STATUS_ZOMBIE:
+                zombies += 1
+            elif p.pid not in helpers:
+                children += 1
+        rss = self.rss()
+        try:
+            own = int(self.proc.memory_info().rss)
+        except psutil.Error:
+            own = rss
+        return Resources(rss, fds, threads, children, zombies, rss - own)
 
     def descendants(self) -> list[psutil.Process]:
         try:

@@ -103,7 +103,7 @@ def verdict(metric: Metric, transport: str, ours: float | None, rat: dict[str, f
     return "ok" if all(checks) else "MISS"
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
     if value is None:
         return "-"
     if value >= 1000:
@@ -140,8 +140,8 @@ def table(
                 [
                     metric.label,
                     metric.unit,
-                    *(_fmt(per_server.get(s)) for s in servers),
-                    *(_fmt(rat.get(r)) for r in refs),
+                    *(fmt(per_server.get(s)) for s in servers),
+                    *(fmt(rat.get(r)) for r in refs),
                     metric.target(),
                     verdict(metric, transport, ours, rat),
                 ]

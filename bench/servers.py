@@ -178,6 +178,7 @@ class RunningServer:
         self._protocol = protocol
         self._stderr_path = stderr_path
         self.pid = proc.get_pid()
+        self.url = ""  # ws:// address, for more connections to the same server
         self.probe = ServerProbe(self.pid)
         self.client: Client
         self._ws: ClientConnection | None = None
@@ -192,23 +193,40 @@ class RunningServer:
         return " | ".join(text.strip().splitlines()[-lines:])
 
     async def _connect_ws(self, url: str) -> None:
-        client: Client | None = None
+        self.client, self._fast_ws = await ws_client(url, self.spec.cwd)
 
-        def on_message(data: memoryview) -> None:
-            assert client is not None
-            client.on_message(data)
+    async def connect(self) -> tuple[Client, WsConnection]:
+        """Another client of this (WebSocket) server, initialized; the caller closes it."""
+        if not self.url:
+            raise ServerStartError(f"{self.spec.name} over {self.transport}: not a ws:// server")
+        client, conn = await ws_client(self.url, self.spec.cwd)
+        try:
+            await asyncio.wait_for(client.initialize(), START_TIMEOUT)
+        except BaseException:
+            await conn.close()
+            raise
+        return client, conn
 
-        def on_lost(exc: BaseException | None) -> None:
-            if client is not None:
-                client.connection_lost(exc)
+    def pause_reading(self) -> None:
+        """The client stops reading what the server sends (it keeps its connection)."""
+        if self._fast_ws is not None:
+            self._fast_ws.pause_reading()
+        elif self.transport == "stdio":
+            cast(asyncio.ReadTransport, self._proc.get_pipe_transport(1)).pause_reading()
+        else:
+            raise NotImplementedError("pause_reading with the websockets library")
 
-        conn = await ws_connect(url, on_message, on_lost, START_TIMEOUT)
-        self._fast_ws = conn
+    def resume_reading(self) -> None:
+        if self._fast_ws is not None:
+            self._fast_ws.resume_reading()
+        elif self.transport == "stdio":
+            cast(asyncio.ReadTransport, self._proc.get_pipe_transport(1)).resume_reading()
+        else:
+            raise NotImplementedError("resume_reading with the websockets library")
 
-        async def send(data: bytes) -> None:
-            conn.send(data)
-
-        client = self.client = Client(send, cwd=self.spec.cwd)
+    def alive(self) -> bool:
+        """The server process has not exited."""
+        return not self._protocol.exited.done()
 
     async def _connect_websockets(self, url: str) -> None:
         ws = await connect(
@@ -291,6 +309,27 @@ class RunningServer:
         await self.stop()
 
 
+async def ws_client(url: str, cwd: str) -> tuple[Client, WsConnection]:
+    """A :class:`Client` over the lean WebSocket client, connected (not yet initialized)."""
+    client: Client | None = None
+
+    def on_message(data: memoryview) -> None:
+        assert client is not None
+        client.on_message(data)
+
+    def on_lost(exc: BaseException | None) -> None:
+        if client is not None:
+            client.connection_lost(exc)
+
+    conn = await ws_connect(url, on_message, on_lost, START_TIMEOUT)
+
+    async def send(data: bytes) -> None:
+        conn.send(data)
+
+    client = Client(send, cwd=cwd)
+    return client, conn
+
+
 async def start_server(
     spec: ServerSpec, transport: str, *, ws_library: bool = False
 ) -> RunningServer:
@@ -326,6 +365,7 @@ async def start_server(
             url = await asyncio.wait_for(protocol.first_line, START_TIMEOUT)
             if not url.startswith("ws://"):
                 raise ServerStartError(f"first stdout line is not a ws:// URL: {url[:80]!r}")
+            server.url = url
             if ws_library:
                 await server._connect_websockets(url)
             else:

@@ -86,22 +86,28 @@ async def _finish(
 # -- 1. spawn latency ------------------------------------------------------------------------
 
 
-async def spawn(server: RunningServer, sizes: Sizes) -> Metrics:
-    """Sequential `true`: process/start sent → process/closed received."""
+async def spawn(server: RunningServer, sizes: Sizes, *, prefix: str = "s") -> Metrics:
+    """Sequential `true`: process/start sent → process/closed received.
+
+    Process ids are ``prefix`` and a number: a closed id stays taken for the retention time.
+    """
     client = server.client
     samples: list[float] = []
+    failed = 0
     for i in range(sizes.spawn_n):
-        pid = f"s{i}"
+        pid = f"{prefix}{i}"
         w = client.watch(pid)
         t0 = time.perf_counter()
         reply = await client.start(pid, ["true"])
         await _finish(server, pid, w, "true")
         samples.append(time.perf_counter() - t0)
         await reply
+        failed += w.exit_code != 0
         client.unwatch(pid)
     return {
         "spawn_median_ms": statistics.median(samples) * 1e3,
         "spawn_p95_ms": percentile(samples, 95) * 1e3,
+        "spawn_nonzero_exits": failed,
     }
 
 

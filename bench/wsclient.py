@@ -219,6 +219,18 @@ class WsConnection:
     def send(self, message: bytes) -> None:
         self._protocol.send(_OP_TEXT, message)
 
+    def send_binary(self, message: bytes) -> None:
+        """A binary frame: the protocol parses it as UTF-8 JSON too, but the WebSocket layer
+        does not check it is UTF-8 (in a text frame, invalid UTF-8 may end the connection)."""
+        self._protocol.send(_OP_BINARY, message)
+
+    def pause_reading(self) -> None:
+        """Stop taking bytes from the socket: the kernel buffers fill, then the server's."""
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
     async def close(self) -> None:
         self._protocol.send(_OP_CLOSE, struct.pack("!H", 1000))
         self._transport.close()

@@ -443,6 +443,9 @@ class ProcessManager:
         )
 
     def _evict(self, process: ManagedProcess) -> None:
+        # The timer that called us holds the process, which holds the timer: let go, so the
+        # record is freed now by reference counting, not by a full garbage collection.
+        process.eviction = None
         process.cancel_timers(grace=True)
         if self._processes.get(process.process_id) is process:
             del self._processes[process.process_id]

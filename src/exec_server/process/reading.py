@@ -78,6 +78,14 @@ class Stream(msgspec.Struct, eq=False):
 OutputCallback = Callable[[str, bytes], None]
 
 
+def _no_output(stream: str, data: bytes) -> None:
+    pass
+
+
+def _no_end() -> None:
+    pass
+
+
 class OutputReader:
     """Reads the output streams of one child with event-loop callbacks (no task per stream).
 
@@ -158,8 +166,14 @@ class OutputReader:
             os.close(stream.fd)
 
     def close(self) -> None:
-        """Stop reading every stream now and close the fds it owns; ``on_end`` is not called."""
+        """Stop reading every stream now and close the fds it owns; ``on_end`` is not called.
+
+        The callbacks are let go too: they hold the process whose reader this is, which holds
+        the reader, and that cycle would outlive the process's eviction until a full run of
+        the cyclic garbage collector (rare by design: see ``cli.py``)."""
         for stream in list(self._streams):
             with contextlib.suppress(OSError):
                 self._forget(stream)
         self._streams.clear()
+        self._on_output = _no_output
+        self._on_end = _no_end
