@@ -372,6 +372,7 @@ def runtime_from_args(args: argparse.Namespace, address: ListenAddress) -> Runti
         pybase64=not args.no_pybase64,
         pidfd=not args.no_pidfd,
         subreaper=True,  # the command owns its process: it adopts and reaps orphans
+        return_memory=True,  # and its memory: given back after bursts (memory.py)
     ).resolve()
 
 

@@ -105,6 +105,9 @@ class Runtime(msgspec.Struct, frozen=True):
             subreaper), reaps them, and kills them with the child they came from. The
             ``exec-server`` command turns it on (as it does when it runs as PID 1); a program
             embedding the server, which may have children of its own, leaves it off.
+        return_memory: a while after processes or sessions are let go, run a full garbage
+            collection and give free heap back to the system (``memory.py``). The command
+            turns it on; a program embedding the server keeps its own memory policy.
     """
 
     native_spawn: bool = True
@@ -112,6 +115,7 @@ class Runtime(msgspec.Struct, frozen=True):
     pybase64: bool = True
     pidfd: bool = True
     subreaper: bool = False
+    return_memory: bool = False
 
     def resolve(self) -> Runtime:
         """This runtime, less what is not installed or not supported here."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from . import __version__
 from .capabilities import capabilities
 from .config import Guards, Limits, Runtime
+from .memory import MemoryReturn, nothing
 from .paths import to_file_uri
 from .process.exits import ExitWatcher
 from .process.keeper import Keeper
@@ -97,11 +98,13 @@ class Server:
         self.exits = ExitWatcher(
             use_pidfd=self.runtime.pidfd, reap_orphans=self.runtime.subreaper, keeper=keeper
         )
+        self.memory = MemoryReturn() if self.runtime.return_memory else None
         self.sessions = SessionRegistry(
             self.limits,
             functools.partial(spawn, native=self.runtime.native_spawn),
             self.exits,
             lambda: ProcessNotifications(b64encode),
+            released=nothing if self.memory is None else self.memory.soon,
         )
         self.prepend_path_dirs = tuple(prepend_path_dirs)
         self.environment_info = describe_environment(self.prepend_path_dirs)
@@ -112,3 +115,5 @@ class Server:
         for session in self.sessions.shutdown():
             await session.processes.wait_reaped(timeout)
         self.exits.close()
+        if self.memory is not None:
+            self.memory.close()

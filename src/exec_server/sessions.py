@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from .config import Limits
 from .errors import invalid_request
+from .memory import nothing
 from .process.exits import ExitWatcher
 from .process.manager import ExitInfo, ProcessManager, Spawner
 from .process.signals import signal_name
@@ -50,11 +51,12 @@ class Session:
         spawner: Spawner,
         exits: ExitWatcher,
         notifications: ProcessNotifications,
+        released: Callable[[], None] = nothing,
     ) -> None:
         self.id = session_id
         self.state = SessionState.DETACHED
         self.connection: Connection | None = None
-        self.processes = ProcessManager(limits, self, spawner, exits)
+        self.processes = ProcessManager(limits, self, spawner, exits, released)
         self.resources = Resources()
         self._notifications = notifications
         self._expiry: asyncio.TimerHandle | None = None
@@ -140,11 +142,14 @@ class SessionRegistry:
         spawner: Spawner,
         exits: ExitWatcher,
         make_notifications: Callable[[], ProcessNotifications],
+        released: Callable[[], None] = nothing,
     ) -> None:
+        """``released``: called when processes are let go (see ``memory.py``)."""
         self.limits = limits
         self._spawner = spawner
         self._exits = exits
         self._make_notifications = make_notifications
+        self._released = released
         self._sessions: dict[str, Session] = {}
 
     def __len__(self) -> int:
@@ -167,6 +172,7 @@ class SessionRegistry:
             self._spawner,
             self._exits,
             self._make_notifications(),
+            self._released,
         )
         self._sessions[session.id] = session
         session.attach(connection)

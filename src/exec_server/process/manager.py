@@ -29,6 +29,7 @@ import msgspec
 
 from ..config import Limits
 from ..errors import os_error_message
+from ..memory import nothing
 from .errors import (
     DuplicateProcess,
     InvalidSpawn,
@@ -215,12 +216,20 @@ class ProcessManager:
     """The process table of one session."""
 
     def __init__(
-        self, limits: Limits, sink: EventSink, spawner: Spawner, exits: ExitWatcher
+        self,
+        limits: Limits,
+        sink: EventSink,
+        spawner: Spawner,
+        exits: ExitWatcher,
+        released: Callable[[], None] = nothing,
     ) -> None:
+        """``released``: called when records are let go (eviction, teardown): the server may
+        give memory back then (``memory.py``)."""
         self.limits = limits
         self.sink = sink
         self._spawn = spawner
         self._exits = exits
+        self._released = released
         self._loop = asyncio.get_running_loop()
         self._processes: dict[str, ManagedProcess] = {}
         self._paused: set[ManagedProcess] = set()
@@ -458,6 +467,7 @@ class ProcessManager:
         if len(self._leftovers) >= self._leftovers_pruned_at:
             self._leftovers = with_living_members(self._leftovers)
             self._leftovers_pruned_at = max(LEFTOVERS_PRUNE_MIN, 2 * len(self._leftovers))
+        self._released()
 
     def _release(self, process: ManagedProcess) -> None:
         """Close every fd of the process (its reader's, its stdin, a PTY master)."""
@@ -634,6 +644,7 @@ class ProcessManager:
                 keeper.finished(root)
         self._leftovers.clear()
         self._not_closed = 0
+        self._released()
 
     async def wait_reaped(self, timeout: float) -> None:
         """Wait until every child has been reaped (after :meth:`kill_all`)."""
