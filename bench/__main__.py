@@ -11,6 +11,7 @@ import resource
 import shlex
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -246,13 +247,18 @@ async def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_on_fast_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run a bench's client side; the client's own speed is not under test, so it gets
+    uvloop where installed."""
     try:
-        import uvloop  # the client's own speed is not under test: give it the fast loop
+        import uvloop
     except ImportError:
-        return asyncio.run(run(args))
-    return uvloop.run(run(args))
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_on_fast_loop(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import msgspec
 import psutil  # type: ignore[import-untyped]
 
 from bench import report, servers, workloads
-from bench.__main__ import raise_fd_limit
+from bench.__main__ import raise_fd_limit, run_on_fast_loop
 from bench.client import ConnectionLost
 from bench.probe import PeakRss, Resources, ServerProbe
 from bench.servers import RunningServer, ServerSpec, ServerStartError
@@ -917,12 +917,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        import uvloop  # the client's own speed is not under test: give it the fast loop
-    except ImportError:
-        return asyncio.run(run(args))
-    return uvloop.run(run(args))
+    return run_on_fast_loop(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

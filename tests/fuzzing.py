@@ -42,7 +42,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes, urlsplit
@@ -1464,12 +1464,3 @@ def living(children: dict[int, float]) -> list[str]:
             if process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE:
                 alive.append(f"{pid} {process.cmdline()}")
     return alive
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()

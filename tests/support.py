@@ -13,8 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,17 @@ def os_pipe(*, nonblocking: str) -> Iterator[tuple[int, int]]:
         for fd in (r, w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def wait_until_sync(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass; its last answer (for
+    tests without a running loop)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
 
 
 def read_exactly(fd: int, size: int) -> bytes:

@@ -22,6 +22,7 @@ from exec_server.methods import METHODS
 
 from . import fuzzing
 from .fuzzing import Channel, Draft, Ledger, World
+from .support import wait_until_sync
 
 EXAMPLES_PER_METHOD = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 """Examples led by each method (``process/start``: three times as many, as the others act
@@ -91,8 +92,8 @@ def test_fuzz_over_stdio(tmp_path: Path) -> None:
             _fuzz(channel, world, ledger)
             channel.close()  # EOF: the session ends, every child is killed, the server exits
             assert channel.proc.returncode == 0
-            assert fuzzing.wait_for(lambda: not fuzzing.living(ledger.children), 15), (
-                fuzzing.living(ledger.children)
+            assert wait_until_sync(lambda: not fuzzing.living(ledger.children), 15), fuzzing.living(
+                ledger.children
             )
             _no_tracebacks(bytes(channel.stderr.text))
         finally:
@@ -116,7 +117,7 @@ def test_fuzz_over_websocket(tmp_path: Path) -> None:
                 finally:
                     channel.close()
                 # --detach-grace 0: the session ends with its connection, its children with it.
-                assert fuzzing.wait_for(lambda: not fuzzing.living(ledger.children), 15), (
+                assert wait_until_sync(lambda: not fuzzing.living(ledger.children), 15), (
                     fuzzing.living(ledger.children)
                 )
                 assert proc.poll() is None, "the server exited"

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from .harness import EXECUTOR_MARK, Executor, Workspace, run_agent, wait_until_sync
+from ..support import wait_until_sync
+from .harness import EXECUTOR_MARK, Executor, Workspace, run_agent
 from .model import apply_patch, exec_command, write_stdin
 
 pytestmark = pytest.mark.timeout(240)
