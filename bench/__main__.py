@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
-import platform
 import resource
 import shlex
 import sys
@@ -206,12 +204,7 @@ async def run(args: argparse.Namespace) -> int:
     payload = {
         "started": started.isoformat(timespec="seconds"),
         "duration_s": round(duration, 1),
-        "host": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg_at_end": os.getloadavg(),
-        },
+        "host": report.host_info(),
         "options": {
             "reps": args.reps,
             "reps_by_workload": reps,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +165,13 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
+
+
+def host_info() -> dict[str, Any]:
+    """The machine a run's JSON was measured on, and how loaded it was at the end."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "loadavg_at_end": os.getloadavg(),
+    }

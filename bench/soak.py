@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
-import platform
 import sys
 import time
 from collections import Counter
@@ -891,12 +889,7 @@ async def run(args: argparse.Namespace) -> int:
     payload = {
         "started": started.isoformat(timespec="seconds"),
         "duration_s": round(duration, 1),
-        "host": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg_at_end": os.getloadavg(),
-        },
+        "host": report.host_info(),
         "quick": args.quick,
         "sizes": asdict(sizes),
         "conditions": {"rss_bound_mib": RSS_BOUND / MiB, "rss_tolerance_mib": RSS_TOLERANCE / MiB},
