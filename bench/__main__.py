@@ -139,8 +139,7 @@ async def run_one(
         work = workloads.WORKLOADS[name](server, sizes)
         record["metrics"] = await asyncio.wait_for(work, WORKLOAD_TIMEOUT)
     except Exception as exc:
-        tail = server.stderr_tail()
-        record["error"] = f"{type(exc).__name__}: {exc}" + (f"; stderr: {tail}" if tail else "")
+        record["error"] = server.failure(exc)
     finally:
         await server.stop()
     record["seconds"] = round(time.perf_counter() - t0, 3)

@@ -192,6 +192,12 @@ class RunningServer:
             return ""
         return " | ".join(text.strip().splitlines()[-lines:])
 
+    def failure(self, exc: BaseException) -> str:
+        """What went wrong in a run against this server, with the end of its stderr."""
+        tail = self.stderr_tail()
+        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return detail + (f"; stderr: {tail}" if tail else "")
+
     async def _connect_ws(self, url: str) -> None:
         self.client, self._fast_ws = await ws_client(url, self.spec.cwd)
 
@@ -372,10 +378,9 @@ async def start_server(
                 await server._connect_ws(url)
         await asyncio.wait_for(server.client.initialize(), START_TIMEOUT)
     except Exception as exc:
-        tail = server.stderr_tail()
+        detail = server.failure(exc)  # before stop(), which removes the stderr file
         await server.stop()
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise ServerStartError(f"{detail}{'; stderr: ' + tail if tail else ''}") from exc
+        raise ServerStartError(detail) from exc
     except BaseException:
         await server.stop()
         raise

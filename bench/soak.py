@@ -819,8 +819,7 @@ async def run_row(spec: ServerSpec, row: str, sizes: SoakSizes) -> dict[str, Any
         record["metrics"] = await asyncio.wait_for(ROWS[row](server, sizes), ROW_TIMEOUT)
         record["alive_at_end"] = server.alive()
     except Exception as exc:
-        tail = server.stderr_tail()
-        record["error"] = f"{type(exc).__name__}: {exc}" + (f"; stderr: {tail}" if tail else "")
+        record["error"] = server.failure(exc)
     finally:
         await server.stop()
     record["seconds"] = round(time.perf_counter() - t0, 1)
