@@ -3,8 +3,9 @@
 A burst of processes leaves the heap at its high-water mark: the records are freed, but
 the allocator keeps the pages (and objects in reference cycles wait for a full collection,
 which the command makes rare: see ``cli.py``). A while after the last release, one full
-collection and glibc's ``malloc_trim`` return what is free, so a server that ran ten
-thousand processes goes back to about where it started (bench/README.md, "Soak").
+collection and glibc's ``malloc_trim`` return what is free: most of what a burst of ten
+thousand processes took comes back (not all: the interpreter's own arenas keep what they
+hold; bench/README.md, "Soak", has the figures).
 """
 
 from __future__ import annotations
