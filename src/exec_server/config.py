@@ -61,6 +61,14 @@ class Limits(msgspec.Struct, frozen=True):
             file used as a ring buffer: page cache the kernel can write back and reclaim,
             where the heap could not be (see ``process/output.py``). 0 spills from the first
             byte; a value at or above ``retained_output_bytes`` never spills.
+        forward_window_bytes: per forwarded TCP stream, the bytes a client may send before
+            the server grants more (ours; ``docs/forwarding.md``): the most of a client's
+            bytes one stream holds while its destination does not read.
+        forward_read_bytes: the largest single read from a forwarded socket, and so the
+            largest ``forward/data`` notification.
+        forward_max_streams: forwarded streams one connection may have open at once; with
+            ``forward_window_bytes`` it bounds what one session's streams can hold.
+        forward_connect_timeout_s: how long ``forward/open`` tries to connect.
     """
 
     retained_output_bytes: int = MIB
@@ -82,6 +90,10 @@ class Limits(msgspec.Struct, frozen=True):
     max_processes_per_session: int = 1024
     http_response_max_bytes: int = 512 * MIB
     spill_threshold_bytes: int = 64 * 1024
+    forward_window_bytes: int = MIB
+    forward_read_bytes: int = 256 * 1024
+    forward_max_streams: int = 256
+    forward_connect_timeout_s: float = 10.0
 
 
 class Runtime(msgspec.Struct, frozen=True):

@@ -30,6 +30,7 @@ EXTENSIONS: dict[str, bool] = {
     "drainTimeout": True,  # `drainTimeoutMs` on process/start; `drained` on process/closed
     "treeKill": True,  # terminate, timeouts and session ends reach setsid descendants
     "terminatedBy": True,  # `terminatedBy` and `signal` on process/exited
+    "forward": True,  # forward/*: TCP streams to a host:port reached from the server
 }
 """Ours, beyond the reference: one flag per protocol extension, in ``initialize``'s answer
 where reference clients ignore it (the README's protocol section describes each)."""

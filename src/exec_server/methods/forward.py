@@ -1,0 +1,155 @@
+"""``forward/*`` (ours): TCP streams to a host:port reached from the server, for port forwarding.
+
+Maps :mod:`..forwarding` to the wire: requests to :class:`~..forwarding.streams.StreamTable`
+calls, its events to notifications, its errors to JSON-RPC errors. The table belongs to the
+connection (its streams end with it). ``docs/forwarding.md`` is the protocol's description.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import RpcError, internal_error, invalid_request
+from ..forwarding.errors import ConnectFailed, ForwardError, StreamRefused, UnknownStream
+from ..forwarding.streams import StreamTable
+from ..protocol import (
+    EmptyResult,
+    ForwardCreditParams,
+    ForwardNotifications,
+    ForwardOpenParams,
+    ForwardOpenResult,
+    ForwardStreamParams,
+    ForwardWriteParams,
+    base64_encoder,
+)
+from . import method
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+
+FORWARD = "forward"
+R = TypeVar("R")
+
+
+class _WireEvents:
+    """A table's events as notifications to one connection."""
+
+    __slots__ = ("_connection", "_encode")
+
+    def __init__(self, connection: Connection, encode: ForwardNotifications) -> None:
+        self._connection = connection
+        self._encode = encode
+
+    def data(self, stream_id: str, data: memoryview) -> bool:
+        return self._connection.send_notification(self._encode.data(stream_id, data))
+
+    def credit(self, stream_id: str, granted: int) -> None:
+        self._connection.send_notification(self._encode.credit(stream_id, granted))
+
+    def eof(self, stream_id: str) -> None:
+        self._connection.send_notification(self._encode.eof(stream_id))
+
+    def closed(self, stream_id: str, error: str | None) -> None:
+        self._connection.send_notification(self._encode.closed(stream_id, error))
+
+    def wait_for_room(self) -> Awaitable[None]:
+        return self._connection.wait_for_room()
+
+
+def _table(connection: Connection) -> StreamTable:
+    def make() -> StreamTable:
+        server = connection.server
+        limits = server.limits
+        encode = ForwardNotifications(base64_encoder(server.runtime.pybase64))
+        deny = server.guards.http_deny
+        if deny:
+            from ..http_guard import parse_networks  # loads httpx: only when there is a rule
+
+        return StreamTable(
+            _WireEvents(connection, encode),
+            deny=parse_networks(deny) if deny else (),
+            window_bytes=limits.forward_window_bytes,
+            read_bytes=limits.forward_read_bytes,
+            max_streams=limits.forward_max_streams,
+            connect_timeout_s=limits.forward_connect_timeout_s,
+        )
+
+    return connection.resources.get(StreamTable, make)
+
+
+def _rpc_error(method_name: str, exc: ForwardError) -> RpcError:
+    if isinstance(exc, ConnectFailed):
+        return internal_error(f"{method_name} failed: {exc.message}")
+    if isinstance(exc, StreamRefused | UnknownStream):
+        return invalid_request(f"{method_name} refused: {exc.message}")
+    return invalid_request(f"{method_name}: {exc.message}")
+
+
+def _mapped(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Domain errors of a synchronous handler as JSON-RPC errors."""
+
+    def wrap(handler: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(handler)
+        def mapped(connection: Connection, params: Any) -> R:
+            try:
+                return handler(connection, params)
+            except ForwardError as exc:
+                raise _rpc_error(name, exc) from None
+
+        return mapped
+
+    return wrap
+
+
+@method("forward/open", ForwardOpenParams, FORWARD)
+def open_stream(connection: Connection, params: ForwardOpenParams) -> Awaitable[ForwardOpenResult]:
+    """Connect to ``host:port`` from here, unless the operator's rules forbid it."""
+    confinement = connection.server.guards.confinement
+    if confinement is not None and not confinement.allows_network:
+        raise invalid_request(
+            "forward/open refused: this server's confinement (--confine) restricts the network"
+        )
+    if not params.host or "\x00" in params.host:
+        raise invalid_request("forward/open refused: host must be a name or an IP address")
+    return _open(_table(connection), params)
+
+
+async def _open(table: StreamTable, params: ForwardOpenParams) -> ForwardOpenResult:
+    try:
+        window = await table.open(params.stream_id, params.host, params.port, params.window)
+    except ForwardError as exc:
+        raise _rpc_error("forward/open", exc) from None
+    return ForwardOpenResult(params.stream_id, window)
+
+
+_EMPTY = EmptyResult()
+
+
+@method("forward/write", ForwardWriteParams, FORWARD)
+@_mapped("forward/write")
+def write(connection: Connection, params: ForwardWriteParams) -> EmptyResult:
+    _table(connection).write(params.stream_id, params.data)
+    return _EMPTY
+
+
+@method("forward/credit", ForwardCreditParams, FORWARD)
+@_mapped("forward/credit")
+def credit(connection: Connection, params: ForwardCreditParams) -> EmptyResult:
+    _table(connection).credit(params.stream_id, params.granted)
+    return _EMPTY
+
+
+@method("forward/shutdown", ForwardStreamParams, FORWARD)
+@_mapped("forward/shutdown")
+def shutdown(connection: Connection, params: ForwardStreamParams) -> EmptyResult:
+    _table(connection).shutdown(params.stream_id)
+    return _EMPTY
+
+
+@method("forward/close", ForwardStreamParams, FORWARD)
+@_mapped("forward/close")
+def close(connection: Connection, params: ForwardStreamParams) -> EmptyResult:
+    _table(connection).close(params.stream_id)
+    return _EMPTY
