@@ -43,6 +43,7 @@ from .errors import (
 )
 from .fs import RemoteFS, RemotePath
 from .process import Closed, CompletedProcess, Exited, Output, Process
+from .tcp import ForwardedStream, Forwards, connection_lost_error
 
 log = logging.getLogger("exec_server.client")
 
@@ -127,6 +128,7 @@ class Client:
         self._lost = asyncio.Event()  # the current connection ended
         self._pending: dict[int, _Call] = {}
         self._processes: dict[str, Process] = {}
+        self._forwards = Forwards(self)
         self._catch_ups: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed_error: ExecServerError = ConnectionLost("the client is not connected")
@@ -254,6 +256,7 @@ class Client:
         for process in list(self._processes.values()):
             process._fail(error)
         self._processes.clear()
+        self._forwards.fail_all(error)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task this client owns: :meth:`close` cancels and awaits it."""
@@ -310,6 +313,8 @@ class Client:
     def _notification(self, method: str, params: msgspec.Raw) -> None:
         kind = _wire.NOTIFICATION_TYPES.get(method)
         if kind is None:
+            if method.startswith("forward/"):
+                self._forwards.notification(method, params)
             return
         try:
             decoded = _wire.decode(params, kind)
@@ -361,6 +366,25 @@ class Client:
         finally:
             self._pending.pop(call.id, None)
 
+    async def _post(
+        self, method: str, params: Any, *, subject: str | None = None
+    ) -> asyncio.Future[msgspec.Raw]:
+        """Send a call and return its reply as a future, without waiting for it; only on an
+        open connection (what it concerns would not survive a reconnect)."""
+        if self.state is not State.OPEN:
+            raise (
+                self._closed_error
+                if self.state is State.CLOSED
+                else ConnectionLost(
+                    f"the connection to {self._options.describe} is being re-established"
+                )
+            )
+        future: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
+        call = _Call(self._new_call_id(), method, params, subject, future)
+        self._pending[call.id] = call
+        await self._send(call)
+        return future
+
     async def _send(self, call: _Call) -> None:
         assert self._transport is not None
         call.generation = self._generation
@@ -377,6 +401,7 @@ class Client:
         if self.state is State.CLOSED or generation != self._generation:
             return
         self._lost.set()
+        self._end_forwards(connection_lost_error(self._options.describe))
         if self.state is State.RECONNECTING:
             return  # the reconnecting task sees it
         if not self._options.reconnect:
@@ -482,6 +507,35 @@ class Client:
                 process._settle(result.next_seq - 1, result.exited, result.exit_code, result.closed)
                 return
             after = result.chunks[-1].seq
+
+    # ---- forwarded TCP connections ----------------------------------------------------------
+
+    async def open_connection(
+        self, host: str, port: int, *, limit: int = 2**16
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to ``host:port`` made from the server's machine, as
+        :func:`asyncio.open_connection` returns one (``limit`` is the reader's, as there).
+
+        Bytes travel over this client's connection (``forward/*``; the server must announce
+        the ``forward`` extension, else :class:`NotSupported`). A destination that cannot be
+        reached, or that the server's operator forbids, raises :class:`RpcError` saying
+        why. The stream ends with the connection: if it drops, reading raises
+        :class:`ConnectionLost`, even when the session is resumed.
+        """
+        return await self._forwards.open(host, port, limit)
+
+    def _end_forwards(self, error: ExecServerError) -> None:
+        """The connection is gone, and with it the server's side of every stream: fail
+        them, and their calls (sent again on a resumed session, they would open streams
+        nobody holds, or name ones the server forgot)."""
+        self._forwards.fail_all(error)
+        for call in [c for c in self._pending.values() if c.method.startswith("forward/")]:
+            del self._pending[call.id]
+            if not call.future.done():
+                call.future.set_exception(error)
+
+    def _forget_stream(self, stream: ForwardedStream) -> None:
+        self._forwards.forget(stream)
 
     # ---- paths ----------------------------------------------------------------------------
 

@@ -1,0 +1,347 @@
+"""TCP connections made from the server's machine, as asyncio streams (port forwarding).
+
+:meth:`Client.open_connection` asks the server to connect to a host:port (``forward/open``)
+and returns a real :class:`asyncio.StreamReader` and :class:`asyncio.StreamWriter` over a
+transport that carries the bytes as ``forward/*`` messages. Flow control is the protocol's
+credit (``docs/forwarding.md``): writes leave as the server grants room, and the server is
+granted more only as the reader is drained, so neither side's memory grows with a slow
+peer. A stream ends with the connection it was opened on: a reconnect fails it with
+:class:`ConnectionLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from .errors import ConnectionLost, ExecServerError, NotSupported
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger("exec_server.client")
+
+WINDOW_BYTES = 1024 * 1024
+"""Bytes of the destination's the server may send before we grant more."""
+WRITE_CHUNK_BYTES = 256 * 1024
+"""The largest piece sent in one ``forward/write``."""
+WRITE_HIGH_WATER = 1024 * 1024
+"""Bytes queued locally past which :meth:`asyncio.StreamWriter.drain` waits."""
+
+
+class _Data(msgspec.Struct, rename="camel"):
+    stream_id: str
+    data: bytes
+
+
+class _Credit(msgspec.Struct, rename="camel"):
+    stream_id: str
+    bytes: int
+
+
+class _Closed(msgspec.Struct, rename="camel"):
+    stream_id: str
+    error: str | None = None
+
+
+class _Open(msgspec.Struct, rename="camel"):
+    stream_id: str
+    window: int
+
+
+_DATA = msgspec.json.Decoder(_Data)
+_CREDIT = msgspec.json.Decoder(_Credit)
+_CLOSED = msgspec.json.Decoder(_Closed)  # forward/eof's params decode as this too
+
+
+class ForwardedStream:
+    """One stream's client side: what the transport asks for, turned into ``forward/*``
+    calls, and the server's notifications, turned into the protocol's callbacks."""
+
+    def __init__(self, client: Client, stream_id: str, window: int) -> None:
+        self.client = client
+        self.id = stream_id
+        self.window = window
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.send_credit = 0
+        self.to_grant = 0
+        self.reading_paused = False
+        self.writing_paused = False
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.queued_bytes = 0
+        self.eof_wanted = False
+        self.close_wanted = False
+        self.closed = False
+        self.wake = asyncio.Event()
+        self.sender: asyncio.Task[None] | None = None
+        self.peer_error: str | None = None
+
+    # ---- from the server ------------------------------------------------------------------
+
+    def on_data(self, data: bytes) -> None:
+        if self.closed or self.protocol is None:
+            return
+        self.to_grant += len(data)
+        self.protocol.data_received(data)  # type: ignore[attr-defined]
+        if not self.reading_paused and self.to_grant >= self.window // 4:
+            self._grant()
+
+    def on_credit(self, granted: int) -> None:
+        self.send_credit += granted
+        self.wake.set()
+
+    def on_eof(self) -> None:
+        if not self.closed and self.protocol is not None:
+            self.protocol.eof_received()  # type: ignore[attr-defined]
+
+    def on_closed(self, error: str | None) -> None:
+        self.peer_error = error
+        self._lost(ConnectionResetError(error) if error else None)
+
+    def fail(self, error: ExecServerError) -> None:
+        self._lost(error)
+
+    def _lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.wake.set()
+        self.client._forget_stream(self)
+        if self.protocol is not None:
+            self.protocol.connection_lost(exc)
+
+    # ---- from the transport ---------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.eof_wanted or self.close_wanted or not data:
+            return
+        self.queue.append(bytes(data))
+        self.queued_bytes += len(data)
+        self.wake.set()
+        if not self.writing_paused and self.queued_bytes > WRITE_HIGH_WATER:
+            self.writing_paused = True
+            self.protocol.pause_writing()  # type: ignore[union-attr]
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+        if self.to_grant and not self.closed:
+            self._grant()
+
+    def _grant(self) -> None:
+        granted, self.to_grant = self.to_grant, 0
+        self.client._spawn(self._post("forward/credit", {"streamId": self.id, "bytes": granted}))
+
+    def shutdown(self) -> None:
+        self.eof_wanted = True
+        self.wake.set()
+
+    def close(self) -> None:
+        self.close_wanted = True
+        self.wake.set()
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.client._spawn(self._post("forward/close", {"streamId": self.id}))
+        self._lost(None)
+
+    # ---- sending --------------------------------------------------------------------------
+
+    async def send_loop(self) -> None:
+        """Send what is queued as the window allows, then the shutdown or the close."""
+        shut = False
+        try:
+            while not self.closed:
+                if self.queue and self.send_credit > 0:
+                    await self._send_some()
+                    continue
+                if not self.queue and self.eof_wanted and not shut:
+                    shut = True
+                    await self._post("forward/shutdown", {"streamId": self.id})
+                if not self.queue and self.close_wanted:
+                    await self._post("forward/close", {"streamId": self.id})
+                    self._lost(None)
+                    return
+                self.wake.clear()
+                await self.wake.wait()
+        except ExecServerError as exc:
+            self._lost(exc)
+
+    async def _send_some(self) -> None:
+        size = min(self.send_credit, WRITE_CHUNK_BYTES)
+        first = self.queue.popleft()
+        if len(first) > size:
+            self.queue.appendleft(first[size:])
+            piece = first[:size]
+        else:
+            pieces, taken = [first], len(first)
+            while self.queue and taken + len(self.queue[0]) <= size:
+                taken += len(self.queue[0])
+                pieces.append(self.queue.popleft())
+            piece = b"".join(pieces) if len(pieces) > 1 else first
+        self.send_credit -= len(piece)
+        self.queued_bytes -= len(piece)
+        await self._post("forward/write", {"streamId": self.id, "data": piece})
+        if self.writing_paused and self.queued_bytes <= WRITE_HIGH_WATER // 4:
+            self.writing_paused = False
+            if not self.closed:
+                self.protocol.resume_writing()  # type: ignore[union-attr]
+
+    async def _post(self, method: str, params: dict[str, Any]) -> None:
+        """Send a call; its reply is only checked (an error ends the stream)."""
+        with contextlib.suppress(ExecServerError):
+            future = await self.client._post(method, params, subject=self.id)
+            future.add_done_callback(self._replied)
+
+    def _replied(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None and not self.closed:
+            self._lost(error if isinstance(error, Exception) else None)
+
+
+class _Transport(asyncio.Transport):
+    """The transport a forwarded stream's :class:`asyncio.StreamWriter` writes to."""
+
+    def __init__(self, stream: ForwardedStream, extra: dict[str, Any]) -> None:
+        super().__init__(extra)
+        self._stream = stream
+        self._closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._stream.write(bytes(data))
+
+    def write_eof(self) -> None:
+        self._stream.shutdown()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return self._stream.queued_bytes
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (WRITE_HIGH_WATER // 4, WRITE_HIGH_WATER)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # fixed: the protocol's window decides how much is in flight
+
+    def pause_reading(self) -> None:
+        self._stream.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._stream.resume_reading()
+
+    def is_reading(self) -> bool:
+        return not self._stream.reading_paused and not self._stream.closed
+
+    def is_closing(self) -> bool:
+        return self._closing or self._stream.closed
+
+    def close(self) -> None:
+        """Send what is queued, then close the stream."""
+        self._closing = True
+        self._stream.close()
+
+    def abort(self) -> None:
+        self._closing = True
+        self._stream.abort()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._stream.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._stream.protocol is not None
+        return self._stream.protocol
+
+
+class Forwards:
+    """The forwarded streams of one client, by id."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._streams: dict[str, ForwardedStream] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    async def open(
+        self, host: str, port: int, limit: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        client = self._client
+        if not client.supports("forward"):
+            raise NotSupported(
+                "this server cannot forward TCP connections (it does not announce the forward "
+                "extension)"
+            )
+        stream_id = client._new_id("t")
+        stream = ForwardedStream(client, stream_id, WINDOW_BYTES)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        stream.protocol = protocol
+        transport = _Transport(stream, {"peername": (host, port), "stream_id": stream_id})
+        protocol.connection_made(transport)
+        self._streams[stream_id] = stream  # before the call: data can follow its reply at once
+        params = {"streamId": stream_id, "host": host, "port": port, "window": WINDOW_BYTES}
+        try:
+            raw = await client._request("forward/open", params, subject=f"{host}:{port}")
+        except BaseException:
+            self._streams.pop(stream_id, None)
+            raise
+        opened = msgspec.json.decode(raw, type=_Open)
+        stream.send_credit += opened.window
+        stream.sender = client._spawn(stream.send_loop())
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    def notification(self, method: str, params: msgspec.Raw) -> None:
+        """Route a ``forward/*`` notification to its stream."""
+        try:
+            if method == "forward/data":
+                data = _DATA.decode(params)
+                stream = self._streams.get(data.stream_id)
+                if stream is not None:
+                    stream.on_data(data.data)
+            elif method == "forward/credit":
+                credit = _CREDIT.decode(params)
+                stream = self._streams.get(credit.stream_id)
+                if stream is not None:
+                    stream.on_credit(credit.bytes)
+            elif method in ("forward/eof", "forward/closed"):
+                closed = _CLOSED.decode(params)
+                stream = self._streams.get(closed.stream_id)
+                if stream is None:
+                    return
+                if method == "forward/eof":
+                    stream.on_eof()
+                else:
+                    stream.on_closed(closed.error)
+        except msgspec.ValidationError as exc:
+            log.warning("ignoring a malformed %s notification: %s", method, exc)
+
+    def forget(self, stream: ForwardedStream) -> None:
+        if self._streams.get(stream.id) is stream:
+            del self._streams[stream.id]
+
+    def fail_all(self, error: ExecServerError) -> None:
+        """The connection is gone: so is every stream (the server closed its side)."""
+        for stream in list(self._streams.values()):
+            stream.fail(error)
+        self._streams.clear()
+
+
+def connection_lost_error(describe: str) -> ConnectionLost:
+    return ConnectionLost(
+        f"the connection to {describe} was lost, and with it every forwarded stream"
+    )
