@@ -28,7 +28,7 @@ log = logging.getLogger("exec_server")
 
 DEFAULT_LISTEN = "ws://127.0.0.1:0"
 TOKEN_ENV = "EXEC_SERVER_TOKEN"
-CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get")
+CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get", "forward")
 
 
 class ListenAddress(msgspec.Struct, frozen=True):
@@ -161,7 +161,7 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
         "file_system entries with read/write/deny access, network restricted or enabled, "
         "optional workspaceRoots) that every process and every fs/* call is held to, "
         "whatever the client asks: a client's own profile can only narrow it. With the "
-        "network restricted, http/request is refused. Enforced with bubblewrap; the server "
+        "network restricted, http/request and forward/open are refused. Enforced with bubblewrap; the server "
         "will not start if bubblewrap cannot run here",
     )
     group.add_argument(
@@ -169,7 +169,8 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="CIDR",
-        help="an IP network http/request may not reach (repeatable), checked after DNS "
+        help="an IP network http/request and forward/open (port forwarding) may not reach "
+        "(repeatable), checked after DNS "
         "resolution and on every redirect, e.g. 127.0.0.0/8, ::1/128, 169.254.0.0/16, "
         "10.0.0.0/8 to keep clients off this host's own and its network's services. "
         "Environment proxies are not used then. Default: none denied, as the reference",
