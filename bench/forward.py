@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -34,6 +33,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil  # type: ignore[import-untyped]
 
 from bench import report
 
@@ -120,8 +121,8 @@ def _read_port(stream: Any, pattern: str, timeout: float = 30.0) -> int:
 
 
 @contextlib.contextmanager
-def ours(target_port: int) -> Iterator[int]:
-    """Our server and our `forward` CLI; yields the local port."""
+def ours(target_port: int) -> Iterator[tuple[int, list[int]]]:
+    """Our server and our `forward` CLI; yields the local port and their pids."""
     exe = Path(sys.executable).parent / "exec-server"
     server = subprocess.Popen(
         [str(exe), "--listen", "ws://127.0.0.1:0"],
@@ -136,7 +137,8 @@ def ours(target_port: int) -> Iterator[int]:
             [str(exe), "forward", "--url", url, f"0:127.0.0.1:{target_port}"],
             stderr=subprocess.PIPE,
         )
-        yield _read_port(forwarder.stderr, r"forwarding 127\.0\.0\.1:(\d+)")
+        port = _read_port(forwarder.stderr, r"forwarding 127\.0\.0\.1:(\d+)")
+        yield port, [server.pid, forwarder.pid]
     finally:
         for child in (forwarder, server):
             if child is not None:
@@ -158,8 +160,8 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def ssh(target_port: int) -> Iterator[int]:
-    """A private sshd on loopback and `ssh -N -L`; yields the local port."""
+def ssh(target_port: int) -> Iterator[tuple[int, list[int]]]:
+    """A private sshd on loopback and `ssh -N -L`; yields the local port and their pids."""
     sshd = sshd_binary()
     if sshd is None or shutil.which("ssh") is None:
         raise RuntimeError("OpenSSH is not installed (make bench-forward installs it as root)")
@@ -202,7 +204,7 @@ def ssh(target_port: int) -> Iterator[int]:
                 stderr=subprocess.PIPE,
             )  # fmt: skip
             _wait_listening(local, client)
-            yield local
+            yield local, [daemon.pid, client.pid]
         finally:
             for child in (client, daemon):
                 if child is not None:
@@ -288,20 +290,39 @@ FORWARDERS = {"ours": ours, "ssh": ssh}
 ROWS = (
     ("upload_mibs", "forward upload (client -> target)", "MiB/s"),
     ("download_mibs", "forward download (target -> client)", "MiB/s"),
+    ("cpu_s_per_gib", "forwarder CPU per GiB carried", "s"),
     ("connect_median_ms", "forward connect + 1-byte echo, median", "ms"),
     ("connect_p95_ms", "forward connect + 1-byte echo, p95", "ms"),
 )
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes and all their descendants (sshd forks a
+    process per connection; our server, its keeper)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for process in [root, *root.children(recursive=True)]:
+                times = process.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
 def measure(name: str, target_port: int, size: int, connects: int) -> dict[str, float]:
-    with FORWARDERS[name](target_port) as port:
+    with FORWARDERS[name](target_port) as (port, pids):
         download(port, MiB)  # warm up (our client's imports, ssh's first channel)
+        before = cpu_seconds(pids)
         ups = [upload(port, size) for _ in range(2)]
         downs = [download(port, size) for _ in range(2)]
+        cpu = cpu_seconds(pids) - before
         times = sorted(connect_latency(port, connects))
     return {
         "upload_mibs": max(ups),
         "download_mibs": max(downs),
+        "cpu_s_per_gib": cpu / (4 * size / (1 << 30)),
         "connect_median_ms": statistics.median(times),
         "connect_p95_ms": times[int(0.95 * (len(times) - 1))],
     }

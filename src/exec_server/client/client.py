@@ -43,7 +43,7 @@ from .errors import (
 )
 from .fs import RemoteFS, RemotePath
 from .process import Closed, CompletedProcess, Exited, Output, Process
-from .tcp import ForwardedStream, Forwards, connection_lost_error
+from .tcp import FORWARD_DATA_PREFIX, ForwardedStream, Forwards, connection_lost_error
 
 log = logging.getLogger("exec_server.client")
 
@@ -270,7 +270,10 @@ class Client:
     async def _read_loop(self, transport: _Transport, generation: int) -> None:
         try:
             while True:
-                envelope = self._decode(await transport.recv())
+                raw = await transport.recv()
+                if raw.startswith(FORWARD_DATA_PREFIX) and self._forwards.data_message(raw):
+                    continue  # forwarded bytes, taken without a JSON decoder (see tcp.py)
+                envelope = self._decode(raw)
                 if envelope is not None:
                     self._route(envelope)
         except TransportClosed as exc:

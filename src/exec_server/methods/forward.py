@@ -11,7 +11,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import RpcError, internal_error, invalid_request
+from ..errors import RpcError, internal_error, invalid_params, invalid_request
 from ..forwarding.errors import ConnectFailed, ForwardError, StreamRefused, UnknownStream
 from ..forwarding.streams import StreamTable
 from ..protocol import (
@@ -22,6 +22,7 @@ from ..protocol import (
     ForwardOpenResult,
     ForwardStreamParams,
     ForwardWriteParams,
+    base64_decoder,
     base64_encoder,
 )
 from . import method
@@ -34,13 +35,19 @@ R = TypeVar("R")
 
 
 class _WireEvents:
-    """A table's events as notifications to one connection."""
+    """A table's events as notifications to one connection (and its base64 decoder)."""
 
-    __slots__ = ("_connection", "_encode")
+    __slots__ = ("_connection", "_encode", "decode")
 
-    def __init__(self, connection: Connection, encode: ForwardNotifications) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        encode: ForwardNotifications,
+        decode: Callable[[str], bytes],
+    ) -> None:
         self._connection = connection
         self._encode = encode
+        self.decode = decode
 
     def data(self, stream_id: str, data: memoryview) -> bool:
         return self._connection.send_notification(self._encode.data(stream_id, data))
@@ -63,12 +70,13 @@ def _table(connection: Connection) -> StreamTable:
         server = connection.server
         limits = server.limits
         encode = ForwardNotifications(base64_encoder(server.runtime.pybase64))
+        decode = base64_decoder(server.runtime.pybase64)
         deny = server.guards.http_deny
         if deny:
             from ..http_guard import parse_networks  # loads httpx: only when there is a rule
 
         return StreamTable(
-            _WireEvents(connection, encode),
+            _WireEvents(connection, encode, decode),
             deny=parse_networks(deny) if deny else (),
             window_bytes=limits.forward_window_bytes,
             read_bytes=limits.forward_read_bytes,
@@ -130,7 +138,14 @@ _EMPTY = EmptyResult()
 @method("forward/write", ForwardWriteParams, FORWARD)
 @_mapped("forward/write")
 def write(connection: Connection, params: ForwardWriteParams) -> EmptyResult:
-    _table(connection).write(params.stream_id, params.data)
+    table = _table(connection)
+    events = table.events
+    assert isinstance(events, _WireEvents)
+    try:
+        data = events.decode(params.data)
+    except ValueError:
+        raise invalid_params("invalid params for forward/write: data is not valid base64") from None
+    table.write(params.stream_id, data)
     return _EMPTY
 
 
