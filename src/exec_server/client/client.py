@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 import msgspec
@@ -46,6 +46,7 @@ from .process import Closed, CompletedProcess, Exited, Output, Process
 from .tcp import FORWARD_DATA_PREFIX, ForwardedStream, Forwards, connection_lost_error
 
 log = logging.getLogger("exec_server.client")
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 DEFAULT_CLIENT_NAME = "exec-server-python"
 WRITE_CHUNK_BYTES = 256 * 1024
@@ -525,7 +526,22 @@ class Client:
         why. The stream ends with the connection: if it drops, reading raises
         :class:`ConnectionLost`, even when the session is resumed.
         """
-        return await self._forwards.open(host, port, limit)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        transport, protocol = await self.create_connection(
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), host, port
+        )
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def create_connection(
+        self, protocol_factory: Callable[[], P], host: str, port: int
+    ) -> tuple[asyncio.Transport, P]:
+        """:meth:`open_connection` at the level of :meth:`asyncio.loop.create_connection`:
+        the protocol made by ``protocol_factory`` gets the stream's bytes, end of file and
+        end (``connection_lost``, with :class:`ConnectionResetError` when the destination
+        reset it), and ``pause_writing``/``resume_writing`` as the server's window fills and
+        empties; the transport's ``pause_reading`` stops granting the server more."""
+        return await self._forwards.create_connection(protocol_factory, host, port)
 
     def _end_forwards(self, error: ExecServerError) -> None:
         """The connection is gone, and with it the server's side of every stream: fail

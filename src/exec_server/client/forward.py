@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .client import Client, State
 from .errors import ExecServerError
-
-COPY_BYTES = 256 * 1024
-"""The largest piece copied in one go, each way."""
 
 EXAMPLE = textwrap.dedent(
     """\
@@ -139,19 +136,13 @@ class Forwarder:
     def __init__(self, client: Client) -> None:
         self.client = client
         self.servers: list[asyncio.Server] = []
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.pairs: set[_Pair] = set()
 
     async def listen(self, spec: Spec) -> None:
-        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self.tasks.add(task)
-            try:
-                await self.carry(spec, reader, writer)
-            finally:
-                self.tasks.discard(task)
-
-        server = await asyncio.start_server(accepted, spec.local_host, spec.local_port)
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _Pair(self, spec).local, spec.local_host, spec.local_port
+        )
         self.servers.append(server)
         for sock in server.sockets:
             host, port = sock.getsockname()[:2]
@@ -165,48 +156,127 @@ class Forwarder:
         _say("the connection to the server is lost; stopping")
         return 255
 
-    async def carry(
-        self, spec: Spec, local_reader: asyncio.StreamReader, local_writer: asyncio.StreamWriter
-    ) -> None:
-        """One accepted connection: a stream to the destination, copied both ways."""
-        try:
-            remote_reader, remote_writer = await self.client.open_connection(spec.host, spec.port)
-        except ExecServerError as exc:
-            _say(f"{spec}: {exc}")
-            local_writer.transport.abort()
-            return
-        try:
-            await asyncio.gather(
-                _copy(local_reader, remote_writer),
-                _copy(remote_reader, local_writer),
-            )
-        except (ConnectionError, ExecServerError) as exc:
-            _say(f"{spec}: {exc}")
-        finally:
-            for writer in (local_writer, remote_writer):
-                writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
-
     async def close(self) -> None:
         for server in self.servers:
             server.close()
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        opening = [pair.opening for pair in self.pairs if pair.opening is not None]
+        for pair in list(self.pairs):
+            pair.abort()
+        await asyncio.gather(*opening, return_exceptions=True)
 
 
-async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    """Bytes until end of file, then the end of file (a half-close, not a close)."""
-    try:
-        while data := await source.read(COPY_BYTES):
-            sink.write(data)
-            await sink.drain()
-    except ConnectionError:
-        sink.transport.abort()
-        raise
-    if sink.can_write_eof() and not sink.transport.is_closing():
-        sink.write_eof()
+class _Side(asyncio.Protocol):
+    """One end of a forwarded connection: what it receives is written to the other end, and
+    the other end's full buffer stops its reading (flow control both ways, no copies)."""
+
+    def __init__(self, pair: _Pair) -> None:
+        self.pair = pair
+        self.transport: asyncio.Transport | None = None
+        self.other: _Side | None = None
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self is self.pair.local:
+            self.pair.accepted()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.other is not None and self.other.transport is not None
+        self.other.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        other = self.other
+        if other is not None and other.transport is not None and not other.transport.is_closing():
+            other.transport.write_eof()  # a half-close goes on as one
+        self.pair.maybe_done()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pair.lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.resume_reading()
+
+
+class _Pair:
+    """An accepted local connection and its stream to the destination."""
+
+    def __init__(self, forwarder: Forwarder, spec: Spec) -> None:
+        self.forwarder = forwarder
+        self.spec = spec
+        self.local = _Side(self)
+        self.remote: _Side | None = None
+        self.opening: asyncio.Task[None] | None = None
+        self.done = False
+
+    def accepted(self) -> None:
+        """The local connection is made: open the stream, reading nothing until it is."""
+        self.forwarder.pairs.add(self)
+        assert self.local.transport is not None
+        self.local.transport.pause_reading()
+        self.opening = asyncio.get_running_loop().create_task(self._open())
+
+    async def _open(self) -> None:
+        local = self.local
+        try:
+            _, remote = await self.forwarder.client.create_connection(
+                lambda: _Side(self), self.spec.host, self.spec.port
+            )
+        except ExecServerError as exc:
+            _say(f"{self.spec}: {exc}")
+            self.abort()
+            return
+        finally:
+            self.opening = None
+        if self.done:
+            assert remote.transport is not None
+            remote.transport.abort()
+            return
+        self.remote, remote.other, local.other = remote, local, remote
+        assert local.transport is not None
+        if local.eof:  # the local side finished before the stream was open
+            assert remote.transport is not None
+            remote.transport.write_eof()
+        else:
+            local.transport.resume_reading()
+
+    def maybe_done(self) -> None:
+        """Both ends sent their end of file: close both."""
+        if self.remote is not None and self.local.eof and self.remote.eof:
+            self.close()
+
+    def lost(self, side: _Side, exc: Exception | None) -> None:
+        if self.done:
+            return
+        if exc is not None and side is not self.local and self.remote is not None:
+            _say(f"{self.spec}: {exc}")
+        if exc is None:
+            self.close()  # what one side still has to write is written first
+        else:
+            self.abort()
+
+    def close(self) -> None:
+        self._end(lambda transport: transport.close())
+
+    def abort(self) -> None:
+        self._end(lambda transport: transport.abort())
+
+    def _end(self, how: Callable[[asyncio.Transport], None]) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.forwarder.pairs.discard(self)
+        if self.opening is not None:
+            self.opening.cancel()
+        for side in (self.local, self.remote):
+            if side is not None and side.transport is not None and not side.transport.is_closing():
+                how(side.transport)
 
 
 def _say(message: str) -> None:

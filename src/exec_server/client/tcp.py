@@ -17,7 +17,7 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -25,6 +25,8 @@ from .errors import ConnectionLost, ExecServerError, NotSupported
 
 if TYPE_CHECKING:
     from .client import Client
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 log = logging.getLogger("exec_server.client")
 
@@ -104,10 +106,23 @@ class ForwardedStream:
         self.wake = asyncio.Event()
         self.sender: asyncio.Task[None] | None = None
         self.peer_error: str | None = None
+        self.early: list[Callable[[], None]] | None = []
+        """What arrived between the ``forward/open`` reply and the protocol's making."""
+
+    def made(self, protocol: asyncio.BaseProtocol, transport: asyncio.Transport) -> None:
+        """The protocol is connected: it gets what arrived meanwhile, in order."""
+        self.protocol = protocol
+        protocol.connection_made(transport)
+        early, self.early = self.early or [], None
+        for event in early:
+            event()
 
     # ---- from the server ------------------------------------------------------------------
 
     def on_data(self, data: bytes) -> None:
+        if self.early is not None:
+            self.early.append(lambda: self.on_data(data))
+            return
         if self.closed or self.protocol is None:
             return
         self.to_grant += len(data)
@@ -120,10 +135,16 @@ class ForwardedStream:
         self.wake.set()
 
     def on_eof(self) -> None:
+        if self.early is not None:
+            self.early.append(self.on_eof)
+            return
         if not self.closed and self.protocol is not None:
             self.protocol.eof_received()  # type: ignore[attr-defined]
 
     def on_closed(self, error: str | None) -> None:
+        if self.early is not None:
+            self.early.append(lambda: self.on_closed(error))
+            return
         self.peer_error = error
         self._lost(ConnectionResetError(error) if error else None)
 
@@ -302,9 +323,9 @@ class Forwards:
     def __len__(self) -> int:
         return len(self._streams)
 
-    async def open(
-        self, host: str, port: int, limit: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def create_connection(
+        self, protocol_factory: Callable[[], P], host: str, port: int
+    ) -> tuple[asyncio.Transport, P]:
         client = self._client
         if not client.supports("forward"):
             raise NotSupported(
@@ -313,12 +334,6 @@ class Forwards:
             )
         stream_id = client._new_id("t")
         stream = ForwardedStream(client, stream_id, WINDOW_BYTES)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=limit, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        stream.protocol = protocol
-        transport = _Transport(stream, {"peername": (host, port), "stream_id": stream_id})
-        protocol.connection_made(transport)
         self._streams[stream_id] = stream  # before the call: data can follow its reply at once
         params = {"streamId": stream_id, "host": host, "port": port, "window": WINDOW_BYTES}
         try:
@@ -328,8 +343,11 @@ class Forwards:
             raise
         opened = msgspec.json.decode(raw, type=_Open)
         stream.send_credit += opened.window
+        protocol = protocol_factory()
+        transport = _Transport(stream, {"peername": (host, port), "stream_id": stream_id})
+        stream.made(protocol, transport)
         stream.sender = client._spawn(stream.send_loop())
-        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+        return transport, protocol
 
     def data_message(self, raw: bytes) -> bool:
         """A whole ``forward/data`` message in the exact shape our server writes, taken
