@@ -174,6 +174,7 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.other: _Side | None = None
         self.eof = False
+        self.early: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -181,8 +182,13 @@ class _Side(asyncio.Protocol):
             self.pair.accepted()
 
     def data_received(self, data: bytes) -> None:
-        assert self.other is not None and self.other.transport is not None
-        self.other.transport.write(data)
+        other = self.other
+        if other is None or other.transport is None:  # the stream is still being opened
+            self.early.append(data)
+            assert self.transport is not None
+            self.transport.pause_reading()  # (uvloop may start reading after connection_made)
+            return
+        other.transport.write(data)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -239,9 +245,11 @@ class _Pair:
             remote.transport.abort()
             return
         self.remote, remote.other, local.other = remote, local, remote
-        assert local.transport is not None
+        assert local.transport is not None and remote.transport is not None
+        for data in local.early:
+            remote.transport.write(data)
+        local.early.clear()
         if local.eof:  # the local side finished before the stream was open
-            assert remote.transport is not None
             remote.transport.write_eof()
         else:
             local.transport.resume_reading()
