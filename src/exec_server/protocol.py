@@ -568,7 +568,7 @@ class ForwardStreamParams(_Params):
     stream_id: StreamId
 
 
-def base64_decoder(prefer_pybase64: bool) -> Callable[[str], bytes]:
+def base64_decoder(prefer_pybase64: bool) -> Callable[[str | memoryview], bytes]:
     """Strict base64 decoding (ValueError for a character outside the alphabet, or bad
     padding): pybase64's SIMD decoder when asked for (and installed), else binascii's."""
     if prefer_pybase64:

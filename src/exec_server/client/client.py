@@ -43,7 +43,13 @@ from .errors import (
 )
 from .fs import RemoteFS, RemotePath
 from .process import Closed, CompletedProcess, Exited, Output, Process
-from .tcp import FORWARD_DATA_PREFIX, ForwardedStream, Forwards, connection_lost_error
+from .tcp import (
+    FORWARD_DATA_PREFIX,
+    ForwardedStream,
+    Forwards,
+    PreEncoded,
+    connection_lost_error,
+)
 
 log = logging.getLogger("exec_server.client")
 P = TypeVar("P", bound=asyncio.BaseProtocol)
@@ -393,11 +399,15 @@ class Client:
         assert self._transport is not None
         call.generation = self._generation
         call.sends += 1
-        message: dict[str, Any] = {"id": call.id, "method": call.method}
-        if call.params is not None:
-            message["params"] = call.params
+        if isinstance(call.params, PreEncoded):
+            encoded = call.params.request(call.id)
+        else:
+            message: dict[str, Any] = {"id": call.id, "method": call.method}
+            if call.params is not None:
+                message["params"] = call.params
+            encoded = _wire.encode(message)
         with contextlib.suppress(TransportClosed):  # the read loop sees the end and acts
-            await self._transport.send(_wire.encode(message))
+            await self._transport.send(encoded)
 
     # ---- reconnecting ---------------------------------------------------------------------
 

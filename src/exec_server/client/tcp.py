@@ -84,6 +84,21 @@ _CREDIT = msgspec.json.Decoder(_Credit)
 _CLOSED = msgspec.json.Decoder(_Closed)  # forward/eof's params decode as this too
 
 
+class PreEncoded:
+    """A request encoded in one piece around its id (``forward/write``: its base64 is
+    copied once, not into params and then into the message)."""
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, method: str, params_head: bytes, payload: bytes, params_tail: bytes) -> None:
+        self._head = b',"method":%s,"params":%s' % (msgspec.json.encode(method), params_head)
+        self._tail = (payload, params_tail + b"}")
+
+    def request(self, call_id: int) -> bytes:
+        """``{"id":call_id,"method":...,"params":...}`` (the id first: see slice_write)."""
+        return b"".join((b'{"id":%d' % call_id, self._head, *self._tail))
+
+
 class ForwardedStream:
     """One stream's client side: what the transport asks for, turned into ``forward/*``
     calls, and the server's notifications, turned into the protocol's callbacks."""
@@ -236,15 +251,17 @@ class ForwardedStream:
             piece = b"".join(pieces) if len(pieces) > 1 else first
         self.send_credit -= len(piece)
         self.queued_bytes -= len(piece)
-        # The params are encoded here, with the faster base64 (msgspec copies them in whole).
-        params = b'{"streamId":%s,"data":"%s"}' % (self.id_json, _b64encode(piece))
-        await self._post("forward/write", msgspec.Raw(params))
+        # Encoded here in one piece, with the faster base64; the server slices it apart.
+        head = b'{"streamId":%s,"data":"' % self.id_json
+        await self._post(
+            "forward/write", PreEncoded("forward/write", head, _b64encode(piece), b'"}')
+        )
         if self.writing_paused and self.queued_bytes <= WRITE_HIGH_WATER // 4:
             self.writing_paused = False
             if not self.closed:
                 self.protocol.resume_writing()  # type: ignore[union-attr]
 
-    async def _post(self, method: str, params: dict[str, Any] | msgspec.Raw) -> None:
+    async def _post(self, method: str, params: dict[str, Any] | PreEncoded) -> None:
         """Send a call; its reply is only checked (an error ends the stream)."""
         with contextlib.suppress(ExecServerError):
             future = await self.client._post(method, params, subject=self.id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..errors import RpcError, internal_error, invalid_params, invalid_request
 from ..forwarding.errors import ConnectFailed, ForwardError, StreamRefused, UnknownStream
@@ -43,7 +43,7 @@ class _WireEvents:
         self,
         connection: Connection,
         encode: ForwardNotifications,
-        decode: Callable[[str], bytes],
+        decode: Callable[[str | memoryview], bytes],
     ) -> None:
         self._connection = connection
         self._encode = encode
@@ -135,9 +135,48 @@ async def _open(table: StreamTable, params: ForwardOpenParams) -> ForwardOpenRes
 _EMPTY = EmptyResult()
 
 
+class SlicedWrite(NamedTuple):
+    """``forward/write`` params taken apart by :func:`slice_write`: ``data`` is the base64
+    text, still in the message it came in."""
+
+    stream_id: str
+    data: memoryview
+
+
+WRITE_START = b'{"id":'
+_WRITE_METHOD = b'"method":"forward/write","params":{"streamId":"'
+_WRITE_DATA = b'","data":"'
+_WRITE_END = b'"}}'
+
+
+def slice_write(message: bytes) -> tuple[int, SlicedWrite] | None:
+    """A ``forward/write`` request in the exact shape our client writes it,
+    ``{"id":N,"method":"forward/write","params":{"streamId":"S","data":"..."}}``, taken
+    apart by slicing: it is most of what an upload sends, and a JSON decoder would copy and
+    check its hundreds of KiB of base64. None (nothing done) for any other shape, which then
+    goes the general way (and gets its errors there)."""
+    comma = message.find(b",", len(WRITE_START), len(WRITE_START) + 20)
+    digits = message[len(WRITE_START) : comma]
+    if comma < 0 or not digits.isdigit() or not message.startswith(_WRITE_METHOD, comma + 1):
+        return None
+    start = comma + 1 + len(_WRITE_METHOD)
+    middle = message.find(_WRITE_DATA, start, start + 130)
+    if middle < 0 or not message.endswith(_WRITE_END):
+        return None
+    stream_id = message[start:middle]
+    if b"\\" in stream_id or not 0 < len(stream_id) <= 128:
+        return None
+    try:
+        name = stream_id.decode()
+    except UnicodeDecodeError:
+        return None
+    data = memoryview(message)[middle + len(_WRITE_DATA) : -len(_WRITE_END)]
+    return int(digits), SlicedWrite(name, data)
+
+
 @method("forward/write", ForwardWriteParams, FORWARD)
 @_mapped("forward/write")
-def write(connection: Connection, params: ForwardWriteParams) -> EmptyResult:
+def write(connection: Connection, params: ForwardWriteParams | SlicedWrite) -> EmptyResult:
     table = _table(connection)
     events = table.events
     assert isinstance(events, _WireEvents)
