@@ -478,6 +478,36 @@ async def test_http_deny_lets_other_networks_through() -> None:
         assert await reader.readexactly(7) == b"through"
 
 
+# ---- the blocking twin --------------------------------------------------------------------------
+
+
+async def test_the_sync_client_gives_a_plain_socket() -> None:
+    from exec_server.client import sync
+
+    async with destination(echo) as port, running_server() as (_, url):
+
+        def blocking() -> None:
+            with sync.connect(url) as client:
+                with client.create_connection(("127.0.0.1", port)) as sock:
+                    payload = os.urandom(500_000)
+                    sock.sendall(payload)
+                    sock.shutdown(socket.SHUT_WR)
+                    received = b""
+                    while data := sock.recv(65536):
+                        received += data
+                    assert received == payload
+                with pytest.raises(RpcError, match="Connection refused"):
+                    client.create_connection(("127.0.0.1", _refusing_port()))
+
+        await asyncio.to_thread(blocking)
+
+
+def _refusing_port() -> int:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        return int(unused.getsockname()[1])  # nothing listens once it is closed
+
+
 # ---- the command line -----------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 import textwrap
 from collections.abc import Callable
@@ -141,7 +142,9 @@ class Forwarder:
     async def listen(self, spec: Spec) -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(
-            lambda: _Pair(self, spec).local, spec.local_host, spec.local_port
+            lambda: _Pair(self.client, spec, self.pairs, _say).local,
+            spec.local_host,
+            spec.local_port,
         )
         self.servers.append(server)
         for sock in server.sockets:
@@ -213,17 +216,26 @@ class _Side(asyncio.Protocol):
 class _Pair:
     """An accepted local connection and its stream to the destination."""
 
-    def __init__(self, forwarder: Forwarder, spec: Spec) -> None:
-        self.forwarder = forwarder
+    def __init__(
+        self, client: Client, spec: Spec, pairs: set[_Pair], report: Callable[[str], None]
+    ) -> None:
+        """``pairs``: where the pair is kept while it lives; ``report``: what to do with a
+        one-line account of a failure."""
+        self.client = client
         self.spec = spec
+        self.pairs = pairs
+        self.report = report
         self.local = _Side(self)
         self.remote: _Side | None = None
         self.opening: asyncio.Task[None] | None = None
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Done once the stream is open, or with the reason it could not be."""
+        self.opened.add_done_callback(_retrieved)  # (reported; awaiting it is optional)
         self.done = False
 
     def accepted(self) -> None:
         """The local connection is made: open the stream, reading nothing until it is."""
-        self.forwarder.pairs.add(self)
+        self.pairs.add(self)
         assert self.local.transport is not None
         self.local.transport.pause_reading()
         self.opening = asyncio.get_running_loop().create_task(self._open())
@@ -231,15 +243,17 @@ class _Pair:
     async def _open(self) -> None:
         local = self.local
         try:
-            _, remote = await self.forwarder.client.create_connection(
+            _, remote = await self.client.create_connection(
                 lambda: _Side(self), self.spec.host, self.spec.port
             )
         except ExecServerError as exc:
-            _say(f"{self.spec}: {exc}")
+            self.report(f"{self.spec}: {exc}")
+            self.opened.set_exception(exc)
             self.abort()
             return
         finally:
             self.opening = None
+        self.opened.set_result(None)
         if self.done:
             assert remote.transport is not None
             remote.transport.abort()
@@ -263,7 +277,7 @@ class _Pair:
         if self.done:
             return
         if exc is not None and side is not self.local and self.remote is not None:
-            _say(f"{self.spec}: {exc}")
+            self.report(f"{self.spec}: {exc}")
         if exc is None:
             self.close()  # what one side still has to write is written first
         else:
@@ -279,12 +293,35 @@ class _Pair:
         if self.done:
             return
         self.done = True
-        self.forwarder.pairs.discard(self)
+        self.pairs.discard(self)
         if self.opening is not None:
             self.opening.cancel()
         for side in (self.local, self.remote):
             if side is not None and side.transport is not None and not side.transport.is_closing():
                 how(side.transport)
+
+
+async def open_socket(client: Client, host: str, port: int) -> socket.socket:
+    """A connected socket whose peer is a stream to ``host:port`` from the server's machine:
+    one end of a socket pair, the other spliced to the stream on the client's loop. For code
+    that wants a plain blocking socket (``sync.Client.create_connection``)."""
+    mine, theirs = socket.socketpair()
+    pairs: set[_Pair] = set()
+    pair = _Pair(client, Spec(None, 0, host, port), pairs, lambda message: None)
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: pair.local, mine)
+        await pair.opened
+    except BaseException:
+        pair.abort()
+        mine.close()
+        theirs.close()
+        raise
+    return theirs
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _say(message: str) -> None:

@@ -30,7 +30,7 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 log = logging.getLogger("exec_server.client")
 
-WINDOW_BYTES = 2 * 1024 * 1024
+WINDOW_BYTES = 4 * 1024 * 1024
 """Bytes of the destination's the server may send before we grant more (in quarters)."""
 WRITE_CHUNK_BYTES = 256 * 1024
 """The largest piece sent in one ``forward/write``."""
