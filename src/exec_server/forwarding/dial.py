@@ -24,6 +24,10 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 async def resolve(host: str, port: int) -> list[str]:
     """The addresses ``host`` resolves to, in the resolver's order, without repeats."""
     try:
+        return [str(ipaddress.ip_address(host.strip("[]")))]  # an address: no resolver thread
+    except ValueError:
+        pass
+    try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host.strip("[]"), port, type=socket.SOCK_STREAM
         )
