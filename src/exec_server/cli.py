@@ -279,6 +279,17 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "stdin_session_max_bytes",
         "the same bound for all the children of one session",
     )
+    bound(
+        "--forward-window-bytes",
+        "forward_window_bytes",
+        "port forwarding: bytes a client may send on one stream before the server grants more, "
+        "and so the most of them one stream holds while its destination does not read",
+    )
+    bound(
+        "--max-forward-streams",
+        "forward_max_streams",
+        "port forwarding: streams one connection may have open at once",
+    )
 
 
 def _add_accelerators(parser: argparse.ArgumentParser) -> None:
@@ -332,6 +343,8 @@ _POSITIVE = (
     "stdin_buffer_bytes",
     "stdin_process_max_bytes",
     "stdin_session_max_bytes",
+    "forward_window_bytes",
+    "forward_max_streams",
 )
 
 

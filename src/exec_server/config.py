@@ -90,9 +90,9 @@ class Limits(msgspec.Struct, frozen=True):
     max_processes_per_session: int = 1024
     http_response_max_bytes: int = 512 * MIB
     spill_threshold_bytes: int = 64 * 1024
-    forward_window_bytes: int = MIB
+    forward_window_bytes: int = 2 * MIB
     forward_read_bytes: int = 256 * 1024
-    forward_max_streams: int = 256
+    forward_max_streams: int = 128
     forward_connect_timeout_s: float = 10.0
 
 
