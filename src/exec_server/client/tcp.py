@@ -32,7 +32,7 @@ log = logging.getLogger("exec_server.client")
 
 WINDOW_BYTES = 4 * 1024 * 1024
 """Bytes of the destination's the server may send before we grant more (in quarters)."""
-WRITE_CHUNK_BYTES = 256 * 1024
+WRITE_CHUNK_BYTES = 1024 * 1024
 """The largest piece sent in one ``forward/write``."""
 WRITE_HIGH_WATER = 1024 * 1024
 """Bytes queued locally past which :meth:`asyncio.StreamWriter.drain` waits."""
