@@ -91,7 +91,7 @@ class Limits(msgspec.Struct, frozen=True):
     http_response_max_bytes: int = 512 * MIB
     spill_threshold_bytes: int = 64 * 1024
     forward_window_bytes: int = 2 * MIB
-    forward_read_bytes: int = MIB
+    forward_read_bytes: int = 256 * 1024
     forward_max_streams: int = 128
     forward_connect_timeout_s: float = 10.0
 
