@@ -32,6 +32,7 @@ from exec_server.client import RpcError, connect
 from exec_server.client.forward import Forwarder, Spec, parse_spec
 from exec_server.config import Guards, Limits
 from exec_server.forwarding.streams import StreamTable
+from exec_server.methods.forward import slice_write, streams_of
 from exec_server.sandbox.policy import load_confinement
 from exec_server.server import Server
 
@@ -85,7 +86,7 @@ def stream_table(server: Server) -> StreamTable:
     """The (only) connection's stream table, to read its counters."""
     (session,) = list(server.sessions)
     assert session.connection is not None
-    return session.connection.resources.get(StreamTable, lambda: pytest.fail("no streams"))
+    return streams_of(session.connection)
 
 
 # ---- HTTP behind the forward -------------------------------------------------------------------
@@ -431,6 +432,42 @@ async def test_unreachable_destinations_say_why() -> None:
                 await client.open_connection("127.0.0.1", port)
             with pytest.raises(RpcError, match="cannot resolve"):
                 await client.open_connection("no-such-host.invalid", 80)
+
+
+def test_only_our_clients_exact_shape_of_forward_write_is_sliced() -> None:
+    sliced = slice_write(
+        b'{"id":42,"method":"forward/write","params":{"streamId":"s1","data":"eHk="}}'
+    )
+    assert sliced is not None
+    assert sliced[0] == 42 and sliced[1].stream_id == "s1" and bytes(sliced[1].data) == b"eHk="
+    for other in (
+        b'{"id": 42, "method": "forward/write", "params": {"streamId": "s1", "data": "eHk="}}',
+        b'{"id":"a","method":"forward/write","params":{"streamId":"s1","data":"eHk="}}',
+        b'{"id":-1,"method":"forward/write","params":{"streamId":"s1","data":"eHk="}}',
+        b'{"id":1,"method":"forward/write","params":{"streamId":"s\\"1","data":"eHk="}}',
+        b'{"id":1,"method":"forward/write","params":{"streamId":"s1","data":"eHk=","x":1}}',
+        b'{"id":1,"method":"process/write","params":{"processId":"s1","chunk":"eHk="}}',
+    ):
+        assert slice_write(other) is None, other
+
+
+async def test_a_sliced_write_is_checked_as_any_other() -> None:
+    """The exact shape our client writes, by hand: the handshake gate and the base64 check
+    apply as on the general way."""
+    message = '{"id":%d,"method":"forward/write","params":{"streamId":"s","data":"%s"}}'
+    async with running_server() as (_, url), Client.connect(url) as raw:
+
+        async def reply_to(request_id: int, data: str) -> dict[str, Any]:
+            await raw.send_raw(message % (request_id, data))
+            assert await wait_until(lambda: any(m.get("id") == request_id for m in raw.raw))
+            return next(m for m in raw.raw if m.get("id") == request_id)
+
+        reply = await reply_to(7, "eHk=")
+        assert "initialize before using forward methods" in reply["error"]["message"]
+        await raw.initialize()
+        reply = await reply_to(8, "not base64!")
+        assert reply["error"]["code"] == -32602
+        assert "data is not valid base64" in reply["error"]["message"]
 
 
 async def test_forward_methods_need_the_handshake() -> None:

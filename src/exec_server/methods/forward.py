@@ -35,19 +35,13 @@ R = TypeVar("R")
 
 
 class _WireEvents:
-    """A table's events as notifications to one connection (and its base64 decoder)."""
+    """A table's events as notifications to one connection."""
 
-    __slots__ = ("_connection", "_encode", "decode")
+    __slots__ = ("_connection", "_encode")
 
-    def __init__(
-        self,
-        connection: Connection,
-        encode: ForwardNotifications,
-        decode: Callable[[str | memoryview], bytes],
-    ) -> None:
+    def __init__(self, connection: Connection, encode: ForwardNotifications) -> None:
         self._connection = connection
         self._encode = encode
-        self.decode = decode
 
     def data(self, stream_id: str, data: memoryview) -> bool:
         return self._connection.send_notification(self._encode.data(stream_id, data))
@@ -65,26 +59,44 @@ class _WireEvents:
         return self._connection.wait_for_room()
 
 
-def _table(connection: Connection) -> StreamTable:
-    def make() -> StreamTable:
+class _Forwarding:
+    """A connection's forwarding: its stream table, and how it decodes what it is sent."""
+
+    __slots__ = ("decode", "streams")
+
+    def __init__(self, streams: StreamTable, decode: Callable[[str | memoryview], bytes]) -> None:
+        self.streams = streams
+        self.decode = decode
+
+    def release(self) -> None:
+        self.streams.release()
+
+
+def _forwarding(connection: Connection) -> _Forwarding:
+    def make() -> _Forwarding:
         server = connection.server
         limits = server.limits
         encode = ForwardNotifications(base64_encoder(server.runtime.pybase64))
-        decode = base64_decoder(server.runtime.pybase64)
         deny = server.guards.http_deny
         if deny:
             from ..http_guard import parse_networks  # loads httpx: only when there is a rule
 
-        return StreamTable(
-            _WireEvents(connection, encode, decode),
+        streams = StreamTable(
+            _WireEvents(connection, encode),
             deny=parse_networks(deny) if deny else (),
             window_bytes=limits.forward_window_bytes,
             read_bytes=limits.forward_read_bytes,
             max_streams=limits.forward_max_streams,
             connect_timeout_s=limits.forward_connect_timeout_s,
         )
+        return _Forwarding(streams, base64_decoder(server.runtime.pybase64))
 
-    return connection.resources.get(StreamTable, make)
+    return connection.resources.get(_Forwarding, make)
+
+
+def streams_of(connection: Connection) -> StreamTable:
+    """The connection's forwarded streams (a table is made on first use)."""
+    return _forwarding(connection).streams
 
 
 def _rpc_error(method_name: str, exc: ForwardError) -> RpcError:
@@ -121,7 +133,7 @@ def open_stream(connection: Connection, params: ForwardOpenParams) -> Awaitable[
         )
     if not params.host or "\x00" in params.host:
         raise invalid_request("forward/open refused: host must be a name or an IP address")
-    return _open(_table(connection), params)
+    return _open(streams_of(connection), params)
 
 
 async def _open(table: StreamTable, params: ForwardOpenParams) -> ForwardOpenResult:
@@ -177,33 +189,31 @@ def slice_write(message: bytes) -> tuple[int, SlicedWrite] | None:
 @method("forward/write", ForwardWriteParams, FORWARD)
 @_mapped("forward/write")
 def write(connection: Connection, params: ForwardWriteParams | SlicedWrite) -> EmptyResult:
-    table = _table(connection)
-    events = table.events
-    assert isinstance(events, _WireEvents)
+    forwarding = _forwarding(connection)
     try:
-        data = events.decode(params.data)
+        data = forwarding.decode(params.data)
     except ValueError:
         raise invalid_params("invalid params for forward/write: data is not valid base64") from None
-    table.write(params.stream_id, data)
+    forwarding.streams.write(params.stream_id, data)
     return _EMPTY
 
 
 @method("forward/credit", ForwardCreditParams, FORWARD)
 @_mapped("forward/credit")
 def credit(connection: Connection, params: ForwardCreditParams) -> EmptyResult:
-    _table(connection).credit(params.stream_id, params.granted)
+    streams_of(connection).credit(params.stream_id, params.granted)
     return _EMPTY
 
 
 @method("forward/shutdown", ForwardStreamParams, FORWARD)
 @_mapped("forward/shutdown")
 def shutdown(connection: Connection, params: ForwardStreamParams) -> EmptyResult:
-    _table(connection).shutdown(params.stream_id)
+    streams_of(connection).shutdown(params.stream_id)
     return _EMPTY
 
 
 @method("forward/close", ForwardStreamParams, FORWARD)
 @_mapped("forward/close")
 def close(connection: Connection, params: ForwardStreamParams) -> EmptyResult:
-    _table(connection).close(params.stream_id)
+    streams_of(connection).close(params.stream_id)
     return _EMPTY
