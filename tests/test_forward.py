@@ -377,6 +377,45 @@ async def test_a_destination_that_does_not_read_holds_one_window_here() -> None:
             hold.set()
 
 
+async def test_closed_streams_that_still_hold_bytes_count_against_the_bound() -> None:
+    """Closing a stream whose destination does not read leaves its window buffered until
+    written: it keeps counting, so open-write-close cannot grow memory without bound."""
+    hold = asyncio.Event()
+
+    async def read_late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await hold.wait()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    window = 24 * MIB  # past what the kernel's socket buffers take at once (~10 MiB)
+    limits = Limits(forward_window_bytes=window, forward_max_streams=2)
+    async with destination(read_late) as port, raw_client(limits) as raw:
+        block = base64.b64encode(b"q" * window).decode()
+        for stream_id in ("a", "b"):
+            params = {"streamId": stream_id, "host": "127.0.0.1", "port": port}
+            await raw.call("forward/open", params)
+            await raw.call("forward/write", {"streamId": stream_id, "data": block})
+            await raw.call("forward/close", {"streamId": stream_id})
+        third = await raw.request(
+            "forward/open", {"streamId": "c", "host": "127.0.0.1", "port": port}
+        )
+        assert "already has 2 open streams" in third["error"]["message"]
+        hold.set()  # the destinations read: the closed streams finish and let go
+
+        async def opens() -> bool:
+            reply = await raw.request(
+                "forward/open", {"streamId": "c", "host": "127.0.0.1", "port": port}
+            )
+            return "result" in reply
+
+        for _ in range(100):
+            if await opens():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the closed streams were never let go")
+
+
 def _data_bytes(client: Client, stream_id: str) -> int:
     return sum(
         len(base64.b64decode(n["params"]["data"]))

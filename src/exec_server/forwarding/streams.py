@@ -16,7 +16,8 @@ Flow control is a credit window in each direction, counted in bytes:
 
 So one stream holds at most ``window_bytes`` of the client's data plus nothing of the
 destination's; one connection at most ``max_streams`` times that, plus its bounded
-outbound queue. Streams are closed when their connection ends (bytes in flight on a lost
+outbound queue. A stream the client closed (or that ended) still counts until its socket
+has written what it holds, so closing streams cannot lift the bound. Streams are closed when their connection ends (bytes in flight on a lost
 connection cannot be replayed, so a resumed session starts with none).
 
 Nothing here knows JSON-RPC: :class:`StreamEvents` is what the wire mapping provides.
@@ -115,6 +116,7 @@ class _Stream(asyncio.BufferedProtocol):
         return True  # keep the socket open: the client may still send (a half-close)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.table.lingered(self)
         if self.state is StreamState.CLOSED:
             return
         error: str | None
@@ -180,8 +182,16 @@ class _Stream(asyncio.BufferedProtocol):
     def close(self) -> None:
         """The client closed it: what is buffered is still written, then the socket closes."""
         self.state = StreamState.CLOSED
-        if self.transport is not None:
-            self.transport.close()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close the socket once its buffer is written; until then the stream still counts
+        against the table's bounds (a client could otherwise leave any number of closed
+        streams holding a window each for destinations that never read)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            self.table.lingering(self)
 
     def abort(self) -> None:
         self.state = StreamState.CLOSED
@@ -211,8 +221,8 @@ class _Stream(asyncio.BufferedProtocol):
         announced = self.state is StreamState.OPEN or self.announced
         self.state = StreamState.CLOSED
         self.table.forget(self)
-        if close and self.transport is not None:
-            self.transport.close()
+        if close:
+            self._close_transport()
         if announced:
             self.table.events.closed(self.id, error)
         else:
@@ -254,6 +264,8 @@ class StreamTable:
         self.outbound_paused = False
         self._streams: dict[str, _Stream] = {}
         self._connecting: set[str] = set()
+        self._lingering: set[_Stream] = set()
+        """Streams closed or finished whose sockets still write what was buffered."""
         self._waiter: asyncio.Task[None] | None = None
         self._released = False
 
@@ -262,8 +274,15 @@ class StreamTable:
 
     @property
     def buffered_bytes(self) -> int:
-        """Client bytes held in user space by all streams (each at most one window)."""
-        return sum(stream.buffered_bytes for stream in self._streams.values())
+        """Client bytes held in user space by all streams, lingering ones included (each at
+        most one window)."""
+        streams = [*self._streams.values(), *self._lingering]
+        return sum(stream.buffered_bytes for stream in streams)
+
+    @property
+    def held_streams(self) -> int:
+        """Streams counted against ``max_streams``: open, being opened, or lingering."""
+        return len(self._streams) + len(self._connecting) + len(self._lingering)
 
     async def open(self, stream_id: str, host: str, port: int, window: int) -> int:
         """Connect ``stream_id`` to ``host:port``; ``window``: bytes the client can take
@@ -272,9 +291,10 @@ class StreamTable:
             raise ConnectFailed("the connection is closing")
         if stream_id in self._streams or stream_id in self._connecting:
             raise StreamMisuse(f"stream id {stream_id} is already in use")
-        if len(self._streams) + len(self._connecting) >= self.max_streams:
+        if self.held_streams >= self.max_streams:
             raise StreamMisuse(
-                f"this connection already has {self.max_streams} open streams; close one first"
+                f"this connection already has {self.max_streams} open streams (closed ones count "
+                "until their sockets have written what they hold); close one first"
             )
         if window <= 0:
             raise StreamMisuse("window must be at least 1 byte")
@@ -322,6 +342,13 @@ class StreamTable:
         if self._streams.get(stream.id) is stream:
             del self._streams[stream.id]
 
+    def lingering(self, stream: _Stream) -> None:
+        if not self._released:
+            self._lingering.add(stream)
+
+    def lingered(self, stream: _Stream) -> None:
+        self._lingering.discard(stream)
+
     # ---- the connection's outbound bound ------------------------------------------------------
 
     def outbound_full(self) -> None:
@@ -348,7 +375,8 @@ class StreamTable:
         if self._waiter is not None:
             self._waiter.cancel()
             self._waiter = None
-        streams = list(self._streams.values())
+        streams = [*self._streams.values(), *self._lingering]
         self._streams.clear()
+        self._lingering.clear()
         for stream in streams:
             stream.abort()
