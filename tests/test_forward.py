@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from exec_server.client import Client as PyClient
-from exec_server.client import RpcError, connect
+from exec_server.client import ConnectionLost, RpcError, State, connect
 from exec_server.client.forward import Forwarder, Spec, parse_spec
 from exec_server.config import Guards, Limits
 from exec_server.forwarding.streams import StreamTable
@@ -36,6 +36,7 @@ from exec_server.methods.forward import slice_write, streams_of
 from exec_server.sandbox.policy import load_confinement
 from exec_server.server import Server
 
+from .client_support import CuttableProxy
 from .sandbox_support import workspace_write
 from .support import Client, running_server, server_command, wait_until
 
@@ -128,6 +129,30 @@ async def test_the_cli_forwards_http_from_the_server(tmp_path: Path) -> None:
             finally:
                 cli.terminate()
                 await cli.wait()
+
+
+async def test_the_cli_stops_with_255_when_the_server_is_gone() -> None:
+    server = await asyncio.create_subprocess_exec(
+        *server_command("--listen", "ws://127.0.0.1:0"), stdout=asyncio.subprocess.PIPE
+    )
+    assert server.stdout is not None
+    url = (await asyncio.wait_for(server.stdout.readline(), 20)).decode().strip()
+    cli = await asyncio.create_subprocess_exec(
+        *server_command("forward", "--url", url, "--reconnect-timeout", "0", "0:localhost:9"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert cli.stderr is not None
+        assert b"forwarding" in await asyncio.wait_for(cli.stderr.readline(), 20)
+        server.kill()
+        await server.wait()
+        assert await asyncio.wait_for(cli.wait(), 20) == 255
+        assert b"the connection to the server is lost" in await cli.stderr.read()
+    finally:
+        for child in (cli, server):
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
 
 
 async def test_http_client_keeps_its_connection_through_the_forward(tmp_path: Path) -> None:
@@ -307,6 +332,27 @@ def _closed(client: Client, stream_id: str) -> dict[str, Any] | None:
         if n["method"] == "forward/closed" and n["params"]["streamId"] == stream_id:
             return dict(n["params"])
     return None
+
+
+async def test_a_dropped_connection_fails_its_streams_and_new_ones_work_after_resume() -> None:
+    """Bytes in flight on a lost connection cannot be replayed: reading fails with
+    ConnectionLost even though the session is resumed, and new streams work on it."""
+    async with (
+        destination(echo) as port,
+        running_server() as (_, url),
+        CuttableProxy(url) as proxy,
+        connect(proxy.url, reconnect_timeout=20) as client,
+    ):
+        reader, writer = await client.open_connection("127.0.0.1", port)
+        writer.write(b"before")
+        assert await reader.readexactly(6) == b"before"
+        proxy.cut()
+        with pytest.raises(ConnectionLost, match="forwarded stream"):
+            await reader.read()
+        assert await wait_until(lambda: client.state is State.OPEN, 20)
+        reader, writer = await client.open_connection("127.0.0.1", port)
+        writer.write(b"after")
+        assert await reader.readexactly(5) == b"after"
 
 
 # ---- bounded memory -------------------------------------------------------------------------
