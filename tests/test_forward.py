@@ -573,6 +573,25 @@ async def test_refused_under_a_confinement_that_restricts_the_network(tmp_path: 
             await client.open_connection("127.0.0.1", port)
 
 
+async def test_refused_when_the_requests_own_profile_restricts_the_network(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path.as_uri()
+    async with destination(echo) as port, raw_client() as raw:
+        params = {"streamId": "s", "host": "127.0.0.1", "port": port}
+        for network, refused in (("restricted", True), ("enabled", False)):
+            profile = workspace_write(root, network=network)
+            reply = await raw.request("forward/open", {**params, "sandbox": profile})
+            if refused:
+                assert "sandbox profile restricts the network" in reply["error"]["message"]
+            else:
+                assert reply["result"]["streamId"] == "s"
+        bad = await raw.request(
+            "forward/open", {**params, "streamId": "t", "sandbox": {"permissions": 1}}
+        )
+        assert bad["error"]["code"] == -32602
+
+
 async def test_allowed_under_a_confinement_that_enables_the_network(tmp_path: Path) -> None:
     profile = tmp_path / "confine.json"
     profile.write_text(json.dumps(workspace_write(str(tmp_path), network="enabled")))

@@ -538,6 +538,8 @@ class ForwardOpenParams(_Params):
     host: str
     port: Port
     window: WindowBytes = DEFAULT_FORWARD_WINDOW
+    sandbox: FsSandbox = None
+    """A permission profile, as on ``fs/*``: with its network restricted, refused."""
 
 
 class ForwardOpenResult(_Wire):

@@ -131,6 +131,17 @@ def open_stream(connection: Connection, params: ForwardOpenParams) -> Awaitable[
         raise invalid_request(
             "forward/open refused: this server's confinement (--confine) restricts the network"
         )
+    if params.sandbox is not None:
+        from ..sandbox.profile import ProfileError, parse_sandbox
+
+        try:
+            profile = parse_sandbox(params.sandbox)
+        except ProfileError as error:
+            raise invalid_params(error.message) from None
+        if profile is not None and not profile.permissions.network:
+            raise invalid_request(
+                "forward/open refused: the request's sandbox profile restricts the network"
+            )
     if not params.host or "\x00" in params.host:
         raise invalid_request("forward/open refused: host must be a name or an IP address")
     return _open(streams_of(connection), params)
