@@ -52,7 +52,7 @@ from .tcp import (
 )
 
 log = logging.getLogger("exec_server.client")
-P = TypeVar("P", bound=asyncio.BaseProtocol)
+P = TypeVar("P", bound=asyncio.Protocol)
 
 DEFAULT_CLIENT_NAME = "exec-server-python"
 WRITE_CHUNK_BYTES = 256 * 1024

@@ -26,7 +26,7 @@ from .errors import ConnectionLost, ExecServerError, NotSupported
 if TYPE_CHECKING:
     from .client import Client
 
-P = TypeVar("P", bound=asyncio.BaseProtocol)
+P = TypeVar("P", bound=asyncio.Protocol)
 
 log = logging.getLogger("exec_server.client")
 
@@ -108,7 +108,7 @@ class ForwardedStream:
         self.id = stream_id
         self.id_json = msgspec.json.encode(stream_id)
         self.window = window
-        self.protocol: asyncio.BaseProtocol | None = None
+        self.protocol: asyncio.Protocol | None = None
         self.send_credit = 0
         self.to_grant = 0
         self.reading_paused = False
@@ -124,7 +124,7 @@ class ForwardedStream:
         self.early: list[Callable[[], None]] | None = []
         """What arrived between the ``forward/open`` reply and the protocol's making."""
 
-    def made(self, protocol: asyncio.BaseProtocol, transport: asyncio.Transport) -> None:
+    def made(self, protocol: asyncio.Protocol, transport: asyncio.Transport) -> None:
         """The protocol is connected: it gets what arrived meanwhile, in order."""
         self.protocol = protocol
         protocol.connection_made(transport)
@@ -141,7 +141,7 @@ class ForwardedStream:
         if self.closed or self.protocol is None:
             return
         self.to_grant += len(data)
-        self.protocol.data_received(data)  # type: ignore[attr-defined]
+        self.protocol.data_received(data)
         if not self.reading_paused and self.to_grant >= self.window // 4:
             self._grant()
 
@@ -154,7 +154,7 @@ class ForwardedStream:
             self.early.append(self.on_eof)
             return
         if not self.closed and self.protocol is not None:
-            self.protocol.eof_received()  # type: ignore[attr-defined]
+            self.protocol.eof_received()
 
     def on_closed(self, error: str | None) -> None:
         if self.early is not None:
@@ -187,7 +187,8 @@ class ForwardedStream:
         self.wake.set()
         if not self.writing_paused and self.queued_bytes > WRITE_HIGH_WATER:
             self.writing_paused = True
-            self.protocol.pause_writing()  # type: ignore[union-attr]
+            if self.protocol is not None:
+                self.protocol.pause_writing()
 
     def pause_reading(self) -> None:
         self.reading_paused = True
@@ -258,8 +259,8 @@ class ForwardedStream:
         )
         if self.writing_paused and self.queued_bytes <= WRITE_HIGH_WATER // 4:
             self.writing_paused = False
-            if not self.closed:
-                self.protocol.resume_writing()  # type: ignore[union-attr]
+            if not self.closed and self.protocol is not None:
+                self.protocol.resume_writing()
 
     async def _post(self, method: str, params: dict[str, Any] | PreEncoded) -> None:
         """Send a call; its reply is only checked (an error ends the stream)."""
@@ -323,9 +324,10 @@ class _Transport(asyncio.Transport):
         self._stream.abort()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        assert isinstance(protocol, asyncio.Protocol)
         self._stream.protocol = protocol
 
-    def get_protocol(self) -> asyncio.BaseProtocol:
+    def get_protocol(self) -> asyncio.Protocol:
         assert self._stream.protocol is not None
         return self._stream.protocol
 
