@@ -304,6 +304,45 @@ async def test_a_destination_that_closes_sends_eof_then_closed() -> None:
         assert "unknown stream s" in failure["error"]["message"]
 
 
+async def test_a_banner_sent_at_once_follows_the_open_reply_under_uvloop() -> None:
+    """A destination that speaks first (SSH, SMTP): the server as the command runs it (on
+    uvloop, which starts reading a new socket whatever connection_made asked) still sends
+    the open reply before the banner, and the banner whole."""
+    banner = b"SSH-2.0-test\r\n" * 1000
+
+    async def speak_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(banner)
+        await writer.drain()
+        await reader.read()
+
+    server = await asyncio.create_subprocess_exec(
+        *server_command("--listen", "ws://127.0.0.1:0", "--loop", "uvloop"),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert server.stdout is not None
+        url = (await asyncio.wait_for(server.stdout.readline(), 20)).decode().strip()
+        async with destination(speak_first) as port, Client.connect(url) as raw:
+            await raw.initialize()
+            for index in range(10):
+                stream_id = f"s{index}"
+                params = {"streamId": stream_id, "host": "127.0.0.1", "port": port}
+                await raw.call("forward/open", params)
+                assert await wait_until(lambda s=stream_id: _data_bytes(raw, s) == len(banner))
+                order = [
+                    "reply"
+                    if "result" in m and m["result"].get("streamId") == stream_id
+                    else m.get("method")
+                    for m in raw.raw
+                    if "result" in m or (m.get("params") or {}).get("streamId") == stream_id
+                ]
+                reply = order.index("reply")
+                assert "forward/data" not in order[:reply], order
+    finally:
+        server.kill()
+        await server.wait()
+
+
 async def test_a_client_that_disconnects_ends_its_streams() -> None:
     ended = asyncio.Event()
 

@@ -82,9 +82,10 @@ class _Stream(asyncio.BufferedProtocol):
         """Bytes the client sent that left its window and were not granted back yet."""
         self.write_paused = False
         """The socket's user-space write buffer holds bytes (the kernel did not take all)."""
-        self.reading = True
         self.read_eof = False
         self.write_shut = False
+        self.early = bytearray()
+        """Bytes read before the client was told the stream is open."""
 
     # ---- the socket's side ------------------------------------------------------------------
 
@@ -93,7 +94,7 @@ class _Stream(asyncio.BufferedProtocol):
         self.transport = stream
         # Paused from the first byte on: a write is granted back once nothing waits in user space.
         stream.set_write_buffer_limits(high=0, low=0)
-        self._set_reading(False)  # until the client has been told the stream is open
+        stream.pause_reading()  # until the client has been told the stream is open
 
     def get_buffer(self, sizehint: int) -> memoryview:
         # Never more than the credit: what is read can always be sent at once.
@@ -102,13 +103,16 @@ class _Stream(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.send_credit -= nbytes
-        if not self.table.events.data(self.id, self.table.buffer[:nbytes]):
+        if self.state is StreamState.CONNECTING:
+            # uvloop starts reading after connection_made whatever it asked: keep the bytes
+            # until the client has its reply (one read at most, reading pauses now).
+            self.early += self.table.buffer[:nbytes]
+        elif not self.table.events.data(self.id, self.table.buffer[:nbytes]):
             self.table.outbound_full()
         self.update_reading()
 
     def eof_received(self) -> bool:
         self.read_eof = True
-        self.reading = False  # the transport stopped reading by itself
         if self.state is StreamState.OPEN:
             self.table.events.eof(self.id)
             if self.write_shut:
@@ -140,6 +144,10 @@ class _Stream(asyncio.BufferedProtocol):
         """The client knows the stream now: begin reading."""
         if self.state is StreamState.CONNECTING:
             self.state = StreamState.OPEN
+            if self.early:
+                early, self.early = self.early, bytearray()
+                if not self.table.events.data(self.id, memoryview(early)):
+                    self.table.outbound_full()
             if self.read_eof:
                 self.table.events.eof(self.id)
             self.update_reading()
@@ -201,21 +209,20 @@ class _Stream(asyncio.BufferedProtocol):
     # ---- state ------------------------------------------------------------------------------
 
     def update_reading(self) -> None:
-        self._set_reading(
+        """Read while open, credited and the connection has room. Asked of the transport
+        each time (both calls are no-ops when nothing changes): a remembered state could
+        disagree with uvloop's, which starts reading after connection_made."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.read_eof:
+            return
+        if (
             self.state is StreamState.OPEN
-            and not self.read_eof
             and self.send_credit > 0
             and not self.table.outbound_paused
-        )
-
-    def _set_reading(self, wanted: bool) -> None:
-        if wanted == self.reading or self.transport is None or self.transport.is_closing():
-            return
-        self.reading = wanted
-        if wanted:
-            self.transport.resume_reading()
+        ):
+            transport.resume_reading()
         else:
-            self.transport.pause_reading()
+            transport.pause_reading()
 
     def _finish(self, error: str | None, close: bool = True) -> None:
         announced = self.state is StreamState.OPEN or self.announced
