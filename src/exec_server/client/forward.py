@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import sys
 import textwrap
@@ -165,7 +166,9 @@ class Forwarder:
         opening = [pair.opening for pair in self.pairs if pair.opening is not None]
         for pair in list(self.pairs):
             pair.abort()
-        await asyncio.gather(*opening, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # streams still opening close once open
+            async with asyncio.timeout(2):
+                await asyncio.gather(*opening, return_exceptions=True)
 
 
 class _Side(asyncio.Protocol):
@@ -248,12 +251,14 @@ class _Pair:
             )
         except ExecServerError as exc:
             self.report(f"{self.spec}: {exc}")
-            self.opened.set_exception(exc)
+            if not self.opened.done():
+                self.opened.set_exception(exc)
             self.abort()
             return
         finally:
             self.opening = None
-        self.opened.set_result(None)
+        if not self.opened.done():
+            self.opened.set_result(None)
         if self.done:
             assert remote.transport is not None
             remote.transport.abort()
@@ -294,8 +299,13 @@ class _Pair:
             return
         self.done = True
         self.pairs.discard(self)
-        if self.opening is not None:
-            self.opening.cancel()
+        # A stream being opened is left to open and is then closed at once (_open sees
+        # `done`): cancelled, the server would keep it, unknown to us, as long as we are
+        # connected.
+        if not self.opened.done():
+            self.opened.set_exception(
+                ConnectionResetError("the local connection ended before the stream was open")
+            )
         for side in (self.local, self.remote):
             if side is not None and side.transport is not None and not side.transport.is_closing():
                 how(side.transport)
