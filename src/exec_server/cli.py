@@ -405,6 +405,16 @@ def guards_from_args(args: argparse.Namespace) -> Guards:
     )
 
 
+def private_paths_from_args(args: argparse.Namespace, address: ListenAddress) -> tuple[str, ...]:
+    """The server's own files, which every sandbox hides (its control channel and secrets):
+    the Unix socket it listens on, the token file, the TLS certificate and key. Operator
+    data, resolved once here (absolute, symlinks followed)."""
+    named = [args.auth_token_file, args.tls_cert, args.tls_key]
+    if address.kind == "unix":
+        named.append(address.path)
+    return tuple(dict.fromkeys(os.path.realpath(path) for path in named if path))
+
+
 def read_token(args: argparse.Namespace) -> str | None:
     """The bearer token from --auth-token-file or the environment, or None for none."""
     if args.auth_token_file is not None:
@@ -525,11 +535,14 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             f"--auth-token-file (or ${TOKEN_ENV}), or pass "
             "--insecure-allow-remote-without-auth for an isolated network"
         )
+    guards = msgspec.structs.replace(
+        guards_from_args(args), private_paths=private_paths_from_args(args, address)
+    )
     return ServeOptions(
         address=address,
         limits=limits_from_args(args),
         runtime=runtime_from_args(args, address),
-        guards=guards_from_args(args),
+        guards=guards,
         allowed_origins=frozenset(args.allow_origin),
         token=token,
         tls=tls_from_args(args, address),

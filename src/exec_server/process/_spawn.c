@@ -12,7 +12,10 @@
  *
  * Python interface (see _spawn.pyi):
  *   spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,
- *         subreaper) -> pid
+ *         subreaper, keep_fd=-1) -> pid
+ *
+ * keep_fd, when >= 3, stays open in the child under its own number (every other fd above 2
+ * is closed): bubblewrap reads its seccomp program from such a descriptor.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -67,7 +70,8 @@ static void free_array(char **array, PyObject *owner) {
 /* Runs in the vfork child: system calls only, no allocation, no Python. Never returns. */
 static void child(char *const candidates[], char *const argv[], char *const envp[],
                   char **sh_argv, const char *cwd, int fds[3], int ctty, int pdeathsig,
-                  int subreaper, pid_t parent, volatile int *err, volatile int *step) {
+                  int subreaper, int keep_fd, pid_t parent, volatile int *err,
+                  volatile int *step) {
     int i;
     if (setsid() < 0) { *step = STEP_SETSID; goto fail; }
     /* Move sources out of 0..2 first so one dup2 cannot clobber another's source. */
@@ -93,8 +97,20 @@ static void child(char *const candidates[], char *const argv[], char *const envp
     }
     if (subreaper) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); /* best effort: kernels >= 3.4 */
     if (cwd != NULL && chdir(cwd) < 0) { *step = STEP_CHDIR; goto fail; }
+    if (keep_fd >= 3) {
+        int flags = fcntl(keep_fd, F_GETFD);
+        if (flags < 0 || fcntl(keep_fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) {
+            *step = STEP_DUP; goto fail;
+        }
+    }
 #ifdef SYS_close_range
-    syscall(SYS_close_range, 3, ~0U, 0); /* best effort: Python's own fds are CLOEXEC anyway */
+    /* best effort: Python's own fds are CLOEXEC anyway */
+    if (keep_fd >= 3) {
+        if (keep_fd > 3) syscall(SYS_close_range, 3, (unsigned)keep_fd - 1, 0);
+        syscall(SYS_close_range, (unsigned)keep_fd + 1, ~0U, 0);
+    } else {
+        syscall(SYS_close_range, 3, ~0U, 0);
+    }
 #endif
     /* Default dispositions (Python ignores SIGPIPE and SIGXFSZ), then unblock everything. */
     for (i = 1; i < NSIG; i++) {
@@ -127,9 +143,9 @@ fail:
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
     PyObject *candidates_obj, *argv_obj, *envp_obj, *cwd_obj;
-    int fds[3], ctty, pdeathsig, subreaper;
-    if (!PyArg_ParseTuple(args, "OOOOiiipip", &candidates_obj, &argv_obj, &envp_obj, &cwd_obj,
-                          &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig, &subreaper))
+    int fds[3], ctty, pdeathsig, subreaper, keep_fd = -1;
+    if (!PyArg_ParseTuple(args, "OOOOiiipip|i", &candidates_obj, &argv_obj, &envp_obj, &cwd_obj,
+                          &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig, &subreaper, &keep_fd))
         return NULL;
     if (cwd_obj != Py_None && !PyBytes_Check(cwd_obj)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -171,8 +187,8 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pid_t pid = vfork();
     if (pid == 0) {
-        child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, subreaper, parent, &err,
-              &step);
+        child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, subreaper, keep_fd,
+              parent, &err, &step);
     }
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -210,7 +226,7 @@ static PyObject *become_subreaper(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS,
      "spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,\n"
-     "      subreaper) -> pid\n"
+     "      subreaper, keep_fd=-1) -> pid\n"
      "Start a child with vfork+execve; raises OSError naming the failing step."},
     {"become_subreaper", become_subreaper, METH_NOARGS,
      "become_subreaper() -> bool\nMake this process a child subreaper (PR_SET_CHILD_SUBREAPER)."},

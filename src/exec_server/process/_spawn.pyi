@@ -11,6 +11,7 @@ def spawn(
     ctty: bool,
     pdeathsig: int,
     subreaper: bool,
+    keep_fd: int = -1,
     /,
 ) -> int: ...
 def become_subreaper() -> bool: ...

@@ -46,6 +46,9 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     arg0: str | None = None
     size: tuple[int, int] | None = None
     """The PTY's (rows, columns); None for the usual 24x80."""
+    keep_fd: int | None = None
+    """A descriptor (3 or above) the child keeps open under its own number, every other one
+    above 2 being closed: the seccomp program bubblewrap reads (``--seccomp N``)."""
 
 
 class Child(msgspec.Struct):
@@ -124,6 +127,8 @@ def check_request(request: SpawnRequest) -> None:
         raise ValueError("arg0 contains a NUL byte")
     if "\0" in request.cwd:
         raise ValueError("cwd contains a NUL byte")
+    if request.keep_fd is not None and request.keep_fd < 3:
+        raise ValueError("keep_fd must be 3 or above (0-2 are the child's stdio)")
     for name, value in request.env.items():
         if "\0" in name or "=" in name:
             raise ValueError(f"illegal environment variable name {name!r}")
@@ -199,6 +204,7 @@ def spawn(request: SpawnRequest, *, native: bool = True) -> Child:
                         start_new_session=True,
                         preexec_fn=preexec,
                         close_fds=True,
+                        pass_fds=() if request.keep_fd is None else (request.keep_fd,),
                     )
 
                 try:
@@ -264,6 +270,7 @@ def _native_spawn(
                 request.tty,
                 signal.SIGKILL,
                 True,  # a child subreaper: see tree.py
+                -1 if request.keep_fd is None else request.keep_fd,
             )
         )
     except OSError as exc:

@@ -25,9 +25,13 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import msgspec
+
+from ..process.spawn import SpawnRequest
+from . import seccomp
 from .policy import (
     PROTECTED_METADATA_NAMES,
     Access,
@@ -75,6 +79,8 @@ class BwrapSupport:
     disable_userns: bool = False
     signal_shim: str | None = None
     bash: str | None = None
+    seccomp: bool = False
+    """Whether commands run under the seccomp filter (:mod:`.seccomp`)."""
 
     @property
     def usable(self) -> bool:
@@ -114,7 +120,8 @@ def probe(bwrap: str | None = None) -> BwrapSupport:
         argv += ["--disable-userns"] if disable_userns else []
         error = _run_quietly([*argv, "--", true])
         if error is None:
-            return BwrapSupport(bwrap, None, fresh_proc, disable_userns, shim, bash)
+            filtered = _seccomp_works([*argv, "--", true])
+            return BwrapSupport(bwrap, None, fresh_proc, disable_userns, shim, bash, filtered)
         first_error = first_error or error
     return BwrapSupport(bwrap, _why(first_error))
 
@@ -137,6 +144,12 @@ class Launch:
     """A command ready to spawn: ``argv`` replaces the original argv, and ``arg0`` is what
     the spawner must still show as ``argv[0]`` (None once the sandbox took care of it).
 
+    ``env`` is the environment to spawn ``argv`` with: for a sandboxed launch, one the
+    server chose (empty), the command's own environment being applied by bubblewrap inside
+    the sandbox only (``--clearenv --setenv``), so no variable of the client's (``LD_PRELOAD``,
+    ``LD_DEBUG_OUTPUT``, ...) reaches the launchers that run outside it. ``keep_fd`` is the
+    descriptor the child must keep (the seccomp program): close it with :meth:`spawned`.
+
     Call :meth:`release` once the child has exited (or failed to start): it removes the
     host-side placeholders this launch created, if no other launch still uses them.
     """
@@ -144,10 +157,35 @@ class Launch:
     argv: list[str]
     sandboxed: bool
     arg0: str | None = None
+    env: dict[str, str] | None = None
+    keep_fd: int | None = None
     _placeholders: list[_Placeholder] = field(default_factory=list, repr=False)
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        """The descriptors the child must inherit (for ``subprocess``'s ``pass_fds``)."""
+        return () if self.keep_fd is None else (self.keep_fd,)
+
+    def spawn_request(self, request: SpawnRequest) -> SpawnRequest:
+        """``request`` (the command as asked) turned into what to spawn for this launch."""
+        return msgspec.structs.replace(
+            request,
+            argv=self.argv,
+            arg0=self.arg0,
+            env=request.env if self.env is None else self.env,
+            keep_fd=self.keep_fd,
+        )
+
+    def spawned(self) -> None:
+        """The child has been spawned (or could not be): close the parent's copy of
+        ``keep_fd``. Safe to call more than once."""
+        fd, self.keep_fd = self.keep_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def release(self) -> None:
         """Undo the launch's host-side effects; safe to call more than once."""
+        self.spawned()
         held, self._placeholders = self._placeholders, []
         for placeholder in held:
             _release_placeholder(placeholder)
@@ -160,12 +198,18 @@ def wrap(
     *,
     arg0: str | None = None,
     bwrap: BwrapSupport | None = None,
+    env: Mapping[str, str] | None = None,
+    private_paths: Sequence[str] = (),
 ) -> Launch:
-    """The launch that runs ``argv`` in ``cwd`` confined by ``policy``.
+    """The launch that runs ``argv`` in ``cwd`` with ``env`` confined by ``policy``.
 
     An unrestricted policy returns ``argv`` unchanged. Raises :class:`SandboxUnavailable`
     when bubblewrap cannot run here and :class:`~.policy.PolicyError` when the policy
     cannot be built (too many glob matches, a glob with no directory prefix).
+
+    ``private_paths`` are the server's own files (its Unix socket, token file, TLS key and
+    certificate, runtime directory): hidden inside the sandbox whatever the policy says.
+    ``env`` is set inside the sandbox only; :attr:`Launch.env` is what to spawn with.
 
     The spawner must not add ``setsid`` inside: the child it spawns (the outer ``env``,
     then bwrap) is the session leader and keeps the PTY as controlling terminal; bwrap runs
@@ -177,9 +221,10 @@ def wrap(
     found = bwrap or support()
     if not found.usable or found.bwrap is None:
         raise SandboxUnavailable(found.reason or "bubblewrap is not usable")
-    launch = Launch([], sandboxed=True)
+    launch = Launch([], sandboxed=True, env={})
     try:
         mounts = _mount_args(policy, found, launch)
+        mounts += _private_args(policy, private_paths)
     except BaseException:
         launch.release()
         raise
@@ -195,6 +240,12 @@ def wrap(
     namespaces += [] if policy.network else ["--unshare-net"]
     namespaces += ["--disable-userns"] if found.disable_userns else []
     command = [found.bwrap, *mounts, *namespaces, "--die-with-parent", "--cap-drop", "ALL"]
+    command += ["--clearenv"]
+    for name, value in (env or {}).items():
+        command += ["--setenv", name, value]
+    if found.seccomp:
+        launch.keep_fd = seccomp.filter_fd(policy.network)
+        command += ["--seccomp", str(launch.keep_fd)]
     command += ["--chdir", cwd, "--", *inner]
     if found.signal_shim is not None:
         command = [found.signal_shim, f"--ignore-signal={IGNORED_IN_BWRAP}", "--", *command]
@@ -232,6 +283,23 @@ def _mount_args(policy: Policy, found: BwrapSupport, launch: Launch) -> list[str
         args += ["--remount-ro", path]
     if policy.base == Access.NONE:
         args += ["--remount-ro", "/"]
+    return args
+
+
+def _private_args(policy: Policy, private_paths: Sequence[str]) -> list[str]:
+    """Cover the server's own files where the sandbox would otherwise show them: an empty
+    tmpfs over a directory, ``/dev/null`` over a file or socket (a ``connect`` to it is
+    refused). Added after every other mount, so no rule can re-open them."""
+    args: list[str] = []
+    for path in sorted(set(private_paths)):
+        if path in _SKIPPED_TREES or path.startswith(("/proc/", "/dev/")):
+            continue
+        if not os.path.lexists(path) or policy.access_at(path) == Access.NONE:
+            continue  # absent, or hidden already (an unreadable tmpfs or an empty root)
+        if os.path.isdir(path) and not os.path.islink(path):
+            args += ["--perms", "000", "--tmpfs", path, "--remount-ro", path]
+        else:
+            args += ["--ro-bind", "/dev/null", path]
     return args
 
 
@@ -385,6 +453,28 @@ def _glob_matches(policy: Policy) -> list[str]:
                     f"{MAX_GLOB_MATCHES} paths"
                 )
     return sorted(set(matches))
+
+
+def _seccomp_works(argv: list[str]) -> bool:
+    """Whether bubblewrap loads our seccomp program here (``argv`` ends with ``-- true``)."""
+    if not seccomp.available():
+        return False
+    fd = seccomp.filter_fd(network=False)
+    try:
+        done = subprocess.run(
+            [*argv[:-2], "--seccomp", str(fd), *argv[-2:]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=_PROBE_TIMEOUT,
+            check=False,
+            pass_fds=(fd,),
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        os.close(fd)
+    return done.returncode == 0
 
 
 def _signal_shim() -> str | None:
