@@ -333,3 +333,34 @@ for name, request in (("TIOCSTI", termios.TIOCSTI), ("TIOCLINUX", 0x541C)):
 """
     output = await _output(client, "pty", ["python3", "-c", script], work, tty=True)
     assert "TIOCSTI EPERM" in output and "TIOCLINUX EPERM" in output, output
+
+
+# ---- "Nested workspace rename" ---------------------------------------------------------------
+
+
+async def test_a_nested_roots_git_cannot_be_replaced_by_renaming_its_parent(
+    client: Client, places: tuple[Path, Path]
+) -> None:
+    """Two workspace roots, one inside the other: renaming the inner root's parent used to
+    take its read-only ``.git`` mount along and leave the old place free for a planted
+    ``.git`` (``core.fsmonitor`` runs outside when the user next runs git there)."""
+    work, _ = places
+    inner = work / "a" / "inner"
+    inner.mkdir(parents=True)
+    await asyncio.to_thread(subprocess.run, ["git", "init", "-q", str(inner)], check=True)
+    config = (inner / ".git" / "config").read_text()
+    profile = codex_workspace_write(to_file_uri(str(work)))
+    profile["workspaceRoots"] = [to_file_uri(str(work)), to_file_uri(str(inner))]
+    script = """
+mv a b 2>/dev/null && echo MOVED-PARENT
+mv a/inner a/moved 2>/dev/null && echo MOVED-ROOT
+rm -rf a 2>/dev/null; [ -d a/inner/.git ] || echo REMOVED
+mkdir -p a/inner/.git 2>/dev/null; echo planted > a/inner/.git/config 2>/dev/null && echo PLANTED
+echo x > a/inner/file && echo inner-writable
+echo x > a/file && echo parent-writable
+"""
+    output = await _output(client, "rename", ["bash", "-c", script], work, sandbox=profile)
+    assert "inner-writable" in output and "parent-writable" in output, output
+    assert "MOVED" not in output and "PLANTED" not in output and "REMOVED" not in output, output
+    assert (inner / ".git" / "config").read_text() == config
+    assert sorted(p.name for p in work.iterdir()) == ["a"]

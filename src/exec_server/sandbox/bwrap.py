@@ -26,6 +26,7 @@ import stat
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import msgspec
@@ -265,10 +266,11 @@ def _mount_args(policy: Policy, found: BwrapSupport, launch: Launch) -> list[str
         if policy.parent_access(link) == Access.NONE and not link.startswith(_SKIPPED_TREES):
             args += ["--symlink", target, link]  # e.g. /lib64 -> usr/lib64 on an empty root
     frozen: list[str] = []  # tmpfs mounts made read-only once everything below them is bound
-    for path, access, parent in _layers(policy):
+    pins = _pins(policy)
+    for path, access, parent in _layers(policy, pins):
         if path in _SKIPPED_TREES or path.startswith(("/proc/", "/dev/")):
             continue
-        if access == parent:
+        if access == parent and path not in pins:
             continue
         if _held(path) or not os.path.lexists(path):
             _guard_missing(policy, path, access, launch, args, frozen)
@@ -303,10 +305,34 @@ def _private_args(policy: Policy, private_paths: Sequence[str]) -> list[str]:
     return args
 
 
-def _layers(policy: Policy) -> Iterator[tuple[str, Access, Access]]:
-    """(path, access, access of its parent) for every rule and deny-glob match, shallow first."""
+def _pins(policy: Policy) -> set[str]:
+    """Writable directories to bind onto themselves so they cannot be renamed: the
+    ancestors of each read-only carve-out (a nested root's ``.git``) up to the nearest mount.
+    Mounts move with their directory: renaming ``ws/a`` would take ``ws/a/inner/.git``'s
+    read-only mount along and leave ``ws/a/inner/.git`` free to plant; a mount point cannot
+    be renamed or removed (``EBUSY``)."""
+    mounted = {"/"} | {r.path for r in policy.rules if r.access != policy.parent_access(r.path)}
+    pins: set[str] = set()
+    for rule in policy.rules:
+        if rule.access != Access.READ or policy.parent_access(rule.path) != Access.WRITE:
+            continue
+        ancestor = posixpath.dirname(rule.path)
+        while ancestor not in mounted and ancestor not in pins:
+            if policy.rule_access_at(ancestor) == Access.WRITE and os.path.isdir(ancestor):
+                pins.add(ancestor)
+            ancestor = posixpath.dirname(ancestor)
+    return pins
+
+
+def _layers(
+    policy: Policy, pins: AbstractSet[str] = frozenset()
+) -> Iterator[tuple[str, Access, Access]]:
+    """(path, access, access of its parent) for every rule, deny-glob match and pinned
+    directory, shallow first."""
     layers = [(rule.path, rule.access) for rule in policy.rules]
     layers += [(path, Access.NONE) for path in _glob_matches(policy)]
+    named = {rule.path for rule in policy.rules}
+    layers += [(path, Access.WRITE) for path in pins if path not in named]
     layers.sort(key=lambda layer: (layer[0].count("/"), layer[0]))
     for path, access in layers:
         yield path, access, policy.parent_access(path)
