@@ -28,13 +28,14 @@ from exec_server.cli import build_parser, options_from_args
 from exec_server.config import Guards
 from exec_server.paths import to_file_uri
 from exec_server.sandbox.bwrap import support
+from exec_server.sandbox.cgroup import pids_cgroups
 from exec_server.sandbox.policy import load_confinement
 from exec_server.server import Server
 from exec_server.transport.websocket import serve_unix
 
 from .sandbox_support import special
 from .sandbox_support import workspace_write as codex_workspace_write
-from .support import PATH_ENV, Client, running_server, self_signed
+from .support import PATH_ENV, Client, running_server, self_signed, wait_until
 
 pytestmark = pytest.mark.skipif(
     not support().usable, reason=f"bubblewrap cannot run here: {support().reason}"
@@ -364,3 +365,45 @@ echo x > a/file && echo parent-writable
     assert "MOVED" not in output and "PLANTED" not in output and "REMOVED" not in output, output
     assert (inner / ".git" / "config").read_text() == config
     assert sorted(p.name for p in work.iterdir()) == ["a"]
+
+
+# ---- item 8: a process cap per sandbox -----------------------------------------------------
+
+FORK_LOOP = """
+import os, signal, time
+started = 0
+for _ in range(60):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    started += 1
+print("started", started, flush=True)
+"""
+
+
+@pytest.mark.skipif(not pids_cgroups().usable, reason=f"no pids cgroup: {pids_cgroups().reason}")
+async def test_a_fork_loop_in_a_sandbox_stops_at_the_pids_limit(places: tuple[Path, Path]) -> None:
+    work, _ = places
+    async with running_server(guards=Guards(pids_limit=16)) as (_, url), Client.connect(url) as c:
+        await c.initialize()
+        info = (await c.call("environment/info"))["sandbox"]
+        assert (info["pidsCgroup"], info["pidsLimit"], info["seccomp"]) == (True, 16, True)
+        output = await _output(c, "bomb", ["python3", "-c", FORK_LOOP], work, env=PATH_ENV)
+    started = int(output.split()[-1])
+    assert 0 < started < 16, output  # bwrap and the interpreter count too
+    # Every sandbox's cgroup goes once its last process has left
+    group = str(pids_cgroups().group)
+    assert await wait_until(lambda: not [e for e in os.scandir(group) if e.is_dir()])
+
+
+async def test_without_a_pids_cgroup_environment_info_says_so(client: Client) -> None:
+    """No silent claim: the sandbox block says whether each protection is on here."""
+    info = (await client.call("environment/info"))["sandbox"]
+    assert info["seccomp"] is True
+    assert info["pidsCgroup"] is pids_cgroups().usable
+    if not pids_cgroups().usable:
+        assert "TasksMax" in info["pidsCgroupReason"] and info["pidsLimit"] is None

@@ -165,6 +165,16 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
         "will not start if bubblewrap cannot run here",
     )
     group.add_argument(
+        "--sandbox-pids-limit",
+        type=int,
+        default=Guards().pids_limit,
+        metavar="N",
+        help="the most tasks (processes and threads) one sandboxed command may have at once, "
+        "enforced with a pids cgroup per sandbox where the server can create one "
+        "(environment/info's sandbox.pidsCgroup says whether it can, and what to configure "
+        f"if not); 0: no limit. Default {Guards().pids_limit}",
+    )
+    group.add_argument(
         "--http-deny",
         action="append",
         default=[],
@@ -398,10 +408,13 @@ def guards_from_args(args: argparse.Namespace) -> Guards:
             raise ValueError(f"--confine {args.confine}: {error.message}") from None
         if not support().usable:
             raise ValueError(f"--confine needs a working sandbox: {support().reason}")
+    if args.sandbox_pids_limit < 0:
+        raise ValueError("--sandbox-pids-limit must not be negative")
     return Guards(
         env_exclude=tuple(args.env_exclude),
         http_deny=tuple(args.http_deny),
         confinement=confinement,
+        pids_limit=args.sandbox_pids_limit,
     )
 
 

@@ -219,8 +219,16 @@ async def _start_sandboxed(
         policy = enforce.process_policy(profile, confinement, request.cwd, request.env)
         if policy is None or not policy.is_restricted:
             return None
-        private = connection.server.guards.private_paths
-        return enforce.launch(policy, request.argv, request.cwd, request.arg0, request.env, private)
+        guards = connection.server.guards
+        return enforce.launch(
+            policy,
+            request.argv,
+            request.cwd,
+            request.arg0,
+            request.env,
+            guards.private_paths,
+            guards.pids_limit,
+        )
 
     try:
         launch = await asyncio.to_thread(prepare)

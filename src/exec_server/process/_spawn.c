@@ -12,10 +12,12 @@
  *
  * Python interface (see _spawn.pyi):
  *   spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,
- *         subreaper, keep_fd=-1) -> pid
+ *         subreaper, keep_fd=-1, cgroup_fd=-1) -> pid
  *
  * keep_fd, when >= 3, stays open in the child under its own number (every other fd above 2
- * is closed): bubblewrap reads its seccomp program from such a descriptor.
+ * is closed): bubblewrap reads its seccomp program from such a descriptor. cgroup_fd, when
+ * >= 0, is a cgroup.procs file the child writes "0" to (moving itself into that cgroup)
+ * before it executes, so everything it starts is counted there from the first fork.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -33,9 +35,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-enum step { STEP_NONE = 0, STEP_SETSID, STEP_DUP, STEP_CTTY, STEP_PDEATHSIG, STEP_CHDIR, STEP_EXEC };
+enum step { STEP_NONE = 0, STEP_SETSID, STEP_DUP, STEP_CTTY, STEP_PDEATHSIG, STEP_CHDIR, STEP_EXEC,
+            STEP_CGROUP };
 
-static const char *step_names[] = {"", "setsid", "dup2", "controlling terminal", "prctl", "chdir", "exec"};
+static const char *step_names[] = {"", "setsid", "dup2", "controlling terminal", "prctl", "chdir", "exec",
+                                   "cgroup"};
 
 /* A NULL-terminated char* array into the bytes items of a sequence. The items are owned by
  * `*owner` (the sequence itself, or a list made from it), which the caller releases with
@@ -70,10 +74,11 @@ static void free_array(char **array, PyObject *owner) {
 /* Runs in the vfork child: system calls only, no allocation, no Python. Never returns. */
 static void child(char *const candidates[], char *const argv[], char *const envp[],
                   char **sh_argv, const char *cwd, int fds[3], int ctty, int pdeathsig,
-                  int subreaper, int keep_fd, pid_t parent, volatile int *err,
+                  int subreaper, int keep_fd, int cgroup_fd, pid_t parent, volatile int *err,
                   volatile int *step) {
     int i;
     if (setsid() < 0) { *step = STEP_SETSID; goto fail; }
+    if (cgroup_fd >= 0 && write(cgroup_fd, "0", 1) != 1) { *step = STEP_CGROUP; goto fail; }
     /* Move sources out of 0..2 first so one dup2 cannot clobber another's source. */
     for (i = 0; i < 3; i++) {
         if (fds[i] >= 0 && fds[i] < 3 && fds[i] != i) {
@@ -143,9 +148,10 @@ fail:
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
     PyObject *candidates_obj, *argv_obj, *envp_obj, *cwd_obj;
-    int fds[3], ctty, pdeathsig, subreaper, keep_fd = -1;
-    if (!PyArg_ParseTuple(args, "OOOOiiipip|i", &candidates_obj, &argv_obj, &envp_obj, &cwd_obj,
-                          &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig, &subreaper, &keep_fd))
+    int fds[3], ctty, pdeathsig, subreaper, keep_fd = -1, cgroup_fd = -1;
+    if (!PyArg_ParseTuple(args, "OOOOiiipip|ii", &candidates_obj, &argv_obj, &envp_obj, &cwd_obj,
+                          &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig, &subreaper, &keep_fd,
+                          &cgroup_fd))
         return NULL;
     if (cwd_obj != Py_None && !PyBytes_Check(cwd_obj)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -188,7 +194,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     pid_t pid = vfork();
     if (pid == 0) {
         child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, subreaper, keep_fd,
-              parent, &err, &step);
+              cgroup_fd, parent, &err, &step);
     }
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -226,7 +232,7 @@ static PyObject *become_subreaper(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS,
      "spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,\n"
-     "      subreaper, keep_fd=-1) -> pid\n"
+     "      subreaper, keep_fd=-1, cgroup_fd=-1) -> pid\n"
      "Start a child with vfork+execve; raises OSError naming the failing step."},
     {"become_subreaper", become_subreaper, METH_NOARGS,
      "become_subreaper() -> bool\nMake this process a child subreaper (PR_SET_CHILD_SUBREAPER)."},

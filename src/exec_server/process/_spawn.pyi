@@ -12,6 +12,7 @@ def spawn(
     pdeathsig: int,
     subreaper: bool,
     keep_fd: int = -1,
+    cgroup_fd: int = -1,
     /,
 ) -> int: ...
 def become_subreaper() -> bool: ...

@@ -49,6 +49,9 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     keep_fd: int | None = None
     """A descriptor (3 or above) the child keeps open under its own number, every other one
     above 2 being closed: the seccomp program bubblewrap reads (``--seccomp N``)."""
+    cgroup_fd: int | None = None
+    """A ``cgroup.procs`` file the child moves itself into before it executes (a sandbox's
+    pids cgroup), so all it starts is counted there from its first fork."""
 
 
 class Child(msgspec.Struct):
@@ -82,8 +85,12 @@ def _libc_calls() -> tuple[Any, Any]:
     return prctl, set_handler
 
 
-def _preexec(tty: bool, parent_pid: int) -> None:  # pragma: no cover - runs in the child
+def _preexec(
+    tty: bool, parent_pid: int, cgroup_fd: int | None
+) -> None:  # pragma: no cover - runs in the child
     # setsid has already run (start_new_session); fds 0-2 are in place.
+    if cgroup_fd is not None:
+        os.write(cgroup_fd, b"0")  # into the sandbox's pids cgroup before anything forks
     _prctl, _signal = _libc_calls()
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the server died before the line above took effect
@@ -156,7 +163,7 @@ def spawn(request: SpawnRequest, *, native: bool = True) -> Child:
     tty = request.tty
 
     def preexec() -> None:  # pragma: no cover - runs in the child
-        _preexec(tty, parent_pid)
+        _preexec(tty, parent_pid, request.cgroup_fd)
 
     to_close: list[int] = []
     try:
@@ -271,6 +278,7 @@ def _native_spawn(
                 signal.SIGKILL,
                 True,  # a child subreaper: see tree.py
                 -1 if request.keep_fd is None else request.keep_fd,
+                -1 if request.cgroup_fd is None else request.cgroup_fd,
             )
         )
     except OSError as exc:

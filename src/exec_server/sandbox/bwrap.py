@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from ..process.spawn import SpawnRequest
+from . import cgroup as cgroups
 from . import seccomp
 from .policy import (
     PROTECTED_METADATA_NAMES,
@@ -160,6 +161,8 @@ class Launch:
     arg0: str | None = None
     env: dict[str, str] | None = None
     keep_fd: int | None = None
+    cgroup: cgroups.SandboxCgroup | None = None
+    """The sandbox's pids cgroup, which the spawned launcher joins before it executes."""
     _placeholders: list[_Placeholder] = field(default_factory=list, repr=False)
 
     @property
@@ -175,6 +178,7 @@ class Launch:
             arg0=self.arg0,
             env=request.env if self.env is None else self.env,
             keep_fd=self.keep_fd,
+            cgroup_fd=None if self.cgroup is None else self.cgroup.procs_fd,
         )
 
     def spawned(self) -> None:
@@ -183,10 +187,15 @@ class Launch:
         fd, self.keep_fd = self.keep_fd, None
         if fd is not None:
             os.close(fd)
+        if self.cgroup is not None:
+            self.cgroup.spawned()
 
     def release(self) -> None:
         """Undo the launch's host-side effects; safe to call more than once."""
         self.spawned()
+        held_cgroup, self.cgroup = self.cgroup, None
+        if held_cgroup is not None:
+            held_cgroup.remove()
         held, self._placeholders = self._placeholders, []
         for placeholder in held:
             _release_placeholder(placeholder)
@@ -201,6 +210,7 @@ def wrap(
     bwrap: BwrapSupport | None = None,
     env: Mapping[str, str] | None = None,
     private_paths: Sequence[str] = (),
+    pids_limit: int = 0,
 ) -> Launch:
     """The launch that runs ``argv`` in ``cwd`` with ``env`` confined by ``policy``.
 
@@ -211,6 +221,8 @@ def wrap(
     ``private_paths`` are the server's own files (its Unix socket, token file, TLS key and
     certificate, runtime directory): hidden inside the sandbox whatever the policy says.
     ``env`` is set inside the sandbox only; :attr:`Launch.env` is what to spawn with.
+    ``pids_limit`` (when above 0, and where :mod:`.cgroup` can make one) puts the sandbox in
+    a pids cgroup allowing that many tasks.
 
     The spawner must not add ``setsid`` inside: the child it spawns (the outer ``env``,
     then bwrap) is the session leader and keeps the PTY as controlling terminal; bwrap runs
@@ -226,6 +238,7 @@ def wrap(
     try:
         mounts = _mount_args(policy, found, launch)
         mounts += _private_args(policy, private_paths)
+        launch.cgroup = cgroups.create(pids_limit)
     except BaseException:
         launch.release()
         raise

@@ -58,10 +58,11 @@ def launch(
     arg0: str | None,
     env: Mapping[str, str],
     private_paths: Sequence[str] = (),
+    pids_limit: int = 0,
 ) -> Launch:
     """The sandboxed launch of ``argv``: spawn ``Launch.argv`` with ``Launch.env`` (the
     command's ``env`` applies inside the sandbox only). ``private_paths``, the server's own
-    files, are hidden inside whatever the policy. Raises :class:`SandboxUnavailable` when
+    files, are hidden inside whatever the policy; ``pids_limit`` bounds its tasks. Raises :class:`SandboxUnavailable` when
     bubblewrap cannot run here, and ``FileNotFoundError`` when the program is not on the
     child's PATH (as an unsandboxed start would: inside, it would only be ``env``'s exit
     127)."""
@@ -69,7 +70,15 @@ def launch(
         raise SandboxUnavailable(support().reason or "bubblewrap is not usable")
     if not _findable(argv[0], env):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
-    return wrap(policy, argv, cwd, arg0=arg0, env=env, private_paths=private_paths)
+    return wrap(
+        policy,
+        argv,
+        cwd,
+        arg0=arg0,
+        env=env,
+        private_paths=private_paths,
+        pids_limit=pids_limit,
+    )
 
 
 def _findable(program: str, env: Mapping[str, str]) -> bool:
