@@ -395,9 +395,11 @@ async def test_a_fork_loop_in_a_sandbox_stops_at_the_pids_limit(places: tuple[Pa
         output = await _output(c, "bomb", ["python3", "-c", FORK_LOOP], work, env=PATH_ENV)
     started = int(output.split()[-1])
     assert 0 < started < 16, output  # bwrap and the interpreter count too
-    # Every sandbox's cgroup goes once its last process has left
-    group = str(pids_cgroups().group)
-    assert await wait_until(lambda: not [e for e in os.scandir(group) if e.is_dir()])
+    # Nothing is left in any sandbox cgroup once the sandbox has exited
+    group = Path(str(pids_cgroups().group))
+    assert await wait_until(
+        lambda: all(not (d / "cgroup.procs").read_text() for d in group.iterdir() if d.is_dir())
+    )
 
 
 async def test_without_a_pids_cgroup_environment_info_says_so(client: Client) -> None:

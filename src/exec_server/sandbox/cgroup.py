@@ -19,7 +19,6 @@ import functools
 import itertools
 import os
 import threading
-import time
 from dataclasses import dataclass
 
 _CGROUP_ROOTS = "/sys/fs/cgroup"
@@ -47,8 +46,8 @@ class PidsCgroups:
 @dataclass(slots=True)
 class SandboxCgroup:
     """One sandbox's pids cgroup: ``procs_fd`` (its ``cgroup.procs``, open for writing) is
-    handed to the spawned launcher; :meth:`spawned` closes it, :meth:`remove` deletes the
-    cgroup once the sandbox has exited."""
+    handed to the spawned launcher; :meth:`spawned` closes it, :meth:`remove` gives the
+    cgroup back once the sandbox has exited."""
 
     path: str
     procs_fd: int | None
@@ -59,16 +58,11 @@ class SandboxCgroup:
             os.close(fd)
 
     def remove(self) -> None:
-        """Delete the cgroup. Its last processes may take a moment to leave after the
-        launcher has been reaped (the PID namespace is torn down behind it): a cgroup still
-        in use is retried by a worker thread, and swept when the server exits."""
+        """Give the cgroup back for a later sandbox (made and removed cgroups cost the
+        kernel more than reused ones). Its last processes may still be leaving (the PID
+        namespace is torn down behind the reaped launcher): it is reused only once empty."""
         self.spawned()
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            _remover.add(self.path)
+        _pool.give_back(self.path)
 
 
 @functools.cache
@@ -81,20 +75,18 @@ def pids_cgroups() -> PidsCgroups:
 
 
 def create(limit: int) -> SandboxCgroup | None:
-    """A new pids cgroup allowing ``limit`` tasks, or None when there is no place for one
-    (see :func:`pids_cgroups`) or ``limit`` is 0. OSError if making it failed."""
+    """A pids cgroup allowing ``limit`` tasks and holding none, or None when there is no
+    place for one (see :func:`pids_cgroups`) or ``limit`` is 0. OSError if making it failed."""
     found = pids_cgroups()
     if limit <= 0 or found.group is None:
         return None
-    path = os.path.join(found.group, f"s{next(_serial)}")
-    os.mkdir(path)
+    path = _pool.take() or _make(found.group)
     try:
         with open(os.path.join(path, "pids.max"), "w") as handle:
             handle.write(str(limit))
         fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
+        _pool.give_back(path)
         raise
     return SandboxCgroup(path, fd)
 
@@ -102,59 +94,51 @@ def create(limit: int) -> SandboxCgroup | None:
 _serial = itertools.count(1)
 
 
-class _Remover:
-    """Removes cgroups that were still populated when their sandbox ended: one daemon
-    thread, started on first need, retrying every few milliseconds until each is empty
-    (then at exit, by :meth:`sweep`)."""
-
-    RETRY_S = 0.005
-    GIVE_UP_S = 10.0
-
-    def __init__(self) -> None:
-        self._pending: dict[str, float] = {}
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def add(self, path: str) -> None:
-        with self._wake:
-            self._pending[path] = time.monotonic() + self.GIVE_UP_S
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="exec-server-cgroup-remover", daemon=True
-                )
-                self._thread.start()
-            self._wake.notify()
-
-    def sweep(self) -> None:
-        """Try each pending cgroup once."""
-        with self._wake:
-            for path in list(self._pending):
-                if _removed(path):
-                    del self._pending[path]
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._pending:
-                    self._wake.wait()
-                now = time.monotonic()
-                for path, deadline in list(self._pending.items()):
-                    if _removed(path) or now > deadline:
-                        del self._pending[path]
-            time.sleep(self.RETRY_S)
+def _make(group: str) -> str:
+    path = os.path.join(group, f"s{next(_serial)}")
+    os.mkdir(path)
+    return path
 
 
-def _removed(path: str) -> bool:
+def _empty(path: str) -> bool:
     try:
-        os.rmdir(path)
-    except FileNotFoundError:
-        return True
+        with open(os.path.join(path, "cgroup.procs"), "rb") as handle:
+            return not handle.read(1)
     except OSError:
         return False
-    return True
 
 
-_remover = _Remover()
+class _Pool:
+    """Cgroups made by this server and not in use: ``free`` (empty) and ``draining`` (the
+    last processes of their sandbox still leaving), checked again on each :meth:`take`.
+    All are removed when the server exits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._free: list[str] = []
+        self._draining: list[str] = []
+
+    def take(self) -> str | None:
+        with self._lock:
+            still: list[str] = []
+            for path in self._draining:
+                (self._free if _empty(path) else still).append(path)
+            self._draining = still
+            return self._free.pop() if self._free else None
+
+    def give_back(self, path: str) -> None:
+        with self._lock:
+            self._draining.append(path)
+
+    def remove_all(self) -> None:
+        with self._lock:
+            paths, self._free, self._draining = self._free + self._draining, [], []
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+
+
+_pool = _Pool()
 
 
 def _find() -> PidsCgroups:
@@ -198,7 +182,7 @@ def _make_group(base: str, version: int) -> PidsCgroups:
 
 
 def _remove_group(group: str) -> None:
-    _remover.sweep()
+    _pool.remove_all()
     with contextlib.suppress(OSError):
         os.rmdir(group)
 
