@@ -66,8 +66,7 @@ def run(
     try:
         return subprocess.run(
             launch.argv,
-            env=launch.env,
-            pass_fds=launch.pass_fds,
+            **launch.subprocess_options(),
             cwd=str(cwd),
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -91,8 +90,7 @@ def started_when_ready(policy: Policy, script: str, cwd: Path) -> Iterator[subpr
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
-            env=launch.env,
-            pass_fds=launch.pass_fds,
+            **launch.subprocess_options(),
         )
         launch.spawned()
         assert child.stdout is not None

@@ -12,12 +12,14 @@
  *
  * Python interface (see _spawn.pyi):
  *   spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,
- *         subreaper, keep_fd=-1, cgroup_fd=-1) -> pid
+ *         subreaper, keep_fd=-1, cgroup_fd=-1, ignored=0) -> pid
  *
  * keep_fd, when >= 3, stays open in the child under its own number (every other fd above 2
  * is closed): bubblewrap reads its seccomp program from such a descriptor. cgroup_fd, when
  * >= 0, is a cgroup.procs file the child writes "0" to (moving itself into that cgroup)
  * before it executes, so everything it starts is counted there from the first fork.
+ * ignored is a mask of signals (bit N-1 for signal N) set to SIG_IGN instead of the default:
+ * bubblewrap must survive the signals meant for the command it runs.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -74,8 +76,8 @@ static void free_array(char **array, PyObject *owner) {
 /* Runs in the vfork child: system calls only, no allocation, no Python. Never returns. */
 static void child(char *const candidates[], char *const argv[], char *const envp[],
                   char **sh_argv, const char *cwd, int fds[3], int ctty, int pdeathsig,
-                  int subreaper, int keep_fd, int cgroup_fd, pid_t parent, volatile int *err,
-                  volatile int *step) {
+                  int subreaper, int keep_fd, int cgroup_fd, unsigned long long ignored,
+                  pid_t parent, volatile int *err, volatile int *step) {
     int i;
     if (setsid() < 0) { *step = STEP_SETSID; goto fail; }
     if (cgroup_fd >= 0 && write(cgroup_fd, "0", 1) != 1) { *step = STEP_CGROUP; goto fail; }
@@ -119,7 +121,8 @@ static void child(char *const candidates[], char *const argv[], char *const envp
 #endif
     /* Default dispositions (Python ignores SIGPIPE and SIGXFSZ), then unblock everything. */
     for (i = 1; i < NSIG; i++) {
-        if (i != SIGKILL && i != SIGSTOP) signal(i, SIG_DFL);
+        if (i != SIGKILL && i != SIGSTOP)
+            signal(i, (i <= 64 && (ignored >> (i - 1)) & 1ULL) ? SIG_IGN : SIG_DFL);
     }
     sigset_t none;
     sigemptyset(&none);
@@ -149,9 +152,10 @@ fail:
 static PyObject *spawn(PyObject *self, PyObject *args) {
     PyObject *candidates_obj, *argv_obj, *envp_obj, *cwd_obj;
     int fds[3], ctty, pdeathsig, subreaper, keep_fd = -1, cgroup_fd = -1;
-    if (!PyArg_ParseTuple(args, "OOOOiiipip|ii", &candidates_obj, &argv_obj, &envp_obj, &cwd_obj,
-                          &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig, &subreaper, &keep_fd,
-                          &cgroup_fd))
+    unsigned long long ignored = 0;
+    if (!PyArg_ParseTuple(args, "OOOOiiipip|iiK", &candidates_obj, &argv_obj, &envp_obj,
+                          &cwd_obj, &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig, &subreaper,
+                          &keep_fd, &cgroup_fd, &ignored))
         return NULL;
     if (cwd_obj != Py_None && !PyBytes_Check(cwd_obj)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -194,7 +198,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     pid_t pid = vfork();
     if (pid == 0) {
         child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, subreaper, keep_fd,
-              cgroup_fd, parent, &err, &step);
+              cgroup_fd, ignored, parent, &err, &step);
     }
     int fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -232,7 +236,7 @@ static PyObject *become_subreaper(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS,
      "spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,\n"
-     "      subreaper, keep_fd=-1, cgroup_fd=-1) -> pid\n"
+     "      subreaper, keep_fd=-1, cgroup_fd=-1, ignored=0) -> pid\n"
      "Start a child with vfork+execve; raises OSError naming the failing step."},
     {"become_subreaper", become_subreaper, METH_NOARGS,
      "become_subreaper() -> bool\nMake this process a child subreaper (PR_SET_CHILD_SUBREAPER)."},

@@ -13,6 +13,7 @@ def spawn(
     subreaper: bool,
     keep_fd: int = -1,
     cgroup_fd: int = -1,
+    ignored: int = 0,
     /,
 ) -> int: ...
 def become_subreaper() -> bool: ...

@@ -32,6 +32,7 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 _SIG_DFL = 0
+_SIG_IGN = 1
 _RESETTABLE_SIGNALS = tuple(
     int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
 )
@@ -52,6 +53,9 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     cgroup_fd: int | None = None
     """A ``cgroup.procs`` file the child moves itself into before it executes (a sandbox's
     pids cgroup), so all it starts is counted there from its first fork."""
+    ignored_signals: tuple[int, ...] = ()
+    """Signals the child starts with ignored (every other one at its default): what
+    bubblewrap must survive so the command it runs gets them (``sandbox/bwrap.py``)."""
 
 
 class Child(msgspec.Struct):
@@ -86,7 +90,7 @@ def _libc_calls() -> tuple[Any, Any]:
 
 
 def _preexec(
-    tty: bool, parent_pid: int, cgroup_fd: int | None
+    tty: bool, parent_pid: int, cgroup_fd: int | None, ignored: tuple[int, ...]
 ) -> None:  # pragma: no cover - runs in the child
     # setsid has already run (start_new_session); fds 0-2 are in place.
     if cgroup_fd is not None:
@@ -101,7 +105,7 @@ def _preexec(
     # Default dispositions and no blocked signal, whatever the server runs with (an ignored
     # SIGINT, as under a shell's background job, would make "interrupt" do nothing).
     for signum in _RESETTABLE_SIGNALS:
-        _signal(signum, _SIG_DFL)
+        _signal(signum, _SIG_IGN if signum in ignored else _SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
@@ -163,7 +167,7 @@ def spawn(request: SpawnRequest, *, native: bool = True) -> Child:
     tty = request.tty
 
     def preexec() -> None:  # pragma: no cover - runs in the child
-        _preexec(tty, parent_pid, request.cgroup_fd)
+        _preexec(tty, parent_pid, request.cgroup_fd, request.ignored_signals)
 
     to_close: list[int] = []
     try:
@@ -279,6 +283,7 @@ def _native_spawn(
                 True,  # a child subreaper: see tree.py
                 -1 if request.keep_fd is None else request.keep_fd,
                 -1 if request.cgroup_fd is None else request.cgroup_fd,
+                sum(1 << (signum - 1) for signum in request.ignored_signals),
             )
         )
     except OSError as exc:

@@ -9,11 +9,12 @@ paths). Missing read-only paths inside writable roots (a ``.git`` that does not 
 an empty placeholder on the host for the child's lifetime, so the child cannot create them;
 :meth:`Launch.release` removes it once the child has exited.
 
-Signals: the spawned process is ``env --ignore-signal=... bwrap ...`` and the command runs
-under ``env --default-signal``. bubblewrap forwards no signal; if a signal sent to the
-process group killed bwrap, ``--die-with-parent`` would SIGKILL the command before its
-handler ran. Ignored in bwrap, default in the command: the command gets the signal (it is in
-the same process group) and handles it as it would unsandboxed; SIGKILL still kills all.
+Signals: bwrap is spawned with the catchable signals ignored (:attr:`Launch.ignored_signals`,
+set by the spawner between fork and exec) and the command runs under ``env
+--default-signal``. bubblewrap forwards no signal; if a signal sent to the process group
+killed bwrap, ``--die-with-parent`` would SIGKILL the command before its handler ran.
+Ignored in bwrap, default in the command: the command gets the signal (it is in the same
+process group) and handles it as it would unsandboxed; SIGKILL still kills all.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import functools
 import os
 import posixpath
 import shutil
+import signal
 import stat
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -49,7 +52,18 @@ one clients know (codex keys its denial heuristics on it)."""
 
 INSTALL_HINT = "install the Debian/Ubuntu package `bubblewrap` (apt-get install bubblewrap)"
 
-IGNORED_IN_BWRAP = "HUP,INT,QUIT,TERM,USR1,USR2,ALRM"
+IGNORED_IN_BWRAP = tuple(
+    int(signum)
+    for signum in (
+        signal.SIGHUP,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGTERM,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGALRM,
+    )
+)
 """Signals bwrap itself must survive so the command receives and handles them (see above)."""
 
 MAX_GLOB_MATCHES = 8192
@@ -163,12 +177,28 @@ class Launch:
     keep_fd: int | None = None
     cgroup: cgroups.SandboxCgroup | None = None
     """The sandbox's pids cgroup, which the spawned launcher joins before it executes."""
+    ignored_signals: tuple[int, ...] = ()
+    """Signals bwrap must start with ignored (see the module docstring)."""
     _placeholders: list[_Placeholder] = field(default_factory=list, repr=False)
 
-    @property
-    def pass_fds(self) -> tuple[int, ...]:
-        """The descriptors the child must inherit (for ``subprocess``'s ``pass_fds``)."""
-        return () if self.keep_fd is None else (self.keep_fd,)
+    def subprocess_options(self) -> dict[str, Any]:
+        """What ``subprocess.Popen`` needs to start ``argv`` as :meth:`spawn_request` would:
+        the environment, the descriptor to keep, the signals to ignore, the cgroup to join
+        (a Python ``preexec_fn``: for tests and tools, not for the server)."""
+        cgroup_fd = None if self.cgroup is None else self.cgroup.procs_fd
+        ignored = self.ignored_signals
+
+        def preexec() -> None:  # pragma: no cover - runs in the child
+            if cgroup_fd is not None:
+                os.write(cgroup_fd, b"0")
+            for signum in ignored:
+                signal.signal(signum, signal.SIG_IGN)
+
+        return {
+            "env": self.env,
+            "pass_fds": () if self.keep_fd is None else (self.keep_fd,),
+            "preexec_fn": preexec,
+        }
 
     def spawn_request(self, request: SpawnRequest) -> SpawnRequest:
         """``request`` (the command as asked) turned into what to spawn for this launch."""
@@ -179,6 +209,7 @@ class Launch:
             env=request.env if self.env is None else self.env,
             keep_fd=self.keep_fd,
             cgroup_fd=None if self.cgroup is None else self.cgroup.procs_fd,
+            ignored_signals=self.ignored_signals,
         )
 
     def spawned(self) -> None:
@@ -262,7 +293,7 @@ def wrap(
         command += ["--seccomp", str(launch.keep_fd)]
     command += ["--chdir", cwd, "--", *inner]
     if found.signal_shim is not None:
-        command = [found.signal_shim, f"--ignore-signal={IGNORED_IN_BWRAP}", "--", *command]
+        launch.ignored_signals = IGNORED_IN_BWRAP
     launch.argv = command
     return launch
 
