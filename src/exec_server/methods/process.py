@@ -248,8 +248,14 @@ async def _start_sandboxed(
         processes.spawn_reserved(process_id)
         return ProcessStartResult(process_id)
     try:
-        processes.spawn_reserved(process_id, launch.spawn_request(request), launch)
+        if launch.cgroup is None:
+            processes.spawn_reserved(process_id, launch.spawn_request(request), launch)
+        else:  # the cgroup move may wait for the kernel: off the loop
+            await processes.spawn_reserved_off_loop(
+                process_id, launch.spawn_request(request), launch
+            )
     except BaseException:
+        processes.abandon(process_id)  # still reserved only if cancelled meanwhile
         launch.release()
         raise
     finally:

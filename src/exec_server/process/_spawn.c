@@ -193,15 +193,22 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     pid_t parent = getpid();
     sigset_t all, old;
     sigfillset(&all);
+    pid_t pid;
+    int fork_errno;
+    /* Other threads may run Python while this one waits for the child to exec (joining a
+     * cgroup can take a kernel grace period): the child touches only the arrays built
+     * above, which stay alive until this call returns. */
+    Py_BEGIN_ALLOW_THREADS
     /* No signal handler may run in the child while it shares our memory. */
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid_t pid = vfork();
+    pid = vfork();
     if (pid == 0) {
         child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, subreaper, keep_fd,
               cgroup_fd, ignored, parent, &err, &step);
     }
-    int fork_errno = errno;
+    fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    Py_END_ALLOW_THREADS
     if (pid < 0) {
         errno = fork_errno;
         PyErr_SetFromErrno(PyExc_OSError);
