@@ -27,6 +27,7 @@ import pytest
 from exec_server.cli import build_parser, options_from_args
 from exec_server.config import Guards
 from exec_server.paths import to_file_uri
+from exec_server.sandbox import cgroup
 from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.cgroup import pids_cgroups
 from exec_server.sandbox.policy import load_confinement
@@ -402,10 +403,19 @@ async def test_a_fork_loop_in_a_sandbox_stops_at_the_pids_limit(places: tuple[Pa
     )
 
 
-async def test_without_a_pids_cgroup_environment_info_says_so(client: Client) -> None:
-    """No silent claim: the sandbox block says whether each protection is on here."""
+async def test_without_a_pids_cgroup_environment_info_says_so(
+    client: Client, places: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No silent claim: where no pids cgroup can be made, the sandbox block says so and what
+    to configure, and sandboxes still run (under the rest of their confinement)."""
+    work, _ = places
     info = (await client.call("environment/info"))["sandbox"]
     assert info["seccomp"] is True
     assert info["pidsCgroup"] is pids_cgroups().usable
-    if not pids_cgroups().usable:
-        assert "TasksMax" in info["pidsCgroupReason"] and info["pidsLimit"] is None
+    nowhere = cgroup.PidsCgroups(None, reason=f"no pids cgroup controller: {cgroup.HOW_TO_ENABLE}")
+    monkeypatch.setattr(cgroup, "pids_cgroups", lambda: nowhere)
+    info = (await client.call("environment/info"))["sandbox"]
+    assert (info["pidsCgroup"], info["pidsLimit"]) == (False, None)
+    assert "TasksMax" in info["pidsCgroupReason"], info
+    output = await _output(client, "still", ["bash", "-c", "grep pids /proc/self/cgroup"], work)
+    assert "exec-server-" not in output, output
