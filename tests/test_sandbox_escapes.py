@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import unix_connect
 
 from exec_server.cli import build_parser, options_from_args
 from exec_server.config import Guards
@@ -36,7 +37,15 @@ from exec_server.transport.websocket import serve_unix
 
 from .sandbox_support import special
 from .sandbox_support import workspace_write as codex_workspace_write
-from .support import PATH_ENV, Client, running_server, self_signed, wait_until
+from .support import (
+    PATH_ENV,
+    Client,
+    running_server,
+    self_signed,
+    start_cli,
+    stop_cli,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(
     not support().usable, reason=f"bubblewrap cannot run here: {support().reason}"
@@ -203,6 +212,34 @@ def test_the_command_line_names_the_servers_private_files(tmp_path: Path) -> Non
         ["--listen", "wss://127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)]
     )
     assert set(options_from_args(args).guards.private_paths) == {str(cert), str(key)}
+
+
+async def test_the_real_cli_hides_its_socket_and_token(places: tuple[Path, Path]) -> None:
+    """The same through the command a user runs: ``--listen unix://`` with
+    ``--auth-token-file``, a client on that socket, a sandboxed child under ``root: read``
+    with the network enabled: neither the token nor the socket can be reached."""
+    work, outside = places
+    token, sock = outside / "token", outside / "exec.sock"
+    token.write_text("cli-s3cret\n")
+    proc = await start_cli(
+        "--listen", f"unix://{sock}", "--auth-token-file", str(token), stdin=subprocess.DEVNULL
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.decode().strip() == f"unix://{sock}"
+        headers = {"Authorization": "Bearer cli-s3cret"}
+        async with unix_connect(str(sock), additional_headers=headers, max_size=None) as ws:
+            client = Client(ws)
+            await client.initialize()
+            script = f'cat {token} 2>&1; python3 -c "$1" {sock}'
+            argv = ["bash", "-c", script, "connect", CONNECT]
+            profile = read_only_root(work)
+            output = await _output(client, "peek", argv, work, env=PATH_ENV, sandbox=profile)
+    finally:
+        await stop_cli(proc, [])
+    assert "cli-s3cret" not in output and "CONNECTED" not in output, output
+    assert "ECONNREFUSED" in output, output
 
 
 # ---- item 3: the client's environment stays inside -----------------------------------------
