@@ -165,6 +165,16 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
         "will not start if bubblewrap cannot run here",
     )
     group.add_argument(
+        "--sandbox-pids-limit",
+        type=int,
+        default=Guards().pids_limit,
+        metavar="N",
+        help="the most tasks (processes and threads) one sandboxed command may have at once, "
+        "enforced with a pids cgroup per sandbox where the server can create one "
+        "(environment/info's sandbox.pidsCgroup says whether it can, and what to configure "
+        f"if not); 0: no limit. Default {Guards().pids_limit}",
+    )
+    group.add_argument(
         "--http-deny",
         action="append",
         default=[],
@@ -412,11 +422,24 @@ def guards_from_args(args: argparse.Namespace) -> Guards:
             raise ValueError(f"--confine {args.confine}: {error.message}") from None
         if not support().usable:
             raise ValueError(f"--confine needs a working sandbox: {support().reason}")
+    if args.sandbox_pids_limit < 0:
+        raise ValueError("--sandbox-pids-limit must not be negative")
     return Guards(
         env_exclude=tuple(args.env_exclude),
         http_deny=tuple(args.http_deny),
         confinement=confinement,
+        pids_limit=args.sandbox_pids_limit,
     )
+
+
+def private_paths_from_args(args: argparse.Namespace, address: ListenAddress) -> tuple[str, ...]:
+    """The server's own files, which every sandbox hides (its control channel and secrets):
+    the Unix socket it listens on, the token file, the TLS certificate and key. Operator
+    data, resolved once here (absolute, symlinks followed)."""
+    named = [args.auth_token_file, args.tls_cert, args.tls_key]
+    if address.kind == "unix":
+        named.append(address.path)
+    return tuple(dict.fromkeys(os.path.realpath(path) for path in named if path))
 
 
 def read_token(args: argparse.Namespace) -> str | None:
@@ -539,11 +562,14 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             f"--auth-token-file (or ${TOKEN_ENV}), or pass "
             "--insecure-allow-remote-without-auth for an isolated network"
         )
+    guards = msgspec.structs.replace(
+        guards_from_args(args), private_paths=private_paths_from_args(args, address)
+    )
     return ServeOptions(
         address=address,
         limits=limits_from_args(args),
         runtime=runtime_from_args(args, address),
-        guards=guards_from_args(args),
+        guards=guards,
         allowed_origins=frozenset(args.allow_origin),
         token=token,
         tls=tls_from_args(args, address),

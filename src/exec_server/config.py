@@ -162,8 +162,15 @@ class Guards(msgspec.Struct, frozen=True):
         confinement: a sandbox profile every process and every ``fs/*`` call is held to,
             narrowing whatever the client asks (``--confine``); with its network restricted,
             ``http/request`` is refused.
+        private_paths: the server's own files (its Unix socket, token file, TLS certificate
+            and key, runtime directory), absolute and canonical: hidden inside every
+            sandbox, whatever the profile, so no sandboxed child reaches the control channel.
+        pids_limit: the most processes one sandboxed command may have at once (a pids
+            cgroup per sandbox, where the server can create one; 0: none).
     """
 
     env_exclude: tuple[str, ...] = ()
     http_deny: tuple[str, ...] = ()
     confinement: Confinement | None = None
+    private_paths: tuple[str, ...] = ()
+    pids_limit: int = 1024

@@ -54,6 +54,14 @@ class SandboxInfo(_Wire):
     binary: str | None
     available: bool | None = None
     reason: str | None = None
+    seccomp: bool | None = None
+    """Whether sandboxed commands run under the seccomp filter (no socket leaving a
+    restricted sandbox, no io_uring, no terminal injection)."""
+    pids_cgroup: bool | None = None
+    """Whether each sandbox gets a pids cgroup bounding its tasks to ``pidsLimit``."""
+    pids_limit: int | None = None
+    pids_cgroup_reason: str | None = None
+    """Why there is no pids cgroup, and what to configure for one."""
 
 
 class EnvironmentInfo(_Wire):
