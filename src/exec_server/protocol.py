@@ -517,3 +517,38 @@ class EnvironmentConfigReadResult(_Wire):
     hostname: str | None
     config: EnvironmentConfigLayerStack
     requirements: EnvironmentConfigLayerStack
+
+
+# ---- fs/walk (codex 0.169; called by codex for a repository's .agents/skills) -------------
+
+
+class FsWalkOptions(_Wire, kw_only=True):
+    """The limits are required, as in the reference; ``pruneHiddenDirectories`` is not."""
+
+    max_depth: U64
+    max_directories: U64
+    max_entries: U64
+    follow_directory_symlinks: bool
+    prune_hidden_directories: bool = False
+
+
+class FsWalkParams(_Params):
+    path: str
+    options: FsWalkOptions
+    sandbox: FsSandbox = None
+
+
+class FsWalkEntry(_Wire):
+    path: str
+    kind: Literal["file", "directory"]
+
+
+class FsWalkError(_Wire):
+    path: str
+    message: str
+
+
+class FsWalkResult(_Wire):
+    entries: list[FsWalkEntry]
+    errors: list[FsWalkError]
+    truncated: bool

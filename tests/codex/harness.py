@@ -27,7 +27,12 @@ from ..support import REPO
 from .model import ScriptedModel, Turn
 
 CODEX_VERSION = "0.169.0"
-INSTALLER = Path(REPO).parent / "shared" / "peer" / "install-codex.sh"
+INSTALLER = (
+    Path(os.environ.get("EXEC_SERVER_SHARED") or Path(REPO).parent / "shared")
+    / "peer"
+    / "install-codex.sh"
+)
+"""``EXEC_SERVER_SHARED`` names the shared folder when it is not beside the clone (a worktree)."""
 OUR_SERVER = Path(REPO) / ".venv" / "bin" / "exec-server"
 SCRATCH = Path.home() / ".cache" / "exec-server-codex-e2e"
 """Where each run's CODEX_HOME and workspace live: codex refuses a CODEX_HOME under /tmp,
