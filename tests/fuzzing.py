@@ -854,7 +854,7 @@ def materialize(draft: Draft, number: int) -> Frame:
 INVALID_IDS = [b"null", b"true", b"false", b"1.5", b"1.0", b"{}", b"[]", b"[1]", b'{"a":1}']
 INVALID_IDS += [str(2**63).encode(), str(2**64).encode(), str(-(2**63) - 1).encode(), b"1e400"]
 
-UNKNOWN_METHODS = ["no/such", "initialized", "fs/walk", "process/kill", "Initialize", ""]
+UNKNOWN_METHODS = ["no/such", "initialized", "fs/join", "process/kill", "Initialize", ""]
 
 ID_STYLES = st.one_of(
     st.sampled_from(["int", "int", "near-max", "negative", "s", ""]),
