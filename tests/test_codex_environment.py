@@ -24,7 +24,7 @@ OURS = {
     "fsWatchMissing": True,
     "capabilityDiscoveryV2": False,
     "environmentConfigRead": True,
-    "httpHeaderEnvVars": False,
+    "httpHeaderEnvVars": True,
     "sandboxedFileStreaming": True,
     "fileWriteStreaming": True,
     "shellSnapshotV2": False,

@@ -27,7 +27,7 @@ def capabilities() -> dict[str, bool]:
         "fsWatchMissing": _has_inotify(),  # fs/watchMissing + fs/missingChanged
         "capabilityDiscoveryV2": False,  # capabilities/discoverV2 is not served
         "environmentConfigRead": True,  # environmentConfig/read
-        "httpHeaderEnvVars": False,  # http/request header values from executor env vars
+        "httpHeaderEnvVars": True,  # http/request header values from executor env vars
         "sandboxedFileStreaming": True,  # fs/open honours the sandbox profile it carries
         "fileWriteStreaming": True,  # fs/open mode "replace" and fs/writeBlock
         "shellSnapshotV2": False,  # process/start shellSnapshot

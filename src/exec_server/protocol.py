@@ -427,13 +427,22 @@ class HttpHeader(_Wire):
     value: str
 
 
+class HttpRequestHeader(_Wire):
+    """A header to send: ``value``, followed by the executor's ``$valueEnvVar`` when named
+    (0.169 ``httpHeaderEnvVars``; ``value`` stays required, as in the reference)."""
+
+    name: str
+    value: str
+    value_env_var: str | None = None
+
+
 class HttpRequestParams(_Params):
     """``redirectPolicy`` (0.169): ``follow`` (default) or ``stop``."""
 
     method: str
     url: str
     request_id: str
-    headers: list[HttpHeader] = msgspec.field(default_factory=list)
+    headers: list[HttpRequestHeader] = msgspec.field(default_factory=list)
     body_base64: bytes | None = None
     timeout_ms: U64 | None = None
     stream_response: bool = False

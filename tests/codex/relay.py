@@ -11,7 +11,29 @@ import json
 import subprocess
 import sys
 import threading
-from typing import IO
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+
+def recording_command(
+    command: list[str], log: Path, env: Mapping[str, str] | None = None
+) -> list[str]:
+    """The command line codex runs for a stdio executor ``command`` recorded into ``log``,
+    with ``env`` added to the executor's environment only."""
+    assignments = [f"{name}={value}" for name, value in (env or {}).items()]
+    return ["env", *assignments, sys.executable, __file__, str(log), "--", *command]
+
+
+def read_log(log: Path, replacements: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A recording's records, each string ``key`` of ``replacements`` written as its value
+    (in order), so recordings of runs in other folders compare."""
+    records = []
+    for line in log.read_text().splitlines():
+        for old, new in replacements.items():
+            line = line.replace(old, new)
+        records.append(json.loads(line))
+    return records
 
 
 def _pump(

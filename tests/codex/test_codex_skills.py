@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,6 @@ def kind(request: pytest.FixtureRequest) -> ExecutorKind:
     if request.param == "reference" and os.environ.get("EXEC_SERVER_E2E_REFERENCE", "1") == "0":
         pytest.skip("EXEC_SERVER_E2E_REFERENCE=0: runs against the reference skipped")
     return ExecutorKind(request.param, "stdio")
-
-
-def normalised(line: str, workspace: Workspace) -> dict[str, Any]:
-    text = line.replace(str(workspace.root), "$ROOT").replace(str(Path.home()), "$HOME")
-    record: dict[str, Any] = json.loads(text)
-    return record
 
 
 def exchanges(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -76,7 +69,7 @@ def test_repository_skills_reach_the_model(
     skill.mkdir(parents=True)
     (skill / "SKILL.md").write_text(SKILL_MD)
     log = workspace.root / "relay.jsonl"
-    command = [sys.executable, relay.__file__, str(log), "--", *kind.command(codex, "stdio")]
+    command = relay.recording_command(kind.command(codex, "stdio"), log)
     executor = Executor(kind, "unused", stdio_command=command)
     model, run = run_turn(codex, workspace, executor, [], extra_env={"RUST_LOG": "error"})
     assert run.returncode == 0, run.stderr[-4000:]
@@ -84,7 +77,7 @@ def test_repository_skills_reach_the_model(
     instructions = json.dumps(model.requests[0])
     assert json.dumps(LISTED)[1:-1] in instructions
 
-    records = [normalised(line, workspace) for line in log.read_text().splitlines()]
+    records = relay.read_log(log, {str(workspace.root): "$ROOT", str(Path.home()): "$HOME"})
     walks = [r["message"] for r in records if r["message"].get("method") == "fs/walk"]
     assert len(walks) == 1 and walks[0]["params"]["path"] == "file://$ROOT/work/.agents/skills"
     if kind.impl == "reference" and os.environ.get("EXEC_SERVER_E2E_RECORD") == "1":
