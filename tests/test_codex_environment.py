@@ -29,8 +29,8 @@ OURS = {
     "fileWriteStreaming": True,
     "shellSnapshotV2": False,
     "windowsMxc": False,
-    "linuxRootWritePreservesDevices": False,
-    "linuxApprovedRootWritePreservesRestrictions": False,
+    "linuxRootWritePreservesDevices": True,
+    "linuxApprovedRootWritePreservesRestrictions": True,
 }
 
 

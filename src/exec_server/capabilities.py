@@ -16,6 +16,14 @@ def _has_inotify() -> bool:
     return sys.platform.startswith("linux") and os.path.isdir("/proc/sys/fs/inotify")
 
 
+def _has_bwrap() -> bool:
+    """Linux with a bubblewrap binary (the sandbox these flags describe); whether it can
+    run here is probed at the first sandboxed request, which is refused if it cannot."""
+    from .sandbox.bwrap import find_bwrap
+
+    return sys.platform.startswith("linux") and find_bwrap() is not None
+
+
 def capabilities() -> dict[str, bool]:
     """All fifteen flags the 0.169 reference announces, in its order."""
     return {
@@ -32,6 +40,6 @@ def capabilities() -> dict[str, bool]:
         "fileWriteStreaming": True,  # fs/open mode "replace" and fs/writeBlock
         "shellSnapshotV2": False,  # process/start shellSnapshot
         "windowsMxc": False,  # Windows only
-        "linuxRootWritePreservesDevices": False,  # these two describe a Linux sandbox
-        "linuxApprovedRootWritePreservesRestrictions": False,
+        "linuxRootWritePreservesDevices": _has_bwrap(),  # a fresh /dev under a writable /
+        "linuxApprovedRootWritePreservesRestrictions": _has_bwrap(),  # denials and .git kept
     }
