@@ -264,12 +264,13 @@ def run_codex(
     workspace: Workspace,
     executor: Executor,
     *,
-    sandbox: str,
+    sandbox: str | None,
     prompt: str = "go",
     extra_env: Mapping[str, str] | None = None,
 ) -> CodexRun:
     """`codex exec` once, no stdin, in its own process group (killed with everything it
-    started if it has not ended by :data:`CODEX_TIMEOUT_S`); ``extra_env`` adds to its environment."""
+    started if it has not ended by :data:`CODEX_TIMEOUT_S`); ``extra_env`` adds to its environment;
+    ``sandbox`` None leaves the sandbox to the config (its ``default_permissions``)."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "OPENAI_"))},
         "CODEX_HOME": str(workspace.home),
@@ -284,8 +285,7 @@ def run_codex(
             "--ephemeral",
             "--color",
             "never",
-            "-s",
-            sandbox,
+            *(["-s", sandbox] if sandbox is not None else []),
             "-C",
             str(workspace.work),
             prompt,
