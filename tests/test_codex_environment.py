@@ -20,7 +20,7 @@ OURS = {
     "networkProxyReviewDomains": False,
     "credentialMasking": False,
     "credentialMaskingCustomProviders": False,
-    "capabilityDiscoverySandbox": False,
+    "capabilityDiscoverySandbox": True,
     "fsWatchMissing": True,
     "capabilityDiscoveryV2": False,
     "environmentConfigRead": True,

@@ -31,7 +31,7 @@ def capabilities() -> dict[str, bool]:
         "networkProxyReviewDomains": False,  # network/policyRequest to the client: not sent
         "credentialMasking": False,  # no masking of credentials in what children print
         "credentialMaskingCustomProviders": False,
-        "capabilityDiscoverySandbox": False,  # capabilities/discoverV2 is not served
+        "capabilityDiscoverySandbox": True,  # capabilityRoots/discoverV1 under each root's profile
         "fsWatchMissing": _has_inotify(),  # fs/watchMissing + fs/missingChanged
         "capabilityDiscoveryV2": False,  # capabilities/discoverV2 is not served
         "environmentConfigRead": True,  # environmentConfig/read

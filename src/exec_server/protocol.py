@@ -561,3 +561,46 @@ class FsWalkResult(_Wire):
     entries: list[FsWalkEntry]
     errors: list[FsWalkError]
     truncated: bool
+
+
+# ---- capabilityRoots/discoverV1 (codex 0.169; gated by capabilityDiscoverySandbox) ---------
+
+
+class CapabilityRootRequest(_Wire, kw_only=True):
+    id: str
+    path: str
+    sandbox: FsSandbox = None
+
+
+class CapabilityRootsDiscoverParams(_Params):
+    roots: list[CapabilityRootRequest]
+
+
+class CapabilityTextFile(_Wire):
+    path: str
+    contents: str
+
+
+class DiscoveredPluginFiles(_Wire):
+    manifest: CapabilityTextFile
+    mcp_config: CapabilityTextFile | None
+    apps_config: CapabilityTextFile | None
+
+
+class DiscoveredSkillFiles(_Wire):
+    instructions: CapabilityTextFile
+    metadata: CapabilityTextFile | None
+
+
+class CapabilityRootDiscovery(_Wire):
+    id: str
+    path: str
+    plugin: DiscoveredPluginFiles | None
+    skills: list[DiscoveredSkillFiles]
+    namespace_manifests: list[CapabilityTextFile]
+    warnings: list[str]
+    error: str | None
+
+
+class CapabilityRootsDiscoverResult(_Wire):
+    roots: list[CapabilityRootDiscovery]
