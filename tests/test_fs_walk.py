@@ -6,7 +6,10 @@ the operator's ``--confine`` through a symlink."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ from exec_server.config import Guards
 from exec_server.fs.walk import ITEM_OVERHEAD_BYTES, MAX_RESPONSE_BYTES
 from exec_server.sandbox.policy import load_confinement
 
-from .support import Client, running_server
+from .codex.reference import listening, reference_server
+from .support import Client, running_server, server_command
 from .walk_cases import RECORDING, answers, build_tree, denying_profile, options
 
 DIFFERENT_BY_DESIGN = {
@@ -151,3 +155,51 @@ async def test_confinement_applies_without_a_profile(
         "errors": [{"path": f"file://{hidden}", "message": "Permission denied (os error 13)"}],
         "truncated": False,
     }
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture
+def shared_tree() -> Iterator[Path]:
+    """A tree user nobody can reach, with a directory it cannot read (and a home for it)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the servers as another user")
+    place = Path(tempfile.mkdtemp(prefix="exec-server-walk-"))
+    place.chmod(0o755)
+    (place / "home").mkdir(mode=0o777)
+    (place / "home").chmod(0o777)
+    for name in ("tree/open", "tree/locked/inner"):
+        (place / name).mkdir(parents=True)
+    (place / "tree/open/f.txt").write_text("f")
+    (place / "tree/locked/secret.txt").write_text("s")
+    (place / "tree/locked").chmod(0o000)
+    yield place
+    (place / "tree/locked").chmod(0o755)
+    shutil.rmtree(place, ignore_errors=True)
+
+
+async def test_unreadable_directories_as_the_reference(shared_tree: Path) -> None:
+    """Without a profile, a directory the server's user cannot read: listed in its parent,
+    its path and the OS reason in ``errors``; as the root, the same (both run as nobody)."""
+    tree = shared_tree / "tree"
+    requests = [
+        {"path": f"file://{tree}", "options": options()},
+        {"path": f"file://{tree}/locked", "options": options()},
+    ]
+    env = {"HOME": str(shared_tree / "home"), "CODEX_HOME": str(shared_tree / "home")}
+
+    async def asked(url: str) -> list[Any]:
+        async with Client.connect(url) as client:
+            await client.initialize()
+            return [await client.call("fs/walk", params) for params in requests]
+
+    async with listening([*NOBODY, *server_command()], env) as url:
+        ours = await asked(url)
+    async with reference_server(env, NOBODY) as url:
+        theirs = await asked(url)
+    assert ours == theirs
+    denied = {"path": f"file://{tree}/locked", "message": "Permission denied (os error 13)"}
+    assert ours[0]["errors"] == [denied]
+    assert f"file://{tree}/locked" in listed(ours[0])
+    assert ours[1] == {"entries": [], "errors": [denied], "truncated": False}
