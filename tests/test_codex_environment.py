@@ -22,7 +22,7 @@ OURS = {
     "credentialMaskingCustomProviders": False,
     "capabilityDiscoverySandbox": True,
     "fsWatchMissing": True,
-    "capabilityDiscoveryV2": False,
+    "capabilityDiscoveryV2": True,
     "environmentConfigRead": True,
     "httpHeaderEnvVars": True,
     "sandboxedFileStreaming": True,

@@ -44,12 +44,25 @@ SAMPLE_PARAMS: dict[str, dict[str, Any]] = {
     "fs/canonicalize": {"path": "/tmp"},
     "fs/watchMissing": {"watchId": 1, "missing": ["/tmp/nonexistent-exec-server-test"]},
     "environmentConfig/read": {"cwd": "/tmp", "configPaths": [["x"]], "requirementsPaths": []},
+    "fs/walk": {
+        "path": "/tmp/nonexistent-exec-server-test",
+        "options": {
+            "maxDepth": 1,
+            "maxDirectories": 1,
+            "maxEntries": 1,
+            "followDirectorySymlinks": False,
+        },
+    },
+    "capabilities/discoverV2": {"cwd": "/tmp"},
+    "capabilityRoots/discoverV1": {"roots": []},
 }
 FAMILIES = {
     "process": "exec",
     "fs": "filesystem",
     "http": "http",
     "environmentConfig": "environment config",
+    "capabilities": "capability discovery",
+    "capabilityRoots": "capability discovery",
 }
 GATED = [name for name in SAMPLE_PARAMS if name in METHODS]
 

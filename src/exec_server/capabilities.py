@@ -10,6 +10,12 @@ from __future__ import annotations
 import os
 import sys
 
+EXECUTOR_VERSION = "0.169.0"
+"""``environmentInfo.executorVersion``: the reference release whose protocol this server
+speaks, not the package's own version (``exec-server --version``). codex 0.169 gates some
+requests on it besides the flags: probed, it sends no ``capabilities/discoverV2`` to an
+executor that reports 0.1.0, and does to one reporting 0.168.0 or later."""
+
 
 def _has_inotify() -> bool:
     """Linux with inotify (its limits are in procfs); checked without loading libc."""
@@ -33,7 +39,7 @@ def capabilities() -> dict[str, bool]:
         "credentialMaskingCustomProviders": False,
         "capabilityDiscoverySandbox": True,  # capabilityRoots/discoverV1 under each root's profile
         "fsWatchMissing": _has_inotify(),  # fs/watchMissing + fs/missingChanged
-        "capabilityDiscoveryV2": False,  # capabilities/discoverV2 is not served
+        "capabilityDiscoveryV2": True,  # capabilities/discoverV2: the executor's skills, plugins
         "environmentConfigRead": True,  # environmentConfig/read
         "httpHeaderEnvVars": True,  # http/request header values from executor env vars
         "sandboxedFileStreaming": True,  # fs/open honours the sandbox profile it carries

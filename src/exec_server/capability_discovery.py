@@ -101,12 +101,13 @@ def check_root_count(count: int) -> None:
 
 def discover(root_id: str, root: str, policy: Policy | None) -> RootDiscovery:
     """Discover one root (a normalised absolute path) under ``policy`` (None: unsandboxed)."""
-    return _Discovery(_Disk(policy), root_id, root).run()
+    return _Discovery(Disk(policy), root_id, root).run()
 
 
 @dataclass(frozen=True, slots=True)
-class _Disk:
-    """The three filesystem operations discovery needs, plain or under a policy."""
+class Disk:
+    """The three filesystem operations discovery needs, plain or under a policy (the
+    guarded ``fs/*`` paths, :mod:`.fs.sandboxed`)."""
 
     policy: Policy | None
 
@@ -120,14 +121,14 @@ class _Disk:
             return ops.read_file(path, limit)
         return sandboxed.read_file(self.policy, path, limit)
 
-    def walk(self, path: str) -> WalkOutcome:
+    def walk(self, path: str, options: WalkOptions = SCAN) -> WalkOutcome:
         if self.policy is None:
-            return walk(path, SCAN)
-        return walk_under_policy(self.policy, path, SCAN)
+            return walk(path, options)
+        return walk_under_policy(self.policy, path, options)
 
 
 class _Discovery:
-    def __init__(self, disk: _Disk, root_id: str, root: str) -> None:
+    def __init__(self, disk: Disk, root_id: str, root: str) -> None:
         self.disk = disk
         self.root = root
         self.uri = to_file_uri(root)

@@ -604,3 +604,51 @@ class CapabilityRootDiscovery(_Wire):
 
 class CapabilityRootsDiscoverResult(_Wire):
     roots: list[CapabilityRootDiscovery]
+
+
+# ---- capabilities/discoverV2 (codex 0.169; gated by capabilityDiscoveryV2) ------------------
+
+
+class DiscoverV2Params(_Params):
+    cwd: str
+    sandbox: FsSandbox = None
+
+
+class SkillDiscoveryRoot(_Wire):
+    id: str
+    path: str
+
+
+class ExecutorPluginSkill(_Wire):
+    name: str
+    description: str
+    short_description: str | None
+    path: str
+    dependencies: dict[str, Any] | None
+    policy: dict[str, Any] | None
+
+
+class ExecutorSkill(_Wire):
+    name: str
+    description: str
+    short_description: str | None
+    path: str
+    discovery_root: SkillDiscoveryRoot
+    dependencies: dict[str, Any] | None
+    policy: dict[str, Any] | None
+
+
+class ExecutorPlugin(_Wire):
+    id: str
+    display_name: str
+    remote_plugin_id: str | None
+    version: str
+    root: str
+    files: DiscoveredPluginFiles
+    skills: list[ExecutorPluginSkill]
+
+
+class DiscoverV2Result(_Wire):
+    plugins: list[ExecutorPlugin]
+    skills: list[ExecutorSkill]
+    warnings: list[str]

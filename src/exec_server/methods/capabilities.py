@@ -1,6 +1,7 @@
 """``capabilityRoots/discoverV1``: the plugin and skill files below capability roots, read on
 the executor (:mod:`..capability_discovery`), each root under its own sandbox profile
-narrowed by the server's ``--confine``."""
+narrowed by the server's ``--confine``; ``capabilities/discoverV2``: the executor's own
+skills and plugins (:mod:`..skill_discovery`), under the request's profile."""
 
 from __future__ import annotations
 
@@ -17,18 +18,29 @@ from ..protocol import (
     CapabilityTextFile,
     DiscoveredPluginFiles,
     DiscoveredSkillFiles,
+    DiscoverV2Params,
+    DiscoverV2Result,
+    ExecutorPlugin,
+    ExecutorPluginSkill,
+    ExecutorSkill,
+    SkillDiscoveryRoot,
 )
 from . import method
-from .fs import FILESYSTEM, _reply, _submit
+from .fs import _reply, _submit
 
 if TYPE_CHECKING:
-    from ..capability_discovery import RootDiscovery, TextFile
+    from ..capability_discovery import PluginFiles, RootDiscovery, TextFile
     from ..connection import Connection
     from ..sandbox.policy import Confinement, Policy
     from ..sandbox.profile import SandboxRequest
+    from ..skill_discovery import Discovered
 
 
-@method("capabilityRoots/discoverV1", CapabilityRootsDiscoverParams, FILESYSTEM)
+CAPABILITY_DISCOVERY = "capability discovery"
+"""The family these methods belong to in the handshake's refusals (the reference's name)."""
+
+
+@method("capabilityRoots/discoverV1", CapabilityRootsDiscoverParams, CAPABILITY_DISCOVERY)
 def discover_roots(
     connection: Connection, params: CapabilityRootsDiscoverParams
 ) -> Awaitable[CapabilityRootsDiscoverResult]:
@@ -100,3 +112,62 @@ def _result(found: list[RootDiscovery]) -> CapabilityRootsDiscoverResult:
             )
         )
     return CapabilityRootsDiscoverResult(roots)
+
+
+@method("capabilities/discoverV2", DiscoverV2Params, CAPABILITY_DISCOVERY)
+def discover_v2(connection: Connection, params: DiscoverV2Params) -> Awaitable[DiscoverV2Result]:
+    """The skills and plugins installed for the server's user; a bad ``cwd`` or profile is
+    -32602, and whatever cannot be read is left out with a warning."""
+    from ..sandbox.profile import ProfileError, parse_sandbox
+    from ..skill_discovery import discover_v2 as discover
+
+    parse_path(params.cwd, "cwd")
+    try:
+        profile = parse_sandbox(params.sandbox)
+    except ProfileError as error:
+        raise invalid_params(error.message) from None
+    confinement = connection.server.guards.confinement
+    environment = dict(os.environ)
+
+    def work() -> Discovered:
+        return discover(environment, _policy(profile, confinement))
+
+    return _reply(_submit(work), _v2_result)
+
+
+def _plugin_files(files: PluginFiles) -> DiscoveredPluginFiles:
+    manifest = CapabilityTextFile(files.manifest.path, files.manifest.contents)
+    return DiscoveredPluginFiles(manifest, _text(files.mcp_config), _text(files.apps_config))
+
+
+def _v2_result(found: Discovered) -> DiscoverV2Result:
+    skills = [
+        ExecutorSkill(
+            s.name,
+            s.description,
+            s.short_description,
+            s.path,
+            SkillDiscoveryRoot(*s.root) if s.root is not None else SkillDiscoveryRoot("", ""),
+            s.dependencies,
+            s.policy,
+        )
+        for s in found.skills
+    ]
+    plugins = [
+        ExecutorPlugin(
+            p.id,
+            p.display_name,
+            None,
+            p.version,
+            p.root,
+            _plugin_files(p.files),
+            [
+                ExecutorPluginSkill(
+                    s.name, s.description, s.short_description, s.path, s.dependencies, s.policy
+                )
+                for s in p.skills
+            ],
+        )
+        for p in found.plugins
+    ]
+    return DiscoverV2Result(plugins, skills, found.warnings)
