@@ -135,17 +135,11 @@ def _open_directory(path: str) -> int:
     return os.open(path, _DIRECTORY_FLAGS)
 
 
-@dataclass(frozen=True, slots=True)
-class _Child:
-    """One name of a directory, with what its (followed) status says."""
-
-    key: bytes
-    name: str
-    lossy: bool
-    """The name is not UTF-8: ``name`` has U+FFFD where its bytes were."""
-    is_symlink: bool
-    mode: int
-    identity: tuple[int, int]
+_Child = tuple[bytes, bytes, str, bool, int, "tuple[int, int] | None"]
+"""One name of a directory: its sort key (the UTF-8 of the name the reference sees, lossy
+for a name that is not UTF-8), its bytes (unique: no two children tie), that name, whether
+it is a symlink, the type bits of what it leads to, and, for a symlink, the identity
+``(st_dev, st_ino)`` of its target. A tuple: a huge directory makes one per name."""
 
 
 class _Walk:
@@ -184,39 +178,56 @@ class _Walk:
             children = self._children(directory)
         except OSError as exc:
             return self.outcome.add_error(to_file_uri(directory), _reason(exc.errno))
-        for child in children:
+        for key, raw, name, is_symlink, mode, identity in children:
             if self.entries_seen == options.max_entries:
                 self.outcome.truncated = True
                 return False
             self.entries_seen += 1
-            path = posixpath.join(directory, child.name)
-            if child.lossy:  # the reference looks the lossy name up, which is not there
+            path = posixpath.join(directory, name)
+            if key != raw:  # not UTF-8: the reference looks the lossy name up, not there
                 if not self.outcome.add_error(to_file_uri(path), _reason(errno.ENOENT)):
                     return False
                 continue
-            kind = _kind(child.mode)
+            kind = _kind(mode)
             if kind is None or (
-                child.is_symlink and (not options.follow_directory_symlinks or kind == "file")
+                is_symlink and (not options.follow_directory_symlinks or kind == "file")
             ):
                 continue
             if not self.outcome.add_entry(to_file_uri(path), kind):
                 return False
-            if kind == "directory" and depth < options.max_depth:
-                self._enqueue(child, path, depth + 1, queue)
+            deeper = kind == "directory" and depth < options.max_depth
+            if deeper and not self._enqueue(name, identity, path, depth + 1, queue):
+                return False
         return True
 
-    def _enqueue(self, child: _Child, path: str, depth: int, queue: deque[tuple[str, int]]) -> None:
-        if self.options.prune_hidden_directories and child.name.startswith("."):
-            return
+    def _enqueue(
+        self,
+        name: str,
+        identity: tuple[int, int] | None,
+        path: str,
+        depth: int,
+        queue: deque[tuple[str, int]],
+    ) -> bool:
+        """Queue a directory to walk, unless pruned, seen (when following symlinks) or over
+        the directory budget; False when the walk must stop (the answer is full)."""
+        if self.options.prune_hidden_directories and name.startswith("."):
+            return True
         if self.options.follow_directory_symlinks:
-            if child.identity in self.visited:
-                return
-            self.visited.add(child.identity)
+            if identity is None:
+                try:
+                    status = os.stat(path)
+                except OSError as exc:
+                    return self.outcome.add_error(to_file_uri(path), _reason(exc.errno))
+                identity = (status.st_dev, status.st_ino)
+            if identity in self.visited:
+                return True
+            self.visited.add(identity)
         if self.directories_taken == self.options.max_directories:
             self.outcome.truncated = True
-            return
+            return True
         self.directories_taken += 1
         queue.append((path, depth))
+        return True
 
     def _children(self, directory: str) -> list[_Child]:
         """The directory's children that can still be looked at, in bytewise order: at most
@@ -224,31 +235,36 @@ class _Walk:
         fd = self.open_directory(directory)
         try:
             room = self.options.max_entries - self.entries_seen + 1
-            return heapq.nsmallest(room, _scan(fd), key=lambda child: child.key)
+            return heapq.nsmallest(room, _scan(fd))
         finally:
             os.close(fd)
 
 
 def _scan(fd: int) -> Iterator[_Child]:
-    """The children of the open directory ``fd``, each looked at relative to it; those whose
-    status cannot be read (dangling symlinks, names removed meanwhile) are left out."""
+    """The children of the open directory ``fd``. The type comes from the directory itself
+    where the file system records it; only a symlink is followed (relative to ``fd``), and
+    one that leads nowhere is left out, as the reference leaves it out."""
     with os.scandir(fd) as listing:
         for entry in listing:
+            name = entry.name
+            raw = os.fsencode(name)
             try:
-                status = entry.stat()
-                is_symlink = entry.is_symlink()
+                key = name.encode()
+            except UnicodeEncodeError:  # bytes that are not UTF-8 (surrogate escapes)
+                name = raw.decode("utf-8", "replace")
+                key = name.encode()
+            try:
+                if entry.is_symlink():
+                    status = entry.stat()
+                    yield key, raw, name, True, status.st_mode, (status.st_dev, status.st_ino)
+                elif entry.is_dir(follow_symlinks=False):
+                    yield key, raw, name, False, stat.S_IFDIR, None
+                elif entry.is_file(follow_symlinks=False):
+                    yield key, raw, name, False, stat.S_IFREG, None
+                else:
+                    yield key, raw, name, False, 0, None  # FIFOs, sockets, devices: counted
             except OSError:
                 continue
-            raw = os.fsencode(entry.name)
-            readable = raw.decode("utf-8", "replace")
-            yield _Child(
-                readable.encode(),  # sorted by the name the reference sees (lossy UTF-8)
-                readable,
-                readable.encode() != raw,
-                is_symlink,
-                status.st_mode,
-                (status.st_dev, status.st_ino),
-            )
 
 
 def _kind(mode: int) -> WalkKind | None:
