@@ -27,7 +27,7 @@ OURS = {
     "httpHeaderEnvVars": True,
     "sandboxedFileStreaming": True,
     "fileWriteStreaming": True,
-    "shellSnapshotV2": False,
+    "shellSnapshotV2": True,
     "windowsMxc": False,
     "linuxRootWritePreservesDevices": True,
     "linuxApprovedRootWritePreservesRestrictions": True,

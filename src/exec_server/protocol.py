@@ -106,6 +106,18 @@ class TerminalSize(_Wire):
     cols: TerminalDimension
 
 
+class SnapshotShell(_Wire):
+    name: str
+    path: str
+
+
+class ShellSnapshotRequest(_Wire):
+    """``process/start.shellSnapshot`` (0.169 ``shellSnapshotV2``)."""
+
+    scope_id: str
+    shell: SnapshotShell
+
+
 class ProcessStartParams(_Params):
     """``size``, ``timeoutMs``, ``idleTimeoutMs`` and ``drainTimeoutMs`` are ours."""
 
@@ -125,6 +137,7 @@ class ProcessStartParams(_Params):
     """codex's permission profile, decoded by ``sandbox/profile.py`` (its -32602 texts)."""
     enforce_managed_network: bool = False
     """A managed network proxy is required (we announce no ``networkProxyLaunch``)."""
+    shell_snapshot: ShellSnapshotRequest | None = None
 
 
 class ProcessStartResult(_Wire):
