@@ -233,7 +233,11 @@ async def _start_snapshotted(
         shell_snapshot.SnapshotCache, shell_snapshot.SnapshotCache
     )
     key = shell_snapshot.cache_key(
-        snapshot.scope_id, shell, request.cwd, request.env, params.sandbox
+        snapshot.scope_id,
+        shell,
+        request.cwd,
+        msgspec.to_builtins(params.env_policy),
+        params.sandbox,
     )
     try:
         output = await cache.get(key, lambda: _capture(connection, request, profile, shell))

@@ -183,7 +183,9 @@ class SnapshotCache:
 
 
 def cache_key(
-    scope_id: str, shell: tuple[str, str], cwd: str, env: Mapping[str, str], sandbox: object
+    scope_id: str, shell: tuple[str, str], cwd: str, env_policy: object, sandbox: object
 ) -> str:
-    """One snapshot per scope, shell, cwd, environment and sandbox profile."""
-    return json.dumps([scope_id, shell, cwd, sorted(env.items()), sandbox], sort_keys=True)
+    """One snapshot per scope, shell, cwd, environment policy and sandbox profile, as the
+    reference keys it: not the request's own ``env``, which codex changes with every call
+    (``CODEX_TOOL_CALL_ID``) and which wins over the snapshot anyway."""
+    return json.dumps([scope_id, shell, cwd, env_policy, sandbox], sort_keys=True)
