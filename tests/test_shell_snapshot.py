@@ -6,6 +6,7 @@ the reference, with the same answers."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,42 @@ async def test_the_capture_runs_under_the_commands_sandbox(client: Client, home:
     assert (home / "count").read_text().count("sourced") == 1
     assert not (outside / "escaped").exists()
     outside.rmdir()
+
+
+SHELLS = {
+    "zsh": (".zprofile", "f() { echo fn; }\n"),
+    "sh": (".profile", ""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHELLS))
+async def test_zsh_and_sh_as_the_reference(client: Client, tmp_path: Path, name: str) -> None:
+    """zsh keeps variables and functions; sh (dash) variables (it cannot print functions)."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (make test installs it)")
+    profile_file, functions = SHELLS[name]
+    (tmp_path / profile_file).write_text(
+        'echo sourced >> "$HOME/count"\nexport FOO=bar\n' + functions + "echo noisy\n"
+    )
+    script = "echo $FOO; f 2>/dev/null || echo no-f"
+
+    async def runs(client: Client, prefix: str) -> list[Any]:
+        (tmp_path / "count").unlink(missing_ok=True)
+        found: list[Any] = []
+        for index in range(2):
+            await client.start(
+                f"{prefix}{index}",
+                [path, "-lc", script],
+                cwd=f"file://{tmp_path}",
+                env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                shellSnapshot=snapshot(f"{name}-scope", name=name, path=path),
+            )
+            found.append((await client.wait_closed(f"{prefix}{index}")).data("stdout").decode())
+        return [*found, (tmp_path / "count").read_text().count("sourced")]
+
+    ours = await runs(client, "ours")
+    async with reference_client() as reference:
+        theirs = await runs(reference, "ref")
+    assert ours == theirs
+    assert ours[-1] == 1

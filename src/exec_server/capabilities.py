@@ -44,7 +44,7 @@ def capabilities() -> dict[str, bool]:
         "httpHeaderEnvVars": True,  # http/request header values from executor env vars
         "sandboxedFileStreaming": True,  # fs/open honours the sandbox profile it carries
         "fileWriteStreaming": True,  # fs/open mode "replace" and fs/writeBlock
-        "shellSnapshotV2": True,  # process/start shellSnapshot (bash captured; zsh, sh run as sent)
+        "shellSnapshotV2": True,  # process/start shellSnapshot: bash, zsh, sh
         "windowsMxc": False,  # Windows only
         "linuxRootWritePreservesDevices": _has_bwrap(),  # a fresh /dev under a writable /
         "linuxApprovedRootWritePreservesRestrictions": _has_bwrap(),  # denials and .git kept

@@ -248,7 +248,7 @@ async def _start_snapshotted(
         None if output is None else shell_snapshot.restore_script(output, frozenset(params.env))
     )
     if restore is not None:
-        replayed = shell_snapshot.replay(shell[1], request.argv[2], restore)
+        replayed = shell_snapshot.replay(shell[0], shell[1], request.argv[2], restore)
         request = msgspec.structs.replace(
             request, argv=replayed.argv, env={**request.env, **replayed.env}
         )
@@ -264,8 +264,6 @@ async def _capture(
     """Run the capture as the command would run (same sandbox, env and cwd); None when it
     cannot be captured (the command then runs as sent)."""
     argv = shell_snapshot.capture_argv(*shell)
-    if argv is None:
-        return None
     confinement = connection.server.guards.confinement
 
     def run() -> bytes | None:

@@ -12,7 +12,8 @@ in the requested cwd (a ``cd`` in a profile is not replayed).
 
 Bounds: a capture has 10 s and 512 KiB; a scope's snapshots are kept in an LRU of 16 per
 session. A capture that fails, times out or is too large leaves the command to run as sent.
-Only ``bash`` is captured here; ``zsh`` and ``sh`` are accepted and run as sent.
+``bash`` and ``zsh`` keep variables and functions; ``sh`` (dash) keeps variables only, as it
+cannot print its functions.
 """
 
 from __future__ import annotations
@@ -41,15 +42,21 @@ _NOT_RESTORED = frozenset({"PWD", "OLDPWD", "SHLVL", "_"})
 """Exported variables a snapshot never sets again: where the shell is and how deep."""
 
 _MARK = "__exec_server_snapshot__"
-_BASH_CAPTURE = f"""
-printf '\\n{_MARK}\\0'
-for __n in $(compgen -e); do
-  printf 'E\\0%s\\0%s\\0' "$__n" "${{!__n}}"
-done
-printf 'F\\0%s\\0' "$(declare -f)"
-"""
-"""Prints the state as NUL-framed records after a mark (a profile's own output comes first
-and is dropped)."""
+_FUNCTIONS_MARK = "__exec_server_snapshot_functions__"
+_FUNCTION_DUMPS = {"bash": "declare -f", "zsh": "typeset -f", "sh": ""}
+"""How each shell prints its functions as code (``sh``, i.e. dash, cannot)."""
+_REPLAY_FLAGS = {"bash": "-c", "zsh": "-fc", "sh": "-c"}
+"""How each shell runs a script without its startup files (zsh reads ``.zshenv`` unless
+``-f``)."""
+
+
+def _capture_script(shell_name: str) -> str:
+    """Prints a mark (a profile's own output comes before it and is dropped), the exported
+    environment (``env -0``), a second mark, then the functions as code."""
+    return (
+        f"printf '\\n{_MARK}\\0'; env -0; printf '{_FUNCTIONS_MARK}\\0'; "
+        f"{_FUNCTION_DUMPS[shell_name] or ':'}"
+    )
 
 
 def check_request(scope_id: str, shell_name: str) -> None:
@@ -75,40 +82,34 @@ class Replay:
     env: dict[str, str]
 
 
-def capture_argv(shell_name: str, shell_path: str) -> list[str] | None:
-    """The command that captures a snapshot, or None for a shell not captured here."""
-    if shell_name != "bash":
-        return None
-    return [shell_path, "-lc", _BASH_CAPTURE]
+def capture_argv(shell_name: str, shell_path: str) -> list[str]:
+    """The command that captures a snapshot: the login shell, then the capture script."""
+    return [shell_path, "-lc", _capture_script(shell_name)]
 
 
 def restore_script(output: bytes, keep: frozenset[str]) -> str | None:
     """The shell code that restores a captured state (None when the capture is unusable);
     variables named in ``keep`` (the request's own ``env``) are left as they are."""
     at = output.find(f"\n{_MARK}\0".encode())
-    if at < 0:
+    split = output.find(f"{_FUNCTIONS_MARK}\0".encode(), at)
+    if at < 0 or split < 0:
         return None
-    fields = output[at + len(_MARK) + 2 :].split(b"\0")
     lines: list[str] = []
-    index = 0
-    while index < len(fields) - 1:
-        tag = fields[index].decode(errors="replace")
-        if tag == "E" and index + 2 < len(fields):
-            name = fields[index + 1].decode(errors="surrogateescape")
-            value = fields[index + 2].decode(errors="surrogateescape")
-            index += 3
-            if name not in _NOT_RESTORED and name not in keep and name.isidentifier():
-                lines.append(f"export {name}={shlex.quote(value)}")
-            continue
-        text = fields[index + 1].decode(errors="surrogateescape")
-        index += 2
-        if tag == "F":
-            lines.append(text)
+    for record in output[at + len(_MARK) + 2 : split].split(b"\0"):
+        name, equals, value = record.decode(errors="surrogateescape").partition("=")
+        if not equals or name in _NOT_RESTORED or name in keep or not _is_name(name):
+            continue  # also bash's exported functions (BASH_FUNC_f%%): restored as code
+        lines.append(f"export {name}={shlex.quote(value)}")
+    lines.append(output[split + len(_FUNCTIONS_MARK) + 1 :].decode(errors="surrogateescape"))
     return "\n".join(lines) + "\n"
 
 
-def replay(shell_path: str, script: str, restore: str) -> Replay:
-    """Run ``script`` in ``shell_path -c`` after ``restore`` (carried in the environment)."""
+def _is_name(name: str) -> bool:
+    return name.isascii() and name.isidentifier()
+
+
+def replay(shell_name: str, shell_path: str, script: str, restore: str) -> Replay:
+    """Run ``script`` without startup files after ``restore`` (carried in the environment)."""
     data = restore.encode(errors="surrogateescape")
     chunks = [data[i : i + CHUNK_BYTES] for i in range(0, len(data), CHUNK_BYTES)] or [b""]
     names = [f"{STATE_VARIABLE}{index}" for index in range(len(chunks))]
@@ -122,7 +123,7 @@ def replay(shell_path: str, script: str, restore: str) -> Replay:
         "printf 'failed to restore shell snapshot\\n' >&2; fi\n"
         f"unset {' '.join(names)}\n"
     )
-    return Replay([shell_path, "-c", prelude + script], env)
+    return Replay([shell_path, _REPLAY_FLAGS[shell_name], prelude + script], env)
 
 
 def run_capture(argv: list[str], cwd: str, env: Mapping[str, str]) -> bytes | None:
