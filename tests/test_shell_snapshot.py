@@ -165,3 +165,26 @@ async def test_zsh_and_sh_as_the_reference(client: Client, tmp_path: Path, name:
         theirs = await runs(reference, "ref")
     assert ours == theirs
     assert ours[-1] == 1
+
+
+async def test_a_failed_capture_is_not_tried_again(client: Client, home: Path) -> None:
+    """A profile that exits: the capture fails once, each command then runs as sent (the
+    profile runs once more per command), as on the reference."""
+    (home / ".bash_profile").write_text('echo x >> "$HOME/count"\nexit 3\n')
+
+    async def runs(client: Client, prefix: str) -> int:
+        (home / "count").unlink(missing_ok=True)
+        for index in range(2):
+            await client.start(
+                f"{prefix}{index}",
+                ["/bin/bash", "-lc", "echo hi"],
+                cwd=f"file://{home}",
+                env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
+                shellSnapshot=snapshot("failing"),
+            )
+            assert (await client.wait_closed(f"{prefix}{index}")).data() == b""
+        return (home / "count").read_text().count("x")
+
+    ours = await runs(client, "ours")
+    async with reference_client() as reference:
+        assert ours == await runs(reference, "ref") == 3

@@ -11,7 +11,8 @@ in ``env`` keep the request's values (they win over the captured ones), and the 
 in the requested cwd (a ``cd`` in a profile is not replayed).
 
 Bounds: a capture has 10 s and 512 KiB; a scope's snapshots are kept in an LRU of 16 per
-session. A capture that fails, times out or is too large leaves the command to run as sent.
+session. A capture that fails, times out or is too large leaves the scope's commands to run
+as sent (the failure is kept: no second capture).
 ``bash`` and ``zsh`` keep variables and functions; ``sh`` (dash) keeps variables only, as it
 cannot print its functions.
 """
@@ -157,8 +158,10 @@ class SnapshotCache:
         )
 
     async def get(self, key: str, capture: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
-        """The captured output for ``key``, capturing it on first use (a failed capture is
-        not kept: the next start tries again)."""
+        """The captured output for ``key``, capturing it on first use. A failed capture is
+        kept too (None): later starts of the scope run as sent without trying again, as the
+        reference does (probed: a profile that exits 1 runs once for the capture, then once
+        per command)."""
         future = self._entries.get(key)
         if future is not None:
             self._entries.move_to_end(key)
@@ -167,15 +170,11 @@ class SnapshotCache:
         self._entries[key] = future
         while len(self._entries) > MAX_SNAPSHOTS:
             self._entries.popitem(last=False)
+        output = None
         try:
             output = await capture()
-        except BaseException:
-            output = None
-            raise
         finally:
             future.set_result(output)
-            if output is None and self._entries.get(key) is future:
-                del self._entries[key]
         return output
 
     def release(self) -> None:
