@@ -675,6 +675,32 @@ def method_params(world: World) -> dict[str, st.SearchStrategy[Any]]:
             chunk=Field(BASE64, bad=st.one_of(JUNK, NOT_BASE64)),
         ),
         "fs/close": obj(handleId=handle_id),
+        "fs/walk": obj(
+            path=fs_path(),
+            options=Field(
+                st.fixed_dictionaries(
+                    {
+                        "maxDepth": st.integers(0, 70),
+                        "maxDirectories": st.integers(0, 20),
+                        "maxEntries": st.integers(0, 100),
+                        "followDirectorySymlinks": st.booleans(),
+                    },
+                    optional={"pruneHiddenDirectories": st.booleans()},
+                ),
+            ),
+            sandbox=sandbox,
+        ),
+        "capabilities/discoverV2": obj(cwd=Field(path.good, bad=path.bad), sandbox=sandbox),
+        "capabilityRoots/discoverV1": obj(
+            roots=Field(
+                st.lists(
+                    st.fixed_dictionaries(
+                        {"id": TEXT, "path": path.good}, optional={"sandbox": sandbox.good}
+                    ),
+                    max_size=3,
+                ),
+            ),
+        ),
         "fs/watchMissing": obj(
             watchId=Field(st.integers(0, 5), bad=st.one_of(JUNK, ODD_INTS, st.just(2**64 - 1))),
             missing=Field(
@@ -889,7 +915,7 @@ def materialize(draft: Draft, number: int) -> Frame:
 INVALID_IDS = [b"null", b"true", b"false", b"1.5", b"1.0", b"{}", b"[]", b"[1]", b'{"a":1}']
 INVALID_IDS += [str(2**63).encode(), str(2**64).encode(), str(-(2**63) - 1).encode(), b"1e400"]
 
-UNKNOWN_METHODS = ["no/such", "initialized", "fs/walk", "process/kill", "Initialize", ""]
+UNKNOWN_METHODS = ["no/such", "initialized", "fs/join", "process/kill", "Initialize", ""]
 
 ID_STYLES = st.one_of(
     st.sampled_from(["int", "int", "near-max", "negative", "s", ""]),

@@ -20,17 +20,17 @@ OURS = {
     "networkProxyReviewDomains": False,
     "credentialMasking": False,
     "credentialMaskingCustomProviders": False,
-    "capabilityDiscoverySandbox": False,
+    "capabilityDiscoverySandbox": True,
     "fsWatchMissing": True,
-    "capabilityDiscoveryV2": False,
+    "capabilityDiscoveryV2": True,
     "environmentConfigRead": True,
-    "httpHeaderEnvVars": False,
+    "httpHeaderEnvVars": True,
     "sandboxedFileStreaming": True,
     "fileWriteStreaming": True,
-    "shellSnapshotV2": False,
+    "shellSnapshotV2": True,
     "windowsMxc": False,
-    "linuxRootWritePreservesDevices": False,
-    "linuxApprovedRootWritePreservesRestrictions": False,
+    "linuxRootWritePreservesDevices": True,
+    "linuxApprovedRootWritePreservesRestrictions": True,
 }
 
 

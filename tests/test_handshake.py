@@ -49,6 +49,17 @@ SAMPLE_PARAMS: dict[str, dict[str, Any]] = {
     "forward/credit": {"streamId": "s", "bytes": 1},
     "forward/shutdown": {"streamId": "s"},
     "forward/close": {"streamId": "s"},
+    "fs/walk": {
+        "path": "/tmp/nonexistent-exec-server-test",
+        "options": {
+            "maxDepth": 1,
+            "maxDirectories": 1,
+            "maxEntries": 1,
+            "followDirectorySymlinks": False,
+        },
+    },
+    "capabilities/discoverV2": {"cwd": "/tmp"},
+    "capabilityRoots/discoverV1": {"roots": []},
 }
 FAMILIES = {
     "process": "exec",
@@ -56,6 +67,8 @@ FAMILIES = {
     "http": "http",
     "environmentConfig": "environment config",
     "forward": "forward",
+    "capabilities": "capability discovery",
+    "capabilityRoots": "capability discovery",
 }
 GATED = [name for name in SAMPLE_PARAMS if name in METHODS]
 

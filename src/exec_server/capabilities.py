@@ -10,10 +10,24 @@ from __future__ import annotations
 import os
 import sys
 
+EXECUTOR_VERSION = "0.169.0"
+"""``environmentInfo.executorVersion``: the reference release whose protocol this server
+speaks, not the package's own version (``exec-server --version``). codex 0.169 gates some
+requests on it besides the flags: probed, it sends no ``capabilities/discoverV2`` to an
+executor that reports 0.1.0, and does to one reporting 0.168.0 or later."""
+
 
 def _has_inotify() -> bool:
     """Linux with inotify (its limits are in procfs); checked without loading libc."""
     return sys.platform.startswith("linux") and os.path.isdir("/proc/sys/fs/inotify")
+
+
+def _has_bwrap() -> bool:
+    """Linux with a bubblewrap binary (the sandbox these flags describe); whether it can
+    run here is probed at the first sandboxed request, which is refused if it cannot."""
+    from .sandbox.bwrap import find_bwrap
+
+    return sys.platform.startswith("linux") and find_bwrap() is not None
 
 
 def capabilities() -> dict[str, bool]:
@@ -23,15 +37,15 @@ def capabilities() -> dict[str, bool]:
         "networkProxyReviewDomains": False,  # network/policyRequest to the client: not sent
         "credentialMasking": False,  # no masking of credentials in what children print
         "credentialMaskingCustomProviders": False,
-        "capabilityDiscoverySandbox": False,  # capabilities/discoverV2 is not served
+        "capabilityDiscoverySandbox": True,  # capabilityRoots/discoverV1 under each root's profile
         "fsWatchMissing": _has_inotify(),  # fs/watchMissing + fs/missingChanged
-        "capabilityDiscoveryV2": False,  # capabilities/discoverV2 is not served
+        "capabilityDiscoveryV2": True,  # capabilities/discoverV2: the executor's skills, plugins
         "environmentConfigRead": True,  # environmentConfig/read
-        "httpHeaderEnvVars": False,  # http/request header values from executor env vars
+        "httpHeaderEnvVars": True,  # http/request header values from executor env vars
         "sandboxedFileStreaming": True,  # fs/open honours the sandbox profile it carries
         "fileWriteStreaming": True,  # fs/open mode "replace" and fs/writeBlock
-        "shellSnapshotV2": False,  # process/start shellSnapshot
+        "shellSnapshotV2": True,  # process/start shellSnapshot: bash, zsh, sh
         "windowsMxc": False,  # Windows only
-        "linuxRootWritePreservesDevices": False,  # these two describe a Linux sandbox
-        "linuxApprovedRootWritePreservesRestrictions": False,
+        "linuxRootWritePreservesDevices": _has_bwrap(),  # a fresh /dev under a writable /
+        "linuxApprovedRootWritePreservesRestrictions": _has_bwrap(),  # denials and .git kept
     }

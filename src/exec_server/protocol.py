@@ -114,6 +114,18 @@ class TerminalSize(_Wire):
     cols: TerminalDimension
 
 
+class SnapshotShell(_Wire):
+    name: str
+    path: str
+
+
+class ShellSnapshotRequest(_Wire):
+    """``process/start.shellSnapshot`` (0.169 ``shellSnapshotV2``)."""
+
+    scope_id: str
+    shell: SnapshotShell
+
+
 class ProcessStartParams(_Params):
     """``size``, ``timeoutMs``, ``idleTimeoutMs`` and ``drainTimeoutMs`` are ours."""
 
@@ -133,6 +145,7 @@ class ProcessStartParams(_Params):
     """codex's permission profile, decoded by ``sandbox/profile.py`` (its -32602 texts)."""
     enforce_managed_network: bool = False
     """A managed network proxy is required (we announce no ``networkProxyLaunch``)."""
+    shell_snapshot: ShellSnapshotRequest | None = None
 
 
 class ProcessStartResult(_Wire):
@@ -435,13 +448,22 @@ class HttpHeader(_Wire):
     value: str
 
 
+class HttpRequestHeader(_Wire):
+    """A header to send: ``value``, followed by the executor's ``$valueEnvVar`` when named
+    (0.169 ``httpHeaderEnvVars``; ``value`` stays required, as in the reference)."""
+
+    name: str
+    value: str
+    value_env_var: str | None = None
+
+
 class HttpRequestParams(_Params):
     """``redirectPolicy`` (0.169): ``follow`` (default) or ``stop``."""
 
     method: str
     url: str
     request_id: str
-    headers: list[HttpHeader] = msgspec.field(default_factory=list)
+    headers: list[HttpRequestHeader] = msgspec.field(default_factory=list)
     body_base64: bytes | None = None
     timeout_ms: U64 | None = None
     stream_response: bool = False
@@ -621,3 +643,129 @@ class ForwardNotifications:
             encode(stream_id),
             encode(error),
         )
+
+
+# ---- fs/walk (codex 0.169; called by codex for a repository's .agents/skills) -------------
+
+
+class FsWalkOptions(_Wire, kw_only=True):
+    """The limits are required, as in the reference; ``pruneHiddenDirectories`` is not."""
+
+    max_depth: U64
+    max_directories: U64
+    max_entries: U64
+    follow_directory_symlinks: bool
+    prune_hidden_directories: bool = False
+
+
+class FsWalkParams(_Params):
+    path: str
+    options: FsWalkOptions
+    sandbox: FsSandbox = None
+
+
+class FsWalkEntry(_Wire):
+    path: str
+    kind: Literal["file", "directory"]
+
+
+class FsWalkError(_Wire):
+    path: str
+    message: str
+
+
+class FsWalkResult(_Wire):
+    entries: list[FsWalkEntry]
+    errors: list[FsWalkError]
+    truncated: bool
+
+
+# ---- capabilityRoots/discoverV1 (codex 0.169; gated by capabilityDiscoverySandbox) ---------
+
+
+class CapabilityRootRequest(_Wire, kw_only=True):
+    id: str
+    path: str
+    sandbox: FsSandbox = None
+
+
+class CapabilityRootsDiscoverParams(_Params):
+    roots: list[CapabilityRootRequest]
+
+
+class CapabilityTextFile(_Wire):
+    path: str
+    contents: str
+
+
+class DiscoveredPluginFiles(_Wire):
+    manifest: CapabilityTextFile
+    mcp_config: CapabilityTextFile | None
+    apps_config: CapabilityTextFile | None
+
+
+class DiscoveredSkillFiles(_Wire):
+    instructions: CapabilityTextFile
+    metadata: CapabilityTextFile | None
+
+
+class CapabilityRootDiscovery(_Wire):
+    id: str
+    path: str
+    plugin: DiscoveredPluginFiles | None
+    skills: list[DiscoveredSkillFiles]
+    namespace_manifests: list[CapabilityTextFile]
+    warnings: list[str]
+    error: str | None
+
+
+class CapabilityRootsDiscoverResult(_Wire):
+    roots: list[CapabilityRootDiscovery]
+
+
+# ---- capabilities/discoverV2 (codex 0.169; gated by capabilityDiscoveryV2) ------------------
+
+
+class DiscoverV2Params(_Params):
+    cwd: str
+    sandbox: FsSandbox = None
+
+
+class SkillDiscoveryRoot(_Wire):
+    id: str
+    path: str
+
+
+class ExecutorPluginSkill(_Wire):
+    name: str
+    description: str
+    short_description: str | None
+    path: str
+    dependencies: dict[str, Any] | None
+    policy: dict[str, Any] | None
+
+
+class ExecutorSkill(_Wire):
+    name: str
+    description: str
+    short_description: str | None
+    path: str
+    discovery_root: SkillDiscoveryRoot
+    dependencies: dict[str, Any] | None
+    policy: dict[str, Any] | None
+
+
+class ExecutorPlugin(_Wire):
+    id: str
+    display_name: str
+    remote_plugin_id: str | None
+    version: str
+    root: str
+    files: DiscoveredPluginFiles
+    skills: list[ExecutorPluginSkill]
+
+
+class DiscoverV2Result(_Wire):
+    plugins: list[ExecutorPlugin]
+    skills: list[ExecutorSkill]
+    warnings: list[str]

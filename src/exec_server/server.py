@@ -8,8 +8,7 @@ import pwd
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .capabilities import capabilities
+from .capabilities import EXECUTOR_VERSION, capabilities
 from .config import Guards, Limits, Runtime
 from .memory import MemoryReturn, nothing
 from .paths import to_file_uri
@@ -33,7 +32,7 @@ def describe_environment(prepend_path_dirs: Sequence[str] = ()) -> EnvironmentIn
     temp_dir = temp_directory()
     return EnvironmentInfo(
         shell=ShellInfo(name=os.path.basename(shell_path), path=shell_path),
-        executor_version=__version__,
+        executor_version=EXECUTOR_VERSION,
         provider_id="local",
         cwd=to_file_uri(os.getcwd()),
         user_home_dir=to_file_uri(home),

@@ -27,7 +27,12 @@ from ..support import REPO
 from .model import ScriptedModel, Turn
 
 CODEX_VERSION = "0.169.0"
-INSTALLER = Path(REPO).parent / "shared" / "peer" / "install-codex.sh"
+INSTALLER = (
+    Path(os.environ.get("EXEC_SERVER_SHARED") or Path(REPO).parent / "shared")
+    / "peer"
+    / "install-codex.sh"
+)
+"""``EXEC_SERVER_SHARED`` names the shared folder when it is not beside the clone (a worktree)."""
 OUR_SERVER = Path(REPO) / ".venv" / "bin" / "exec-server"
 SCRATCH = Path.home() / ".cache" / "exec-server-codex-e2e"
 """Where each run's CODEX_HOME and workspace live: codex refuses a CODEX_HOME under /tmp,
@@ -259,12 +264,13 @@ def run_codex(
     workspace: Workspace,
     executor: Executor,
     *,
-    sandbox: str,
+    sandbox: str | None,
     prompt: str = "go",
     extra_env: Mapping[str, str] | None = None,
 ) -> CodexRun:
     """`codex exec` once, no stdin, in its own process group (killed with everything it
-    started if it has not ended by :data:`CODEX_TIMEOUT_S`); ``extra_env`` adds to its environment."""
+    started if it has not ended by :data:`CODEX_TIMEOUT_S`); ``extra_env`` adds to its environment;
+    ``sandbox`` None leaves the sandbox to the config (its ``default_permissions``)."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "OPENAI_"))},
         "CODEX_HOME": str(workspace.home),
@@ -279,8 +285,7 @@ def run_codex(
             "--ephemeral",
             "--color",
             "never",
-            "-s",
-            sandbox,
+            *(["-s", sandbox] if sandbox is not None else []),
             "-C",
             str(workspace.work),
             prompt,

@@ -45,7 +45,8 @@ def apply_patch(call_id: str, patch: str) -> Item:
     return {"type": "custom_tool_call", "call_id": call_id, "name": "apply_patch", "input": patch}
 
 
-def _message(text: str) -> Item:
+def message(text: str) -> Item:
+    """An assistant message (the final answer, or a reviewer's verdict)."""
     return {
         "type": "message",
         "role": "assistant",
@@ -98,7 +99,7 @@ class ScriptedModel:
         with self._lock:
             index = len(self.requests)
             self.requests.append(body)
-        turn: Turn = self._turns[index] if index < len(self._turns) else [_message(FINAL_TEXT)]
+        turn: Turn = self._turns[index] if index < len(self._turns) else [message(FINAL_TEXT)]
         items = turn(body) if callable(turn) else turn
         return _stream(f"resp_{index}", items)
 

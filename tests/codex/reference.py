@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import pytest
 
@@ -28,11 +28,21 @@ def codex_or_skip() -> str:
 
 
 @contextlib.asynccontextmanager
-async def reference_server(env: Mapping[str, str] | None = None) -> AsyncIterator[str]:
-    """A reference server on a free loopback port, killed at the end; yields its URL."""
+async def reference_server(
+    env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()
+) -> AsyncIterator[str]:
+    """A reference server on a free loopback port, killed at the end; yields its URL.
+    ``prefix`` runs it through another command (``setpriv`` to drop root, ...)."""
+    async with listening([*prefix, codex_or_skip(), "exec-server"], env) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def listening(command: Sequence[str], env: Mapping[str, str] | None) -> AsyncIterator[str]:
+    """``command --listen ws://127.0.0.1:0`` (a server printing its URL first), killed at
+    the end with its process group; yields the URL."""
     proc = await asyncio.create_subprocess_exec(
-        codex_or_skip(),
-        "exec-server",
+        *command,
         "--listen",
         "ws://127.0.0.1:0",
         stdin=asyncio.subprocess.DEVNULL,
@@ -52,8 +62,10 @@ async def reference_server(env: Mapping[str, str] | None = None) -> AsyncIterato
 
 
 @contextlib.asynccontextmanager
-async def reference_client(env: Mapping[str, str] | None = None) -> AsyncIterator[Client]:
+async def reference_client(
+    env: Mapping[str, str] | None = None, prefix: Sequence[str] = ()
+) -> AsyncIterator[Client]:
     """An initialized client of a fresh reference server."""
-    async with reference_server(env) as url, Client.connect(url) as client:
+    async with reference_server(env, prefix) as url, Client.connect(url) as client:
         await client.initialize()
         yield client

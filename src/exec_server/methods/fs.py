@@ -35,6 +35,10 @@ from ..protocol import (
     FsReadFileResult,
     FsRemoveParams,
     FsSandbox,
+    FsWalkEntry,
+    FsWalkError,
+    FsWalkParams,
+    FsWalkResult,
     FsWriteBlockParams,
     FsWriteFileParams,
 )
@@ -42,6 +46,7 @@ from . import method
 
 if TYPE_CHECKING:
     from ..connection import Connection
+    from ..fs.walk import WalkOutcome
 
 FILESYSTEM = "filesystem"
 
@@ -320,3 +325,35 @@ def close_handle(connection: Connection, params: FsHandleParams) -> EmptyResult:
     """Close a handle; closing an unknown or already closed one succeeds (as the reference)."""
     _table(connection).close(params.handle_id)
     return EmptyResult()
+
+
+# ---- fs/walk -------------------------------------------------------------------------------
+
+
+@method("fs/walk", FsWalkParams, FILESYSTEM)
+def walk(connection: Connection, params: FsWalkParams) -> Awaitable[FsWalkResult]:
+    """A bounded breadth-first listing (:mod:`..fs.walk`); limits checked first (-32600)."""
+    from ..fs import walk as walking
+
+    path = parse_path(params.path, "path")
+    raw = params.options
+    options = walking.WalkOptions(
+        max_depth=raw.max_depth,
+        max_directories=raw.max_directories,
+        max_entries=raw.max_entries,
+        follow_directory_symlinks=raw.follow_directory_symlinks,
+        prune_hidden_directories=raw.prune_hidden_directories,
+    )
+    walking.check_limits(options)
+    work = _submit_under_policy(
+        connection, params.sandbox, walking.walk, walking.walk_under_policy, path, options
+    )
+    return _reply(work, _walk_result)
+
+
+def _walk_result(outcome: WalkOutcome) -> FsWalkResult:
+    return FsWalkResult(
+        entries=[FsWalkEntry(path, kind) for path, kind in outcome.entries],
+        errors=[FsWalkError(path, message) for path, message in outcome.errors],
+        truncated=outcome.truncated,
+    )

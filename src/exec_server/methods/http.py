@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from ..protocol import (
     HttpBodyDelta,
     HttpBodyDeltaNotification,
     HttpHeader,
+    HttpRequestHeader,
     HttpRequestParams,
     HttpRequestResult,
     encode,
@@ -72,12 +74,17 @@ def _valid_url(raw: str) -> httpx.URL:
     return url
 
 
-def _valid_headers(headers: list[HttpHeader]) -> list[tuple[bytes, bytes]]:
+def _valid_headers(
+    headers: list[HttpRequestHeader], never_lent: tuple[str, ...]
+) -> list[tuple[bytes, bytes]]:
+    """Each header checked in order (its name, its variable, its value), as the reference."""
     checked = []
     for header in headers:
         if not _TOKEN.fullmatch(header.name):
             raise invalid_params("http/request header name is invalid: invalid HTTP header name")
         value = header.value.encode()
+        if header.value_env_var is not None:
+            value += _from_environment(header.name, header.value_env_var, never_lent).encode()
         if any((byte < 32 and byte != 9) or byte == 127 for byte in value):
             raise invalid_params(
                 f"http/request header value is invalid for {header.name}: "
@@ -85,6 +92,34 @@ def _valid_headers(headers: list[HttpHeader]) -> list[tuple[bytes, bytes]]:
             )
         checked.append((header.name.encode("ascii"), value))
     return checked
+
+
+def _from_environment(header: str, variable: str, never_lent: tuple[str, ...]) -> str:
+    """The server's own ``$variable`` for a header value. A variable the server never lends
+    (:func:`_never_lent`) is answered as if it were unset, so its existence does not show."""
+    from ..process.env import matches
+
+    lent = not any(matches(pattern, variable) for pattern in never_lent)
+    value = os.environ.get(variable) if lent and variable and "=" not in variable else None
+    if value is None:
+        raise invalid_params(
+            f"http/request header {header} requires executor environment variable {variable}"
+        )
+    if not value:
+        raise invalid_params(
+            f"http/request header {header} requires a non-empty executor environment "
+            f"variable {variable}"
+        )
+    return value
+
+
+def _never_lent(connection: Connection) -> tuple[str, ...]:
+    """Variables no client can read through a header (patterns as for ``--env-exclude``):
+    the server's own bearer token variable, and whatever the operator keeps from children
+    with ``--env-exclude``. The reference lends any variable; these are ours to keep."""
+    from ..cli import TOKEN_ENV
+
+    return (TOKEN_ENV, *connection.server.guards.env_exclude)
 
 
 # ---- the method ----------------------------------------------------------------------------
@@ -101,7 +136,7 @@ def http_request(connection: Connection, params: HttpRequestParams) -> Awaitable
     if not _TOKEN.fullmatch(params.method):
         raise invalid_params("http/request method is invalid: invalid HTTP method")
     url = _valid_url(params.url)
-    headers = _valid_headers(params.headers)
+    headers = _valid_headers(params.headers, _never_lent(connection))
     streams = _streams_of(connection)
     if params.stream_response:
         streams.reserve(params.request_id)  # now: a second request with the id is refused

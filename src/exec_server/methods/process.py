@@ -15,6 +15,7 @@ from .. import prepend_path
 from ..errors import RpcError, internal_error, invalid_params, invalid_request, os_error_message
 from ..paths import parse_path
 from ..process import errors as process_errors
+from ..process import shell_snapshot
 from ..process.env import child_environment, without_excluded
 from ..process.manager import Deadlines, ProcessInfo, WriteStatus
 from ..process.output import ReadSnapshot, is_ready
@@ -190,7 +191,12 @@ def start(
     )
     processes = connection.require_session().processes
     confinement = connection.server.guards.confinement
-    if params.sandbox is None and confinement is None:
+    snapshot = params.shell_snapshot
+    if snapshot is not None:
+        shell_snapshot.check_request(snapshot.scope_id, snapshot.shell.name)
+        if not shell_snapshot.applies(params.argv, snapshot.shell.path):
+            snapshot = None
+    if params.sandbox is None and confinement is None and snapshot is None:
         processes.start(params.process_id, request, deadlines)
         return ProcessStartResult(params.process_id)
     from ..sandbox.profile import ProfileError, parse_sandbox  # sandboxed starts only
@@ -200,7 +206,84 @@ def start(
     except ProfileError as error:
         raise invalid_params(error.message) from None
     processes.reserve(params.process_id, request, deadlines)
+    if snapshot is not None:
+        return _start_snapshotted(connection, params, request, profile)
     return _start_sandboxed(connection, params.process_id, request, profile)
+
+
+# ---- shell snapshots (shellSnapshotV2) ---------------------------------------------------
+
+
+@_mapped_async
+async def _start_snapshotted(
+    connection: Connection,
+    params: ProcessStartParams,
+    request: SpawnRequest,
+    profile: SandboxRequest | None,
+) -> ProcessStartResult:
+    """Start ``shell -lc SCRIPT`` with the scope's snapshot restored instead of the startup
+    files (captured first, under the same sandbox, when the scope has none yet); when there
+    is no snapshot, the command as sent."""
+    snapshot = params.shell_snapshot
+    assert snapshot is not None
+    shell = (snapshot.shell.name, snapshot.shell.path)
+    cache = connection.require_session().resources.get(
+        shell_snapshot.SnapshotCache, shell_snapshot.SnapshotCache
+    )
+    key = shell_snapshot.cache_key(
+        snapshot.scope_id,
+        shell,
+        request.cwd,
+        msgspec.to_builtins(params.env_policy),
+        params.sandbox,
+    )
+    try:
+        output = await cache.get(key, lambda: _capture(connection, request, profile, shell))
+    except BaseException:
+        connection.require_session().processes.abandon(params.process_id)
+        raise
+    restore = (
+        None if output is None else shell_snapshot.restore_script(output, frozenset(params.env))
+    )
+    if restore is not None:
+        replayed = shell_snapshot.replay(shell[0], shell[1], request.argv[2], restore)
+        request = msgspec.structs.replace(
+            request, argv=replayed.argv, env={**request.env, **replayed.env}
+        )
+    return await _start_sandboxed(connection, params.process_id, request, profile)
+
+
+async def _capture(
+    connection: Connection,
+    request: SpawnRequest,
+    profile: SandboxRequest | None,
+    shell: tuple[str, str],
+) -> bytes | None:
+    """Run the capture as the command would run (same sandbox, env and cwd); None when it
+    cannot be captured (the command then runs as sent)."""
+    argv = shell_snapshot.capture_argv(*shell)
+    confinement = connection.server.guards.confinement
+
+    def run() -> bytes | None:
+        from ..sandbox import enforce
+
+        launch = None
+        command = argv
+        if profile is not None or confinement is not None:
+            policy = enforce.process_policy(profile, confinement, request.cwd, request.env)
+            if policy is not None and policy.is_restricted:
+                launch = enforce.launch(policy, argv, request.cwd, None, request.env)
+                command = launch.argv
+        try:
+            return shell_snapshot.run_capture(command, request.cwd, request.env)
+        finally:
+            if launch is not None:
+                launch.release()
+
+    try:
+        return await asyncio.to_thread(run)
+    except Exception:  # a sandbox that cannot be built: the start itself will say so
+        return None
 
 
 @_mapped_async
@@ -245,7 +328,7 @@ async def _start_sandboxed(
         processes.abandon(process_id)
         raise
     if launch is None:
-        processes.spawn_reserved(process_id)
+        processes.spawn_reserved(process_id, request)
         return ProcessStartResult(process_id)
     try:
         if launch.cgroup is None:

@@ -124,6 +124,10 @@ _SPECIAL_KINDS = (
 _MISSING_PATH_BEHAVIORS = ("skip",)
 _WINDOWS_LEVELS = ("disabled", "restricted-token", "elevated", "mxc")
 _PROXY_SETTINGS_MODES = ("reconcile", "preserve")
+_SANDBOX_OVERRIDES = ("noOverride", "escalatedSandboxWithRestrictions", "bypassSandboxFirstAttempt")
+"""``sandbox.sandboxOverride`` (0.169): checked, then nothing more. An approved escalation
+arrives as its own profile (``/`` writable, deny rules kept), enforced as any other; the
+reference runs every variant under the profile sent (probed: the denied read still fails)."""
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
@@ -157,6 +161,9 @@ def parse_sandbox(value: object, field: str = "sandbox") -> SandboxRequest | Non
         raise ProfileError(
             f"{field}.windowsSandboxLevel", "native MXC is unavailable on this executor"
         )
+    override = obj.get("sandboxOverride")
+    if override is not None:
+        _variant(override, _SANDBOX_OVERRIDES, f"{field}.sandboxOverride")
     mode = obj.get("windowsSandboxProxySettingsMode")
     if mode is not None:
         _variant(mode, _PROXY_SETTINGS_MODES, f"{field}.windowsSandboxProxySettingsMode")
