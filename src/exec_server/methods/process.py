@@ -11,6 +11,8 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+import msgspec
+
 from .. import prepend_path
 from ..errors import RpcError, internal_error, invalid_params, invalid_request, os_error_message
 from ..paths import parse_path
