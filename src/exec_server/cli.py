@@ -29,6 +29,9 @@ log = logging.getLogger("exec_server")
 DEFAULT_LISTEN = "ws://127.0.0.1:0"
 TOKEN_ENV = "EXEC_SERVER_TOKEN"
 CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get")
+DEFAULT_DRAIN_S = 30.0
+"""How long SIGTERM lets running processes finish; a Kubernetes pod's
+terminationGracePeriodSeconds should exceed it (deploy/)."""
 
 
 class ListenAddress(msgspec.Struct, frozen=True):
@@ -116,14 +119,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_security(parser)
     _add_limits(parser)
     _add_accelerators(parser)
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("EXEC_SERVER_LOG", "WARNING"),
-        metavar="LEVEL",
-        help="logging level on stderr (default WARNING, or $EXEC_SERVER_LOG)",
-    )
+    _add_operations(parser)
     parser.add_argument("--version", action="version", version=f"exec-server {__version__}")
     return parser
+
+
+def _add_operations(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "operating it",
+        "Probes, metrics, logs and shutdown for a service manager or Kubernetes "
+        "(docs/operations.md). GET /readyz: 200, or 503 while draining; GET /healthz: 200, "
+        "503 when the event loop stalled, no answer when it is stuck; GET /metrics: "
+        "Prometheus text, with the token like the rest.",
+    )
+    group.add_argument(
+        "--log-level",
+        default=os.environ.get("EXEC_SERVER_LOG"),
+        metavar="LEVEL",
+        help="logging level on stderr (default WARNING for text logs and INFO for JSON, or "
+        "$EXEC_SERVER_LOG); INFO logs each connection, handshake, session and process",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (the default) or json: one JSON object per line, for a log collector",
+    )
+    group.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_DRAIN_S,
+        metavar="SECONDS",
+        help="on SIGTERM, stop taking sessions and processes (/readyz answers 503) and let "
+        "running processes finish for up to this long; then every client is told the server "
+        "is shutting down (WebSocket close 1001) and what still runs is killed. 0 ends at "
+        f"once; SIGINT, or a second SIGTERM, always does (default {DEFAULT_DRAIN_S:g})",
+    )
+    group.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve GET /metrics without the bearer token (for a scraper on a trusted network)",
+    )
 
 
 def _add_security(parser: argparse.ArgumentParser) -> None:
@@ -452,6 +488,8 @@ class ServeOptions(msgspec.Struct, frozen=True):
     token: str | None
     tls: ssl.SSLContext | None
     prepend_path_dirs: tuple[str, ...] = ()
+    drain_timeout_s: float = DEFAULT_DRAIN_S
+    metrics_public: bool = False
 
 
 def _announce(url: str) -> None:
@@ -466,7 +504,11 @@ async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
     address = options.address
     if address.kind == "unix":
         listener = await serve_unix(
-            server, address.path, allowed_origins=options.allowed_origins, token=options.token
+            server,
+            address.path,
+            allowed_origins=options.allowed_origins,
+            token=options.token,
+            metrics_public=options.metrics_public,
         )
         _announce(f"unix://{address.path}")
         return listener
@@ -483,35 +525,61 @@ async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
         token=options.token,
         tls=options.tls,
         on_bound=announce,
+        metrics_public=options.metrics_public,
     )
 
 
 async def serve(options: ServeOptions, keeper: Keeper | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or stdin EOF over stdio); then kill every child and return."""
+    """Run until SIGINT/SIGTERM (or stdin EOF over stdio); then kill every child and return.
+    A WebSocket listener drains on SIGTERM first (``--drain-timeout``)."""
     from .server import Server
 
     server = Server(
         options.limits, options.runtime, options.guards, keeper, options.prepend_path_dirs
     )
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = asyncio.Event()  # end now
+    drain = asyncio.Event()  # end once running processes are done (SIGTERM)
+
+    def on_sigterm() -> None:
+        (stop if drain.is_set() else drain).set()  # a second SIGTERM does not wait
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         if options.address.kind == "stdio":
             from .transport.stdio import serve_stdio
 
             served = asyncio.ensure_future(serve_stdio(server))
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({served, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (served, stopped):
+            ended = {asyncio.ensure_future(e.wait()) for e in (stop, drain)}
+            await asyncio.wait({served, *ended}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (served, *ended):
                 task.cancel()
         else:
             listener = await _listen(server, options)
-            await stop.wait()
+            signalled = [asyncio.ensure_future(e.wait()) for e in (stop, drain)]
+            await asyncio.wait(signalled, return_when=asyncio.FIRST_COMPLETED)
+            for task in signalled:
+                task.cancel()
+            await _say_goodbye(server, options.drain_timeout_s, stop)
             listener.close()
     finally:
         await server.shutdown()
+
+
+async def _say_goodbye(server: Server, drain_timeout_s: float, stop: asyncio.Event) -> None:
+    """Drain (unless told to stop now), then close every connection with the reason."""
+    if stop.is_set() or drain_timeout_s <= 0:
+        reason = "stopped; running processes were killed"
+    else:
+        log.warning("SIGTERM: draining for up to %g s", drain_timeout_s)
+        if await server.drain(drain_timeout_s, stop):
+            reason = "drained, every process finished"
+        elif stop.is_set():
+            reason = "stopped while draining; running processes were killed"
+        else:
+            reason = f"drain timeout ({drain_timeout_s:g} s) passed; running processes were killed"
+    await server.goodbye(reason)
 
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
@@ -534,7 +602,28 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         token=token,
         tls=tls_from_args(args, address),
         prepend_path_dirs=tuple(os.path.abspath(d) for d in args.prepend_path),
+        drain_timeout_s=_drain_timeout(args.drain_timeout),
+        metrics_public=args.metrics_public,
     )
+
+
+def _drain_timeout(seconds: float) -> float:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("--drain-timeout must be a finite, non-negative number of seconds")
+    return seconds
+
+
+def _configure_logging(level: str | None, log_format: str) -> None:
+    """Logs on stderr, as text or one JSON object per line; ValueError for a bad level."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from .observability import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    default = "INFO" if log_format == "json" else "WARNING"
+    logging.basicConfig(level=(level or default).upper(), handlers=[handler])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -546,11 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv[1:] if argv[:1] == ["serve"] else argv)
     try:
-        logging.basicConfig(
-            level=args.log_level.upper(),
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        _configure_logging(args.log_level, args.log_format)
     except ValueError:
         parser.error(
             f"unknown --log-level `{args.log_level}`; expected DEBUG, INFO, WARNING or ERROR"

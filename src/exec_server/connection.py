@@ -31,6 +31,7 @@ from .errors import (
     invalid_request,
 )
 from .methods import BY_REQUEST_TYPE, METHODS, REQUESTS, Method
+from .observability import UNKNOWN_METHOD
 from .resources import Resources
 
 if TYPE_CHECKING:
@@ -72,6 +73,10 @@ class Transport(Protocol):
         """Go back to handling the peer's messages after :attr:`Connection.accepting` was
         False (the transport holds messages back while it is)."""
 
+    def shut_down(self, reason: str) -> None:
+        """The server is going away: end the connection after what is queued, telling the
+        peer ``reason`` where the transport can (a WebSocket close frame, code 1001)."""
+
 
 class HandshakeState(enum.Enum):
     NEW = "new"
@@ -97,6 +102,8 @@ class Connection:
         self._room.set()
         self.resources = Resources()
         """What this connection owns besides its session (HTTP body streams, ...)."""
+        self._metrics = server.metrics
+        server.connection_began(self)
 
     @property
     def is_open(self) -> bool:
@@ -113,6 +120,8 @@ class Connection:
         transport.send(message)
         if transport.writable:
             return True
+        if not self._producers_paused:
+            self._metrics.backpressure_paused()
         self._producers_paused = True
         self._room.clear()
         return False
@@ -209,7 +218,7 @@ class Connection:
         try:
             params = method.decode(request.params)
         except RpcError as error:
-            self._reply_error(request.id, error)
+            self._reply_error(request.id, error, method.name)
             return
         self._dispatch(request.id, method, params)
 
@@ -225,11 +234,11 @@ class Connection:
                 self._check_ready(method)
             outcome = method.handler(self, params)
         except RpcError as error:
-            self._reply_error(request_id, error)
+            self._reply_error(request_id, error, method.name)
             return
         except Exception as exc:  # a bug: answer, log, keep serving
             log.exception("handler for %s failed", method.name)
-            self._reply_error(request_id, internal_error(f"internal error: {exc}"))
+            self._reply_error(request_id, internal_error(f"internal error: {exc}"), method.name)
             return
         if isinstance(outcome, msgspec.Struct) or not isinstance(outcome, Awaitable):
             self._send_reply(rpc.encode_result(request_id, outcome))
@@ -244,10 +253,10 @@ class Connection:
         try:
             result = await outcome
         except RpcError as error:
-            self._reply_error(request_id, error)
+            self._reply_error(request_id, error, method.name)
         except Exception as exc:
             log.exception("handler for %s failed", method.name)
-            self._reply_error(request_id, internal_error(f"internal error: {exc}"))
+            self._reply_error(request_id, internal_error(f"internal error: {exc}"), method.name)
         else:
             self._send_reply(rpc.encode_result(request_id, result))
 
@@ -265,7 +274,11 @@ class Connection:
         if len(self._tasks) == self._max_waiting - 1 and self.is_open:
             self.transport.resume_inbound()
 
-    def _reply_error(self, request_id: rpc.RequestId, error: RpcError) -> None:
+    def _reply_error(
+        self, request_id: rpc.RequestId, error: RpcError, method: str = UNKNOWN_METHOD
+    ) -> None:
+        """Answer with ``error``, counted by ``method`` (a known method's name) and code."""
+        self._metrics.rpc_error(method, error.code)
         self._send_reply(rpc.encode_error(request_id, error.code, error.message))
 
     def _check_ready(self, method: Method) -> None:
@@ -307,6 +320,7 @@ class Connection:
         if self.state is HandshakeState.CLOSED:
             return
         self.state = HandshakeState.CLOSED
+        self.server.connection_ended(self)
         self.resources.release_all()
         for task in list(self._tasks):
             task.cancel()

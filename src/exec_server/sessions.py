@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from .config import Limits
 from .errors import invalid_request
 from .memory import nothing
+from .observability import Metrics
 from .process.exits import ExitWatcher
 from .process.manager import ExitInfo, ProcessManager, Spawner
 from .process.signals import signal_name
@@ -52,8 +53,10 @@ class Session:
         exits: ExitWatcher,
         notifications: ProcessNotifications,
         released: Callable[[], None] = nothing,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = session_id
+        self.metrics = metrics or Metrics()
         self.state = SessionState.DETACHED
         self.connection: Connection | None = None
         self.processes = ProcessManager(limits, self, spawner, exits, released)
@@ -72,6 +75,7 @@ class Session:
         )
 
     def exited(self, process_id: str, seq: int, info: ExitInfo) -> None:
+        self._count_exit(process_id, info)
         if self.connection is not None:
             self.connection.send_notification(
                 self._notifications.exited(
@@ -83,6 +87,15 @@ class Session:
                     sandbox_denied=info.sandbox_denied,
                 )
             )
+
+    def _count_exit(self, process_id: str, info: ExitInfo) -> None:
+        record = self.processes.find(process_id)
+        duration = 0.0
+        if record is not None and record.exited_at is not None:
+            duration = record.exited_at - record.started_at
+        self.metrics.process_exited(
+            self.id, process_id, info.exit_code, info.terminated_by.value, duration
+        )
 
     def closed(self, process_id: str, seq: int, drained: bool) -> None:
         if self.connection is not None:
@@ -143,9 +156,12 @@ class SessionRegistry:
         exits: ExitWatcher,
         make_notifications: Callable[[], ProcessNotifications],
         released: Callable[[], None] = nothing,
+        metrics: Metrics | None = None,
     ) -> None:
-        """``released``: called when processes are let go (see ``memory.py``)."""
+        """``released``: called when processes are let go (see ``memory.py``); ``metrics``:
+        where sessions and exits are counted."""
         self.limits = limits
+        self.metrics = metrics or Metrics()
         self._spawner = spawner
         self._exits = exits
         self._make_notifications = make_notifications
@@ -162,6 +178,7 @@ class SessionRegistry:
         """A new session attached to ``connection``, or -32600 past ``max_sessions``."""
         limit = self.limits.max_sessions
         if len(self._sessions) >= limit:
+            self.metrics.limit_refused("max_sessions")
             raise invalid_request(
                 f"this server already holds {limit} sessions (--max-sessions); end one, or "
                 "wait for a disconnected one to expire"
@@ -173,9 +190,11 @@ class SessionRegistry:
             self._exits,
             self._make_notifications(),
             self._released,
+            self.metrics,
         )
         self._sessions[session.id] = session
         session.attach(connection)
+        self.metrics.session_created(session.id, connection.transport.description)
         return session
 
     def resume(self, session_id: str, connection: Connection) -> Session:
@@ -186,6 +205,7 @@ class SessionRegistry:
         if session.state is SessionState.ATTACHED:
             raise invalid_request(f"session {session_id} is already attached to another connection")
         session.attach(connection)
+        self.metrics.session_resumed(session.id, connection.transport.description)
         return session
 
     def detach(
@@ -203,7 +223,21 @@ class SessionRegistry:
 
     def _end(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+        if session.state is not SessionState.ENDED:
+            self.metrics.session_ended(session.id)
         session.end()
+
+    def process_states(self) -> dict[str, int]:
+        """How many processes of all sessions are in each state (for a metrics scrape)."""
+        counts: dict[str, int] = {}
+        for session in self._sessions.values():
+            for state in session.processes.states():
+                counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    def live_processes(self) -> int:
+        """Processes of all sessions that have not closed yet (a drain waits for none)."""
+        return sum(session.processes.live for session in self._sessions.values())
 
     def shutdown(self) -> list[Session]:
         """End every session (server exit); returns them so the caller can await reaping."""

@@ -255,6 +255,19 @@ class ProcessManager:
             raise UnknownProcess(process_id)
         return process
 
+    def find(self, process_id: str) -> ManagedProcess | None:
+        """The entry, or None."""
+        return self._processes.get(process_id)
+
+    def states(self) -> Iterator[str]:
+        """The state of each process in the table (for metrics)."""
+        return (process.state.value for process in self._processes.values())
+
+    @property
+    def live(self) -> int:
+        """Processes reserved, running or exited but not closed yet."""
+        return self._not_closed
+
     def _started(self, process_id: str) -> ManagedProcess:
         """The entry of a process past STARTING, or the error that says why not."""
         process = self.get(process_id)
