@@ -18,6 +18,7 @@ from .errors import (
     ConnectionFailed,
     ConnectionLost,
     ExecServerError,
+    ExecutorLost,
     NotSupported,
     OutputGap,
     ProcessError,
@@ -26,6 +27,7 @@ from .errors import (
     RemoteFileExists,
     RemoteFileNotFound,
     RpcError,
+    ServerShutdown,
     StdinClosed,
 )
 from .fs import DirEntry, FileStat, RemoteFile, RemoteFS
@@ -41,6 +43,7 @@ __all__ = [
     "DirEntry",
     "Event",
     "ExecServerError",
+    "ExecutorLost",
     "Exited",
     "FileStat",
     "NotSupported",
@@ -56,6 +59,7 @@ __all__ = [
     "RemoteFileExists",
     "RemoteFileNotFound",
     "RpcError",
+    "ServerShutdown",
     "State",
     "StdinClosed",
     "connect",

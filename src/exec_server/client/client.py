@@ -34,10 +34,12 @@ from .errors import (
     ConnectionFailed,
     ConnectionLost,
     ExecServerError,
+    ExecutorLost,
     NotSupported,
     ProcessLost,
     ProcessTimeout,
     RpcError,
+    ServerShutdown,
     StdinClosed,
     rpc_error,
 )
@@ -96,6 +98,9 @@ class _Options:
     connect_timeout: float = 10.0
     reconnect: bool = True
     reconnect_timeout: float = 30.0
+    executor: str | None = None
+    """Set (to its URL) for a client of a pool: losing the connection for good is then
+    :class:`ExecutorLost`, naming it."""
 
 
 def to_file_uri(path: str) -> str:
@@ -272,6 +277,11 @@ class Client:
                     self._route(envelope)
         except TransportClosed as exc:
             reason = exc.reason
+            if exc.going_away and generation == self._generation:
+                with contextlib.suppress(Exception):
+                    await transport.close()
+                self._shut(self._shutdown_error(exc.server_reason))
+                return
         except Exception as exc:  # a bug here must not leave calls waiting forever
             log.exception("the client failed to handle a message; dropping the connection")
             reason = f"the client failed to handle a message ({exc!r})"
@@ -381,7 +391,7 @@ class Client:
             return  # the reconnecting task sees it
         if not self._options.reconnect:
             self._shut(
-                ConnectionLost(f"the connection to {self._options.describe} was lost: {reason}")
+                self._lost_error(f"the connection to {self._options.describe} was lost: {reason}")
             )
             return
         log.info("connection to %s lost (%s); resuming", self._options.describe, reason)
@@ -400,7 +410,7 @@ class Client:
                 problem = "the new connection dropped too"
                 continue
             except AuthenticationFailed as exc:
-                self._shut(ConnectionLost(f"reconnecting failed: {exc}"))
+                self._shut(self._lost_error(f"reconnecting failed: {exc}"))
                 return
             except RpcError as exc:
                 if "already attached" not in exc.message:
@@ -412,17 +422,28 @@ class Client:
             await asyncio.sleep(min(delay, max(remaining, 0)))
             delay = min(delay * 2, 0.5)
         self._shut(
-            ConnectionLost(
+            self._lost_error(
                 f"the connection to {self._options.describe} was lost ({reason}) and could not "
                 f"be re-established within {self._options.reconnect_timeout:g} s: {problem}"
             )
         )
 
     def _unresumable(self, reason: str, why: str) -> ConnectionLost:
-        return ConnectionLost(
+        return self._lost_error(
             f"the connection to {self._options.describe} was lost ({reason}) and the server "
             f"could not resume session {self.session_id}: {why}"
         )
+
+    def _lost_error(self, message: str) -> ConnectionLost:
+        """The connection is gone for good: :class:`ExecutorLost` for a pool's client."""
+        if self._options.executor is not None:
+            return ExecutorLost(message, self._options.executor)
+        return ConnectionLost(message)
+
+    def _shutdown_error(self, reason: str) -> ServerShutdown:
+        executor = self._options.executor or self._options.describe
+        said = reason or "no reason given"
+        return ServerShutdown(f"{executor} shut down ({said})", executor, reason)
 
     async def _resume(self) -> bool:
         """One attempt: connect, resume the session, send again what was not answered,
