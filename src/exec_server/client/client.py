@@ -147,6 +147,11 @@ class Client:
         """Whether the server announced ``extension`` (e.g. ``"closeStdin"``, ``"resize"``)."""
         return self.extensions.get(extension) is True
 
+    @property
+    def live_processes(self) -> int:
+        """Processes this client started that have not closed yet (a pool's measure of load)."""
+        return len(self._processes)
+
     # ---- opening and closing --------------------------------------------------------------
 
     async def _open(self) -> None:
@@ -649,6 +654,19 @@ class Client:
             tty=tty,
             stdin_size=None if input is None else len(input),
         )
+        return await self.collect(process, input=input, timeout=timeout, check=check)
+
+    async def collect(
+        self,
+        process: Process,
+        *,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> CompletedProcess:
+        """The rest of :meth:`run` for a process started with ``stdin_size=len(input)``:
+        feed ``input``, gather its output until it closes, and return the result."""
+        argv = process.argv
         stdout, stderr = bytearray(), bytearray()
         feeder = self._spawn(self._feed(process, input)) if input else None
         deadline = asyncio.timeout(timeout)
