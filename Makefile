@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint typecheck check bench clean sandbox
+.PHONY: run test lint typecheck check bench clean sandbox netns-tools
 
 $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,10 +29,20 @@ sandbox:
 	    echo "exec-server: sandboxing needs bubblewrap; install it, e.g. 'sudo apt-get install bubblewrap' (Debian/Ubuntu) or 'sudo dnf install bubblewrap' (Fedora). Until then sandboxed requests are refused." >&2; \
 	  fi; }
 
+# The Pool test across hosts (tests/test_pool_netns.py) makes network namespaces with `ip`
+# (iproute2); where it cannot, that test is skipped with the reason.
+netns-tools:
+	@command -v ip >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -qq iproute2 >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq iproute2 >/dev/null 2>&1; } || \
+	    echo "could not install iproute2: the namespace test will be skipped" >&2; \
+	  fi; }
+
 run: $(STAMP) sandbox
 	$(BIN)/exec-server $(ARGS)
 
-test: $(STAMP) sandbox
+test: $(STAMP) sandbox netns-tools
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
