@@ -53,6 +53,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("rss_idle_mib", "server RSS, idle children", "MiB", False, 1.0),
     Metric("startup_reply_ms", "start to initialize reply", "ms", False, None, 100.0),
     Metric("startup_exit_ms", "start to exit", "ms"),
+    # The floor: `python -c "import asyncio"`, timed right after each start (issue 21).
+    Metric("startup_floor_ms", "python -c 'import asyncio' (floor)", "ms"),
+    Metric("startup_over_floor", "start to initialize reply / floor", "x", False, None, 1.3),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import logging
@@ -19,6 +18,7 @@ from . import __version__
 from .config import Guards, Limits, Runtime
 
 if TYPE_CHECKING:
+    import argparse
     import ssl
 
     from .process.keeper import Keeper
@@ -90,6 +90,8 @@ def parse_listen(url: str) -> ListenAddress:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # not for `--listen stdio` alone (see plain_stdio_options)
+
     parser = argparse.ArgumentParser(
         prog="exec-server",
         description=(
@@ -626,14 +628,53 @@ def _configure_logging(level: str | None, log_format: str) -> None:
     logging.basicConfig(level=(level or default).upper(), handlers=[handler])
 
 
+STDIO_ARGV = (["--listen", "stdio"], ["--listen=stdio"], ["--listen", "stdio://"])
+"""Command lines that ask for nothing but a stdio server with every default."""
+
+
+def plain_stdio_options(argv: Sequence[str]) -> ServeOptions | None:
+    """The options of ``exec-server --listen stdio`` with nothing else, built without
+    argparse (whose import and parser cost a server started per session a few ms of its
+    start-up); None for any other command line. tests/test_startup.py holds this equal to
+    what the parser gives."""
+    if list(argv) not in STDIO_ARGV:
+        return None
+    from types import SimpleNamespace
+
+    defaults = SimpleNamespace(
+        no_uvloop=False,
+        loop="auto",
+        no_native_spawn=bool(os.environ.get("EXEC_SERVER_NO_NATIVE_SPAWN")),
+        no_pybase64=False,
+        no_pidfd=False,
+        http_deny=[],
+        env_exclude=[],
+        confine=None,
+    )
+    address = ListenAddress("stdio")
+    return ServeOptions(
+        address=address,
+        limits=Limits(),
+        runtime=runtime_from_args(defaults, address),  # type: ignore[arg-type]
+        guards=guards_from_args(defaults),  # type: ignore[arg-type]
+        allowed_origins=frozenset(),
+        token=None,
+        tls=None,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in CLIENT_COMMANDS:  # the client side, in its own package
         from .client.cli import main as client_main
 
         return client_main(argv)
+    argv = argv[1:] if argv[:1] == ["serve"] else argv
+    options = plain_stdio_options(argv)
+    if options is not None and _configure_logging_quietly(os.environ.get("EXEC_SERVER_LOG")):
+        return _run(options)
     parser = build_parser()
-    args = parser.parse_args(argv[1:] if argv[:1] == ["serve"] else argv)
+    args = parser.parse_args(argv)
     try:
         _configure_logging(args.log_level, args.log_format)
     except ValueError:
@@ -644,6 +685,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = options_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    return _run(options)
+
+
+def _configure_logging_quietly(level: str | None) -> bool:
+    """Text logs at ``level``; False (nothing configured) when the level is not one (the
+    parser's path then says what is wrong)."""
+    if not isinstance(logging.getLevelName((level or "WARNING").upper()), int):
+        return False
+    _configure_logging(level, "text")
+    return True
+
+
+def _run(options: ServeOptions) -> int:
     loop_factory = None
     if options.runtime.uvloop:
         import uvloop

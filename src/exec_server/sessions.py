@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from .errors import invalid_request
 from .memory import nothing
 from .observability import Metrics
 from .process.exits import ExitWatcher
-from .process.manager import ExitInfo, ProcessManager, Spawner
+from .process.manager import ExitInfo, ProcessManager, ProcessState, Spawner
 from .process.signals import signal_name
 from .protocol import ProcessNotifications
 from .resources import Resources
@@ -229,11 +230,10 @@ class SessionRegistry:
 
     def process_states(self) -> dict[str, int]:
         """How many processes of all sessions are in each state (for a metrics scrape)."""
-        counts: dict[str, int] = {}
+        counts: Counter[ProcessState] = Counter()
         for session in self._sessions.values():
-            for state in session.processes.states():
-                counts[state] = counts.get(state, 0) + 1
-        return counts
+            session.processes.count_states(counts)
+        return {state.value: count for state, count in counts.items()}
 
     def live_processes(self) -> int:
         """Processes of all sessions that have not closed yet (a drain waits for none)."""

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import operator
 import os
 import signal
 import termios
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -59,6 +61,9 @@ class ProcessState(enum.Enum):
     RUNNING = "running"
     EXITED = "exited"
     CLOSED = "closed"
+
+
+_STATE = operator.attrgetter("state")
 
 
 class WriteStatus(enum.Enum):
@@ -259,9 +264,12 @@ class ProcessManager:
         """The entry, or None."""
         return self._processes.get(process_id)
 
-    def states(self) -> Iterator[str]:
-        """The state of each process in the table (for metrics)."""
-        return (process.state.value for process in self._processes.values())
+    def count_states(self, counts: Counter[ProcessState]) -> None:
+        """Add the number of processes in each state to ``counts`` (for metrics). Counted
+        with ``list.count``, which compares by identity first: an enum's hash is Python code."""
+        states = list(map(_STATE, self._processes.values()))
+        for state in ProcessState:
+            counts[state] += states.count(state)
 
     @property
     def live(self) -> int:
