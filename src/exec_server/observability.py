@@ -261,7 +261,7 @@ class Metrics:
         )
         yield counter(
             "exec_server_process_exits",
-            "Processes exited, by what ended them (exit, signal, timeout, terminate, ...).",
+            "Processes exited, by what ended them (exit, signal, client, timeout, idle).",
             ["terminated_by"],
             self.exits,
         )
