@@ -55,3 +55,16 @@ def test_a_stdio_server_answers_initialize_without_loading_what_it_does_not_need
     loaded = set(done.stderr.decode().split())
     assert "exec_server.transport.stdio" in loaded  # the report is of the right process
     assert sorted(loaded.intersection(NOT_AT_START)) == []
+
+
+def test_method_decoders_are_built_on_first_use_not_at_import() -> None:
+    check = (
+        "import exec_server.methods as m; "
+        "print('REQUESTS' in vars(m), len(m.BY_REQUEST_TYPE)); "
+        "m.METHODS['initialize'].decode(b'{\"clientName\": \"t\"}'); "
+        "m.REQUESTS; print('REQUESTS' in vars(m), len(m.BY_REQUEST_TYPE) == len(m.METHODS))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=30, cwd=REPO
+    )
+    assert done.stdout.split("\n")[:2] == ["False 0", "True True"], done.stderr

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from . import rpc
+from . import methods, rpc
 from .errors import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -30,7 +30,7 @@ from .errors import (
     internal_error,
     invalid_request,
 )
-from .methods import BY_REQUEST_TYPE, METHODS, REQUESTS, Method
+from .methods import BY_REQUEST_TYPE, METHODS, Method
 from .observability import UNKNOWN_METHOD
 from .resources import Resources
 
@@ -165,11 +165,12 @@ class Connection:
     def _receive(self, data: bytes | bytearray | memoryview | str | rpc.Malformed) -> bool:
         if self.state is HandshakeState.CLOSED:
             return False
-        if type(data) is bytes:
+        if type(data) is bytes and self.state is not HandshakeState.NEW:
             # The usual case first: a request for a known method with valid params, decoded
-            # in one step. Whatever this does not take goes the long way below.
+            # in one step. Whatever this does not take goes the long way below, and so does
+            # `initialize`, answered before the one-step decoder is built (methods/).
             try:
-                typed = REQUESTS.decode(data)
+                typed = methods.REQUESTS.decode(data)
             except (msgspec.DecodeError, UnicodeError, RecursionError, ValueError):
                 pass
             else:
