@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exec_server.client import ConnectionFailed, RpcError, ServerShutdown, State, connect
 from exec_server.config import Limits
-from exec_server.observability import Heartbeat
+from exec_server.observability import Heartbeat, Histogram
 from exec_server.server import Server
 from exec_server.transport.websocket import serve_websocket
 
@@ -236,3 +236,11 @@ async def test_json_logs_have_one_object_per_line_with_ids_and_durations(tmp_pat
     assert started["sandboxed"] is False and started["spawn_ms"] >= 0
     assert exited["exit_code"] == 0 and exited["duration_ms"] >= 0
     assert all({"ts", "level", "logger"} <= entry.keys() for entry in entries)
+
+
+def test_the_spawn_histogram_counts_each_value_in_the_first_bucket_that_holds_it() -> None:
+    histogram = Histogram((0.001, 0.01, 0.1))
+    for value in (0.0005, 0.001, 0.005, 0.1, 0.5):
+        histogram.observe(value)
+    assert histogram.cumulative() == [("0.001", 2), ("0.01", 3), ("0.1", 4), ("+Inf", 5)]
+    assert histogram.sum == pytest.approx(0.6065)

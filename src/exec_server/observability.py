@@ -17,7 +17,6 @@ json`` writes them as one JSON object per line (:class:`JsonFormatter`).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -53,7 +52,12 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        index = 0
+        for bound in self.bounds:  # a handful: no need for bisect (nor its import at start)
+            if value <= bound:
+                break
+            index += 1
+        self.counts[index] += 1
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, int]]:
