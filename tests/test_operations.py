@@ -91,12 +91,19 @@ def server_on_its_own_loop() -> Iterator[tuple[asyncio.AbstractEventLoop, str]]:
     """A server whose event loop runs in a thread, so a test can make that loop stall."""
     loop = asyncio.new_event_loop()
     bound: list[str] = []
+    server: list[tuple[Server, asyncio.Server]] = []
 
     async def start() -> None:
-        server = Server(Limits())
-        await serve_websocket(
-            server, "127.0.0.1", 0, on_bound=lambda h, p: bound.append(f"ws://{h}:{p}")
+        built = Server(Limits())
+        listener = await serve_websocket(
+            built, "127.0.0.1", 0, on_bound=lambda h, p: bound.append(f"ws://{h}:{p}")
         )
+        server.append((built, listener))
+
+    async def stop() -> None:
+        built, listener = server[0]
+        listener.close()
+        await built.shutdown()
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -104,8 +111,10 @@ def server_on_its_own_loop() -> Iterator[tuple[asyncio.AbstractEventLoop, str]]:
     try:
         yield loop, bound[0]
     finally:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        loop.close()
 
 
 async def test_healthz_gets_no_answer_while_the_event_loop_is_stuck() -> None:
@@ -172,6 +181,7 @@ async def test_metrics_count_sessions_processes_errors_and_limits_and_need_the_t
     assert head["content-type"].startswith("text/plain; version=")
     found = samples(body)
     assert found[("exec_server_sessions", ())] == 1
+    assert found[("exec_server_sessions_opened_total", ())] == 1
     assert found[("exec_server_connections_open", ())] == 1
     assert found[("exec_server_process_starts_total", (("sandboxed", "false"),))] == 2
     assert found[("exec_server_processes", (("state", "running"),))] == 1

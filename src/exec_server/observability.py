@@ -243,7 +243,7 @@ class Metrics:
             {tuple(k.split(":", 1)): v for k, v in self.handshakes.items()},
         )
         yield CounterMetricFamily(
-            "exec_server_sessions_created", "Sessions created.", value=self.sessions_created
+            "exec_server_sessions_opened", "Sessions created.", value=self.sessions_created
         )
         processes = GaugeMetricFamily(
             "exec_server_processes", "Processes held, by state.", labels=["state"]
