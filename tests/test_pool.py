@@ -58,16 +58,18 @@ async def test_an_executor_down_before_the_start_is_skipped() -> None:
 
 
 async def test_a_draining_executor_is_skipped_and_a_refused_start_goes_elsewhere() -> None:
-    async with servers(2) as running, Pool([running[0][1]], probe_interval=60) as pool:
+    async with servers(2) as running:
         (first, first_url), (second, second_url) = running
-        await pool.run(["true"])  # the shared session on the first is open, judged ready
-        first.draining = True  # as after SIGTERM: /readyz 503, starts refused
-        pool._targets.append(second_url)  # a second executor joins (as DNS would show it)
-        process = await pool.start(["true"])
-        assert pool.executor_of(process) == second_url  # refused by the first: not run there
-        assert await process.wait() == 0
-        assert "shutting down" in (pool.executors[0].problem or "")
-        assert first_url != second_url and len(second.sessions) == 1
+        # Readiness is judged once a minute here: the drain is seen by the refused start.
+        async with Pool([first_url, second_url], probe_interval=60) as pool:
+            await pool.run(["true"])  # equal loads: the first executor, in target order
+            assert (len(first.sessions), len(second.sessions)) == (1, 0)
+            first.draining = True  # as after SIGTERM: /readyz 503, starts refused
+            process = await pool.start(["true"])
+            assert pool.executor_of(process) == second_url  # refused by the first, not run
+            assert await process.wait() == 0
+            assert "shutting down" in (pool.executors[0].problem or "")
+            assert first.metrics.start_failures == {"draining": 1}
 
 
 async def test_a_process_on_an_executor_killed_mid_run_ends_with_executor_lost() -> None:

@@ -96,6 +96,7 @@ class Pool:
         self._probe_timeout = probe_timeout
         self._probe_interval = probe_interval
         self._executors: dict[str, Executor] = {}
+        self._resolved: tuple[float, list[str]] = (float("-inf"), [])
         self._sessions: set[_client.Client] = set()
         self._closed = False
 
@@ -110,10 +111,15 @@ class Pool:
     # ---- executors ------------------------------------------------------------------------
 
     async def refresh(self) -> list[Executor]:
-        """Resolve the targets again (a DNS name may now stand for other addresses)."""
-        urls: list[str] = []
-        for target in self._targets:
-            urls += await _expand(target)
+        """The executors the targets stand for now: DNS names are resolved again once
+        ``probe_interval`` has passed (a name may now stand for other addresses)."""
+        now = asyncio.get_running_loop().time()
+        resolved_at, urls = self._resolved
+        if now - resolved_at >= self._probe_interval or not urls:
+            urls = []
+            for target in self._targets:
+                urls += await _expand(target)
+            self._resolved = (now, urls)
         for url in urls:
             if url not in self._executors:
                 self._executors[url] = Executor(url)
