@@ -254,3 +254,24 @@ def test_the_spawn_histogram_counts_each_value_in_the_first_bucket_that_holds_it
         histogram.observe(value)
     assert histogram.cumulative() == [("0.001", 2), ("0.01", 3), ("0.1", 4), ("+Inf", 5)]
     assert histogram.sum == pytest.approx(0.6065)
+
+
+async def test_sandboxed_starts_have_their_own_spawn_series(tmp_path: Path) -> None:
+    from exec_server.paths import to_file_uri
+    from exec_server.sandbox.bwrap import support
+
+    from .sandbox_support import workspace_write
+
+    if not support().usable:
+        pytest.skip(f"bubblewrap cannot run here: {support().reason}")
+    async with running_server() as (server, url), Client.connect(url) as client:
+        await client.initialize()
+        await client.run("plain", ["true"])
+        sandbox = workspace_write(to_file_uri(str(tmp_path)))
+        events = await client.run("boxed", ["true"], cwd=str(tmp_path), sandbox=sandbox)
+        assert events.exited is not None and events.exited["exitCode"] == 0
+        found = samples((await http_get(url, "/metrics"))[2])
+    for sandboxed in ("true", "false"):
+        assert found[("exec_server_spawn_seconds_count", (("sandboxed", sandboxed),))] == 1
+        assert found[("exec_server_process_starts_total", (("sandboxed", sandboxed),))] == 1
+    assert server.metrics.spawn_seconds[True].sum > 0
