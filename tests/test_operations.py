@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import signal
@@ -275,3 +276,21 @@ async def test_sandboxed_starts_have_their_own_spawn_series(tmp_path: Path) -> N
         assert found[("exec_server_spawn_seconds_count", (("sandboxed", sandboxed),))] == 1
         assert found[("exec_server_process_starts_total", (("sandboxed", sandboxed),))] == 1
     assert server.metrics.spawn_seconds[True].sum > 0
+
+
+async def test_a_stdin_refusal_is_counted_as_a_limit() -> None:
+    limits = Limits(stdin_buffer_bytes=1024, stdin_process_max_bytes=4096)
+    async with running_server(limits) as (server, url), Client.connect(url) as client:
+        await client.initialize()
+        await client.start("p", ["sleep", "100"], pipeStdin=True)
+        refused = 0
+        for _ in range(40):  # the pipe takes 64 KiB before anything is held
+            reply = await client.request(
+                "process/write",
+                {"processId": "p", "chunk": base64.b64encode(b"x" * 4096).decode()},
+            )
+            if "error" in reply:
+                refused += 1
+                break
+        assert refused == 1
+        assert server.metrics.limit_refusals == {"stdin_bytes": 1}

@@ -374,9 +374,13 @@ def write(
 ) -> ProcessWriteResult | Awaitable[ProcessWriteResult]:
     if params.write_id is not None and not params.write_id:
         raise invalid_params("writeId must not be empty")
-    outcome = connection.require_session().processes.write(
-        params.process_id, params.chunk, params.write_id
-    )
+    try:
+        outcome = connection.require_session().processes.write(
+            params.process_id, params.chunk, params.write_id
+        )
+    except StdinFull:
+        connection.server.metrics.limit_refused("stdin_bytes")
+        raise
     if isinstance(outcome, WriteStatus):
         return ProcessWriteResult(_WRITE_STATUS[outcome])
     return _accepted_when(outcome)
