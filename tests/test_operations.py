@@ -49,7 +49,7 @@ async def test_sigterm_drains_50_processes_each_client_gets_its_exit_or_the_reas
                     break
                 await asyncio.sleep(0.02)
             assert status == 503
-            with pytest.raises(ConnectionFailed, match="HTTP 503"):
+            with pytest.raises(RpcError, match="takes no new session"):
                 async with connect(server.url, reconnect=False):
                     pass
             with pytest.raises(RpcError, match="shutting down"):
@@ -81,6 +81,26 @@ async def test_a_drain_ends_as_soon_as_every_process_has_finished() -> None:
             with pytest.raises(ServerShutdown, match="drained, every process finished"):
                 await client.start(["true"])
         rc, stderr = await server.wait_exit()  # well before the 60 s
+        assert rc == 0, stderr
+
+
+async def test_a_detached_session_can_be_resumed_during_a_drain_to_learn_its_exits() -> None:
+    async with cli_server("--drain-timeout", "10", "--detach-grace", "30") as server:
+        async with Client.connect(server.url) as first:
+            session = (await first.initialize())["sessionId"]
+            await first.start("p", ["sh", "-c", "sleep 1; echo finished"])
+        server.proc.send_signal(signal.SIGTERM)  # while the session is detached
+        for _ in range(500):
+            if (await http_get(server.url, "/readyz"))[0] == 503:
+                break
+            await asyncio.sleep(0.02)
+        async with Client.connect(server.url) as second:
+            await second.initialize(resumeSessionId=session)
+            read = await second.read("p", afterSeq=0, waitMs=5000)
+            while not read["closed"]:
+                read = await second.read("p", afterSeq=read["nextSeq"] - 1, waitMs=5000)
+            assert read["exited"] and read["exitCode"] == 0
+        rc, stderr = await server.wait_exit()
         assert rc == 0, stderr
 
 

@@ -125,7 +125,8 @@ class Server:
         self.heartbeat = Heartbeat()
         """The event loop's proof of life, for ``/healthz`` (started by a listener)."""
         self.draining = False
-        """Set on SIGTERM: no new session or process is taken, ``/readyz`` answers 503."""
+        """Set on SIGTERM: no new session or process is taken (a detached session may still
+        be resumed), ``/readyz`` answers 503."""
         self.connections: set[Connection] = set()
         """Every open client connection (see :meth:`connection_began`)."""
         self._no_connections = asyncio.Event()
@@ -150,6 +151,7 @@ class Server:
         """Take no new session or process, and wait until every process has closed, for at
         most ``timeout_s`` or until ``interrupted`` is set. True when none was left running."""
         self.draining = True
+        self.sessions.accepting = False
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self.sessions.live_processes() and not interrupted.is_set():

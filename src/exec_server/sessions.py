@@ -168,6 +168,9 @@ class SessionRegistry:
         self._make_notifications = make_notifications
         self._released = released
         self._sessions: dict[str, Session] = {}
+        self.accepting = True
+        """False once the server drains: no new session, though a detached one may be
+        resumed (its client then learns how its processes ended)."""
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -176,7 +179,13 @@ class SessionRegistry:
         return iter(list(self._sessions.values()))
 
     def create(self, connection: Connection) -> Session:
-        """A new session attached to ``connection``, or -32600 past ``max_sessions``."""
+        """A new session attached to ``connection``, or -32600 past ``max_sessions`` or
+        while the server drains."""
+        if not self.accepting:
+            raise invalid_request(
+                "this exec-server is shutting down (draining after SIGTERM): it takes no new "
+                "session; connect to another executor"
+            )
         limit = self.limits.max_sessions
         if len(self._sessions) >= limit:
             self.metrics.limit_refused("max_sessions")

@@ -8,7 +8,8 @@ rebinding cannot get around that; and when the server has a token, the request m
 it as ``Authorization: Bearer <token>`` (compared in constant time), or it gets 401 before
 any JSON-RPC. ``/readyz`` and ``/healthz`` pass the Origin and Host checks too, but need no
 token; ``/metrics`` needs the token unless the operator made it public (``--metrics-public``).
-While the server drains, an upgrade and ``/readyz`` get 503.
+While the server drains ``/readyz`` gets 503; an upgrade still succeeds, so that a client can
+resume its session, but ``initialize`` refuses a new one.
 """
 
 from __future__ import annotations
@@ -122,11 +123,6 @@ def judge(
     if path == METRICS_PATH and probes is not None:
         body, content_type = probes.metrics_exposition()
         return Refusal(http.HTTPStatus.OK, body.decode(), (("Content-Type", content_type),))
-    if probes is not None and probes.draining:
-        return Refusal(
-            http.HTTPStatus.SERVICE_UNAVAILABLE,
-            "exec-server is shutting down (draining): connect to another executor\n",
-        )
     if "upgrade" not in request.headers.get("Connection", "").lower():
         return Refusal(http.HTTPStatus.NOT_FOUND, "not found\n")
     return None
