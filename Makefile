@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-shells lint typecheck check bench bench-forward openssh clean sandbox
+.PHONY: run test test-shells netns-tools lint typecheck check bench bench-forward openssh clean sandbox
 
 $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,10 +40,20 @@ test-shells:
 	    echo "zsh is not installed: its shell snapshot test is skipped (apt-get install zsh)" >&2; \
 	  fi; }
 
+# The Pool test across hosts (tests/test_pool_netns.py) makes network namespaces with `ip`
+# (iproute2); where it cannot, that test is skipped with the reason.
+netns-tools:
+	@command -v ip >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -qq iproute2 >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq iproute2 >/dev/null 2>&1; } || \
+	    echo "could not install iproute2: the namespace test will be skipped" >&2; \
+	  fi; }
+
 run: $(STAMP) sandbox
 	$(BIN)/exec-server $(ARGS)
 
-test: $(STAMP) sandbox test-shells
+test: $(STAMP) sandbox test-shells netns-tools
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)

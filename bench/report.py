@@ -57,6 +57,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("sandbox_bare_bwrap_ms", "bare bwrap true, same run", "ms"),
     # issue 17: the launcher's seccomp, cgroup and carve-outs within 1.5x of bwrap's own cost
     Metric("sandbox_over_bare", "sandboxed true / bare bwrap", "x", False, None, 1.5),
+    # The floor: `python -c "import asyncio"`, timed right after each start (issue 21).
+    Metric("startup_floor_ms", "python -c 'import asyncio' (floor)", "ms"),
+    Metric("startup_over_floor", "start to initialize reply / floor", "x", False, None, 1.3),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -400,11 +401,25 @@ MiB/s, 0.128 33.5-49.1), so it gets six."""
 INITIALIZE = b'{"id":1,"method":"initialize","params":{"clientName":"bench"}}\n'
 
 
+FLOOR_ARGV = (sys.executable, "-c", "import asyncio")
+"""The floor of any Python server's start-up: the interpreter with asyncio imported (the
+bench's own interpreter, which is the project's .venv one under `make bench`)."""
+
+
+async def _run_floor() -> float:
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(*FLOOR_ARGV)
+    await asyncio.wait_for(proc.wait(), STEP_TIMEOUT)
+    return time.perf_counter() - t0
+
+
 async def startup(spec: ServerSpec, sizes: Sizes) -> Metrics:
     """Start ``spec`` with ``--listen stdio`` ``startup_n`` times: the time from exec to the
-    `initialize` reply, and to the exit once stdin is closed."""
+    `initialize` reply, and to the exit once stdin is closed; each start is followed by one
+    of ``python -c "import asyncio"``, the floor the reply time is compared with."""
     to_reply: list[float] = []
     to_exit: list[float] = []
+    floor: list[float] = []
     for _ in range(sizes.startup_n):
         t0 = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
@@ -426,9 +441,13 @@ async def startup(spec: ServerSpec, sizes: Sizes) -> Metrics:
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), STEP_TIMEOUT)
         to_exit.append(time.perf_counter() - t0)
+        floor.append(await _run_floor())
+    reply, base = statistics.median(to_reply), statistics.median(floor)
     return {
-        "startup_reply_ms": statistics.median(to_reply) * 1000,
+        "startup_reply_ms": reply * 1000,
         "startup_exit_ms": statistics.median(to_exit) * 1000,
+        "startup_floor_ms": base * 1000,
+        "startup_over_floor": reply / base,
     }
 
 

@@ -337,3 +337,29 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
         capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+async def http_get(
+    url: str, path: str, token: str | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], str]:
+    """``GET path`` on the server at a ``ws://HOST:PORT`` URL, as a probe or a scraper would:
+    (status, headers with lower-case names, body). TimeoutError when nothing answers."""
+    host, _, port = url.removeprefix("ws://").rpartition(":")
+    host = host.strip("[]")
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            raw = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body.decode()

@@ -259,7 +259,8 @@ async def test_websocket_handshake_with_an_origin_is_refused() -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_signal_kills_every_child_group_and_exits_zero(signum: signal.Signals) -> None:
-    async with cli_server("--detach-grace", "60") as server:
+    # SIGTERM drains first: 0.5 s, which these sleeps outlast.
+    async with cli_server("--detach-grace", "60", "--drain-timeout", "0.5") as server:
         async with Client.connect(server.url) as attached, Client.connect(server.url) as other:
             await attached.initialize()
             await other.initialize()
@@ -276,7 +277,7 @@ async def test_signal_kills_every_child_group_and_exits_zero(signum: signal.Sign
 
 
 async def test_signal_with_a_connection_still_open_exits_zero() -> None:
-    async with cli_server() as server, Client.connect(server.url) as client:
+    async with cli_server("--drain-timeout", "0.5") as server, Client.connect(server.url) as client:
         await client.initialize()
         await client.start("p", ["sh", "-c", "sleep 100 & sleep 100"])
         sleeps = await wait_for_descendants(server, "sleep", 2)
@@ -285,6 +286,8 @@ async def test_signal_with_a_connection_still_open_exits_zero() -> None:
         assert rc == 0, stderr
         assert await wait_until(lambda: not any(pid_alive(pid) for pid in sleeps))
         await asyncio.wait_for(client.closed.wait(), 10)
+        assert client.ws.close_code == 1001  # going away, with the reason
+        assert "drain timeout (0.5 s) passed" in (client.ws.close_reason or "")
 
 
 async def test_sigkill_of_the_server_leaves_no_running_direct_child() -> None:

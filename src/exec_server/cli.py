@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import logging
@@ -19,6 +18,7 @@ from . import __version__
 from .config import Guards, Limits, Runtime
 
 if TYPE_CHECKING:
+    import argparse
     import ssl
 
     from .process.keeper import Keeper
@@ -29,6 +29,9 @@ log = logging.getLogger("exec_server")
 DEFAULT_LISTEN = "ws://127.0.0.1:0"
 TOKEN_ENV = "EXEC_SERVER_TOKEN"
 CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get", "forward")
+DEFAULT_DRAIN_S = 30.0
+"""How long SIGTERM lets running processes finish; a Kubernetes pod's
+terminationGracePeriodSeconds should exceed it (deploy/)."""
 
 
 class ListenAddress(msgspec.Struct, frozen=True):
@@ -87,6 +90,8 @@ def parse_listen(url: str) -> ListenAddress:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # not for `--listen stdio` alone (see plain_stdio_options)
+
     parser = argparse.ArgumentParser(
         prog="exec-server",
         description=(
@@ -116,14 +121,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_security(parser)
     _add_limits(parser)
     _add_accelerators(parser)
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("EXEC_SERVER_LOG", "WARNING"),
-        metavar="LEVEL",
-        help="logging level on stderr (default WARNING, or $EXEC_SERVER_LOG)",
-    )
+    _add_operations(parser)
     parser.add_argument("--version", action="version", version=f"exec-server {__version__}")
     return parser
+
+
+def _add_operations(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "operating it",
+        "Probes, metrics, logs and shutdown for a service manager or Kubernetes "
+        "(docs/operations.md). GET /readyz: 200, or 503 while draining; GET /healthz: 200, "
+        "503 when the event loop stalled, no answer when it is stuck; GET /metrics: "
+        "Prometheus text, with the token like the rest.",
+    )
+    group.add_argument(
+        "--log-level",
+        default=os.environ.get("EXEC_SERVER_LOG"),
+        metavar="LEVEL",
+        help="logging level on stderr (default WARNING for text logs and INFO for JSON, or "
+        "$EXEC_SERVER_LOG); INFO logs each connection, handshake, session and process",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (the default) or json: one JSON object per line, for a log collector",
+    )
+    group.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DEFAULT_DRAIN_S,
+        metavar="SECONDS",
+        help="on SIGTERM, stop taking sessions and processes (/readyz answers 503) and let "
+        "running processes finish for up to this long; then every client is told the server "
+        "is shutting down (WebSocket close 1001) and what still runs is killed. 0 ends at "
+        f"once; SIGINT, or a second SIGTERM, always does (default {DEFAULT_DRAIN_S:g})",
+    )
+    group.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="serve GET /metrics without the bearer token (for a scraper on a trusted network)",
+    )
 
 
 def _add_security(parser: argparse.ArgumentParser) -> None:
@@ -489,6 +527,8 @@ class ServeOptions(msgspec.Struct, frozen=True):
     token: str | None
     tls: ssl.SSLContext | None
     prepend_path_dirs: tuple[str, ...] = ()
+    drain_timeout_s: float = DEFAULT_DRAIN_S
+    metrics_public: bool = False
 
 
 def _announce(url: str) -> None:
@@ -503,7 +543,11 @@ async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
     address = options.address
     if address.kind == "unix":
         listener = await serve_unix(
-            server, address.path, allowed_origins=options.allowed_origins, token=options.token
+            server,
+            address.path,
+            allowed_origins=options.allowed_origins,
+            token=options.token,
+            metrics_public=options.metrics_public,
         )
         _announce(f"unix://{address.path}")
         return listener
@@ -520,35 +564,61 @@ async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
         token=options.token,
         tls=options.tls,
         on_bound=announce,
+        metrics_public=options.metrics_public,
     )
 
 
 async def serve(options: ServeOptions, keeper: Keeper | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or stdin EOF over stdio); then kill every child and return."""
+    """Run until SIGINT/SIGTERM (or stdin EOF over stdio); then kill every child and return.
+    A WebSocket listener drains on SIGTERM first (``--drain-timeout``)."""
     from .server import Server
 
     server = Server(
         options.limits, options.runtime, options.guards, keeper, options.prepend_path_dirs
     )
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = asyncio.Event()  # end now
+    drain = asyncio.Event()  # end once running processes are done (SIGTERM)
+
+    def on_sigterm() -> None:
+        (stop if drain.is_set() else drain).set()  # a second SIGTERM does not wait
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         if options.address.kind == "stdio":
             from .transport.stdio import serve_stdio
 
             served = asyncio.ensure_future(serve_stdio(server))
-            stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({served, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (served, stopped):
+            ended = {asyncio.ensure_future(e.wait()) for e in (stop, drain)}
+            await asyncio.wait({served, *ended}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (served, *ended):
                 task.cancel()
         else:
             listener = await _listen(server, options)
-            await stop.wait()
+            signalled = [asyncio.ensure_future(e.wait()) for e in (stop, drain)]
+            await asyncio.wait(signalled, return_when=asyncio.FIRST_COMPLETED)
+            for task in signalled:
+                task.cancel()
+            await _say_goodbye(server, options.drain_timeout_s, stop)
             listener.close()
     finally:
         await server.shutdown()
+
+
+async def _say_goodbye(server: Server, drain_timeout_s: float, stop: asyncio.Event) -> None:
+    """Drain (unless told to stop now), then close every connection with the reason."""
+    if stop.is_set() or drain_timeout_s <= 0:
+        reason = "stopped; running processes were killed"
+    else:
+        log.warning("SIGTERM: draining for up to %g s", drain_timeout_s)
+        if await server.drain(drain_timeout_s, stop):
+            reason = "drained, every process finished"
+        elif stop.is_set():
+            reason = "stopped while draining; running processes were killed"
+        else:
+            reason = f"drain timeout ({drain_timeout_s:g} s) passed; running processes were killed"
+    await server.goodbye(reason)
 
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
@@ -574,6 +644,62 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         token=token,
         tls=tls_from_args(args, address),
         prepend_path_dirs=tuple(os.path.abspath(d) for d in args.prepend_path),
+        drain_timeout_s=_drain_timeout(args.drain_timeout),
+        metrics_public=args.metrics_public,
+    )
+
+
+def _drain_timeout(seconds: float) -> float:
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("--drain-timeout must be a finite, non-negative number of seconds")
+    return seconds
+
+
+def _configure_logging(level: str | None, log_format: str) -> None:
+    """Logs on stderr, as text or one JSON object per line; ValueError for a bad level."""
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from .observability import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    default = "INFO" if log_format == "json" else "WARNING"
+    logging.basicConfig(level=(level or default).upper(), handlers=[handler])
+
+
+STDIO_ARGV = (["--listen", "stdio"], ["--listen=stdio"], ["--listen", "stdio://"])
+"""Command lines that ask for nothing but a stdio server with every default."""
+
+
+def plain_stdio_options(argv: Sequence[str]) -> ServeOptions | None:
+    """The options of ``exec-server --listen stdio`` with nothing else, built without
+    argparse (whose import and parser cost a server started per session a few ms of its
+    start-up); None for any other command line. tests/test_startup.py holds this equal to
+    what the parser gives."""
+    if list(argv) not in STDIO_ARGV:
+        return None
+    from types import SimpleNamespace
+
+    defaults = SimpleNamespace(
+        no_uvloop=False,
+        loop="auto",
+        no_native_spawn=bool(os.environ.get("EXEC_SERVER_NO_NATIVE_SPAWN")),
+        no_pybase64=False,
+        no_pidfd=False,
+        http_deny=[],
+        env_exclude=[],
+        confine=None,
+    )
+    address = ListenAddress("stdio")
+    return ServeOptions(
+        address=address,
+        limits=Limits(),
+        runtime=runtime_from_args(defaults, address),  # type: ignore[arg-type]
+        guards=guards_from_args(defaults),  # type: ignore[arg-type]
+        allowed_origins=frozenset(),
+        token=None,
+        tls=None,
     )
 
 
@@ -583,14 +709,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .client.cli import main as client_main
 
         return client_main(argv)
+    argv = argv[1:] if argv[:1] == ["serve"] else argv
+    options = plain_stdio_options(argv)
+    if options is not None and _configure_logging_quietly(os.environ.get("EXEC_SERVER_LOG")):
+        return _run(options)
     parser = build_parser()
-    args = parser.parse_args(argv[1:] if argv[:1] == ["serve"] else argv)
+    args = parser.parse_args(argv)
     try:
-        logging.basicConfig(
-            level=args.log_level.upper(),
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        _configure_logging(args.log_level, args.log_format)
     except ValueError:
         parser.error(
             f"unknown --log-level `{args.log_level}`; expected DEBUG, INFO, WARNING or ERROR"
@@ -599,6 +725,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = options_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
+    return _run(options)
+
+
+def _configure_logging_quietly(level: str | None) -> bool:
+    """Text logs at ``level``; False (nothing configured) when the level is not one (the
+    parser's path then says what is wrong)."""
+    if not isinstance(logging.getLevelName((level or "WARNING").upper()), int):
+        return False
+    _configure_logging(level, "text")
+    return True
+
+
+def _run(options: ServeOptions) -> int:
     loop_factory = None
     if options.runtime.uvloop:
         import uvloop

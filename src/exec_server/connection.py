@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from . import rpc
+from . import methods, rpc
 from .errors import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -30,8 +30,9 @@ from .errors import (
     internal_error,
     invalid_request,
 )
-from .methods import BY_REQUEST_TYPE, METHODS, REQUESTS, Method
+from .methods import BY_REQUEST_TYPE, METHODS, Method
 from .methods.forward import WRITE_START, slice_write
+from .observability import UNKNOWN_METHOD
 from .resources import Resources
 
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ class Transport(Protocol):
         """Go back to handling the peer's messages after :attr:`Connection.accepting` was
         False (the transport holds messages back while it is)."""
 
+    def shut_down(self, reason: str) -> None:
+        """The server is going away: end the connection after what is queued, telling the
+        peer ``reason`` where the transport can (a WebSocket close frame, code 1001)."""
+
 
 class HandshakeState(enum.Enum):
     NEW = "new"
@@ -98,6 +103,8 @@ class Connection:
         self._room.set()
         self.resources = Resources()
         """What this connection owns besides its session (HTTP body streams, ...)."""
+        self._metrics = server.metrics
+        server.connection_began(self)
 
     @property
     def is_open(self) -> bool:
@@ -114,6 +121,8 @@ class Connection:
         transport.send(message)
         if transport.writable:
             return True
+        if not self._producers_paused:
+            self._metrics.backpressure_paused()
         self._producers_paused = True
         self._room.clear()
         return False
@@ -157,14 +166,15 @@ class Connection:
     def _receive(self, data: bytes | bytearray | memoryview | str | rpc.Malformed) -> bool:
         if self.state is HandshakeState.CLOSED:
             return False
-        if type(data) is bytes:
+        if type(data) is bytes and self.state is not HandshakeState.NEW:
             if data.startswith(WRITE_START) and (sliced := slice_write(data)) is not None:
                 self._dispatch(sliced[0], METHODS["forward/write"], sliced[1])  # bulk bytes
                 return self.is_open
             # The usual case first: a request for a known method with valid params, decoded
-            # in one step. Whatever this does not take goes the long way below.
+            # in one step. Whatever this does not take goes the long way below, and so does
+            # `initialize`, answered before the one-step decoder is built (methods/).
             try:
-                typed = REQUESTS.decode(data)
+                typed = methods.REQUESTS.decode(data)
             except (msgspec.DecodeError, UnicodeError, RecursionError, ValueError):
                 pass
             else:
@@ -213,7 +223,7 @@ class Connection:
         try:
             params = method.decode(request.params)
         except RpcError as error:
-            self._reply_error(request.id, error)
+            self._reply_error(request.id, error, method.name)
             return
         self._dispatch(request.id, method, params)
 
@@ -229,11 +239,11 @@ class Connection:
                 self._check_ready(method)
             outcome = method.handler(self, params)
         except RpcError as error:
-            self._reply_error(request_id, error)
+            self._reply_error(request_id, error, method.name)
             return
         except Exception as exc:  # a bug: answer, log, keep serving
             log.exception("handler for %s failed", method.name)
-            self._reply_error(request_id, internal_error(f"internal error: {exc}"))
+            self._reply_error(request_id, internal_error(f"internal error: {exc}"), method.name)
             return
         if isinstance(outcome, msgspec.Struct) or not isinstance(outcome, Awaitable):
             self._send_reply(rpc.encode_result(request_id, outcome))
@@ -248,10 +258,10 @@ class Connection:
         try:
             result = await outcome
         except RpcError as error:
-            self._reply_error(request_id, error)
+            self._reply_error(request_id, error, method.name)
         except Exception as exc:
             log.exception("handler for %s failed", method.name)
-            self._reply_error(request_id, internal_error(f"internal error: {exc}"))
+            self._reply_error(request_id, internal_error(f"internal error: {exc}"), method.name)
         else:
             self._send_reply(rpc.encode_result(request_id, result))
 
@@ -269,7 +279,11 @@ class Connection:
         if len(self._tasks) == self._max_waiting - 1 and self.is_open:
             self.transport.resume_inbound()
 
-    def _reply_error(self, request_id: rpc.RequestId, error: RpcError) -> None:
+    def _reply_error(
+        self, request_id: rpc.RequestId, error: RpcError, method: str = UNKNOWN_METHOD
+    ) -> None:
+        """Answer with ``error``, counted by ``method`` (a known method's name) and code."""
+        self._metrics.rpc_error(method, error.code)
         self._send_reply(rpc.encode_error(request_id, error.code, error.message))
 
     def _check_ready(self, method: Method) -> None:
@@ -311,6 +325,7 @@ class Connection:
         if self.state is HandshakeState.CLOSED:
             return
         self.state = HandshakeState.CLOSED
+        self.server.connection_ended(self)
         self.resources.release_all()
         for task in list(self._tasks):
             task.cancel()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import os
 import pwd
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .capabilities import EXECUTOR_VERSION, capabilities
 from .config import Guards, Limits, Runtime
 from .memory import MemoryReturn, nothing
+from .observability import Heartbeat, Metrics
 from .paths import to_file_uri
 from .process.exits import ExitWatcher
 from .process.keeper import Keeper
@@ -23,6 +27,12 @@ from .protocol import (
     base64_encoder,
 )
 from .sessions import SessionRegistry
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+SHUTDOWN_REASON = "exec-server is shutting down"
+"""Begins the reason of the WebSocket close (1001) a client gets when the server exits."""
 
 
 def describe_environment(prepend_path_dirs: Sequence[str] = ()) -> EnvironmentInfo:
@@ -98,19 +108,79 @@ class Server:
             use_pidfd=self.runtime.pidfd, reap_orphans=self.runtime.subreaper, keeper=keeper
         )
         self.memory = MemoryReturn() if self.runtime.return_memory else None
+        self.metrics = Metrics()
+        """Every count and event of this server (``observability.py``)."""
         self.sessions = SessionRegistry(
             self.limits,
             functools.partial(spawn, native=self.runtime.native_spawn),
             self.exits,
             lambda: ProcessNotifications(b64encode),
             released=nothing if self.memory is None else self.memory.soon,
+            metrics=self.metrics,
         )
+        self.metrics.watch(
+            lambda: len(self.sessions), self.sessions.process_states, lambda: self.draining
+        )
+        self.heartbeat = Heartbeat()
+        """The event loop's proof of life, for ``/healthz`` (started by a listener)."""
+        self.draining = False
+        """Set on SIGTERM: no new session or process is taken (a detached session may still
+        be resumed), ``/readyz`` answers 503."""
+        self.connections: set[Connection] = set()
+        """Every open client connection (see :meth:`connection_began`)."""
+        self._no_connections = asyncio.Event()
+        self._no_connections.set()
         self.prepend_path_dirs = tuple(prepend_path_dirs)
         self.environment_info = describe_environment(self.prepend_path_dirs)
         self.server_env: dict[str, str] = dict(os.environ)
 
+    # ---- what the HTTP probes ask (transport/handshake.py) ------------------------------------
+
+    def liveness_problem(self) -> str | None:
+        """None while the event loop keeps its heartbeat, else what is wrong."""
+        return self.heartbeat.problem()
+
+    def metrics_exposition(self) -> tuple[bytes, str]:
+        """``GET /metrics``: the Prometheus text, and its content type."""
+        return self.metrics.exposition()
+
+    # ---- the end ------------------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float, interrupted: asyncio.Event) -> bool:
+        """Take no new session or process, and wait until every process has closed, for at
+        most ``timeout_s`` or until ``interrupted`` is set. True when none was left running."""
+        self.draining = True
+        self.sessions.accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.sessions.live_processes() and not interrupted.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(interrupted.wait(), min(0.05, remaining))
+        return not self.sessions.live_processes()
+
+    def connection_began(self, connection: Connection) -> None:
+        self.connections.add(connection)
+        self._no_connections.clear()
+
+    def connection_ended(self, connection: Connection) -> None:
+        self.connections.discard(connection)
+        if not self.connections:
+            self._no_connections.set()
+
+    async def goodbye(self, reason: str, timeout_s: float = 1.0) -> None:
+        """Close every client connection, telling each why (WebSocket close 1001), and wait
+        (at most ``timeout_s``) until they are closed, so the reason reaches them."""
+        for connection in list(self.connections):
+            connection.transport.shut_down(f"{SHUTDOWN_REASON}: {reason}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_connections.wait(), timeout_s)
+
     async def shutdown(self, timeout: float = 5.0) -> None:
         """End every session: every child and all it started is killed, then reaped."""
+        self.heartbeat.stop()
         for session in self.sessions.shutdown():
             await session.processes.wait_reaped(timeout)
         self.exits.close()

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from .config import Limits
 from .errors import invalid_request
 from .memory import nothing
+from .observability import Metrics
 from .process.exits import ExitWatcher
-from .process.manager import ExitInfo, ProcessManager, Spawner
+from .process.manager import ExitInfo, ProcessManager, ProcessState, Spawner
 from .process.signals import signal_name
 from .protocol import ProcessNotifications
 from .resources import Resources
@@ -52,8 +54,10 @@ class Session:
         exits: ExitWatcher,
         notifications: ProcessNotifications,
         released: Callable[[], None] = nothing,
+        metrics: Metrics | None = None,
     ) -> None:
         self.id = session_id
+        self.metrics = metrics or Metrics()
         self.state = SessionState.DETACHED
         self.connection: Connection | None = None
         self.processes = ProcessManager(limits, self, spawner, exits, released)
@@ -72,6 +76,7 @@ class Session:
         )
 
     def exited(self, process_id: str, seq: int, info: ExitInfo) -> None:
+        self._count_exit(process_id, info)
         if self.connection is not None:
             self.connection.send_notification(
                 self._notifications.exited(
@@ -83,6 +88,15 @@ class Session:
                     sandbox_denied=info.sandbox_denied,
                 )
             )
+
+    def _count_exit(self, process_id: str, info: ExitInfo) -> None:
+        record = self.processes.find(process_id)
+        duration = 0.0
+        if record is not None and record.exited_at is not None:
+            duration = record.exited_at - record.started_at
+        self.metrics.process_exited(
+            self.id, process_id, info.exit_code, info.terminated_by.value, duration
+        )
 
     def closed(self, process_id: str, seq: int, drained: bool) -> None:
         if self.connection is not None:
@@ -143,14 +157,20 @@ class SessionRegistry:
         exits: ExitWatcher,
         make_notifications: Callable[[], ProcessNotifications],
         released: Callable[[], None] = nothing,
+        metrics: Metrics | None = None,
     ) -> None:
-        """``released``: called when processes are let go (see ``memory.py``)."""
+        """``released``: called when processes are let go (see ``memory.py``); ``metrics``:
+        where sessions and exits are counted."""
         self.limits = limits
+        self.metrics = metrics or Metrics()
         self._spawner = spawner
         self._exits = exits
         self._make_notifications = make_notifications
         self._released = released
         self._sessions: dict[str, Session] = {}
+        self.accepting = True
+        """False once the server drains: no new session, though a detached one may be
+        resumed (its client then learns how its processes ended)."""
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -159,9 +179,16 @@ class SessionRegistry:
         return iter(list(self._sessions.values()))
 
     def create(self, connection: Connection) -> Session:
-        """A new session attached to ``connection``, or -32600 past ``max_sessions``."""
+        """A new session attached to ``connection``, or -32600 past ``max_sessions`` or
+        while the server drains."""
+        if not self.accepting:
+            raise invalid_request(
+                "this exec-server is shutting down (draining after SIGTERM): it takes no new "
+                "session; connect to another executor"
+            )
         limit = self.limits.max_sessions
         if len(self._sessions) >= limit:
+            self.metrics.limit_refused("max_sessions")
             raise invalid_request(
                 f"this server already holds {limit} sessions (--max-sessions); end one, or "
                 "wait for a disconnected one to expire"
@@ -173,9 +200,11 @@ class SessionRegistry:
             self._exits,
             self._make_notifications(),
             self._released,
+            self.metrics,
         )
         self._sessions[session.id] = session
         session.attach(connection)
+        self.metrics.session_created(session.id, connection.transport.description)
         return session
 
     def resume(self, session_id: str, connection: Connection) -> Session:
@@ -186,6 +215,7 @@ class SessionRegistry:
         if session.state is SessionState.ATTACHED:
             raise invalid_request(f"session {session_id} is already attached to another connection")
         session.attach(connection)
+        self.metrics.session_resumed(session.id, connection.transport.description)
         return session
 
     def detach(
@@ -203,7 +233,20 @@ class SessionRegistry:
 
     def _end(self, session: Session) -> None:
         self._sessions.pop(session.id, None)
+        if session.state is not SessionState.ENDED:
+            self.metrics.session_ended(session.id)
         session.end()
+
+    def process_states(self) -> dict[str, int]:
+        """How many processes of all sessions are in each state (for a metrics scrape)."""
+        counts: Counter[ProcessState] = Counter()
+        for session in self._sessions.values():
+            session.processes.count_states(counts)
+        return {state.value: count for state, count in counts.items()}
+
+    def live_processes(self) -> int:
+        """Processes of all sessions that have not closed yet (a drain waits for none)."""
+        return sum(session.processes.live for session in self._sessions.values())
 
     def shutdown(self) -> list[Session]:
         """End every session (server exit); returns them so the caller can await reaping."""

@@ -5,7 +5,7 @@
         print(result.stdout.decode())
 
 :func:`connect` (WebSocket) and :func:`connect_stdio` (a server command on stdin/stdout) do
-the handshake and yield a :class:`Client`: :meth:`Client.run` runs a command to its end,
+the handshake and yield a :class:`Client` (:class:`Pool` spreads sessions over many servers): :meth:`Client.run` runs a command to its end,
 :meth:`Client.start` gives a :class:`Process` to stream and steer, ``client.fs`` reaches
 files. :mod:`exec_server.client.sync` is the same without ``await``.
 
@@ -18,6 +18,7 @@ from .errors import (
     ConnectionFailed,
     ConnectionLost,
     ExecServerError,
+    ExecutorLost,
     NotSupported,
     OutputGap,
     ProcessError,
@@ -26,9 +27,11 @@ from .errors import (
     RemoteFileExists,
     RemoteFileNotFound,
     RpcError,
+    ServerShutdown,
     StdinClosed,
 )
 from .fs import DirEntry, FileStat, RemoteFile, RemoteFS
+from .pool import Executor, Pool
 from .process import Closed, CompletedProcess, Event, Exited, Output, Process, ProcessStream
 
 __all__ = [
@@ -41,11 +44,14 @@ __all__ = [
     "DirEntry",
     "Event",
     "ExecServerError",
+    "Executor",
+    "ExecutorLost",
     "Exited",
     "FileStat",
     "NotSupported",
     "Output",
     "OutputGap",
+    "Pool",
     "Process",
     "ProcessError",
     "ProcessLost",
@@ -56,6 +62,7 @@ __all__ = [
     "RemoteFileExists",
     "RemoteFileNotFound",
     "RpcError",
+    "ServerShutdown",
     "State",
     "StdinClosed",
     "connect",

@@ -20,12 +20,19 @@ STDIO_LINE_LIMIT = 1 << 30
 """The longest line read from a stdio server; a whole 512 MiB file in base64 fits."""
 
 
-class TransportClosed(Exception):
-    """The transport ended (EOF, close, reset); ``reason`` says how, for messages."""
+GOING_AWAY = 1001
+"""The WebSocket close code of a server that shuts down."""
 
-    def __init__(self, reason: str) -> None:
+
+class TransportClosed(Exception):
+    """The transport ended (EOF, close, reset); ``reason`` says how, for messages.
+    ``going_away``: the server closed it because it shuts down, saying ``server_reason``."""
+
+    def __init__(self, reason: str, going_away: bool = False, server_reason: str = "") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.going_away = going_away
+        self.server_reason = server_reason
 
 
 class Transport(Protocol):
@@ -73,13 +80,13 @@ class WebSocketTransport:
         try:
             await self._ws.send(message, text=True)  # UTF-8 already: no decode and re-encode
         except ConnectionClosed as exc:
-            raise TransportClosed(_closed_reason(exc)) from None
+            raise _closed(exc) from None
 
     async def recv(self) -> bytes:
         try:
             message = await self._ws.recv(decode=False)  # bytes, as msgspec reads them
         except ConnectionClosed as exc:
-            raise TransportClosed(_closed_reason(exc)) from None
+            raise _closed(exc) from None
         return message.encode() if isinstance(message, str) else message
 
     async def close(self) -> None:
@@ -107,6 +114,13 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def _closed(exc: ConnectionClosed) -> TransportClosed:
+    received = exc.rcvd
+    if received is not None and received.code == GOING_AWAY:
+        return TransportClosed(_closed_reason(exc), True, received.reason)
+    return TransportClosed(_closed_reason(exc))
 
 
 def _closed_reason(exc: ConnectionClosed) -> str:

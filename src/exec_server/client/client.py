@@ -34,10 +34,12 @@ from .errors import (
     ConnectionFailed,
     ConnectionLost,
     ExecServerError,
+    ExecutorLost,
     NotSupported,
     ProcessLost,
     ProcessTimeout,
     RpcError,
+    ServerShutdown,
     StdinClosed,
     rpc_error,
 )
@@ -104,6 +106,9 @@ class _Options:
     connect_timeout: float = 10.0
     reconnect: bool = True
     reconnect_timeout: float = 30.0
+    executor: str | None = None
+    """Set (to its URL) for a client of a pool: losing the connection for good is then
+    :class:`ExecutorLost`, naming it."""
 
 
 def to_file_uri(path: str) -> str:
@@ -150,6 +155,11 @@ class Client:
     def supports(self, extension: str) -> bool:
         """Whether the server announced ``extension`` (e.g. ``"closeStdin"``, ``"resize"``)."""
         return self.extensions.get(extension) is True
+
+    @property
+    def live_processes(self) -> int:
+        """Processes this client started that have not closed yet (a pool's measure of load)."""
+        return len(self._processes)
 
     # ---- opening and closing --------------------------------------------------------------
 
@@ -285,6 +295,11 @@ class Client:
                     self._route(envelope)
         except TransportClosed as exc:
             reason = exc.reason
+            if exc.going_away and generation == self._generation:
+                with contextlib.suppress(Exception):
+                    await transport.close()
+                self._shut(self._shutdown_error(exc.server_reason))
+                return
         except Exception as exc:  # a bug here must not leave calls waiting forever
             log.exception("the client failed to handle a message; dropping the connection")
             reason = f"the client failed to handle a message ({exc!r})"
@@ -420,7 +435,7 @@ class Client:
             return  # the reconnecting task sees it
         if not self._options.reconnect:
             self._shut(
-                ConnectionLost(f"the connection to {self._options.describe} was lost: {reason}")
+                self._lost_error(f"the connection to {self._options.describe} was lost: {reason}")
             )
             return
         log.info("connection to %s lost (%s); resuming", self._options.describe, reason)
@@ -439,7 +454,7 @@ class Client:
                 problem = "the new connection dropped too"
                 continue
             except AuthenticationFailed as exc:
-                self._shut(ConnectionLost(f"reconnecting failed: {exc}"))
+                self._shut(self._lost_error(f"reconnecting failed: {exc}"))
                 return
             except RpcError as exc:
                 if "already attached" not in exc.message:
@@ -451,17 +466,28 @@ class Client:
             await asyncio.sleep(min(delay, max(remaining, 0)))
             delay = min(delay * 2, 0.5)
         self._shut(
-            ConnectionLost(
+            self._lost_error(
                 f"the connection to {self._options.describe} was lost ({reason}) and could not "
                 f"be re-established within {self._options.reconnect_timeout:g} s: {problem}"
             )
         )
 
     def _unresumable(self, reason: str, why: str) -> ConnectionLost:
-        return ConnectionLost(
+        return self._lost_error(
             f"the connection to {self._options.describe} was lost ({reason}) and the server "
             f"could not resume session {self.session_id}: {why}"
         )
+
+    def _lost_error(self, message: str) -> ConnectionLost:
+        """The connection is gone for good: :class:`ExecutorLost` for a pool's client."""
+        if self._options.executor is not None:
+            return ExecutorLost(message, self._options.executor)
+        return ConnectionLost(message)
+
+    def _shutdown_error(self, reason: str) -> ServerShutdown:
+        executor = self._options.executor or self._options.describe
+        said = reason or "no reason given"
+        return ServerShutdown(f"{executor} shut down ({said})", executor, reason)
 
     async def _resume(self) -> bool:
         """One attempt: connect, resume the session, send again what was not answered,
@@ -711,6 +737,19 @@ class Client:
             tty=tty,
             stdin_size=None if input is None else len(input),
         )
+        return await self.collect(process, input=input, timeout=timeout, check=check)
+
+    async def collect(
+        self,
+        process: Process,
+        *,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> CompletedProcess:
+        """The rest of :meth:`run` for a process started with ``stdin_size=len(input)``:
+        feed ``input``, gather its output until it closes, and return the result."""
+        argv = process.argv
         stdout, stderr = bytearray(), bytearray()
         feeder = self._spawn(self._feed(process, input)) if input else None
         deadline = asyncio.timeout(timeout)

@@ -30,6 +30,27 @@ class ConnectionLost(ExecServerError):
     """The connection dropped and could not be resumed (or reconnection is turned off)."""
 
 
+class ExecutorLost(ConnectionLost):
+    """The executor (server) at ``executor`` went away while this client's work ran there:
+    it died, or could not be reached again in time. What it was running may or may not have
+    finished, and is not started again anywhere: the caller decides."""
+
+    def __init__(self, message: str, executor: str) -> None:
+        super().__init__(message)
+        self.executor = executor
+        """The executor's URL."""
+
+
+class ServerShutdown(ExecutorLost):
+    """The server closed the connection because it is shutting down (SIGTERM, after its drain:
+    WebSocket close 1001); ``reason`` is what it said, e.g. that its drain timeout passed and
+    running processes were killed."""
+
+    def __init__(self, message: str, executor: str, reason: str) -> None:
+        super().__init__(message, executor)
+        self.reason = reason
+
+
 class NotSupported(ExecServerError):
     """The server does not offer what was asked (an extension, or a method of a later release)."""
 

@@ -180,6 +180,11 @@ class Process:
         self._stdin_written = 0
         self._stdin_closes_itself = False  # stdin_size is enforced by `head -c` on the server
 
+    @property
+    def client(self) -> Client:
+        """The client (the session) this process belongs to."""
+        return self._client
+
     def __repr__(self) -> str:
         return f"<Process {self.id} {self.argv!r} returncode={self.returncode}>"
 

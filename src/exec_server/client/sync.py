@@ -17,11 +17,12 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import client as aio
+from . import pool as aio_pool
 from . import process as aio_process
 from .fs import DirEntry, FileStat, RemoteFile, RemotePath
 from .process import CompletedProcess, Event, ProcessStream
 
-__all__ = ["Client", "Process", "RemoteFS", "connect", "connect_stdio"]
+__all__ = ["Client", "Pool", "Process", "RemoteFS", "connect", "connect_stdio"]
 
 T = TypeVar("T")
 
@@ -310,3 +311,89 @@ def connect_stdio(argv: Sequence[str], **options: Any) -> Iterator[Client]:
     """``with connect_stdio(["exec-server", "--listen", "stdio"]) as client:``."""
     with _connected(aio.connect_stdio(argv, **options)) as client:
         yield client
+
+
+class Pool:
+    """Executors as one, blocking (see :class:`exec_server.client.Pool`):
+    ``with Pool(urls, token=...) as pool: pool.run([...])``."""
+
+    def __init__(self, targets: str | Sequence[str], **options: Any) -> None:
+        self._loop = _Loop()
+        self._pool = aio_pool.Pool(targets, **options)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: RemotePath | None = None,
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        input: bytes | None = None,
+        timeout: float | None = None,
+        tty: bool = False,
+        check: bool = False,
+    ) -> CompletedProcess:
+        """Run a process to its end on the least busy ready executor."""
+        return self._loop.run(
+            self._pool.run(
+                argv,
+                cwd=cwd,
+                env=env,
+                inherit_env=inherit_env,
+                input=input,
+                timeout=timeout,
+                tty=tty,
+                check=check,
+            )
+        )
+
+    def start(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: RemotePath | None = None,
+        env: Mapping[str, str] | None = None,
+        inherit_env: bool = True,
+        tty: bool = False,
+        stdin: bool = False,
+        size: tuple[int, int] | None = None,
+    ) -> Process:
+        """Start a process on the least busy ready executor."""
+        process = self._loop.run(
+            self._pool.start(
+                argv, cwd=cwd, env=env, inherit_env=inherit_env, tty=tty, stdin=stdin, size=size
+            )
+        )
+        return Process(self._loop, process)
+
+    def executor_of(self, process: Process) -> str | None:
+        """The URL of the executor a process of this pool runs on."""
+        return self._pool.executor_of(process._process)
+
+    @contextmanager
+    def session(self) -> Iterator[Client]:
+        """A session of its own on the ready executor with the fewest of the pool's sessions."""
+        connector = self._pool.session()
+        client = self._loop.run(connector.__aenter__())
+        try:
+            yield Client(self._loop, client)
+        finally:
+            self._loop.run(connector.__aexit__(None, None, None))
+
+    def close(self) -> None:
+        """Close every session of the pool, then its thread."""
+        try:
+            self._loop.run(self._pool.close())
+        finally:
+            self._loop.stop()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -9,6 +9,10 @@ Part B §3.2): ``exec`` for ``process/*``, ``filesystem`` for ``fs/*``, ``http``
 method, told apart by ``method``, each holding its id and its decoded params. Anything it
 does not take (a notification, an unknown method, bad params, broken JSON) goes the long way
 through :mod:`..rpc` and :meth:`Method.decode`, which classify it and word the error.
+
+Decoders are built on first use, not at registration: a server started per session (stdio)
+answers ``initialize`` before it has paid for the decoders of the other methods (their
+building was ~15% of the interpreter's own start-up; bench/README.md, "Operating it").
 """
 
 from __future__ import annotations
@@ -29,33 +33,44 @@ Handler = Callable[["Connection", Any], Any]
 class Method:
     """One method: its name, params type, family (for the handshake gate) and handler."""
 
-    __slots__ = ("_decoder", "family", "handler", "name", "params_type", "request_type")
+    __slots__ = ("_decoder", "_request_type", "family", "handler", "name", "params_type")
 
     def __init__(self, name: str, params_type: Any, family: str | None, handler: Handler) -> None:
         self.name = name
         self.params_type = params_type
         self.family = family
         self.handler = handler
-        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(params_type)
-        # {"id", "method": <name>, "params"} with params of params_type (see REQUESTS)
-        self.request_type: type[TypedRequest] = msgspec.defstruct(  # type: ignore[assignment]
-            f"Request[{name}]",
-            [("params", params_type)],
-            bases=(TypedRequest,),
-            tag_field="method",
-            tag=name,
-        )
+        self._decoder: msgspec.json.Decoder[Any] | None = None
+        self._request_type: type[TypedRequest] | None = None
+
+    @property
+    def request_type(self) -> type[TypedRequest]:
+        """``{"id", "method": <name>, "params"}`` with params of ``params_type`` (see
+        :data:`REQUESTS`), made on first use and entered in :data:`BY_REQUEST_TYPE`."""
+        if self._request_type is None:
+            self._request_type = msgspec.defstruct(  # type: ignore[assignment]
+                f"Request[{self.name}]",
+                [("params", self.params_type)],
+                bases=(TypedRequest,),
+                tag_field="method",
+                tag=self.name,
+            )
+            BY_REQUEST_TYPE[self._request_type] = self  # type: ignore[index]
+        return self._request_type  # type: ignore[return-value]
 
     def decode(self, raw: msgspec.Raw | bytes) -> Any:
         """Decode params, or -32602 with a message naming the offending field."""
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = msgspec.json.Decoder(self.params_type)
         try:
-            return self._decoder.decode(raw)
+            return decoder.decode(raw)
         except (msgspec.DecodeError, RecursionError) as exc:
             # DecodeError covers ValidationError and what the envelope let through unchecked
             # (invalid UTF-8 inside a string of params, kept raw until now).
             if bytes(raw).strip() == b"{}":  # parameterless methods accept {} as well as null
                 try:
-                    return self._decoder.decode(b"null")
+                    return decoder.decode(b"null")
                 except msgspec.ValidationError:
                     pass
             if isinstance(exc, RecursionError):
@@ -81,8 +96,7 @@ def method(name: str, params_type: Any, family: str | None) -> Callable[[Handler
     """Register a handler under ``name``."""
 
     def register(handler: Handler) -> Handler:
-        entry = METHODS[name] = Method(name, params_type, family, handler)
-        BY_REQUEST_TYPE[entry.request_type] = entry
+        METHODS[name] = Method(name, params_type, family, handler)
         return handler
 
     return register
@@ -94,7 +108,16 @@ def _load() -> None:
 
 _load()
 
-REQUESTS: msgspec.json.Decoder[TypedRequest] = msgspec.json.Decoder(
-    Union[tuple(BY_REQUEST_TYPE)]  # noqa: UP007  (a union built at run time)
-)
-"""Decodes a request for a known method with valid params; raises otherwise."""
+REQUESTS: msgspec.json.Decoder[TypedRequest]
+"""Decodes a request for a known method with valid params; raises otherwise. Built on first
+use (see the module docstring), with every method registered by then."""
+
+
+def __getattr__(name: str) -> Any:
+    if name != "REQUESTS":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    decoder = msgspec.json.Decoder(
+        Union[tuple(m.request_type for m in METHODS.values())]  # noqa: UP007  (built at run time)
+    )
+    globals()["REQUESTS"] = decoder
+    return decoder

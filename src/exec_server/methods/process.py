@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -145,8 +146,82 @@ def _check_strings(params: ProcessStartParams) -> None:
             _no_nul(value, f"envPolicy.set.{name}")
 
 
+DRAINING = (
+    "this exec-server is shutting down (draining after SIGTERM): it starts no new process; "
+    "start it on another executor"
+)
+"""The refusal of a start during a drain; clients (``client/pool.py``) know it by its start."""
+
+StartOutcome = ProcessStartResult | Awaitable[ProcessStartResult]
+
+
+def _observed(
+    handler: Callable[[Connection, ProcessStartParams], StartOutcome],
+) -> Callable[[Connection, ProcessStartParams], StartOutcome]:
+    """Refuse starts while the server drains; count every start, its spawn latency (from
+    the request to the child running, sandbox set-up included) and every failure."""
+
+    @functools.wraps(handler)
+    def run(connection: Connection, params: ProcessStartParams) -> StartOutcome:
+        metrics = connection.server.metrics
+        if connection.server.draining:
+            metrics.process_start_failed("draining")
+            raise invalid_request(DRAINING)
+        began = time.perf_counter()
+        try:
+            outcome = handler(connection, params)
+        except process_errors.TooManyProcesses:
+            metrics.limit_refused("max_processes_per_session")
+            metrics.process_start_failed("limit")
+            raise
+        except (process_errors.ProcessError, RpcError) as error:
+            metrics.process_start_failed(_failure_kind(error))
+            raise
+        if isinstance(outcome, ProcessStartResult):
+            _started(connection, outcome, began)
+            return outcome
+        return _observed_async(connection, outcome, began)
+
+    return run
+
+
+async def _observed_async(
+    connection: Connection, outcome: Awaitable[ProcessStartResult], began: float
+) -> ProcessStartResult:
+    try:
+        result = await outcome
+    except RpcError as error:
+        connection.server.metrics.process_start_failed(_failure_kind(error))
+        raise
+    _started(connection, result, began)
+    return result
+
+
+def _started(connection: Connection, result: ProcessStartResult, began: float) -> None:
+    session = connection.session
+    connection.server.metrics.process_started(
+        session.id if session is not None else "",
+        result.process_id,
+        sandboxed=result.sandbox_type != "none",
+        spawn_s=time.perf_counter() - began,
+    )
+
+
+def _failure_kind(error: Exception) -> str:
+    """A failure's kind as a label: a process error's class, or a JSON-RPC code."""
+    if isinstance(error, RpcError):
+        return {-32602: "invalid_params", -32600: "invalid_request"}.get(error.code, "internal")
+    kinds: dict[type[Exception], str] = {
+        process_errors.SpawnFailed: "spawn_failed",
+        process_errors.InvalidSpawn: "invalid_params",
+        process_errors.DuplicateProcess: "duplicate_id",
+    }
+    return kinds.get(type(error), "other")
+
+
 @method("process/start", ProcessStartParams, EXEC)
 @_mapped
+@_observed
 def start(
     connection: Connection, params: ProcessStartParams
 ) -> ProcessStartResult | Awaitable[ProcessStartResult]:
@@ -398,9 +473,13 @@ def write(
 ) -> ProcessWriteResult | Awaitable[ProcessWriteResult]:
     if params.write_id is not None and not params.write_id:
         raise invalid_params("writeId must not be empty")
-    outcome = connection.require_session().processes.write(
-        params.process_id, params.chunk, params.write_id
-    )
+    try:
+        outcome = connection.require_session().processes.write(
+            params.process_id, params.chunk, params.write_id
+        )
+    except StdinFull:
+        connection.server.metrics.limit_refused("stdin_bytes")
+        raise
     if isinstance(outcome, WriteStatus):
         return ProcessWriteResult(_WRITE_STATUS[outcome])
     return _accepted_when(outcome)

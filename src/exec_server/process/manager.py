@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import operator
 import os
 import signal
 import termios
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -59,6 +61,9 @@ class ProcessState(enum.Enum):
     RUNNING = "running"
     EXITED = "exited"
     CLOSED = "closed"
+
+
+_STATE = operator.attrgetter("state")
 
 
 class WriteStatus(enum.Enum):
@@ -254,6 +259,22 @@ class ProcessManager:
         if process is None:
             raise UnknownProcess(process_id)
         return process
+
+    def find(self, process_id: str) -> ManagedProcess | None:
+        """The entry, or None."""
+        return self._processes.get(process_id)
+
+    def count_states(self, counts: Counter[ProcessState]) -> None:
+        """Add the number of processes in each state to ``counts`` (for metrics). Counted
+        with ``list.count``, which compares by identity first: an enum's hash is Python code."""
+        states = list(map(_STATE, self._processes.values()))
+        for state in ProcessState:
+            counts[state] += states.count(state)
+
+    @property
+    def live(self) -> int:
+        """Processes reserved, running or exited but not closed yet."""
+        return self._not_closed
 
     def _started(self, process_id: str) -> ManagedProcess:
         """The entry of a process past STARTING, or the error that says why not."""

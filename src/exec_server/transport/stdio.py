@@ -135,6 +135,9 @@ class StdioTransport:
     def resume_inbound(self) -> None:
         self._on_room()
 
+    def shut_down(self, reason: str) -> None:
+        self.finish()  # stdio has no way to say why: the peer sees end of file
+
     # ---- outbox and inbox wiring --------------------------------------------------------
 
     def _write(self, pieces: list[bytes]) -> None:

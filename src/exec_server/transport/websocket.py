@@ -35,6 +35,7 @@ from .handshake import HandshakePolicy, judge
 from .inbox import Inbox
 from .outbox import Outbox
 from .wsframes import (
+    CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     OP_BINARY,
     OP_CLOSE,
@@ -77,6 +78,8 @@ class WebSocketTransport(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._conn: Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._metrics = server.metrics
+        self._number = 0  # the connection's number in events, once upgraded
         self.outbox = Outbox(self._write, server.limits.outbound_queue_bytes, self._on_room)
         self.inbox: Inbox[bytes] = Inbox(
             self._deliver, self._has_room, self._pause_reading, self._resume_reading
@@ -158,6 +161,7 @@ class WebSocketTransport(asyncio.Protocol):
         self.outbox.clear()
         self.inbox.clear()
         if self._conn is not None:
+            self._metrics.connection_closed(self._number)
             self._conn.close()
 
     def pause_writing(self) -> None:
@@ -185,11 +189,15 @@ class WebSocketTransport(asyncio.Protocol):
     def resume_inbound(self) -> None:
         self._on_room()
 
+    def shut_down(self, reason: str) -> None:
+        self._close(CLOSE_GOING_AWAY, reason)
+
     # ---- outbox and inbox wiring ----------------------------------------------------------
 
     def _write(self, pieces: list[bytes]) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.writelines(pieces)
+            self._metrics.sent(sum(map(len, pieces)))
 
     def _deliver(self, message: bytes) -> bool:
         connection = self._conn
@@ -259,16 +267,21 @@ class WebSocketTransport(asyncio.Protocol):
 
     def _handshake(self, request: Request) -> None:
         ws = self._ws
-        refusal = judge(request, self._policy)
+        refusal = judge(request, self._policy, self._server)
         if refusal is None:
             response = ws.accept(request)
         else:
             response = ws.reject(refusal.status, refusal.body)
             for name, value in refusal.headers:
+                if name in response.headers:
+                    del response.headers[name]  # one value: ours (Content-Type of /metrics)
                 response.headers[name] = value
         ws.send_response(response)
+        path = request.path.partition("?")[0]
+        self._metrics.handshake(self.description, path, response.status_code)
         if response.status_code != 101:
             return
+        self._number = self._metrics.connection_opened(self.description)
         self._reader = FrameReader(self._server.limits.max_message_bytes)
         if self._timer is not None:
             self._timer.cancel()
@@ -311,10 +324,13 @@ async def serve_websocket(
     token: str | None = None,
     tls: ssl.SSLContext | None = None,
     on_bound: Callable[[str, int], None] | None = None,
+    metrics_public: bool = False,
 ) -> asyncio.Server:
     """Listen on TCP (with TLS when ``tls`` is given); returns the asyncio server (close it
-    to stop accepting). ``token``: the bearer token every client must present."""
-    policy = HandshakePolicy.for_bind(host, allowed_origins, token)
+    to stop accepting). ``token``: the bearer token every client must present (for
+    ``/metrics`` too, unless ``metrics_public``). Starts the server's heartbeat (``/healthz``)."""
+    policy = HandshakePolicy.for_bind(host, allowed_origins, token, metrics_public)
+    server.heartbeat.start()
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(
         lambda: WebSocketTransport(server, policy), host, port, reuse_address=True, ssl=tls
@@ -331,10 +347,12 @@ async def serve_unix(
     *,
     allowed_origins: frozenset[str] = frozenset(),
     token: str | None = None,
+    metrics_public: bool = False,
 ) -> asyncio.Server:
     """Listen on a Unix socket at ``path``, created with mode 0600 (only this user may
     connect; a stale socket file there is replaced)."""
-    policy = HandshakePolicy.for_bind(None, allowed_origins, token)
+    policy = HandshakePolicy.for_bind(None, allowed_origins, token, metrics_public)
+    server.heartbeat.start()
     loop = asyncio.get_running_loop()
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
