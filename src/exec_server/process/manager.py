@@ -45,7 +45,14 @@ from .errors import (
 from .exits import ExitWatcher
 from .output import OutputLog, ReadSnapshot, is_ready
 from .reading import OutputReader, Stream
-from .spawn import Child, SpawnRequest, exit_code_from_status, set_window_size, signal_group
+from .spawn import (
+    Child,
+    SpawnRequest,
+    check_request,
+    exit_code_from_status,
+    set_window_size,
+    signal_group,
+)
 from .stdin import ByteBudget, StdinQueue
 from .tree import Pid, kill_trees, members, with_living_members
 
@@ -327,6 +334,7 @@ class ProcessManager:
         if process is None or process.state is not ProcessState.STARTING:
             raise UnknownProcess(process_id)  # the session ended while it was prepared
         try:
+            check_request(process.request)  # a sandbox's form carries the env in its argv
             child = self._spawn(spawn_as or process.request)
         except OSError as exc:
             self.abandon(process_id)
@@ -348,6 +356,11 @@ class ProcessManager:
         process = self._processes.get(process_id)
         if process is None or process.state is not ProcessState.STARTING:
             raise UnknownProcess(process_id)
+        try:
+            check_request(process.request)  # a sandbox's form carries the env in its argv
+        except ValueError as exc:
+            self.abandon(process_id)
+            raise InvalidSpawn(process_id, str(exc)) from None
         started = asyncio.ensure_future(asyncio.to_thread(self._spawn, spawn_as))
         try:
             child = await asyncio.shield(started)
