@@ -406,7 +406,12 @@ def guards_from_args(args: argparse.Namespace) -> Guards:
 
 
 def read_token(args: argparse.Namespace) -> str | None:
-    """The bearer token from --auth-token-file or the environment, or None for none."""
+    """The bearer token from --auth-token-file or the environment, or None for none.
+
+    ``$EXEC_SERVER_TOKEN`` is removed from this process's environment once read, whichever
+    source wins: no child can inherit it (``envPolicy`` ``inherit: all`` with
+    ``ignoreDefaultExcludes``) and use it against this server."""
+    from_env = os.environ.pop(TOKEN_ENV, "").strip()
     if args.auth_token_file is not None:
         try:
             with open(args.auth_token_file, encoding="utf-8") as file:
@@ -416,8 +421,7 @@ def read_token(args: argparse.Namespace) -> str | None:
         if not token:
             raise ValueError(f"--auth-token-file {args.auth_token_file} is empty")
         return token
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    return token or None
+    return from_env or None
 
 
 def tls_from_args(args: argparse.Namespace, address: ListenAddress) -> ssl.SSLContext | None:
@@ -518,6 +522,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     """Check the arguments as a whole; ValueError with a message for the user."""
     address = parse_listen(args.listen)
     token = read_token(args) if address.kind != "stdio" else None
+    os.environ.pop(TOKEN_ENV, None)  # never passed on to a child, over stdio too
     if not address.is_loopback and token is None and not args.insecure_allow_remote_without_auth:
         raise ValueError(
             f"refusing to listen on non-loopback address {address.host} without a token: "
