@@ -8,8 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
+import socket
+import ssl
 import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,8 +22,9 @@ from websockets.exceptions import InvalidStatus
 
 from exec_server.client import AuthenticationFailed
 from exec_server.client import connect as client_connect
+from exec_server.config import Limits
 
-from .support import REPO, Client, server_command
+from .support import REPO, Client, running_server, self_signed, server_command
 
 INHERIT_ALL = {
     "inherit": "all",
@@ -30,9 +35,23 @@ INHERIT_ALL = {
 }
 
 
+@dataclass
+class Cli:
+    proc: asyncio.subprocess.Process
+    url: str
+
+
 @contextlib.asynccontextmanager
-async def cli(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[str]:
-    """The real command with ``env`` added to the test's environment; yields its URL."""
+async def cli(
+    *args: str, env: dict[str, str] | None = None, nofile: tuple[int, int] | None = None
+) -> AsyncIterator[Cli]:
+    """The real command with ``env`` added to the test's environment and ``nofile`` as its
+    (soft, hard) open-file limits."""
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
     proc = await asyncio.create_subprocess_exec(
         *server_command(*args),
         stdin=subprocess.DEVNULL,
@@ -40,10 +59,12 @@ async def cli(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[st
         stderr=asyncio.subprocess.DEVNULL,
         cwd=REPO,
         env={**os.environ, **(env or {})},
+        preexec_fn=limit,
     )
     try:
         assert proc.stdout is not None
-        yield (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().rstrip("\n")
+        url = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().rstrip("\n")
+        yield Cli(proc, url)
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -56,8 +77,10 @@ async def cli(*args: str, env: dict[str, str] | None = None) -> AsyncIterator[st
 async def test_the_token_variable_never_reaches_a_child() -> None:
     token = "tok-" + os.urandom(8).hex()
     async with (
-        cli(env={"EXEC_SERVER_TOKEN": token}) as url,
-        Client.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as client,
+        cli(env={"EXEC_SERVER_TOKEN": token}) as server,
+        Client.connect(
+            server.url, additional_headers={"Authorization": f"Bearer {token}"}
+        ) as client,
     ):
         await client.initialize()
         events = await client.run("env", ["env"], env={}, envPolicy=INHERIT_ALL)
@@ -72,7 +95,8 @@ async def test_the_token_variable_never_reaches_a_child() -> None:
 async def test_a_unix_listener_requires_the_token(tmp_path: Path) -> None:
     path = tmp_path / "exec.sock"
     token = "tok-" + os.urandom(8).hex()
-    async with cli("--listen", f"unix://{path}", env={"EXEC_SERVER_TOKEN": token}) as url:
+    async with cli("--listen", f"unix://{path}", env={"EXEC_SERVER_TOKEN": token}) as server:
+        url = server.url
         assert url == f"unix://{path}"
         with pytest.raises(InvalidStatus) as refused:
             async with unix_connect(str(path)):
@@ -84,3 +108,71 @@ async def test_a_unix_listener_requires_the_token(tmp_path: Path) -> None:
         async with client_connect(url, token=token, reconnect=False) as client:
             result = await client.run(["echo", "over unix"])
             assert result.stdout == b"over unix\n"
+
+
+# ---- items 7 and 8: descriptors before authentication --------------------------------------
+
+
+async def test_the_open_file_soft_limit_is_raised_to_the_hard_one() -> None:
+    async with cli(nofile=(256, 4096)) as server:
+        limits = (
+            await asyncio.to_thread(Path(f"/proc/{server.proc.pid}/limits").read_text)
+        ).splitlines()
+        line = next(row for row in limits if row.startswith("Max open files"))
+        assert line.split()[3:5] == ["4096", "4096"], line
+
+
+async def _idle_sockets(url: str, count: int) -> list[socket.socket]:
+    host, port = url.removeprefix("ws://").rsplit(":", 1)
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        sockets.append(sock)
+    return sockets
+
+
+async def test_idle_sockets_cannot_lock_out_a_client_with_the_token() -> None:
+    """300 sockets that never send a byte, against a server that may hold 256 descriptors:
+    past 40 pending the oldest are dropped, so a client with the token still gets in."""
+    token = "tok-" + os.urandom(8).hex()
+    async with cli(
+        "--max-pending-connections",
+        "40",
+        env={"EXEC_SERVER_TOKEN": token},
+        nofile=(256, 256),
+    ) as server:
+        idle = await _idle_sockets(server.url, 300)
+        try:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with Client.connect(server.url, additional_headers=headers, open_timeout=8) as c:
+                assert "sessionId" in await c.initialize()
+            dropped = 0
+            for sock in idle:
+                try:
+                    dropped += sock.recv(1) == b""  # the server closed it
+                except ConnectionResetError:
+                    dropped += 1
+                except BlockingIOError:
+                    pass
+            assert dropped >= 300 - 40 - 5, dropped
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+async def test_a_peer_that_never_starts_tls_is_dropped_after_the_handshake_timeout(
+    tmp_path: Path,
+) -> None:
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    async with running_server(Limits(handshake_timeout_s=0.3), tls=tls) as (_, url):
+        host, port = url.removeprefix("ws://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            # The reference holds such a peer 60 s; the test's own timeout is far below that.
+            assert await asyncio.wait_for(reader.read(1), 20) == b""
+        finally:
+            writer.close()

@@ -278,6 +278,17 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "stdin_session_max_bytes",
         "the same bound for all the children of one session",
     )
+    bound(
+        "--handshake-timeout",
+        "handshake_timeout_s",
+        "how long a connection may take to become a WebSocket, TLS included, before it is dropped",
+        float,
+    )
+    bound(
+        "--max-pending-connections",
+        "max_pending_connections",
+        "connections still in that handshake at once; a new one past it drops the oldest",
+    )
 
 
 def _add_accelerators(parser: argparse.ArgumentParser) -> None:
@@ -331,6 +342,7 @@ _POSITIVE = (
     "stdin_buffer_bytes",
     "stdin_process_max_bytes",
     "stdin_session_max_bytes",
+    "max_pending_connections",
 )
 
 
@@ -339,6 +351,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     for name in _POSITIVE:
         if getattr(args, name) <= 0:
             raise ValueError(f"{_flag(name)} must be positive")
+    if not (math.isfinite(args.handshake_timeout_s) and args.handshake_timeout_s > 0):
+        raise ValueError("--handshake-timeout must be a positive number of seconds")
     if args.spill_threshold_bytes < 0:
         raise ValueError("--spill-threshold-bytes must not be negative")
     for name in ("closed_retention_s", "detach_grace_s"):
@@ -348,12 +362,18 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits(**{name: getattr(args, name) for name in (*_POSITIVE, *_OTHER_LIMITS)})
 
 
-_OTHER_LIMITS = ("spill_threshold_bytes", "closed_retention_s", "detach_grace_s")
+_OTHER_LIMITS = (
+    "spill_threshold_bytes",
+    "closed_retention_s",
+    "detach_grace_s",
+    "handshake_timeout_s",
+)
 
 
 def _flag(dest: str) -> str:
     names = {
         "closed_retention_s": "--closed-retention",
+        "handshake_timeout_s": "--handshake-timeout",
         "detach_grace_s": "--detach-grace",
         "fs_max_open_handles": "--max-open-files-per-session",
         "stdin_process_max_bytes": "--stdin-max-bytes-per-process",
@@ -542,6 +562,20 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     )
 
 
+def raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one: a server holds a descriptor per
+    connection, handle and child pipe, and the common soft limit of 1024 is soon reached
+    (idle sockets alone could take them all before the pending bound drops them)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in CLIENT_COMMANDS:  # the client side, in its own package
@@ -575,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .process.tree import become_subreaper
 
     become_subreaper()
+    raise_fd_limit()
     keeper = Keeper.start()
     # Everything imported so far lives as long as the process: keep it out of every cyclic
     # collection, and collect the young generation less often (requests make many

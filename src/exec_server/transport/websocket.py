@@ -34,6 +34,7 @@ from ..server import Server
 from .handshake import HandshakePolicy, judge
 from .inbox import Inbox
 from .outbox import Outbox
+from .pending import PendingConnections
 from .wsframes import (
     CLOSE_NORMAL,
     OP_BINARY,
@@ -56,9 +57,6 @@ KEEPALIVE_INTERVAL_S = 30.0
 MAX_HANDSHAKE_BYTES = 64 * 1024
 """An HTTP request head larger than this is dropped."""
 
-HANDSHAKE_TIMEOUT_S = 10.0
-"""A peer that has not completed the WebSocket handshake by then is dropped."""
-
 
 class WebSocketTransport(asyncio.Protocol):
     """One accepted TCP connection: the HTTP handshake (judged by the ``websockets``
@@ -66,10 +64,18 @@ class WebSocketTransport(asyncio.Protocol):
 
     resumable = True
 
-    def __init__(self, server: Server, policy: HandshakePolicy) -> None:
+    def __init__(
+        self,
+        server: Server,
+        policy: HandshakePolicy,
+        pending: PendingConnections | None = None,
+    ) -> None:
+        """``pending``: the listener's handshakes in progress, which this one joins until
+        it upgrades."""
         self._loop = asyncio.get_running_loop()
         self._server = server
         self._policy = policy
+        self._pending = pending
         self._ws = ServerProtocol(max_size=server.limits.max_message_bytes, logger=log)
         self._head = bytearray()  # the HTTP request, until its blank line
         self._reader: FrameReader | None = None  # set once the handshake succeeded
@@ -91,6 +97,10 @@ class WebSocketTransport(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
         self._transport = transport
+        if self._pending is not None:
+            self._pending.add(self)
+        timeout = self._server.limits.handshake_timeout_s
+        self._timer = self._loop.call_later(timeout, self._handshake_timeout)
         peer = transport.get_extra_info("peername")
         if peer:
             self.description = f"exec-server websocket {peer[0]}:{peer[1]}"
@@ -99,7 +109,6 @@ class WebSocketTransport(asyncio.Protocol):
             )
         # The kernel buffer is the first queue; ours starts past it.
         transport.set_write_buffer_limits(high=self.outbox.high_water)
-        self._timer = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -152,9 +161,7 @@ class WebSocketTransport(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._forget()
         self.outbox.clear()
         self.inbox.clear()
         if self._conn is not None:
@@ -269,6 +276,8 @@ class WebSocketTransport(asyncio.Protocol):
         ws.send_response(response)
         if response.status_code != 101:
             return
+        if self._pending is not None:
+            self._pending.done(self)
         self._reader = FrameReader(self._server.limits.max_message_bytes)
         if self._timer is not None:
             self._timer.cancel()
@@ -295,6 +304,15 @@ class WebSocketTransport(asyncio.Protocol):
         self._timer = None
         if self._conn is None:
             self.abort()
+            self._forget()
+
+    def _forget(self) -> None:
+        """Gone or given up on: no timer, no longer pending."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending is not None:
+            self._pending.done(self)
 
     def _keepalive(self) -> None:
         if not self._closing:
@@ -315,9 +333,16 @@ async def serve_websocket(
     """Listen on TCP (with TLS when ``tls`` is given); returns the asyncio server (close it
     to stop accepting). ``token``: the bearer token every client must present."""
     policy = HandshakePolicy.for_bind(host, allowed_origins, token)
+    pending = PendingConnections(server.limits.max_pending_connections)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(
-        lambda: WebSocketTransport(server, policy), host, port, reuse_address=True, ssl=tls
+        lambda: WebSocketTransport(server, policy, pending),
+        host,
+        port,
+        reuse_address=True,
+        ssl=tls,
+        # A peer that never starts TLS is dropped as one that never sends its upgrade.
+        ssl_handshake_timeout=server.limits.handshake_timeout_s if tls is not None else None,
     )
     if on_bound is not None:
         sockname = listener.sockets[0].getsockname()
@@ -335,12 +360,15 @@ async def serve_unix(
     """Listen on a Unix socket at ``path``, created with mode 0600 (only this user may
     connect; a stale socket file there is replaced)."""
     policy = HandshakePolicy.for_bind(None, allowed_origins, token)
+    pending = PendingConnections(server.limits.max_pending_connections)
     loop = asyncio.get_running_loop()
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
     previous = os.umask(0o177)  # the socket is born 0600: no moment when others may connect
     try:
-        return await loop.create_unix_server(lambda: WebSocketTransport(server, policy), path)
+        return await loop.create_unix_server(
+            lambda: WebSocketTransport(server, policy, pending), path
+        )
     finally:
         os.umask(previous)
