@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
 import socket
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import unix_connect
@@ -22,9 +25,17 @@ from websockets.exceptions import InvalidStatus
 
 from exec_server.client import AuthenticationFailed
 from exec_server.client import connect as client_connect
-from exec_server.config import Limits
+from exec_server.config import Guards, Limits
+from exec_server.paths import to_file_uri
+from exec_server.sandbox.bwrap import support
+from exec_server.sandbox.policy import load_confinement
 
+from .sandbox_support import workspace_write as codex_workspace_write
 from .support import REPO, Client, running_server, self_signed, server_command
+
+needs_bwrap = pytest.mark.skipif(
+    not support().usable, reason=f"bubblewrap cannot run here: {support().reason}"
+)
 
 INHERIT_ALL = {
     "inherit": "all",
@@ -176,3 +187,83 @@ async def test_a_peer_that_never_starts_tls_is_dropped_after_the_handshake_timeo
             assert await asyncio.wait_for(reader.read(1), 20) == b""
         finally:
             writer.close()
+
+
+# ---- item 5: fs/* reads act on what they checked ---------------------------------------------
+
+SWAPPER = """
+import os, sys
+link, first, second = sys.argv[1:4]
+fresh = link + ".new"
+while True:
+    for target in (first, second):
+        try:
+            os.unlink(fresh)
+        except FileNotFoundError:
+            pass
+        os.symlink(target, fresh)
+        os.rename(fresh, link)
+"""
+
+
+@pytest.fixture
+def places() -> Iterator[tuple[Path, Path]]:
+    """A workspace and a denied directory beside it, neither under /tmp (which codex's
+    workspace-write profile opens)."""
+    base = Path.home() / ".cache" / "exec-server-tests" / os.urandom(4).hex()
+    work, secret = base / "work", base / "secret"
+    (work / "harmless").mkdir(parents=True)
+    (work / "harmless" / "harmless-name").write_text("fine")
+    (secret / "secret-name").mkdir(parents=True)
+    yield work, secret
+    subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def confinement_denying(work: Path, secret: Path, tmp_path: Path) -> Guards:
+    profile = codex_workspace_write(to_file_uri(str(work)))
+    entries = profile["permissions"]["file_system"]["entries"]
+    entries.append({"path": {"type": "path", "path": str(secret)}, "access": "deny"})
+    path = tmp_path / "confine.json"
+    path.write_text(json.dumps({**profile, "workspaceRoots": [str(work)]}))
+    return Guards(confinement=load_confinement(str(path)))
+
+
+@needs_bwrap
+async def test_reads_never_follow_a_swapped_symlink_into_a_denied_folder(
+    places: tuple[Path, Path], tmp_path: Path
+) -> None:
+    work, secret = places
+    link = work / "lnk"
+    link.symlink_to(work / "harmless")
+    swapper = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", SWAPPER, str(link), str(work / "harmless"), str(secret)
+    )
+    guards = confinement_denying(work, secret, tmp_path)
+    leaks: list[Any] = []
+    listed = 0
+    try:
+        async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
+            await client.initialize()
+            for _ in range(60):
+                replies = await asyncio.gather(
+                    *(client.request("fs/readDirectory", {"path": str(link)}) for _ in range(10)),
+                    *(
+                        client.request("fs/getMetadata", {"path": f"{link}/secret-name"})
+                        for _ in range(10)
+                    ),
+                    *(client.request("fs/canonicalize", {"path": str(link)}) for _ in range(5)),
+                )
+                for reply in replies[:10]:
+                    names = [e["fileName"] for e in reply.get("result", {}).get("entries", [])]
+                    listed += names == ["harmless-name"]
+                    if "secret-name" in names:
+                        leaks.append(reply)
+                leaks += [reply for reply in replies[10:20] if "result" in reply]
+                leaks += [
+                    r for r in replies[20:] if str(secret) in r.get("result", {}).get("path", "")
+                ]
+    finally:
+        swapper.kill()
+        await swapper.wait()
+    assert leaks == []
+    assert listed > 0  # the harmless side was listed: the race really ran
