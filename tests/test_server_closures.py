@@ -267,3 +267,68 @@ async def test_reads_never_follow_a_swapped_symlink_into_a_denied_folder(
         await swapper.wait()
     assert leaks == []
     assert listed > 0  # the harmless side was listed: the race really ran
+
+
+# ---- item 1b/2: the server's own files are hidden from fs/* under a profile -----------------
+
+
+async def _refusal(client: Client, method: str, params: dict[str, Any]) -> int:
+    reply = await client.request(method, params)
+    assert "error" in reply, (method, params, reply)
+    return int(reply["error"]["code"])
+
+
+@needs_bwrap
+async def test_the_socket_and_token_file_are_hidden_under_the_confinement(
+    places: tuple[Path, Path], tmp_path: Path
+) -> None:
+    work, _ = places
+    token = "tok-" + os.urandom(8).hex()
+    (tmp_path / "token").write_text(token)
+    profile = tmp_path / "confine.json"
+    workspace = codex_workspace_write(to_file_uri(str(work)))
+    profile.write_text(json.dumps({**workspace, "workspaceRoots": [str(work)]}))
+    sock = tmp_path / "exec.sock"
+    args = ["--listen", f"unix://{sock}", "--auth-token-file", str(tmp_path / "token")]
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        cli(*args, "--confine", str(profile)),
+        unix_connect(str(sock), additional_headers=headers) as ws,
+    ):
+        client = Client(ws)
+        await client.initialize()
+        for method, params in (
+            ("fs/readFile", {"path": str(tmp_path / "token")}),
+            ("fs/getMetadata", {"path": str(tmp_path / "token")}),
+            ("fs/getMetadata", {"path": str(sock)}),
+            ("fs/canonicalize", {"path": str(sock)}),
+            ("fs/open", {"path": str(tmp_path / "token"), "handleId": "h", "mode": "read"}),
+            (
+                "fs/copy",
+                {
+                    "sourcePath": str(tmp_path / "token"),
+                    "destinationPath": str(work / "t"),
+                    "recursive": False,
+                },
+            ),
+        ):
+            assert await _refusal(client, method, params) == -32600, (method, params)
+        listed = await client.call("fs/readDirectory", {"path": str(tmp_path)})
+        assert "confine.json" in [e["fileName"] for e in listed["entries"]]
+
+
+async def test_the_tls_key_and_certificate_are_hidden_under_a_client_profile(
+    places: tuple[Path, Path], tmp_path: Path
+) -> None:
+    work, _ = places
+    cert, key = self_signed(tmp_path)
+    trust = ssl.create_default_context(cafile=str(cert))
+    profile = codex_workspace_write(to_file_uri(str(work)))
+    args = ["--listen", "wss://127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)]
+    async with cli(*args) as server, Client.connect(server.url, ssl=trust) as client:
+        await client.initialize()
+        for path in (key, cert):
+            params = {"path": str(path), "sandbox": profile}
+            assert await _refusal(client, "fs/readFile", params) == -32600, path
+        # Without a profile the client is trusted with the whole machine, as before.
+        assert "dataBase64" in await client.call("fs/readFile", {"path": str(cert)})

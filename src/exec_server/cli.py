@@ -422,7 +422,17 @@ def guards_from_args(args: argparse.Namespace) -> Guards:
         env_exclude=tuple(args.env_exclude),
         http_deny=tuple(args.http_deny),
         confinement=confinement,
+        own_paths=own_paths(args),
     )
+
+
+def own_paths(args: argparse.Namespace) -> tuple[str, ...]:
+    """The server's own files, canonical, to hide from every sandbox and every fs/* call
+    under a profile: what a client or child must never read or connect to."""
+    paths = [args.auth_token_file, args.tls_cert, args.tls_key]
+    if args.listen.startswith("unix://"):
+        paths.append(args.listen.removeprefix("unix://"))
+    return tuple(dict.fromkeys(os.path.realpath(p) for p in paths if p))
 
 
 def read_token(args: argparse.Namespace) -> str | None:

@@ -158,8 +158,12 @@ class Guards(msgspec.Struct, frozen=True):
         confinement: a sandbox profile every process and every ``fs/*`` call is held to,
             narrowing whatever the client asks (``--confine``); with its network restricted,
             ``http/request`` is refused.
+        own_paths: the server's own files (its Unix socket, token file, TLS certificate and
+            key), canonical: under any sandbox profile and under the confinement they are
+            hidden, as a ``deny`` entry would hide them, whatever the profile grants.
     """
 
     env_exclude: tuple[str, ...] = ()
     http_deny: tuple[str, ...] = ()
     confinement: Confinement | None = None
+    own_paths: tuple[str, ...] = ()

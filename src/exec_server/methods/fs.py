@@ -91,7 +91,8 @@ def _submit_under_policy(
     """Submit ``plain(*args)``, or ``sandboxed(policy, *args)`` when the request's profile
     (narrowed by the server's confinement) restricts the filesystem. The profile is
     checked now (-32602 with the reference's texts); it is resolved on the worker thread."""
-    confinement = connection.server.guards.confinement
+    guards = connection.server.guards
+    confinement = guards.confinement
     if sandbox is None and confinement is None:
         return _submit(plain, *args)
     from ..sandbox.profile import ProfileError, parse_sandbox
@@ -103,8 +104,11 @@ def _submit_under_policy(
 
     def work() -> _T:
         from ..sandbox.enforce import fs_policy
+        from ..sandbox.policy import hiding
 
         policy = fs_policy(profile, confinement, os.getcwd())
+        if policy is not None:  # the server's own files, under any profile
+            policy = hiding(policy, guards.own_paths)
         if policy is None or not policy.restricts_filesystem:
             return plain(*args)
         return sandboxed(policy, *args)

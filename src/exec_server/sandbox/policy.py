@@ -289,6 +289,12 @@ def combine(requested: Policy | None, confinement: Policy | None) -> Policy | No
     return (requested or UNRESTRICTED).intersect(confinement)
 
 
+def hiding(policy: Policy, paths: Iterable[str]) -> Policy:
+    """``policy`` with ``paths`` (canonical) hidden, whatever it granted there."""
+    rules = tuple(Rule(path, Access.NONE) for path in paths)
+    return policy.intersect(Policy(base=Access.WRITE, rules=rules)) if rules else policy
+
+
 @dataclass(frozen=True, slots=True)
 class Confinement:
     """A server-side profile (the ``--confine PROFILE`` file). Its project roots are its own
