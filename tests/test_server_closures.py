@@ -31,7 +31,7 @@ from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.policy import load_confinement
 
 from .sandbox_support import workspace_write as codex_workspace_write
-from .support import REPO, Client, running_server, self_signed, server_command
+from .support import PATH_ENV, REPO, Client, running_server, self_signed, server_command
 
 needs_bwrap = pytest.mark.skipif(
     not support().usable, reason=f"bubblewrap cannot run here: {support().reason}"
@@ -332,3 +332,50 @@ async def test_the_tls_key_and_certificate_are_hidden_under_a_client_profile(
             assert await _refusal(client, "fs/readFile", params) == -32600, path
         # Without a profile the client is trusted with the whole machine, as before.
         assert "dataBase64" in await client.call("fs/readFile", {"path": str(cert)})
+
+
+# ---- existence oracles under --confine --------------------------------------------------------
+
+
+@needs_bwrap
+async def test_hidden_paths_look_absent_to_watches_and_program_checks(
+    places: tuple[Path, Path], tmp_path: Path
+) -> None:
+    work, secret = places
+    program = secret / "prog"
+    program.write_text("#!/bin/sh\necho ran\n")
+    program.chmod(0o755)
+    guards = confinement_denying(work, secret, tmp_path)
+    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        watch_id = 0
+
+        async def watching(**params: Any) -> bool:
+            nonlocal watch_id
+            watch_id += 1
+            result = await client.call("fs/watchMissing", {"watchId": watch_id, **params})
+            return bool(result["watching"])
+
+        there, absent = str(secret / "secret-name"), str(secret / "never-made")
+        assert await watching(missing=[there]) == await watching(missing=[absent]) is True
+        assert await watching(missing=[], present=there) is False
+        assert await watching(missing=[str(work / "x")], present=there) is False
+        assert await watching(missing=[str(work / "x")], present=str(work)) is True
+
+        replies = []
+        for name, path in (("p1", program), ("p2", secret / "none")):
+            reply = await client.request(
+                "process/start",
+                {
+                    "processId": name,
+                    "argv": [str(path)],
+                    "cwd": str(work),
+                    "env": PATH_ENV,
+                    "tty": False,
+                },
+            )
+            replies.append((reply["error"]["code"], reply["error"]["message"].replace(name, "")))
+        assert replies[0][0] == replies[1][0]
+        assert replies[0][1].replace(str(program), "P") == replies[1][1].replace(
+            str(secret / "none"), "P"
+        ), replies

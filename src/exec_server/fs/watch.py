@@ -18,6 +18,8 @@ Behaviour probed on the 0.169 reference:
 - It is refused (``watching: false``, nothing registered) when ``missing`` is empty, a
   missing path already exists, a missing path can never appear (an ancestor is not a
   directory), or ``present`` does not exist.
+- Under the operator's confinement, a path it hides looks absent, whether or not it exists
+  (the answer must not tell): it counts as missing, and as not there for ``present``.
 
 Events come from inotify on the event loop: no polling. Watches belong to the session and
 are released with it.
@@ -65,22 +67,30 @@ class MissingWatches:
         self._last_id = 0
         self._released = False
 
-    def register(self, watch_id: int, missing: list[str], present: str | None) -> bool:
+    def register(
+        self,
+        watch_id: int,
+        missing: list[str],
+        present: str | None,
+        hidden: Callable[[str], bool] | None = None,
+    ) -> bool:
         """Replace the session's watch; False when the new one is refused (module docstring).
 
-        Paths are absolute and normalised. Runs on the event loop (a few ``stat`` calls)."""
+        Paths are absolute and normalised; ``hidden`` says which look absent whether or not
+        they exist. Runs on the event loop (a few ``stat`` calls)."""
         if self._released or watch_id <= self._last_id:
             return False
         self._last_id = watch_id
         self._cancel()
-        targets = _plan(missing, present) if missing else None
+        exists = _exists if hidden is None else functools.partial(_visible, hidden)
+        targets = _plan(missing, present, exists) if missing else None
         if targets is None:
             return False
         watch = _Watch(watch_id)
         if not self._subscribe(watch, targets):
             return False
         self._current = watch
-        if _changed(missing, present):  # it changed before the kernel watches were in place
+        if _changed(missing, present, exists):  # it changed before the kernel watches were in place
             self._loop.call_soon(self._fire, watch)
         return True
 
@@ -140,29 +150,42 @@ def _listener(name: str | None, fire: Callable[[], None]) -> Callable[[int, str]
     return on_event
 
 
-def _plan(missing: list[str], present: str | None) -> list[_Target] | None:
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _visible(hidden: Callable[[str], bool], path: str) -> bool:
+    return not hidden(path) and os.path.exists(path)
+
+
+def _plan(
+    missing: list[str], present: str | None, exists: Callable[[str], bool]
+) -> list[_Target] | None:
     """What to watch, or None when the watch must be refused."""
     targets = []
     for path in missing:
-        target = _absent_component(path)
+        target = _absent_component(path, exists)
         if target is None:
             return None
         targets.append(target)
     if present is not None:
-        if not os.path.exists(present):
+        if not exists(present):
             return None
         targets.append(_Target(present, None))
     return targets
 
 
-def _absent_component(path: str) -> _Target | None:
+def _absent_component(path: str, exists: Callable[[str], bool]) -> _Target | None:
     """The nearest existing ancestor of a missing path and the child of it that would appear
     first; None if the path exists or can never appear (an ancestor is not a directory)."""
-    if os.path.exists(path):
+    if exists(path):
         return None
     child = path
     parent = os.path.dirname(child)
     while parent != child:
+        if exists is not _exists and not exists(parent):  # hidden: as if missing
+            child, parent = parent, os.path.dirname(parent)
+            continue
         try:
             mode = os.stat(parent).st_mode
         except FileNotFoundError:
@@ -176,8 +199,8 @@ def _absent_component(path: str) -> _Target | None:
     return None  # "/" itself is missing: nothing can appear
 
 
-def _changed(missing: list[str], present: str | None) -> bool:
+def _changed(missing: list[str], present: str | None, exists: Callable[[str], bool]) -> bool:
     """Whether the state a new watch was planned on has moved already."""
-    if present is not None and not os.path.exists(present):
+    if present is not None and not exists(present):
         return True
-    return any(os.path.exists(path) for path in missing)
+    return any(exists(path) for path in missing)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..errors import invalid_params
@@ -70,4 +70,25 @@ def watch_missing(connection: Connection, params: FsWatchMissingParams) -> FsWat
         raise invalid_params(f"watchId must be an unsigned 64-bit integer, got {params.watch_id}")
     missing = [parse_path(path, "missing") for path in params.missing]
     present = None if params.present is None else parse_path(params.present, "present")
-    return FsWatchMissingResult(_watches(connection).register(params.watch_id, missing, present))
+    watches = _watches(connection)
+    hidden = _hidden_by_confinement(connection)
+    return FsWatchMissingResult(watches.register(params.watch_id, missing, present, hidden))
+
+
+def _hidden_by_confinement(connection: Connection) -> Callable[[str], bool] | None:
+    """What the operator's confinement hides (and the server's own files with it), as a
+    test of a path; None without a confinement (the client may then see everything)."""
+    guards = connection.server.guards
+    if guards.confinement is None:
+        return None
+    from ..sandbox.enforce import fs_policy
+    from ..sandbox.policy import Access, PolicyError, hiding
+
+    try:
+        policy = fs_policy(None, guards.confinement, os.getcwd())
+    except PolicyError:
+        return lambda path: True  # nothing can be told apart: everything looks absent
+    if policy is None:
+        return None
+    policy = hiding(policy, guards.own_paths)
+    return lambda path: policy.access_at(os.path.realpath(path)) == Access.NONE

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from .bwrap import Launch, SandboxUnavailable, support, wrap
 from .policy import (
+    Access,
     Confinement,
     Policy,
     ResolveContext,
@@ -64,18 +65,25 @@ def launch(
     (as an unsandboxed start would: inside, it would only be ``env``'s exit 127)."""
     if not support().usable:
         raise SandboxUnavailable(support().reason or "bubblewrap is not usable")
-    if not _findable(argv[0], env):
+    if not _findable(argv[0], env, policy):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
     return wrap(policy, argv, cwd, arg0=arg0)
 
 
-def _findable(program: str, env: Mapping[str, str]) -> bool:
+def _findable(program: str, env: Mapping[str, str], policy: Policy) -> bool:
+    """Whether ``program`` can be found, as the sandbox sees it: a hidden program looks
+    absent, so the check tells nothing of what the policy hides."""
     if "/" in program:
-        return os.path.exists(program)
+        return _visible(program, policy)
     return any(
         os.access(os.path.join(directory, program), os.X_OK)
+        and _visible(os.path.join(directory, program), policy)
         for directory in os.get_exec_path(dict(env))
     )
+
+
+def _visible(path: str, policy: Policy) -> bool:
+    return os.path.exists(path) and policy.access_at(os.path.realpath(path)) != Access.NONE
 
 
 def _tmpdir(env: Mapping[str, str]) -> str | None:
