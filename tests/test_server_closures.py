@@ -31,7 +31,15 @@ from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.policy import load_confinement
 
 from .sandbox_support import workspace_write as codex_workspace_write
-from .support import PATH_ENV, REPO, Client, running_server, self_signed, server_command
+from .support import (
+    PATH_ENV,
+    REPO,
+    Client,
+    running_server,
+    self_signed,
+    server_command,
+    wait_until,
+)
 
 needs_bwrap = pytest.mark.skipif(
     not support().usable, reason=f"bubblewrap cannot run here: {support().reason}"
@@ -379,3 +387,41 @@ async def test_hidden_paths_look_absent_to_watches_and_program_checks(
         assert replies[0][1].replace(str(program), "P") == replies[1][1].replace(
             str(secret / "none"), "P"
         ), replies
+
+
+# ---- inotify exhaustion -----------------------------------------------------------------------
+
+
+def inotify_instances() -> int:
+    """inotify instances this process holds (the in-process server's among them)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{name}") == "anon_inode:inotify"
+    return count
+
+
+async def test_two_hundred_watching_sessions_share_one_inotify_instance(tmp_path: Path) -> None:
+    before = inotify_instances()
+    limits = Limits(fs_max_watched_paths=3, detach_grace_s=0)
+    async with running_server(limits) as (_, url):
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def session(index: int) -> bool:
+                client = await stack.enter_async_context(Client.connect(url))
+                await client.initialize()
+                missing = [str(tmp_path / f"never-{index}")]
+                result = await client.call("fs/watchMissing", {"watchId": 1, "missing": missing})
+                return bool(result["watching"])
+
+            watching = []
+            for start in range(0, 200, 50):
+                watching += await asyncio.gather(*(session(i) for i in range(start, start + 50)))
+            assert all(watching)
+            assert inotify_instances() - before == 1
+            client = await stack.enter_async_context(Client.connect(url))
+            await client.initialize()
+            too_many = [str(tmp_path / f"a{i}") for i in range(4)]  # past the bound of 3
+            result = await client.call("fs/watchMissing", {"watchId": 1, "missing": too_many})
+            assert result["watching"] is False
+        assert await wait_until(lambda: inotify_instances() == before)

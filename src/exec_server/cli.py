@@ -279,6 +279,11 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "the same bound for all the children of one session",
     )
     bound(
+        "--max-watched-paths-per-session",
+        "fs_max_watched_paths",
+        "paths one session's fs/watchMissing may watch at once; past it the watch is refused",
+    )
+    bound(
         "--handshake-timeout",
         "handshake_timeout_s",
         "how long a connection may take to become a WebSocket, TLS included, before it is dropped",
@@ -343,6 +348,7 @@ _POSITIVE = (
     "stdin_process_max_bytes",
     "stdin_session_max_bytes",
     "max_pending_connections",
+    "fs_max_watched_paths",
 )
 
 
@@ -376,6 +382,7 @@ def _flag(dest: str) -> str:
         "handshake_timeout_s": "--handshake-timeout",
         "detach_grace_s": "--detach-grace",
         "fs_max_open_handles": "--max-open-files-per-session",
+        "fs_max_watched_paths": "--max-watched-paths-per-session",
         "stdin_process_max_bytes": "--stdin-max-bytes-per-process",
         "stdin_session_max_bytes": "--stdin-max-bytes-per-session",
     }

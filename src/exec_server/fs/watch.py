@@ -22,7 +22,8 @@ Behaviour probed on the 0.169 reference:
   (the answer must not tell): it counts as missing, and as not there for ``present``.
 
 Events come from inotify on the event loop: no polling. Watches belong to the session and
-are released with it.
+are released with it; the inotify instance is the server's, shared by every session, and a
+session watches at most ``max_paths`` paths at once (past it the watch is refused).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import inotify
 from .inotify import Inotify, Subscription
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,15 @@ class _Watch:
 class MissingWatches:
     """The watch of one session; ``notify(watch_id)`` sends ``fs/missingChanged``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, notify: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        notify: Callable[[int], None],
+        max_paths: int = 256,
+    ) -> None:
         self._loop = loop
         self._notify = notify
+        self._max_paths = max_paths
         self._inotify: Inotify | None = None
         self._current: _Watch | None = None
         self._last_id = 0
@@ -84,7 +92,7 @@ class MissingWatches:
         self._cancel()
         exists = _exists if hidden is None else functools.partial(_visible, hidden)
         targets = _plan(missing, present, exists) if missing else None
-        if targets is None:
+        if targets is None or len(targets) > self._max_paths:
             return False
         watch = _Watch(watch_id)
         if not self._subscribe(watch, targets):
@@ -102,7 +110,7 @@ class MissingWatches:
     def _subscribe(self, watch: _Watch, targets: list[_Target]) -> bool:
         try:
             if self._inotify is None:
-                self._inotify = Inotify(self._loop)
+                self._inotify = inotify.acquire(self._loop)
             for target in targets:
                 listener = _listener(target.name, functools.partial(self._fire, watch))
                 watch.subscriptions.append(self._inotify.subscribe(target.directory, listener))
@@ -131,11 +139,12 @@ class MissingWatches:
         return None if self._current is None else self._current.watch_id
 
     def release(self) -> None:
-        """The session ended: drop the watch and the inotify instance; nothing is sent."""
+        """The session ended: drop the watch and the share of the inotify instance; nothing
+        is sent."""
         self._released = True
-        self._current = None
+        self._cancel()
         if self._inotify is not None:
-            self._inotify.close()
+            inotify.release(self._inotify)
             self._inotify = None
 
 

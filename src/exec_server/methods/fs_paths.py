@@ -57,8 +57,9 @@ def _watches(connection: Connection) -> MissingWatches:
         if attached is not None:  # a detached session's changes are not replayed
             attached.send_notification(missing_changed_notification(watch_id))
 
+    limit = connection.server.limits.fs_max_watched_paths
     return session.resources.get(
-        MissingWatches, lambda: MissingWatches(asyncio.get_running_loop(), notify)
+        MissingWatches, lambda: MissingWatches(asyncio.get_running_loop(), notify, limit)
     )
 
 
