@@ -425,3 +425,41 @@ async def test_two_hundred_watching_sessions_share_one_inotify_instance(tmp_path
             result = await client.call("fs/watchMissing", {"watchId": 1, "missing": too_many})
             assert result["watching"] is False
         assert await wait_until(lambda: inotify_instances() == before)
+
+
+# ---- handle exhaustion ------------------------------------------------------------------------
+
+
+async def test_eight_sessions_cannot_take_every_handle_and_another_still_opens_one(
+    tmp_path: Path,
+) -> None:
+    """Per session 16, server-wide 40: eight greedy sessions stop at the server's bound
+    (plus the few each is guaranteed), and a ninth session still opens a handle."""
+    target = tmp_path / "file"
+    target.write_bytes(b"data")
+    limits = Limits(fs_max_open_handles=16, fs_max_open_handles_total=40)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    async with running_server(limits) as (_, url), contextlib.AsyncExitStack() as stack:
+
+        async def greedy(index: int) -> list[dict[str, Any]]:
+            client = await stack.enter_async_context(Client.connect(url))
+            await client.initialize()
+            replies = []
+            for n in range(16):
+                params = {"path": str(target), "handleId": f"h{n}", "mode": "read"}
+                replies.append(await client.request("fs/open", params))
+            return replies
+
+        replies = [r for rs in await asyncio.gather(*(greedy(i) for i in range(8))) for r in rs]
+        opened = sum("result" in r for r in replies)
+        refusals = {r["error"]["message"] for r in replies if "error" in r}
+        assert 40 <= opened <= 40 + 8 * 4, opened
+        assert any("its bound" in message for message in refusals), refusals
+        held = len(os.listdir("/proc/self/fd")) - fds_before
+        assert held < 40 + 8 * 4 + 8 * 2, held  # handles, plus a socket pair per session
+        other = await stack.enter_async_context(Client.connect(url))
+        await other.initialize()
+        params = {"path": str(target), "handleId": "mine", "mode": "read"}
+        await other.call("fs/open", params)
+        block = await other.call("fs/readBlock", {"handleId": "mine", "offset": 0, "len": 4})
+        assert block["chunk"] == "ZGF0YQ=="

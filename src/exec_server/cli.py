@@ -279,6 +279,12 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "the same bound for all the children of one session",
     )
     bound(
+        "--max-open-files",
+        "fs_max_open_handles_total",
+        "file handles all sessions together may hold (at most half the open-file limit); "
+        "past it each session still opens its first 4",
+    )
+    bound(
         "--max-watched-paths-per-session",
         "fs_max_watched_paths",
         "paths one session's fs/watchMissing may watch at once; past it the watch is refused",
@@ -349,6 +355,7 @@ _POSITIVE = (
     "stdin_session_max_bytes",
     "max_pending_connections",
     "fs_max_watched_paths",
+    "fs_max_open_handles_total",
 )
 
 
@@ -383,6 +390,7 @@ def _flag(dest: str) -> str:
         "detach_grace_s": "--detach-grace",
         "fs_max_open_handles": "--max-open-files-per-session",
         "fs_max_watched_paths": "--max-watched-paths-per-session",
+        "fs_max_open_handles_total": "--max-open-files",
         "stdin_process_max_bytes": "--stdin-max-bytes-per-process",
         "stdin_session_max_bytes": "--stdin-max-bytes-per-session",
     }

@@ -61,6 +61,9 @@ class Limits(msgspec.Struct, frozen=True):
             file used as a ring buffer: page cache the kernel can write back and reclaim,
             where the heap could not be (see ``process/output.py``). 0 spills from the first
             byte; a value at or above ``retained_output_bytes`` never spills.
+        fs_max_open_handles_total: file handles all sessions together may hold (ours; at
+            most half the open-file limit): past it a session still opens its first few
+            (``fs.handles.GUARANTEED_PER_SESSION``), no more.
         fs_max_watched_paths: paths one session's ``fs/watchMissing`` may watch at once
             (a missing path counts once, ``present`` once); past it the watch is refused
             (``watching: false``). All sessions share one inotify instance (ours).
@@ -91,6 +94,7 @@ class Limits(msgspec.Struct, frozen=True):
     max_processes_per_session: int = 1024
     http_response_max_bytes: int = 512 * MIB
     spill_threshold_bytes: int = 64 * 1024
+    fs_max_open_handles_total: int = 1024
     fs_max_watched_paths: int = 256
     handshake_timeout_s: float = 10.0
     max_pending_connections: int = 256

@@ -239,8 +239,11 @@ def copy(connection: Connection, params: FsCopyParams) -> Awaitable[EmptyResult]
 
 def _table(connection: Connection) -> HandleTable:
     """The session's handle table, created on first use and released with the session."""
-    limit = connection.server.limits.fs_max_open_handles
-    return connection.require_session().resources.get(HandleTable, lambda: HandleTable(limit))
+    server = connection.server
+    limit = server.limits.fs_max_open_handles
+    return connection.require_session().resources.get(
+        HandleTable, lambda: HandleTable(limit, server.handle_budget)
+    )
 
 
 @method("fs/open", FsOpenParams, FILESYSTEM)
