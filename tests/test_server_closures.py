@@ -29,6 +29,7 @@ from exec_server.config import Guards, Limits
 from exec_server.paths import to_file_uri
 from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.policy import load_confinement
+from exec_server.transport.websocket import serve_unix
 
 from .sandbox_support import workspace_write as codex_workspace_write
 from .support import (
@@ -463,3 +464,50 @@ async def test_eight_sessions_cannot_take_every_handle_and_another_still_opens_o
         await other.call("fs/open", params)
         block = await other.call("fs/readBlock", {"handleId": "mine", "offset": 0, "len": 4})
         assert block["chunk"] == "ZGF0YQ=="
+
+
+# ---- a network-enabled sandbox reaches a token-less loopback server ---------------------------
+
+KNOCK = """
+import socket, sys
+kind, where = sys.argv[1], sys.argv[2]
+if kind == "tcp":
+    host, port = where.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+else:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(5)
+    sock.connect(where)
+sock.sendall(
+    b"GET / HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n"
+)
+try:
+    print("answer:", sock.recv(12).decode() or "closed")
+except OSError as exc:
+    print("answer: dropped", exc)
+"""
+
+
+@needs_bwrap
+async def test_our_own_sandboxed_processes_are_never_served(
+    places: tuple[Path, Path], tmp_path: Path
+) -> None:
+    work, _ = places
+    profile = codex_workspace_write(to_file_uri(str(work)), network="enabled")
+    sock = tmp_path / "exec.sock"
+    async with running_server() as (server, url), Client.connect(url) as client:
+        unix_listener = await serve_unix(server, str(sock))
+        try:
+            await client.initialize()
+            tcp = url.removeprefix("ws://")
+            for n, (kind, where) in enumerate((("tcp", tcp), ("unix", str(sock)))):
+                argv = [sys.executable, "-c", KNOCK, kind, where]
+                plain = await client.run(f"plain{n}", argv, cwd=str(work))
+                assert b"answer: HTTP/1.1 101" in plain.data(), plain.data()
+                boxed = await client.run(f"boxed{n}", argv, cwd=str(work), sandbox=profile)
+                assert boxed.exited is not None and boxed.exited["exitCode"] == 0, boxed.data()
+                assert b"answer:" in boxed.data() and b"101" not in boxed.data(), boxed.data()
+        finally:
+            unix_listener.close()
+            await unix_listener.wait_closed()

@@ -34,6 +34,7 @@ from ..server import Server
 from .handshake import HandshakePolicy, judge
 from .inbox import Inbox
 from .outbox import Outbox
+from .peers import is_sandboxed_descendant
 from .pending import PendingConnections
 from .wsframes import (
     CLOSE_NORMAL,
@@ -97,6 +98,11 @@ class WebSocketTransport(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and is_sandboxed_descendant(sock):
+            log.warning("refused a connection from a sandboxed process of this server")
+            self.abort()
+            return
         if self._pending is not None:
             self._pending.add(self)
         timeout = self._server.limits.handshake_timeout_s
