@@ -371,23 +371,19 @@ async def test_hidden_paths_look_absent_to_watches_and_program_checks(
         assert await watching(missing=[str(work / "x")], present=there) is False
         assert await watching(missing=[str(work / "x")], present=str(work)) is True
 
-        replies = []
-        for name, path in (("p1", program), ("p2", secret / "none")):
-            reply = await client.request(
-                "process/start",
-                {
-                    "processId": name,
-                    "argv": [str(path)],
-                    "cwd": str(work),
-                    "env": PATH_ENV,
-                    "tty": False,
-                },
-            )
-            replies.append((reply["error"]["code"], reply["error"]["message"].replace(name, "")))
-        assert replies[0][0] == replies[1][0]
-        assert replies[0][1].replace(str(program), "P") == replies[1][1].replace(
-            str(secret / "none"), "P"
-        ), replies
+        async def start_error(name: str, program: Path, cwd: Path, hidden: Path) -> Any:
+            params = {"processId": name, "argv": [str(program)], "cwd": str(cwd)}
+            reply = await client.request("process/start", {**params, "env": PATH_ENV, "tty": False})
+            error = reply["error"]
+            return error["code"], error["message"].replace(str(hidden), "HIDDEN")
+
+        missing, there = secret / "none", secret / "secret-name"
+        assert await start_error("p1", program, work, program) == await start_error(
+            "p2", missing, work, missing
+        )
+        assert await start_error("c1", Path("/bin/true"), there, there) == await start_error(
+            "c2", Path("/bin/true"), missing, missing
+        )
 
 
 # ---- inotify exhaustion -----------------------------------------------------------------------

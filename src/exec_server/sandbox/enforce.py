@@ -62,11 +62,14 @@ def launch(
 ) -> Launch:
     """The sandboxed launch of ``argv``. Raises :class:`SandboxUnavailable` when bubblewrap
     cannot run here, and ``FileNotFoundError`` when the program is not on the child's PATH
-    (as an unsandboxed start would: inside, it would only be ``env``'s exit 127)."""
+    (as an unsandboxed start would: inside, it would only be ``env``'s exit 127) or when the
+    policy hides the program or the cwd (they look absent, as missing ones fail)."""
     if not support().usable:
         raise SandboxUnavailable(support().reason or "bubblewrap is not usable")
     if not _findable(argv[0], env, policy):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
+    if policy.access_at(os.path.realpath(cwd)) == Access.NONE:  # as a missing cwd fails
+        raise FileNotFoundError(2, "No such file or directory", cwd)
     return wrap(policy, argv, cwd, arg0=arg0)
 
 
