@@ -107,11 +107,9 @@ def _submit_under_policy(
         from ..sandbox.policy import hiding
 
         policy = fs_policy(profile, confinement, os.getcwd())
-        if policy is not None:  # the server's own files, under any profile
-            policy = hiding(policy, guards.own_paths)
         if policy is None or not policy.restricts_filesystem:
-            return plain(*args)
-        return sandboxed(policy, *args)
+            return plain(*args)  # as trusted as no profile at all: it may read anything
+        return sandboxed(hiding(policy, guards.own_paths), *args)
 
     return _submit(work)
 
