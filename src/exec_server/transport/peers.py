@@ -129,13 +129,21 @@ def _parse(field: str) -> tuple[bytes, int]:
 
 
 def _holds_socket(pid: int, inode: int) -> bool:
+    """Whether a thread of ``pid`` holds the socket (threads may have fd tables of their
+    own, so each is looked at)."""
     wanted = f"socket:[{inode}]"
     try:
-        names = os.listdir(f"/proc/{pid}/fd")
+        threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
-    for name in names:
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/fd/{name}") == wanted:
-                return True
+    for tid in threads:
+        directory = f"/proc/{pid}/task/{tid}/fd"
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"{directory}/{name}") == wanted:
+                    return True
     return False
