@@ -370,6 +370,13 @@ async def test_hidden_paths_look_absent_to_watches_and_program_checks(
         assert await watching(missing=[], present=there) is False
         assert await watching(missing=[str(work / "x")], present=there) is False
         assert await watching(missing=[str(work / "x")], present=str(work)) is True
+        (work / "x").write_text("")  # watched through the checked descriptor: it fires
+        assert await wait_until(
+            lambda: any(
+                n["method"] == "fs/missingChanged" and n["params"]["watchId"] == watch_id
+                for n in client.notifications
+            )
+        )
 
         async def start_error(name: str, program: Path, cwd: Path, hidden: Path) -> Any:
             params = {"processId": name, "argv": [str(program)], "cwd": str(cwd)}

@@ -10,11 +10,15 @@ check and the read shows nothing of a hidden path. Blocking: run on a worker thr
 
 from __future__ import annotations
 
+import errno
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from . import operations as ops
 from .handles import HandleMode, regular_file
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -74,6 +78,34 @@ def canonicalize(policy: Policy, path: str) -> str:
     os.close(reached.fd)
     canonical: str = reached.path
     return canonical
+
+
+class PolicyView:
+    """The filesystem as ``policy`` lets it be seen, for ``fs/watchMissing``
+    (:class:`~.watch.PathView`): a hidden path is absent whether or not it exists, and each
+    path is looked at, and watched, through a descriptor whose real place was checked."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+
+    def mode(self, path: str) -> int | None:
+        try:
+            reached = _guard().open_readable(self._policy, path)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EACCES):
+                return None
+            raise
+        try:
+            return os.fstat(reached.fd).st_mode
+        finally:
+            os.close(reached.fd)
+
+    def watch(self, path: str, add: Callable[[str], _T]) -> _T:
+        reached = _guard().open_readable(self._policy, path)
+        try:
+            return add(f"/proc/self/fd/{reached.fd}")  # the checked inode, not the path
+        finally:
+            os.close(reached.fd)
 
 
 def open_regular_file(policy: Policy, path: str, mode: HandleMode) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from ..errors import invalid_params
@@ -29,7 +29,7 @@ from .fs import FILESYSTEM, _reply, _submit_under_policy
 
 if TYPE_CHECKING:
     from ..connection import Connection
-    from ..fs.watch import MissingWatches
+    from ..fs.watch import MissingWatches, PathView
 
 
 def _canonical(path: str) -> str:
@@ -72,24 +72,24 @@ def watch_missing(connection: Connection, params: FsWatchMissingParams) -> FsWat
     missing = [parse_path(path, "missing") for path in params.missing]
     present = None if params.present is None else parse_path(params.present, "present")
     watches = _watches(connection)
-    hidden = _hidden_by_confinement(connection)
-    return FsWatchMissingResult(watches.register(params.watch_id, missing, present, hidden))
+    view = _view_under_confinement(connection)
+    return FsWatchMissingResult(watches.register(params.watch_id, missing, present, view))
 
 
-def _hidden_by_confinement(connection: Connection) -> Callable[[str], bool] | None:
-    """What the operator's confinement hides (and the server's own files with it), as a
-    test of a path; None without a confinement (the client may then see everything)."""
+def _view_under_confinement(connection: Connection) -> PathView:
+    """The filesystem as the operator's confinement lets it be seen (the server's own files
+    hidden with what it hides); as it is without a confinement (the client may then see
+    everything)."""
+    from ..fs.watch import PLAIN
+
     guards = connection.server.guards
     if guards.confinement is None:
-        return None
+        return PLAIN
     from ..sandbox.enforce import fs_policy
-    from ..sandbox.policy import Access, PolicyError, hiding
+    from ..sandbox.policy import UNRESTRICTED, Access, Policy, PolicyError, hiding
 
     try:
-        policy = fs_policy(None, guards.confinement, os.getcwd())
+        policy = fs_policy(None, guards.confinement, os.getcwd()) or UNRESTRICTED
     except PolicyError:
-        return lambda path: True  # nothing can be told apart: everything looks absent
-    if policy is None:
-        return None
-    policy = hiding(policy, guards.own_paths)
-    return lambda path: policy.access_at(os.path.realpath(path)) == Access.NONE
+        policy = Policy(base=Access.NONE)  # nothing can be told apart: everything is hidden
+    return sandboxed.PolicyView(hiding(policy, guards.own_paths))
