@@ -515,3 +515,32 @@ async def test_our_own_sandboxed_processes_are_never_served(
         finally:
             unix_listener.close()
             await unix_listener.wait_closed()
+
+
+async def test_idle_sockets_that_never_start_tls_count_as_pending(tmp_path: Path) -> None:
+    """Over wss:// too: a socket that never sends its ClientHello is pending from its first
+    moment, so past the bound the oldest go and a TLS client still gets in."""
+    cert, key = self_signed(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    trust = ssl.create_default_context(cafile=str(cert))
+    limits = Limits(max_pending_connections=20)
+    async with running_server(limits, tls=tls) as (_, url):
+        idle = await _idle_sockets(url, 100)
+        try:
+            wss = url.replace("ws://", "wss://")
+            async with Client.connect(wss, ssl=trust, open_timeout=8) as client:
+                assert "sessionId" in await client.initialize()
+            await asyncio.sleep(0)
+            dropped = 0
+            for sock in idle:
+                try:
+                    dropped += sock.recv(1) == b""
+                except ConnectionResetError:
+                    dropped += 1
+                except BlockingIOError:
+                    pass
+            assert dropped >= 100 - 20 - 5, dropped
+        finally:
+            for sock in idle:
+                sock.close()

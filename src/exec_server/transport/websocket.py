@@ -19,15 +19,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
-
-if TYPE_CHECKING:
-    import ssl
 
 from ..connection import Connection
 from ..server import Server
@@ -36,6 +34,7 @@ from .inbox import Inbox
 from .outbox import Outbox
 from .peers import is_sandboxed_descendant
 from .pending import PendingConnections
+from .tls import TlsClosed, TlsSession
 from .wsframes import (
     CLOSE_NORMAL,
     OP_BINARY,
@@ -70,13 +69,15 @@ class WebSocketTransport(asyncio.Protocol):
         server: Server,
         policy: HandshakePolicy,
         pending: PendingConnections | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``pending``: the listener's handshakes in progress, which this one joins until
-        it upgrades."""
+        it upgrades; ``tls``: run TLS over the connection's bytes (``tls.py``)."""
         self._loop = asyncio.get_running_loop()
         self._server = server
         self._policy = policy
         self._pending = pending
+        self._tls = TlsSession(tls) if tls is not None else None
         self._ws = ServerProtocol(max_size=server.limits.max_message_bytes, logger=log)
         self._head = bytearray()  # the HTTP request, until its blank line
         self._reader: FrameReader | None = None  # set once the handshake succeeded
@@ -134,6 +135,10 @@ class WebSocketTransport(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._tls is not None:
+            data = self._decrypt(self._tls, data)
+            if not data:
+                return
         reader = self._reader
         if reader is None:
             data = self._handshake_data(data)
@@ -217,7 +222,38 @@ class WebSocketTransport(asyncio.Protocol):
 
     def _write(self, pieces: list[bytes]) -> None:
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.writelines(pieces)
+            if self._tls is None:
+                self._transport.writelines(pieces)
+            else:
+                self._tls.send(b"".join(pieces))
+                self._transport.write(self._tls.outgoing())
+
+    def _decrypt(self, tls: TlsSession, data: bytes) -> bytes:
+        """The plaintext ``data`` completes; what TLS answers is sent at once."""
+        try:
+            plain = tls.receive(data)
+        except (ssl.SSLError, TlsClosed) as exc:
+            log.debug("TLS ended for %s: %r", self.description, exc)
+            self._write_raw(tls.outgoing())  # an alert, if any
+            self._closing = True
+            if self._transport is not None:
+                self._transport.close()
+            return b""
+        self._write_raw(tls.outgoing())
+        return plain
+
+    def _write_raw(self, data: bytes) -> None:
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _close_transport(self) -> None:
+        """Close after what is queued (our close_notify last, under TLS)."""
+        if self._transport is None:
+            return
+        if self._tls is not None:
+            self._tls.close()
+            self._write_raw(self._tls.outgoing())
+        self._transport.close()
 
     def _deliver(self, message: bytes) -> bool:
         connection = self._conn
@@ -275,14 +311,12 @@ class WebSocketTransport(asyncio.Protocol):
 
     def _write_handshake_data(self) -> None:
         """Write the state machine's answer to the handshake; b"" means close after it."""
-        transport = self._transport
-        assert transport is not None
         for chunk in self._ws.data_to_send():
             if chunk:
-                transport.write(chunk)
+                self._write([chunk])
             else:
+                self._close_transport()  # flushes what is buffered, then closes
                 self._closing = True
-                transport.close()  # flushes what is buffered, then closes
                 return
 
     def _handshake(self, request: Request) -> None:
@@ -318,8 +352,7 @@ class WebSocketTransport(asyncio.Protocol):
         self.outbox.flush()
         self._closing = True
         self.inbox.clear()
-        if self._transport is not None:
-            self._transport.close()
+        self._close_transport()
 
     def _handshake_timeout(self) -> None:
         self._timer = None
@@ -357,13 +390,7 @@ async def serve_websocket(
     pending = PendingConnections(server.limits.max_pending_connections)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(
-        lambda: WebSocketTransport(server, policy, pending),
-        host,
-        port,
-        reuse_address=True,
-        ssl=tls,
-        # A peer that never starts TLS is dropped as one that never sends its upgrade.
-        ssl_handshake_timeout=server.limits.handshake_timeout_s if tls is not None else None,
+        lambda: WebSocketTransport(server, policy, pending, tls), host, port, reuse_address=True
     )
     if on_bound is not None:
         sockname = listener.sockets[0].getsockname()
