@@ -100,10 +100,10 @@ class WebSocketTransport(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
         self._transport = transport
         sock = transport.get_extra_info("socket")
-        if sock is not None:  # nothing is read until the peer is known not to be ours
-            transport.pause_reading()
-            vetting = self._loop.run_in_executor(None, is_sandboxed_descendant, sock)
-            vetting.add_done_callback(self._vetted)
+        if sock is not None and is_sandboxed_descendant(sock):
+            log.warning("refused a connection from a sandboxed process of this server")
+            self.abort()
+            return
         if self._pending is not None:
             self._pending.add(self)
         timeout = self._server.limits.handshake_timeout_s
@@ -116,21 +116,6 @@ class WebSocketTransport(asyncio.Protocol):
             )
         # The kernel buffer is the first queue; ours starts past it.
         transport.set_write_buffer_limits(high=self.outbox.high_water)
-
-    def _vetted(self, vetting: asyncio.Future[bool]) -> None:
-        """The peer check (``peers.py``, on a worker thread) is done: serve or drop."""
-        if self._closing or vetting.cancelled():
-            return
-        error = vetting.exception()
-        if error is not None or vetting.result():
-            if error is not None:
-                log.error("cannot tell who connected, so not serving it: %r", error)
-            else:
-                log.warning("refused a connection from a sandboxed process of this server")
-            self.abort()
-            return
-        if self._transport is not None:
-            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
