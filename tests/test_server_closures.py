@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -544,3 +545,32 @@ async def test_idle_sockets_that_never_start_tls_count_as_pending(tmp_path: Path
         finally:
             for sock in idle:
                 sock.close()
+
+
+async def test_the_server_process_is_not_readable_through_proc(
+    places: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """fs/* runs in the server's process: under a confinement /proc/self is the server
+    (its environment, its memory with the token and keys). Process directories are hidden,
+    the rest of /proc is not."""
+    work, secret = places
+    guards = confinement_denying(work, secret, tmp_path)
+    release = threading.Event()
+    waiter = threading.Thread(target=release.wait, daemon=True)
+    waiter.start()
+    thread = waiter.native_id
+    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        for method, params in (
+            ("fs/readFile", {"path": "/proc/self/environ"}),
+            ("fs/readFile", {"path": f"/proc/{os.getpid()}/cmdline"}),
+            ("fs/readFile", {"path": "/proc/thread-self/environ"}),
+            ("fs/getMetadata", {"path": f"/proc/{thread}/mem"}),
+            ("fs/readDirectory", {"path": "/proc/self/fd"}),
+            ("fs/open", {"path": "/proc/self/mem", "handleId": "m", "mode": "read"}),
+            ("fs/open", {"path": "/proc/kcore", "handleId": "k", "mode": "read"}),
+            ("fs/readFile", {"path": "/proc/1/environ"}),
+        ):
+            assert await _refusal(client, method, params) == -32600, (method, params)
+        assert "dataBase64" in await client.call("fs/readFile", {"path": "/proc/cpuinfo"})
+    release.set()

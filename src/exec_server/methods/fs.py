@@ -104,12 +104,12 @@ def _submit_under_policy(
 
     def work() -> _T:
         from ..sandbox.enforce import fs_policy
-        from ..sandbox.policy import hiding
+        from ..sandbox.policy import for_fs_calls
 
         policy = fs_policy(profile, confinement, os.getcwd())
         if policy is None or not policy.restricts_filesystem:
             return plain(*args)  # as trusted as no profile at all: it may read anything
-        return sandboxed(hiding(policy, guards.own_paths), *args)
+        return sandboxed(for_fs_calls(policy, guards.own_paths), *args)
 
     return _submit(work)
 

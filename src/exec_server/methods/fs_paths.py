@@ -86,10 +86,10 @@ def _view_under_confinement(connection: Connection) -> PathView:
     if guards.confinement is None:
         return PLAIN
     from ..sandbox.enforce import fs_policy
-    from ..sandbox.policy import UNRESTRICTED, Access, Policy, PolicyError, hiding
+    from ..sandbox.policy import UNRESTRICTED, Access, Policy, PolicyError, for_fs_calls
 
     try:
         policy = fs_policy(None, guards.confinement, os.getcwd()) or UNRESTRICTED
     except PolicyError:
         policy = Policy(base=Access.NONE)  # nothing can be told apart: everything is hidden
-    return sandboxed.PolicyView(hiding(policy, guards.own_paths))
+    return sandboxed.PolicyView(for_fs_calls(policy, guards.own_paths))
