@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from ..errors import invalid_request
 from ..fs import operations as ops
-from .policy import Access, Policy
+from .policy import Access, Policy, glob_static_prefix
 
 _SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -442,12 +442,23 @@ def _require_tree(policy: Policy, path: str, need: Access) -> None:
     for rule in policy.rules:
         if rule.path.startswith(prefix) and rule.access < need and os.path.lexists(rule.path):
             raise _error(errno.EACCES if rule.access == Access.NONE else errno.EROFS)
-    if not policy.deny_globs:
+    if not any(_may_match_below(glob, path) for glob in policy.deny_globs):
         return
     for directory, subdirs, files in os.walk(path):
         for name in (*subdirs, *files):
             if policy.glob_denied(posixpath.join(directory, name)):
                 raise _error(errno.EACCES)
+
+
+def _may_match_below(glob: str, path: str) -> bool:
+    """Whether ``glob`` could match something below ``path`` (its fixed directory is inside
+    ``path``, or ``path`` inside it): else the tree need not be walked for it."""
+    fixed = glob_static_prefix(glob) or "/"
+    return _same_or_below(fixed, path) or _same_or_below(path, fixed)
+
+
+def _same_or_below(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def _error(code: int) -> OSError:
