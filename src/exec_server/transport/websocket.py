@@ -11,6 +11,11 @@ Text and binary frames are both read as JSON; everything goes out as text frames
 permessage-deflate is not negotiated (the 0.128 reference drops such handshakes, and on
 loopback compression costs more than it saves). The handshake is judged in one place,
 :func:`check_handshake`.
+
+Before any byte is read, a peer that is one of this server's own sandboxed processes is
+dropped (``peers.py``). Until the upgrade a connection counts among its listener's pending
+ones (``pending.py``; the oldest go past the bound) and has ``handshake_timeout_s`` to
+finish, TLS included: for ``wss://`` the transport runs TLS itself (``tls.py``).
 """
 
 from __future__ import annotations
