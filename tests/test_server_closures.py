@@ -30,7 +30,7 @@ from exec_server.config import Guards, Limits
 from exec_server.paths import to_file_uri
 from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.policy import load_confinement
-from exec_server.transport.websocket import serve_unix
+from exec_server.transport.websocket import serve_unix, serve_websocket
 
 from .sandbox_support import workspace_write as codex_workspace_write
 from .support import (
@@ -478,7 +478,7 @@ kind, where = sys.argv[1], sys.argv[2]
 try:
     if kind == "tcp":
         host, port = where.rsplit(":", 1)
-        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
     else:
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(5)
@@ -503,10 +503,15 @@ async def test_our_own_sandboxed_processes_are_never_served(
     sock = tmp_path / "exec.sock"
     async with running_server() as (server, url), Client.connect(url) as client:
         unix_listener = await serve_unix(server, str(sock))
+        bound: list[tuple[str, int]] = []
+        v6_listener = await serve_websocket(
+            server, "::1", 0, on_bound=lambda host, port: bound.append((host, port))
+        )
         try:
             await client.initialize()
-            tcp = url.removeprefix("ws://")
-            for n, (kind, where) in enumerate((("tcp", tcp), ("unix", str(sock)))):
+            tcp, tcp6 = url.removeprefix("ws://"), f"[::1]:{bound[0][1]}"
+            knocks = (("tcp", tcp), ("tcp", tcp6), ("unix", str(sock)))
+            for n, (kind, where) in enumerate(knocks):
                 argv = [sys.executable, "-c", KNOCK, kind, where]
                 plain = await client.run(f"plain{n}", argv, cwd=str(work))
                 assert b"answer: HTTP/1.1 101" in plain.data(), plain.data()
@@ -514,8 +519,9 @@ async def test_our_own_sandboxed_processes_are_never_served(
                 assert boxed.exited is not None and boxed.exited["exitCode"] == 0, boxed.data()
                 assert b"answer:" in boxed.data() and b"101" not in boxed.data(), boxed.data()
         finally:
-            unix_listener.close()
-            await unix_listener.wait_closed()
+            for listener in (unix_listener, v6_listener):
+                listener.close()
+                await listener.wait_closed()
 
 
 async def test_idle_sockets_that_never_start_tls_count_as_pending(tmp_path: Path) -> None:
