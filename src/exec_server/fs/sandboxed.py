@@ -57,6 +57,8 @@ def read_directory(policy: Policy, path: str) -> list[ops.DirectoryEntry]:
     reached = _guard().open_readable(policy, path)
     try:
         listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=reached.fd)
+    except NotADirectoryError:  # named as the client named it, not as "."
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
     finally:
         os.close(reached.fd)
     try:
