@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint typecheck check bench clean sandbox
+.PHONY: run test lint typecheck check bench bench-forward openssh clean sandbox
 
 $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,26 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-bench: $(STAMP)
+bench: $(STAMP) openssh
 	$(BIN)/python -m bench $(ARGS)
+	$(BIN)/python -m bench.forward $(FORWARD_ARGS)
+
+# Port forwarding beside `ssh -L` (bench/forward.py): a private sshd on a loopback port with
+# keys generated in a temporary directory; the system's sshd and its configuration are never
+# touched. OpenSSH is installed where we can (root with apt-get); otherwise its rows are skipped.
+bench-forward: $(STAMP) openssh
+	$(BIN)/python -m bench.forward $(ARGS)
+
+openssh:
+	@{ test -x /usr/sbin/sshd && command -v ssh >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing openssh-server and openssh-client (the ssh -L rows of the bench)" >&2; \
+	    apt-get install -y -qq openssh-server openssh-client >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq openssh-server openssh-client >/dev/null 2>&1; } || \
+	    echo "could not install OpenSSH: the ssh -L rows are skipped" >&2; \
+	  else \
+	    echo "bench: the ssh -L rows need OpenSSH (e.g. 'sudo apt-get install openssh-server openssh-client'); skipped until then" >&2; \
+	  fi; }
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -53,6 +53,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("rss_idle_mib", "server RSS, idle children", "MiB", False, 1.0),
     Metric("startup_reply_ms", "start to initialize reply", "ms", False, None, 100.0),
     Metric("startup_exit_ms", "start to exit", "ms"),
+    Metric("sandbox_spawn_median_ms", "sandboxed true (workspace-write)", "ms", False, 1.0),
+    Metric("sandbox_bare_bwrap_ms", "bare bwrap true, same run", "ms"),
+    # issue 17: the launcher's seccomp, cgroup and carve-outs within 1.5x of bwrap's own cost
+    Metric("sandbox_over_bare", "sandboxed true / bare bwrap", "x", False, None, 1.5),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 

@@ -28,7 +28,17 @@ from bench.wsclient import WsConnection, ws_connect
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = REPO / ".venv" / "bin" / "exec-server"
-INSTALLER = REPO.parent / "shared" / "peer" / "install-codex.sh"
+INSTALLER = next(
+    (
+        candidate
+        for candidate in (
+            REPO.parent / "shared" / "peer" / "install-codex.sh",
+            REPO.parent.parent / "shared" / "peer" / "install-codex.sh",  # a git worktree's
+        )
+        if candidate.exists()
+    ),
+    REPO.parent / "shared" / "peer" / "install-codex.sh",
+)
 REF_VERSIONS = ("0.169.0", "0.128.0")
 START_TIMEOUT = 20.0
 _PR_SET_PDEATHSIG = 1

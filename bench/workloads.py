@@ -38,6 +38,7 @@ class Sizes:
     hol_wait_ms: int = 2000
     idle_n: int = 500
     startup_n: int = 20
+    sandbox_n: int = 100
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -51,6 +52,7 @@ class Sizes:
             hol_wait_ms=1000,
             idle_n=100,
             startup_n=5,
+            sandbox_n=30,
         )
 
 
@@ -292,6 +294,86 @@ async def memory(server: RunningServer, sizes: Sizes) -> Metrics:
     return {"rss_base_mib": base / MiB, "rss_idle_mib": rss / MiB}
 
 
+# -- 9. a sandboxed spawn ----------------------------------------------------------------------
+#
+# `true` under codex's workspace-write profile (the client's cwd as the workspace, the network
+# restricted), beside bare bubblewrap run by the bench itself in the same run: what our
+# launcher (seccomp filter, pids cgroup, carve-outs, signal shim) costs over bwrap's own.
+
+
+def workspace_write(root_uri: str) -> dict[str, Any]:
+    """The sandbox param codex 0.169 sends for ``codex exec -s workspace-write``."""
+
+    def special(kind: str, **extra: str) -> dict[str, Any]:
+        return {"type": "special", "value": {"kind": kind, **extra}}
+
+    entries: list[dict[str, Any]] = [
+        {"path": special("root"), "access": "read"},
+        {"path": special("project_roots"), "access": "write"},
+        {"path": special("slash_tmp"), "access": "write"},
+        {"path": special("tmpdir"), "access": "write"},
+    ]
+    entries += [
+        {"path": special("project_roots", subpath=name), "access": "read",
+         "missing_path_behavior": "skip"}
+        for name in (".git", ".agents", ".codex", ".aws")
+    ]  # fmt: skip
+    return {
+        "permissions": {
+            "type": "managed",
+            "file_system": {"type": "restricted", "entries": entries},
+            "network": "restricted",
+        },
+        "cwd": root_uri,
+        "workspaceRoots": [root_uri],
+        "windowsSandboxLevel": "disabled",
+        "useLegacyLandlock": False,
+    }
+
+
+BARE_BWRAP = (
+    "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
+    "--die-with-parent", "true",
+)  # fmt: skip
+
+
+async def sandbox(server: RunningServer, sizes: Sizes) -> Metrics:
+    """Sequential bare bwrap `true`, then as many sandboxed `true` through the server. Each
+    block is sequential on its own: a sandbox's namespaces are torn down by the kernel after
+    it exits, and that work lands on whatever runs next, so each block pays its own."""
+    client = server.client
+    cwd = client.cwd
+    root = cwd if cwd.startswith("file://") else "file://" + cwd
+    profile = workspace_write(root)
+    served: list[float] = []
+    bare: list[float] = []
+    failed = 0
+    for _ in range(sizes.sandbox_n):
+        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(*BARE_BWRAP)
+        failed += await asyncio.wait_for(proc.wait(), STEP_TIMEOUT) != 0
+        bare.append(time.perf_counter() - t0)
+    for i in range(sizes.sandbox_n):
+        pid = f"sb{i}"
+        w = client.watch(pid)
+        params = {**client.start_params(pid, ["true"]), "sandbox": profile}
+        t0 = time.perf_counter()
+        reply = await client.call("process/start", params)
+        await _finish(server, pid, w, "sandboxed true")
+        served.append(time.perf_counter() - t0)
+        await reply
+        failed += w.exit_code != 0
+        client.unwatch(pid)
+    served_ms = statistics.median(served) * 1e3
+    bare_ms = statistics.median(bare) * 1e3
+    return {
+        "sandbox_spawn_median_ms": served_ms,
+        "sandbox_bare_bwrap_ms": bare_ms,
+        "sandbox_over_bare": served_ms / bare_ms,
+        "sandbox_nonzero_exits": failed,
+    }
+
+
 WORKLOADS: dict[str, Workload] = {
     "spawn": spawn,
     "rtt": rtt,
@@ -300,6 +382,7 @@ WORKLOADS: dict[str, Workload] = {
     "poll": poll,
     "hol": hol,
     "memory": memory,
+    "sandbox": sandbox,
 }
 REP_FACTOR = {"poll": 3, "throughput": 2}
 """Workloads repeated more than ``--reps`` times. A polling run lasts half a second, and on

@@ -55,10 +55,11 @@ def main() -> int:
     request = parse_sandbox(workspace_write(cwd))
     assert request is not None
     policy = resolve(request.permissions, process_context(request, cwd, env))
-    launch = wrap(policy, argv, cwd)
+    launch = wrap(policy, argv, cwd, env=env)
     print(f"# sandboxType {SANDBOX_TYPE}; writable {policy.writable_roots}", file=sys.stderr)
     try:
-        child = spawn(SpawnRequest(launch.argv, cwd, env, tty, pipe_stdin=False))
+        child = spawn(launch.spawn_request(SpawnRequest(argv, cwd, env, tty, pipe_stdin=False)))
+        launch.spawned()
         output = bytearray()
         open_fds = {
             fd: 1 if fd == child.stdout else 2

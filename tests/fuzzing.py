@@ -19,6 +19,8 @@ Safety, because the server really does what it is asked:
 * ``http/request`` URLs come from a fixed list: a loopback port held closed by the test,
   and URLs refused before any connection. The server is also started with every
   non-loopback network denied (``--http-deny``), which turns environment proxies off.
+* ``forward/open`` names addresses, never a name to resolve: loopback's port held closed,
+  or addresses in networks the server denies.
 * Offsets of ``fs/writeBlock`` are small or out of every file system's range, so no large
   sparse file is made for ``fs/copy`` to fill.
 * :func:`check_safe` looks at every request before it is sent and fails the test if a
@@ -727,10 +729,43 @@ def method_params(world: World) -> dict[str, st.SearchStrategy[Any]]:
                 bad=st.one_of(JUNK, st.just("nope")),
             ),
         ),
+        **forward_strategies(world, obj),
     }
     missing = set(METHODS) - set(strategies)
     assert not missing, f"methods without a fuzz strategy: {sorted(missing)}"
     return strategies
+
+
+FORWARD_HOSTS = ("127.0.0.1", "::1", "10.0.0.1", "192.0.2.1")
+"""Only addresses (never a name to resolve); all but the first are in denied networks."""
+
+
+def forward_strategies(world: World, obj: Any) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
+    """``forward/*``: only to loopback's port held closed (refused), or to names the server
+    refuses before connecting (non-loopback networks are denied, see the module docstring)."""
+    stream_id = Field(st.sampled_from(["s0", "s1"]), bad=st.one_of(JUNK, st.just(""), HUGE_TEXT))
+    return {
+        "forward/open": obj(
+            streamId=stream_id,
+            host=Field(
+                st.sampled_from(FORWARD_HOSTS),
+                bad=st.sampled_from([None, 7, "", "a\0b", ["127.0.0.1"]]),  # never a name
+            ),
+            port=Field(
+                st.just(world.closed_port), bad=st.one_of(JUNK, st.sampled_from([0, 70000]))
+            ),
+            window=Field(st.integers(1, 1 << 20), required=False, bad=st.one_of(JUNK, st.just(0))),
+        ),
+        "forward/write": obj(
+            streamId=stream_id, data=Field(BASE64, bad=st.one_of(JUNK, NOT_BASE64))
+        ),
+        "forward/credit": obj(
+            streamId=stream_id,
+            bytes=Field(st.integers(0, 1 << 20), bad=st.one_of(JUNK, ODD_INTS)),
+        ),
+        "forward/shutdown": obj(streamId=stream_id),
+        "forward/close": obj(streamId=stream_id),
+    }
 
 
 def _is_str(value: Any) -> bool:
@@ -1110,6 +1145,13 @@ def check_safe(draft: Draft, world: World) -> None:
         assert normal == world.root or normal.startswith(world.root + "/"), (
             f"fuzz bug: path {value!r} is outside {world.root}"
         )
+    if draft.method == "forward/open":
+        host, port = params.get("host"), params.get("port")
+        assert not isinstance(host, str) or host in FORWARD_HOSTS or host in ("", "a\0b"), (
+            f"fuzz bug: forward/open host {host!r} could be resolved"
+        )
+        local = host == "127.0.0.1" and isinstance(port, int) and 0 < port < 65536
+        assert not local or port == world.closed_port, f"fuzz bug: forward to port {port!r}"
     url = params.get("url")
     if isinstance(url, str) and draft.method == "http/request":
         assert url in world.urls or ":" not in url, f"fuzz bug: url {url!r}"

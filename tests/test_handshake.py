@@ -44,12 +44,18 @@ SAMPLE_PARAMS: dict[str, dict[str, Any]] = {
     "fs/canonicalize": {"path": "/tmp"},
     "fs/watchMissing": {"watchId": 1, "missing": ["/tmp/nonexistent-exec-server-test"]},
     "environmentConfig/read": {"cwd": "/tmp", "configPaths": [["x"]], "requirementsPaths": []},
+    "forward/open": {"streamId": "s", "host": "127.0.0.1", "port": 9},
+    "forward/write": {"streamId": "s", "data": "aGk="},
+    "forward/credit": {"streamId": "s", "bytes": 1},
+    "forward/shutdown": {"streamId": "s"},
+    "forward/close": {"streamId": "s"},
 }
 FAMILIES = {
     "process": "exec",
     "fs": "filesystem",
     "http": "http",
     "environmentConfig": "environment config",
+    "forward": "forward",
 }
 GATED = [name for name in SAMPLE_PARAMS if name in METHODS]
 

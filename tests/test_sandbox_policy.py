@@ -318,7 +318,7 @@ def test_a_client_cannot_loosen_a_confinement(ws: Path, tmp_path: Path) -> None:
     wide_open = resolve(
         _managed([_special("root", "write")], network="enabled"), ResolveContext(cwd="/")
     )
-    policy = combine(wide_open, confinement.policy(ResolveContext(cwd="/", workspace_roots=("/",))))
+    policy = combine(wide_open, confinement.policy())
     assert policy is not None
     assert policy.access_at(str(ws / "x")) == Access.WRITE
     assert policy.access_at(str(ws / ".git" / "config")) == Access.READ

@@ -269,3 +269,27 @@ async def test_confinement_applies_without_a_client_profile_and_cannot_be_loosen
         "http/request", {"method": "GET", "url": "http://127.0.0.1:9/", "requestId": "r"}
     )
     assert reply["error"]["code"] == -32600 and "--confine" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_a_signal_reaches_the_sandboxed_command_through_either_spawner(
+    places: tuple[Path, Path], native: bool
+) -> None:
+    """bwrap is spawned with the catchable signals ignored (by the vfork helper, or the
+    Popen path's preexec), the command with them at their defaults: its trap runs."""
+    from exec_server.config import Runtime
+
+    work, _ = places
+    script = "trap 'echo got-int; exit 5' INT; echo ready; sleep 30 & wait"
+    runtime = Runtime(native_spawn=native)
+    async with running_server(runtime=runtime) as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        result = await client.start(
+            "trap", ["bash", "-c", script], cwd=str(work), sandbox=workspace_write(work)
+        )
+        assert result["sandboxType"] == "linuxSeccomp"
+        await client.wait_output("trap", b"ready")
+        await client.call("process/signal", {"processId": "trap", "signal": "interrupt"})
+        events = await client.wait_closed("trap")
+    assert events.exited is not None and events.exited["exitCode"] == 5, events.data()
+    assert b"got-int" in events.data()

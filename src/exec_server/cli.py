@@ -28,7 +28,7 @@ log = logging.getLogger("exec_server")
 
 DEFAULT_LISTEN = "ws://127.0.0.1:0"
 TOKEN_ENV = "EXEC_SERVER_TOKEN"
-CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get")
+CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get", "forward")
 
 
 class ListenAddress(msgspec.Struct, frozen=True):
@@ -161,15 +161,26 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
         "file_system entries with read/write/deny access, network restricted or enabled, "
         "optional workspaceRoots) that every process and every fs/* call is held to, "
         "whatever the client asks: a client's own profile can only narrow it. With the "
-        "network restricted, http/request is refused. Enforced with bubblewrap; the server "
+        "network restricted, http/request and forward/open are refused. Enforced with bubblewrap; the server "
         "will not start if bubblewrap cannot run here",
+    )
+    group.add_argument(
+        "--sandbox-pids-limit",
+        type=int,
+        default=Guards().pids_limit,
+        metavar="N",
+        help="the most tasks (processes and threads) one sandboxed command may have at once, "
+        "enforced with a pids cgroup per sandbox where the server can create one "
+        "(environment/info's sandbox.pidsCgroup says whether it can, and what to configure "
+        f"if not); 0: no limit. Default {Guards().pids_limit}",
     )
     group.add_argument(
         "--http-deny",
         action="append",
         default=[],
         metavar="CIDR",
-        help="an IP network http/request may not reach (repeatable), checked after DNS "
+        help="an IP network http/request and forward/open (port forwarding) may not reach "
+        "(repeatable), checked after DNS "
         "resolution and on every redirect, e.g. 127.0.0.0/8, ::1/128, 169.254.0.0/16, "
         "10.0.0.0/8 to keep clients off this host's own and its network's services. "
         "Environment proxies are not used then. Default: none denied, as the reference",
@@ -300,6 +311,17 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "max_pending_connections",
         "connections still in that handshake at once; a new one past it drops the oldest",
     )
+    bound(
+        "--forward-window-bytes",
+        "forward_window_bytes",
+        "port forwarding: bytes a client may send on one stream before the server grants more, "
+        "and so the most of them one stream holds while its destination does not read",
+    )
+    bound(
+        "--max-forward-streams",
+        "forward_max_streams",
+        "port forwarding: streams one connection may have open at once",
+    )
 
 
 def _add_accelerators(parser: argparse.ArgumentParser) -> None:
@@ -356,6 +378,8 @@ _POSITIVE = (
     "max_pending_connections",
     "fs_max_watched_paths",
     "fs_max_open_handles_total",
+    "forward_window_bytes",
+    "forward_max_streams",
 )
 
 
@@ -433,21 +457,24 @@ def guards_from_args(args: argparse.Namespace) -> Guards:
             raise ValueError(f"--confine {args.confine}: {error.message}") from None
         if not support().usable:
             raise ValueError(f"--confine needs a working sandbox: {support().reason}")
+    if args.sandbox_pids_limit < 0:
+        raise ValueError("--sandbox-pids-limit must not be negative")
     return Guards(
         env_exclude=tuple(args.env_exclude),
         http_deny=tuple(args.http_deny),
         confinement=confinement,
-        own_paths=own_paths(args),
+        pids_limit=args.sandbox_pids_limit,
     )
 
 
-def own_paths(args: argparse.Namespace) -> tuple[str, ...]:
-    """The server's own files, canonical, to hide from every sandbox and every fs/* call
-    under a profile: what a client or child must never read or connect to."""
-    paths = [args.auth_token_file, args.tls_cert, args.tls_key]
-    if args.listen.startswith("unix://"):
-        paths.append(args.listen.removeprefix("unix://"))
-    return tuple(dict.fromkeys(os.path.realpath(p) for p in paths if p))
+def private_paths_from_args(args: argparse.Namespace, address: ListenAddress) -> tuple[str, ...]:
+    """The server's own files, which every sandbox hides (its control channel and secrets):
+    the Unix socket it listens on, the token file, the TLS certificate and key. Operator
+    data, resolved once here (absolute, symlinks followed)."""
+    named = [args.auth_token_file, args.tls_cert, args.tls_key]
+    if address.kind == "unix":
+        named.append(address.path)
+    return tuple(dict.fromkeys(os.path.realpath(path) for path in named if path))
 
 
 def read_token(args: argparse.Namespace) -> str | None:
@@ -575,11 +602,14 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
             f"--auth-token-file (or ${TOKEN_ENV}), or pass "
             "--insecure-allow-remote-without-auth for an isolated network"
         )
+    guards = msgspec.structs.replace(
+        guards_from_args(args), private_paths=private_paths_from_args(args, address)
+    )
     return ServeOptions(
         address=address,
         limits=limits_from_args(args),
         runtime=runtime_from_args(args, address),
-        guards=guards_from_args(args),
+        guards=guards,
         allowed_origins=frozenset(args.allow_origin),
         token=token,
         tls=tls_from_args(args, address),

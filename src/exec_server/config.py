@@ -73,6 +73,14 @@ class Limits(msgspec.Struct, frozen=True):
         max_pending_connections: connections of one listener still in that handshake; a
             new one past it drops the oldest, so idle sockets cannot hold every descriptor
             while a client with the token waits (ours).
+        forward_window_bytes: per forwarded TCP stream, the bytes a client may send before
+            the server grants more (ours; ``docs/forwarding.md``): the most of a client's
+            bytes one stream holds while its destination does not read.
+        forward_read_bytes: the largest single read from a forwarded socket, and so the
+            largest ``forward/data`` notification.
+        forward_max_streams: forwarded streams one connection may have open at once; with
+            ``forward_window_bytes`` it bounds what one session's streams can hold.
+        forward_connect_timeout_s: how long ``forward/open`` tries to connect.
     """
 
     retained_output_bytes: int = MIB
@@ -98,6 +106,10 @@ class Limits(msgspec.Struct, frozen=True):
     fs_max_watched_paths: int = 256
     handshake_timeout_s: float = 10.0
     max_pending_connections: int = 256
+    forward_window_bytes: int = 2 * MIB
+    forward_read_bytes: int = 256 * 1024
+    forward_max_streams: int = 128
+    forward_connect_timeout_s: float = 10.0
 
 
 class Runtime(msgspec.Struct, frozen=True):
@@ -166,12 +178,15 @@ class Guards(msgspec.Struct, frozen=True):
         confinement: a sandbox profile every process and every ``fs/*`` call is held to,
             narrowing whatever the client asks (``--confine``); with its network restricted,
             ``http/request`` is refused.
-        own_paths: the server's own files (its Unix socket, token file, TLS certificate and
-            key), canonical: under any sandbox profile and under the confinement they are
-            hidden, as a ``deny`` entry would hide them, whatever the profile grants.
+        private_paths: the server's own files (its Unix socket, token file, TLS certificate
+            and key, runtime directory), absolute and canonical: hidden inside every
+            sandbox, whatever the profile, so no sandboxed child reaches the control channel.
+        pids_limit: the most processes one sandboxed command may have at once (a pids
+            cgroup per sandbox, where the server can create one; 0: none).
     """
 
     env_exclude: tuple[str, ...] = ()
     http_deny: tuple[str, ...] = ()
     confinement: Confinement | None = None
-    own_paths: tuple[str, ...] = ()
+    private_paths: tuple[str, ...] = ()
+    pids_limit: int = 1024

@@ -31,6 +31,7 @@ from .errors import (
     invalid_request,
 )
 from .methods import BY_REQUEST_TYPE, METHODS, REQUESTS, Method
+from .methods.forward import WRITE_START, slice_write
 from .resources import Resources
 
 if TYPE_CHECKING:
@@ -157,6 +158,9 @@ class Connection:
         if self.state is HandshakeState.CLOSED:
             return False
         if type(data) is bytes:
+            if data.startswith(WRITE_START) and (sliced := slice_write(data)) is not None:
+                self._dispatch(sliced[0], METHODS["forward/write"], sliced[1])  # bulk bytes
+                return self.is_open
             # The usual case first: a request for a known method with valid params, decoded
             # in one step. Whatever this does not take goes the long way below.
             try:

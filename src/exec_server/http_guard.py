@@ -165,3 +165,12 @@ class _ResponseStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self._response.aclose()
+
+
+# ---- the same check for other connections the server makes (port forwarding) ---------------
+
+
+def is_denied(address: str, deny: tuple[Network, ...]) -> bool:
+    """Whether an IP address (text; an IPv6 zone allowed) lies in one of ``deny``'s networks;
+    an IPv4-mapped IPv6 address counts as the IPv4 address it carries."""
+    return _is_denied(address, deny)

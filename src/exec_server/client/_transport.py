@@ -76,13 +76,13 @@ class WebSocketTransport:
 
     async def send(self, message: bytes) -> None:
         try:
-            await self._ws.send(message.decode())
+            await self._ws.send(message, text=True)  # UTF-8 already: no decode and re-encode
         except ConnectionClosed as exc:
             raise TransportClosed(_closed_reason(exc)) from None
 
     async def recv(self) -> bytes:
         try:
-            message = await self._ws.recv()
+            message = await self._ws.recv(decode=False)  # bytes, as msgspec reads them
         except ConnectionClosed as exc:
             raise TransportClosed(_closed_reason(exc)) from None
         return message.encode() if isinstance(message, str) else message

@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         "local", nargs="?", metavar="LOCAL", help="a local file or directory, or - for stdout"
     )
     get.set_defaults(handler=_get, parser=get)
+
+    from .forward import add_parser as add_forward  # port forwarding: its own module
+
+    add_forward(commands, common)
     return parser
 
 

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 import msgspec
@@ -43,8 +43,16 @@ from .errors import (
 )
 from .fs import RemoteFS, RemotePath
 from .process import Closed, CompletedProcess, Exited, Output, Process
+from .tcp import (
+    FORWARD_DATA_PREFIX,
+    ForwardedStream,
+    Forwards,
+    PreEncoded,
+    connection_lost_error,
+)
 
 log = logging.getLogger("exec_server.client")
+P = TypeVar("P", bound=asyncio.Protocol)
 
 DEFAULT_CLIENT_NAME = "exec-server-python"
 WRITE_CHUNK_BYTES = 256 * 1024
@@ -127,6 +135,7 @@ class Client:
         self._lost = asyncio.Event()  # the current connection ended
         self._pending: dict[int, _Call] = {}
         self._processes: dict[str, Process] = {}
+        self._forwards = Forwards(self)
         self._catch_ups: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed_error: ExecServerError = ConnectionLost("the client is not connected")
@@ -254,6 +263,7 @@ class Client:
         for process in list(self._processes.values()):
             process._fail(error)
         self._processes.clear()
+        self._forwards.fail_all(error)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task this client owns: :meth:`close` cancels and awaits it."""
@@ -267,7 +277,10 @@ class Client:
     async def _read_loop(self, transport: _Transport, generation: int) -> None:
         try:
             while True:
-                envelope = self._decode(await transport.recv())
+                raw = await transport.recv()
+                if raw.startswith(FORWARD_DATA_PREFIX) and self._forwards.data_message(raw):
+                    continue  # forwarded bytes, taken without a JSON decoder (see tcp.py)
+                envelope = self._decode(raw)
                 if envelope is not None:
                     self._route(envelope)
         except TransportClosed as exc:
@@ -310,6 +323,8 @@ class Client:
     def _notification(self, method: str, params: msgspec.Raw) -> None:
         kind = _wire.NOTIFICATION_TYPES.get(method)
         if kind is None:
+            if method.startswith("forward/"):
+                self._forwards.notification(method, params)
             return
         try:
             decoded = _wire.decode(params, kind)
@@ -361,15 +376,38 @@ class Client:
         finally:
             self._pending.pop(call.id, None)
 
+    async def _post(
+        self, method: str, params: Any, *, subject: str | None = None
+    ) -> asyncio.Future[msgspec.Raw]:
+        """Send a call and return its reply as a future, without waiting for it; only on an
+        open connection (what it concerns would not survive a reconnect)."""
+        if self.state is not State.OPEN:
+            raise (
+                self._closed_error
+                if self.state is State.CLOSED
+                else ConnectionLost(
+                    f"the connection to {self._options.describe} is being re-established"
+                )
+            )
+        future: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
+        call = _Call(self._new_call_id(), method, params, subject, future)
+        self._pending[call.id] = call
+        await self._send(call)
+        return future
+
     async def _send(self, call: _Call) -> None:
         assert self._transport is not None
         call.generation = self._generation
         call.sends += 1
-        message: dict[str, Any] = {"id": call.id, "method": call.method}
-        if call.params is not None:
-            message["params"] = call.params
+        if isinstance(call.params, PreEncoded):
+            encoded = call.params.request(call.id)
+        else:
+            message: dict[str, Any] = {"id": call.id, "method": call.method}
+            if call.params is not None:
+                message["params"] = call.params
+            encoded = _wire.encode(message)
         with contextlib.suppress(TransportClosed):  # the read loop sees the end and acts
-            await self._transport.send(_wire.encode(message))
+            await self._transport.send(encoded)
 
     # ---- reconnecting ---------------------------------------------------------------------
 
@@ -377,6 +415,7 @@ class Client:
         if self.state is State.CLOSED or generation != self._generation:
             return
         self._lost.set()
+        self._end_forwards(connection_lost_error(self._options.describe))
         if self.state is State.RECONNECTING:
             return  # the reconnecting task sees it
         if not self._options.reconnect:
@@ -482,6 +521,50 @@ class Client:
                 process._settle(result.next_seq - 1, result.exited, result.exit_code, result.closed)
                 return
             after = result.chunks[-1].seq
+
+    # ---- forwarded TCP connections ----------------------------------------------------------
+
+    async def open_connection(
+        self, host: str, port: int, *, limit: int = 2**16
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection to ``host:port`` made from the server's machine, as
+        :func:`asyncio.open_connection` returns one (``limit`` is the reader's, as there).
+
+        Bytes travel over this client's connection (``forward/*``; the server must announce
+        the ``forward`` extension, else :class:`NotSupported`). A destination that cannot be
+        reached, or that the server's operator forbids, raises :class:`RpcError` saying
+        why. The stream ends with the connection: if it drops, reading raises
+        :class:`ConnectionLost`, even when the session is resumed.
+        """
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        transport, protocol = await self.create_connection(
+            lambda: asyncio.StreamReaderProtocol(reader, loop=loop), host, port
+        )
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def create_connection(
+        self, protocol_factory: Callable[[], P], host: str, port: int
+    ) -> tuple[asyncio.Transport, P]:
+        """:meth:`open_connection` at the level of :meth:`asyncio.loop.create_connection`:
+        the protocol made by ``protocol_factory`` gets the stream's bytes, end of file and
+        end (``connection_lost``, with :class:`ConnectionResetError` when the destination
+        reset it), and ``pause_writing``/``resume_writing`` as the server's window fills and
+        empties; the transport's ``pause_reading`` stops granting the server more."""
+        return await self._forwards.create_connection(protocol_factory, host, port)
+
+    def _end_forwards(self, error: ExecServerError) -> None:
+        """The connection is gone, and with it the server's side of every stream: fail
+        them, and their calls (sent again on a resumed session, they would open streams
+        nobody holds, or name ones the server forgot)."""
+        self._forwards.fail_all(error)
+        for call in [c for c in self._pending.values() if c.method.startswith("forward/")]:
+            del self._pending[call.id]
+            if not call.future.done():
+                call.future.set_exception(error)
+
+    def _forget_stream(self, stream: ForwardedStream) -> None:
+        self._forwards.forget(stream)
 
     # ---- paths ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ coroutine to it and waits for the result, so the objects behave like their async
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -269,6 +270,14 @@ class Client:
             )
         )
         return Process(self._loop, process)
+
+    def create_connection(self, address: tuple[str, int]) -> socket.socket:
+        """A TCP connection to ``(host, port)`` made from the server's machine, as a plain
+        blocking socket (:func:`socket.create_connection`'s twin; the bytes travel as in
+        :meth:`exec_server.client.Client.open_connection`). Close it when done."""
+        from .forward import open_socket
+
+        return self._loop.run(open_socket(self._client, *address))
 
     def request(self, method: str, params: Any = None) -> Any:
         """Call any method; returns the decoded JSON result."""

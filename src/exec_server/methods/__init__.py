@@ -89,7 +89,7 @@ def method(name: str, params_type: Any, family: str | None) -> Callable[[Handler
 
 
 def _load() -> None:
-    from . import config, environment, fs, fs_paths, http, process  # noqa: F401  (registration by import)
+    from . import config, environment, forward, fs, fs_paths, http, process  # noqa: F401  (registration by import)
 
 
 _load()

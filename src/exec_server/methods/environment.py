@@ -30,6 +30,7 @@ EXTENSIONS: dict[str, bool] = {
     "drainTimeout": True,  # `drainTimeoutMs` on process/start; `drained` on process/closed
     "treeKill": True,  # terminate, timeouts and session ends reach setsid descendants
     "terminatedBy": True,  # `terminatedBy` and `signal` on process/exited
+    "forward": True,  # forward/*: TCP streams to a host:port reached from the server
 }
 """Ours, beyond the reference: one flag per protocol extension, in ``initialize``'s answer
 where reference clients ignore it (the README's protocol section describes each)."""
@@ -52,10 +53,22 @@ def initialize(connection: Connection, params: InitializeParams) -> InitializeRe
 async def environment_info(connection: Connection, params: Any) -> EnvironmentInfo:
     """The machine, and whether the sandbox mechanism runs here (tried once, off the loop)."""
     from ..sandbox.bwrap import support
+    from ..sandbox.cgroup import pids_cgroups
 
     found = await asyncio.to_thread(support)
+    cgroups = await asyncio.to_thread(pids_cgroups)
+    limit = connection.server.guards.pids_limit
     info = connection.server.environment_info
-    sandbox = SandboxInfo("bubblewrap", found.bwrap, found.usable, found.reason)
+    sandbox = SandboxInfo(
+        "bubblewrap",
+        found.bwrap,
+        found.usable,
+        found.reason,
+        seccomp=found.usable and found.seccomp,
+        pids_cgroup=found.usable and cgroups.usable and limit > 0,
+        pids_limit=limit if cgroups.usable and limit > 0 else None,
+        pids_cgroup_reason=cgroups.reason if limit > 0 else "--sandbox-pids-limit is 0",
+    )
     return msgspec.structs.replace(info, sandbox=sandbox)
 
 

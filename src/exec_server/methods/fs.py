@@ -109,7 +109,7 @@ def _submit_under_policy(
         policy = fs_policy(profile, confinement, os.getcwd())
         if policy is None or not policy.restricts_filesystem:
             return plain(*args)  # as trusted as no profile at all: it may read anything
-        return sandboxed(for_fs_calls(policy, guards.own_paths), *args)
+        return sandboxed(for_fs_calls(policy, guards.private_paths), *args)
 
     return _submit(work)
 

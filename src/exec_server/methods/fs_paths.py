@@ -92,4 +92,4 @@ def _view_under_confinement(connection: Connection) -> PathView:
         policy = fs_policy(None, guards.confinement, os.getcwd()) or UNRESTRICTED
     except PolicyError:
         policy = Policy(base=Access.NONE)  # nothing can be told apart: everything is hidden
-    return sandboxed.PolicyView(for_fs_calls(policy, guards.own_paths))
+    return sandboxed.PolicyView(for_fs_calls(policy, guards.private_paths))

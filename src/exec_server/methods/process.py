@@ -11,8 +11,6 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import msgspec
-
 from .. import prepend_path
 from ..errors import RpcError, internal_error, invalid_params, invalid_request, os_error_message
 from ..paths import parse_path
@@ -221,7 +219,16 @@ async def _start_sandboxed(
         policy = enforce.process_policy(profile, confinement, request.cwd, request.env)
         if policy is None or not policy.is_restricted:
             return None
-        return enforce.launch(policy, request.argv, request.cwd, request.arg0, request.env)
+        guards = connection.server.guards
+        return enforce.launch(
+            policy,
+            request.argv,
+            request.cwd,
+            request.arg0,
+            request.env,
+            guards.private_paths,
+            guards.pids_limit,
+        )
 
     try:
         launch = await asyncio.to_thread(prepare)
@@ -240,12 +247,19 @@ async def _start_sandboxed(
     if launch is None:
         processes.spawn_reserved(process_id)
         return ProcessStartResult(process_id)
-    sandboxed = msgspec.structs.replace(request, argv=launch.argv, arg0=launch.arg0)
     try:
-        processes.spawn_reserved(process_id, sandboxed, launch)
+        if launch.cgroup is None:
+            processes.spawn_reserved(process_id, launch.spawn_request(request), launch)
+        else:  # the cgroup move may wait for the kernel: off the loop
+            await processes.spawn_reserved_off_loop(
+                process_id, launch.spawn_request(request), launch
+            )
     except BaseException:
+        processes.abandon(process_id)  # still reserved only if cancelled meanwhile
         launch.release()
         raise
+    finally:
+        launch.spawned()
     return ProcessStartResult(process_id, SANDBOX_TYPE)
 
 

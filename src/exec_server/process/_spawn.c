@@ -12,7 +12,14 @@
  *
  * Python interface (see _spawn.pyi):
  *   spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,
- *         subreaper) -> pid
+ *         subreaper, keep_fd=-1, cgroup_fd=-1, ignored=0) -> pid
+ *
+ * keep_fd, when >= 3, stays open in the child under its own number (every other fd above 2
+ * is closed): bubblewrap reads its seccomp program from such a descriptor. cgroup_fd, when
+ * >= 0, is a cgroup.procs file the child writes "0" to (moving itself into that cgroup)
+ * before it executes, so everything it starts is counted there from the first fork.
+ * ignored is a mask of signals (bit N-1 for signal N) set to SIG_IGN instead of the default:
+ * bubblewrap must survive the signals meant for the command it runs.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,9 +37,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-enum step { STEP_NONE = 0, STEP_SETSID, STEP_DUP, STEP_CTTY, STEP_PDEATHSIG, STEP_CHDIR, STEP_EXEC };
+enum step { STEP_NONE = 0, STEP_SETSID, STEP_DUP, STEP_CTTY, STEP_PDEATHSIG, STEP_CHDIR, STEP_EXEC,
+            STEP_CGROUP };
 
-static const char *step_names[] = {"", "setsid", "dup2", "controlling terminal", "prctl", "chdir", "exec"};
+static const char *step_names[] = {"", "setsid", "dup2", "controlling terminal", "prctl", "chdir", "exec",
+                                   "cgroup"};
 
 /* A NULL-terminated char* array into the bytes items of a sequence. The items are owned by
  * `*owner` (the sequence itself, or a list made from it), which the caller releases with
@@ -67,9 +76,11 @@ static void free_array(char **array, PyObject *owner) {
 /* Runs in the vfork child: system calls only, no allocation, no Python. Never returns. */
 static void child(char *const candidates[], char *const argv[], char *const envp[],
                   char **sh_argv, const char *cwd, int fds[3], int ctty, int pdeathsig,
-                  int subreaper, pid_t parent, volatile int *err, volatile int *step) {
+                  int subreaper, int keep_fd, int cgroup_fd, unsigned long long ignored,
+                  pid_t parent, volatile int *err, volatile int *step) {
     int i;
     if (setsid() < 0) { *step = STEP_SETSID; goto fail; }
+    if (cgroup_fd >= 0 && write(cgroup_fd, "0", 1) != 1) { *step = STEP_CGROUP; goto fail; }
     /* Move sources out of 0..2 first so one dup2 cannot clobber another's source. */
     for (i = 0; i < 3; i++) {
         if (fds[i] >= 0 && fds[i] < 3 && fds[i] != i) {
@@ -93,12 +104,25 @@ static void child(char *const candidates[], char *const argv[], char *const envp
     }
     if (subreaper) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); /* best effort: kernels >= 3.4 */
     if (cwd != NULL && chdir(cwd) < 0) { *step = STEP_CHDIR; goto fail; }
+    if (keep_fd >= 3) {
+        int flags = fcntl(keep_fd, F_GETFD);
+        if (flags < 0 || fcntl(keep_fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) {
+            *step = STEP_DUP; goto fail;
+        }
+    }
 #ifdef SYS_close_range
-    syscall(SYS_close_range, 3, ~0U, 0); /* best effort: Python's own fds are CLOEXEC anyway */
+    /* best effort: Python's own fds are CLOEXEC anyway */
+    if (keep_fd >= 3) {
+        if (keep_fd > 3) syscall(SYS_close_range, 3, (unsigned)keep_fd - 1, 0);
+        syscall(SYS_close_range, (unsigned)keep_fd + 1, ~0U, 0);
+    } else {
+        syscall(SYS_close_range, 3, ~0U, 0);
+    }
 #endif
     /* Default dispositions (Python ignores SIGPIPE and SIGXFSZ), then unblock everything. */
     for (i = 1; i < NSIG; i++) {
-        if (i != SIGKILL && i != SIGSTOP) signal(i, SIG_DFL);
+        if (i != SIGKILL && i != SIGSTOP)
+            signal(i, (i <= 64 && (ignored >> (i - 1)) & 1ULL) ? SIG_IGN : SIG_DFL);
     }
     sigset_t none;
     sigemptyset(&none);
@@ -127,9 +151,11 @@ fail:
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
     PyObject *candidates_obj, *argv_obj, *envp_obj, *cwd_obj;
-    int fds[3], ctty, pdeathsig, subreaper;
-    if (!PyArg_ParseTuple(args, "OOOOiiipip", &candidates_obj, &argv_obj, &envp_obj, &cwd_obj,
-                          &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig, &subreaper))
+    int fds[3], ctty, pdeathsig, subreaper, keep_fd = -1, cgroup_fd = -1;
+    unsigned long long ignored = 0;
+    if (!PyArg_ParseTuple(args, "OOOOiiipip|iiK", &candidates_obj, &argv_obj, &envp_obj,
+                          &cwd_obj, &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig, &subreaper,
+                          &keep_fd, &cgroup_fd, &ignored))
         return NULL;
     if (cwd_obj != Py_None && !PyBytes_Check(cwd_obj)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -167,15 +193,22 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     pid_t parent = getpid();
     sigset_t all, old;
     sigfillset(&all);
+    pid_t pid;
+    int fork_errno;
+    /* Other threads may run Python while this one waits for the child to exec (joining a
+     * cgroup can take a kernel grace period): the child touches only the arrays built
+     * above, which stay alive until this call returns. */
+    Py_BEGIN_ALLOW_THREADS
     /* No signal handler may run in the child while it shares our memory. */
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid_t pid = vfork();
+    pid = vfork();
     if (pid == 0) {
-        child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, subreaper, parent, &err,
-              &step);
+        child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, subreaper, keep_fd,
+              cgroup_fd, ignored, parent, &err, &step);
     }
-    int fork_errno = errno;
+    fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    Py_END_ALLOW_THREADS
     if (pid < 0) {
         errno = fork_errno;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -210,7 +243,7 @@ static PyObject *become_subreaper(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS,
      "spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,\n"
-     "      subreaper) -> pid\n"
+     "      subreaper, keep_fd=-1, cgroup_fd=-1, ignored=0) -> pid\n"
      "Start a child with vfork+execve; raises OSError naming the failing step."},
     {"become_subreaper", become_subreaper, METH_NOARGS,
      "become_subreaper() -> bool\nMake this process a child subreaper (PR_SET_CHILD_SUBREAPER)."},

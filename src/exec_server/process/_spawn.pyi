@@ -11,6 +11,9 @@ def spawn(
     ctty: bool,
     pdeathsig: int,
     subreaper: bool,
+    keep_fd: int = -1,
+    cgroup_fd: int = -1,
+    ignored: int = 0,
     /,
 ) -> int: ...
 def become_subreaper() -> bool: ...

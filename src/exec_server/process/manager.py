@@ -316,6 +316,48 @@ class ProcessManager:
         process.launch = launch
         self._run(process, child)
 
+    async def spawn_reserved_off_loop(
+        self, process_id: str, spawn_as: SpawnRequest, launch: Launch
+    ) -> None:
+        """:meth:`spawn_reserved` with the spawn itself on a worker thread, for a sandbox's
+        launcher: joining its pids cgroup before it executes can wait for a kernel grace
+        period, which must not stall every other session's loop. The worker threads live as
+        long as the loop, so the child's parent-death signal (tied to the spawning thread)
+        fires only when the server goes."""
+        process = self._processes.get(process_id)
+        if process is None or process.state is not ProcessState.STARTING:
+            raise UnknownProcess(process_id)
+        started = asyncio.ensure_future(asyncio.to_thread(self._spawn, spawn_as))
+        try:
+            child = await asyncio.shield(started)
+        except asyncio.CancelledError:  # the thread still starts it: kill what it starts
+            started.add_done_callback(self._discard_started)
+            raise
+        except OSError as exc:
+            self.abandon(process_id)
+            raise SpawnFailed(process_id, os_error_message(exc)) from None
+        except (ValueError, TypeError) as exc:
+            self.abandon(process_id)
+            raise InvalidSpawn(process_id, str(exc)) from None
+        if self._processes.get(process_id) is not process:  # the session ended meanwhile
+            self._discard(child)
+            raise UnknownProcess(process_id)
+        process.launch = launch
+        self._run(process, child)
+
+    def _discard_started(self, started: asyncio.Future[Child]) -> None:
+        if not started.cancelled() and started.exception() is None:
+            self._discard(started.result())
+
+    def _discard(self, child: Child) -> None:
+        """A child started for a process nobody wants any more: killed, its fds closed,
+        its exit still watched so it is reaped."""
+        signal_group(child.pid, signal.SIGKILL)
+        self._exits.watch(child.pid, lambda _status: None)
+        for fd in {fd for fd in (child.stdout, child.stderr, child.stdin) if fd is not None}:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def abandon(self, process_id: str) -> None:
         """Give back a reservation whose start could not be prepared."""
         process = self._processes.get(process_id)

@@ -32,6 +32,7 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 _SIG_DFL = 0
+_SIG_IGN = 1
 _RESETTABLE_SIGNALS = tuple(
     int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)
 )
@@ -46,6 +47,15 @@ class SpawnRequest(msgspec.Struct, frozen=True):
     arg0: str | None = None
     size: tuple[int, int] | None = None
     """The PTY's (rows, columns); None for the usual 24x80."""
+    keep_fd: int | None = None
+    """A descriptor (3 or above) the child keeps open under its own number, every other one
+    above 2 being closed: the seccomp program bubblewrap reads (``--seccomp N``)."""
+    cgroup_fd: int | None = None
+    """A ``cgroup.procs`` file the child moves itself into before it executes (a sandbox's
+    pids cgroup), so all it starts is counted there from its first fork."""
+    ignored_signals: tuple[int, ...] = ()
+    """Signals the child starts with ignored (every other one at its default): what
+    bubblewrap must survive so the command it runs gets them (``sandbox/bwrap.py``)."""
 
 
 class Child(msgspec.Struct):
@@ -79,8 +89,12 @@ def _libc_calls() -> tuple[Any, Any]:
     return prctl, set_handler
 
 
-def _preexec(tty: bool, parent_pid: int) -> None:  # pragma: no cover - runs in the child
+def _preexec(
+    tty: bool, parent_pid: int, cgroup_fd: int | None, ignored: tuple[int, ...]
+) -> None:  # pragma: no cover - runs in the child
     # setsid has already run (start_new_session); fds 0-2 are in place.
+    if cgroup_fd is not None:
+        os.write(cgroup_fd, b"0")  # into the sandbox's pids cgroup before anything forks
     _prctl, _signal = _libc_calls()
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the server died before the line above took effect
@@ -91,7 +105,7 @@ def _preexec(tty: bool, parent_pid: int) -> None:  # pragma: no cover - runs in 
     # Default dispositions and no blocked signal, whatever the server runs with (an ignored
     # SIGINT, as under a shell's background job, would make "interrupt" do nothing).
     for signum in _RESETTABLE_SIGNALS:
-        _signal(signum, _SIG_DFL)
+        _signal(signum, _SIG_IGN if signum in ignored else _SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
@@ -124,6 +138,8 @@ def check_request(request: SpawnRequest) -> None:
         raise ValueError("arg0 contains a NUL byte")
     if "\0" in request.cwd:
         raise ValueError("cwd contains a NUL byte")
+    if request.keep_fd is not None and request.keep_fd < 3:
+        raise ValueError("keep_fd must be 3 or above (0-2 are the child's stdio)")
     for name, value in request.env.items():
         if "\0" in name or "=" in name:
             raise ValueError(f"illegal environment variable name {name!r}")
@@ -151,7 +167,7 @@ def spawn(request: SpawnRequest, *, native: bool = True) -> Child:
     tty = request.tty
 
     def preexec() -> None:  # pragma: no cover - runs in the child
-        _preexec(tty, parent_pid)
+        _preexec(tty, parent_pid, request.cgroup_fd, request.ignored_signals)
 
     to_close: list[int] = []
     try:
@@ -199,6 +215,7 @@ def spawn(request: SpawnRequest, *, native: bool = True) -> Child:
                         start_new_session=True,
                         preexec_fn=preexec,
                         close_fds=True,
+                        pass_fds=() if request.keep_fd is None else (request.keep_fd,),
                     )
 
                 try:
@@ -264,6 +281,9 @@ def _native_spawn(
                 request.tty,
                 signal.SIGKILL,
                 True,  # a child subreaper: see tree.py
+                -1 if request.keep_fd is None else request.keep_fd,
+                -1 if request.cgroup_fd is None else request.cgroup_fd,
+                sum(1 << (signum - 1) for signum in request.ignored_signals),
             )
         )
     except OSError as exc:

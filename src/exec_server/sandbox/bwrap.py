@@ -9,11 +9,12 @@ paths). Missing read-only paths inside writable roots (a ``.git`` that does not 
 an empty placeholder on the host for the child's lifetime, so the child cannot create them;
 :meth:`Launch.release` removes it once the child has exited.
 
-Signals: the spawned process is ``env --ignore-signal=... bwrap ...`` and the command runs
-under ``env --default-signal``. bubblewrap forwards no signal; if a signal sent to the
-process group killed bwrap, ``--die-with-parent`` would SIGKILL the command before its
-handler ran. Ignored in bwrap, default in the command: the command gets the signal (it is in
-the same process group) and handles it as it would unsandboxed; SIGKILL still kills all.
+Signals: bwrap is spawned with the catchable signals ignored (:attr:`Launch.ignored_signals`,
+set by the spawner between fork and exec) and the command runs under ``env
+--default-signal``. bubblewrap forwards no signal; if a signal sent to the process group
+killed bwrap, ``--die-with-parent`` would SIGKILL the command before its handler ran.
+Ignored in bwrap, default in the command: the command gets the signal (it is in the same
+process group) and handles it as it would unsandboxed; SIGKILL still kills all.
 """
 
 from __future__ import annotations
@@ -22,12 +23,20 @@ import functools
 import os
 import posixpath
 import shutil
+import signal
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import Any
 
+import msgspec
+
+from ..process.spawn import SpawnRequest
+from . import cgroup as cgroups
+from . import seccomp
 from .policy import (
     PROTECTED_METADATA_NAMES,
     Access,
@@ -43,7 +52,18 @@ one clients know (codex keys its denial heuristics on it)."""
 
 INSTALL_HINT = "install the Debian/Ubuntu package `bubblewrap` (apt-get install bubblewrap)"
 
-IGNORED_IN_BWRAP = "HUP,INT,QUIT,TERM,USR1,USR2,ALRM"
+IGNORED_IN_BWRAP = tuple(
+    int(signum)
+    for signum in (
+        signal.SIGHUP,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGTERM,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGALRM,
+    )
+)
 """Signals bwrap itself must survive so the command receives and handles them (see above)."""
 
 MAX_GLOB_MATCHES = 8192
@@ -75,6 +95,8 @@ class BwrapSupport:
     disable_userns: bool = False
     signal_shim: str | None = None
     bash: str | None = None
+    seccomp: bool = False
+    """Whether commands run under the seccomp filter (:mod:`.seccomp`)."""
 
     @property
     def usable(self) -> bool:
@@ -114,7 +136,8 @@ def probe(bwrap: str | None = None) -> BwrapSupport:
         argv += ["--disable-userns"] if disable_userns else []
         error = _run_quietly([*argv, "--", true])
         if error is None:
-            return BwrapSupport(bwrap, None, fresh_proc, disable_userns, shim, bash)
+            filtered = _seccomp_works([*argv, "--", true])
+            return BwrapSupport(bwrap, None, fresh_proc, disable_userns, shim, bash, filtered)
         first_error = first_error or error
     return BwrapSupport(bwrap, _why(first_error))
 
@@ -137,6 +160,12 @@ class Launch:
     """A command ready to spawn: ``argv`` replaces the original argv, and ``arg0`` is what
     the spawner must still show as ``argv[0]`` (None once the sandbox took care of it).
 
+    ``env`` is the environment to spawn ``argv`` with: for a sandboxed launch, one the
+    server chose (empty), the command's own environment being applied by bubblewrap inside
+    the sandbox only (``--clearenv --setenv``), so no variable of the client's (``LD_PRELOAD``,
+    ``LD_DEBUG_OUTPUT``, ...) reaches the launchers that run outside it. ``keep_fd`` is the
+    descriptor the child must keep (the seccomp program): close it with :meth:`spawned`.
+
     Call :meth:`release` once the child has exited (or failed to start): it removes the
     host-side placeholders this launch created, if no other launch still uses them.
     """
@@ -144,10 +173,60 @@ class Launch:
     argv: list[str]
     sandboxed: bool
     arg0: str | None = None
+    env: dict[str, str] | None = None
+    keep_fd: int | None = None
+    cgroup: cgroups.SandboxCgroup | None = None
+    """The sandbox's pids cgroup, which the spawned launcher joins before it executes."""
+    ignored_signals: tuple[int, ...] = ()
+    """Signals bwrap must start with ignored (see the module docstring)."""
     _placeholders: list[_Placeholder] = field(default_factory=list, repr=False)
+
+    def subprocess_options(self) -> dict[str, Any]:
+        """What ``subprocess.Popen`` needs to start ``argv`` as :meth:`spawn_request` would:
+        the environment, the descriptor to keep, the signals to ignore, the cgroup to join
+        (a Python ``preexec_fn``: for tests and tools, not for the server)."""
+        cgroup_fd = None if self.cgroup is None else self.cgroup.procs_fd
+        ignored = self.ignored_signals
+
+        def preexec() -> None:  # pragma: no cover - runs in the child
+            if cgroup_fd is not None:
+                os.write(cgroup_fd, b"0")
+            for signum in ignored:
+                signal.signal(signum, signal.SIG_IGN)
+
+        return {
+            "env": self.env,
+            "pass_fds": () if self.keep_fd is None else (self.keep_fd,),
+            "preexec_fn": preexec,
+        }
+
+    def spawn_request(self, request: SpawnRequest) -> SpawnRequest:
+        """``request`` (the command as asked) turned into what to spawn for this launch."""
+        return msgspec.structs.replace(
+            request,
+            argv=self.argv,
+            arg0=self.arg0,
+            env=request.env if self.env is None else self.env,
+            keep_fd=self.keep_fd,
+            cgroup_fd=None if self.cgroup is None else self.cgroup.procs_fd,
+            ignored_signals=self.ignored_signals,
+        )
+
+    def spawned(self) -> None:
+        """The child has been spawned (or could not be): close the parent's copy of
+        ``keep_fd``. Safe to call more than once."""
+        fd, self.keep_fd = self.keep_fd, None
+        if fd is not None:
+            os.close(fd)
+        if self.cgroup is not None:
+            self.cgroup.spawned()
 
     def release(self) -> None:
         """Undo the launch's host-side effects; safe to call more than once."""
+        self.spawned()
+        held_cgroup, self.cgroup = self.cgroup, None
+        if held_cgroup is not None:
+            held_cgroup.remove()
         held, self._placeholders = self._placeholders, []
         for placeholder in held:
             _release_placeholder(placeholder)
@@ -160,12 +239,21 @@ def wrap(
     *,
     arg0: str | None = None,
     bwrap: BwrapSupport | None = None,
+    env: Mapping[str, str] | None = None,
+    private_paths: Sequence[str] = (),
+    pids_limit: int = 0,
 ) -> Launch:
-    """The launch that runs ``argv`` in ``cwd`` confined by ``policy``.
+    """The launch that runs ``argv`` in ``cwd`` with ``env`` confined by ``policy``.
 
     An unrestricted policy returns ``argv`` unchanged. Raises :class:`SandboxUnavailable`
     when bubblewrap cannot run here and :class:`~.policy.PolicyError` when the policy
     cannot be built (too many glob matches, a glob with no directory prefix).
+
+    ``private_paths`` are the server's own files (its Unix socket, token file, TLS key and
+    certificate, runtime directory): hidden inside the sandbox whatever the policy says.
+    ``env`` is set inside the sandbox only; :attr:`Launch.env` is what to spawn with.
+    ``pids_limit`` (when above 0, and where :mod:`.cgroup` can make one) puts the sandbox in
+    a pids cgroup allowing that many tasks.
 
     The spawner must not add ``setsid`` inside: the child it spawns (the outer ``env``,
     then bwrap) is the session leader and keeps the PTY as controlling terminal; bwrap runs
@@ -177,9 +265,11 @@ def wrap(
     found = bwrap or support()
     if not found.usable or found.bwrap is None:
         raise SandboxUnavailable(found.reason or "bubblewrap is not usable")
-    launch = Launch([], sandboxed=True)
+    launch = Launch([], sandboxed=True, env={})
     try:
         mounts = _mount_args(policy, found, launch)
+        mounts += _private_args(policy, private_paths)
+        launch.cgroup = cgroups.create(pids_limit)
     except BaseException:
         launch.release()
         raise
@@ -195,9 +285,15 @@ def wrap(
     namespaces += [] if policy.network else ["--unshare-net"]
     namespaces += ["--disable-userns"] if found.disable_userns else []
     command = [found.bwrap, *mounts, *namespaces, "--die-with-parent", "--cap-drop", "ALL"]
+    command += ["--clearenv"]
+    for name, value in (env or {}).items():
+        command += ["--setenv", name, value]
+    if found.seccomp:
+        launch.keep_fd = seccomp.filter_fd(policy.network)
+        command += ["--seccomp", str(launch.keep_fd)]
     command += ["--chdir", cwd, "--", *inner]
     if found.signal_shim is not None:
-        command = [found.signal_shim, f"--ignore-signal={IGNORED_IN_BWRAP}", "--", *command]
+        launch.ignored_signals = IGNORED_IN_BWRAP
     launch.argv = command
     return launch
 
@@ -214,10 +310,11 @@ def _mount_args(policy: Policy, found: BwrapSupport, launch: Launch) -> list[str
         if policy.parent_access(link) == Access.NONE and not link.startswith(_SKIPPED_TREES):
             args += ["--symlink", target, link]  # e.g. /lib64 -> usr/lib64 on an empty root
     frozen: list[str] = []  # tmpfs mounts made read-only once everything below them is bound
-    for path, access, parent in _layers(policy):
+    pins = _pins(policy)
+    for path, access, parent in _layers(policy, pins):
         if path in _SKIPPED_TREES or path.startswith(("/proc/", "/dev/")):
             continue
-        if access == parent:
+        if access == parent and path not in pins:
             continue
         if _held(path) or not os.path.lexists(path):
             _guard_missing(policy, path, access, launch, args, frozen)
@@ -235,10 +332,51 @@ def _mount_args(policy: Policy, found: BwrapSupport, launch: Launch) -> list[str
     return args
 
 
-def _layers(policy: Policy) -> Iterator[tuple[str, Access, Access]]:
-    """(path, access, access of its parent) for every rule and deny-glob match, shallow first."""
+def _private_args(policy: Policy, private_paths: Sequence[str]) -> list[str]:
+    """Cover the server's own files where the sandbox would otherwise show them: an empty
+    tmpfs over a directory, ``/dev/null`` over a file or socket (a ``connect`` to it is
+    refused). Added after every other mount, so no rule can re-open them."""
+    args: list[str] = []
+    for path in sorted(set(private_paths)):
+        if path in _SKIPPED_TREES or path.startswith(("/proc/", "/dev/")):
+            continue
+        if not os.path.lexists(path) or policy.access_at(path) == Access.NONE:
+            continue  # absent, or hidden already (an unreadable tmpfs or an empty root)
+        if os.path.isdir(path) and not os.path.islink(path):
+            args += ["--perms", "000", "--tmpfs", path, "--remount-ro", path]
+        else:
+            args += ["--ro-bind", "/dev/null", path]
+    return args
+
+
+def _pins(policy: Policy) -> set[str]:
+    """Writable directories to bind onto themselves so they cannot be renamed: the
+    ancestors of each read-only carve-out (a nested root's ``.git``) up to the nearest mount.
+    Mounts move with their directory: renaming ``ws/a`` would take ``ws/a/inner/.git``'s
+    read-only mount along and leave ``ws/a/inner/.git`` free to plant; a mount point cannot
+    be renamed or removed (``EBUSY``)."""
+    mounted = {"/"} | {r.path for r in policy.rules if r.access != policy.parent_access(r.path)}
+    pins: set[str] = set()
+    for rule in policy.rules:
+        if rule.access != Access.READ or policy.parent_access(rule.path) != Access.WRITE:
+            continue
+        ancestor = posixpath.dirname(rule.path)
+        while ancestor not in mounted and ancestor not in pins:
+            if policy.rule_access_at(ancestor) == Access.WRITE and os.path.isdir(ancestor):
+                pins.add(ancestor)
+            ancestor = posixpath.dirname(ancestor)
+    return pins
+
+
+def _layers(
+    policy: Policy, pins: AbstractSet[str] = frozenset()
+) -> Iterator[tuple[str, Access, Access]]:
+    """(path, access, access of its parent) for every rule, deny-glob match and pinned
+    directory, shallow first."""
     layers = [(rule.path, rule.access) for rule in policy.rules]
     layers += [(path, Access.NONE) for path in _glob_matches(policy)]
+    named = {rule.path for rule in policy.rules}
+    layers += [(path, Access.WRITE) for path in pins if path not in named]
     layers.sort(key=lambda layer: (layer[0].count("/"), layer[0]))
     for path, access in layers:
         yield path, access, policy.parent_access(path)
@@ -385,6 +523,28 @@ def _glob_matches(policy: Policy) -> list[str]:
                     f"{MAX_GLOB_MATCHES} paths"
                 )
     return sorted(set(matches))
+
+
+def _seccomp_works(argv: list[str]) -> bool:
+    """Whether bubblewrap loads our seccomp program here (``argv`` ends with ``-- true``)."""
+    if not seccomp.available():
+        return False
+    fd = seccomp.filter_fd(network=False)
+    try:
+        done = subprocess.run(
+            [*argv[:-2], "--seccomp", str(fd), *argv[-2:]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=_PROBE_TIMEOUT,
+            check=False,
+            pass_fds=(fd,),
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        os.close(fd)
+    return done.returncode == 0
 
 
 def _signal_shim() -> str | None:

@@ -9,14 +9,13 @@ functions touch the filesystem (resolving paths, placeholders): run them off the
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from .bwrap import Launch, SandboxUnavailable, support, wrap
 from .policy import (
     Access,
     Confinement,
     Policy,
-    ResolveContext,
     combine,
     fs_context,
     process_context,
@@ -31,14 +30,13 @@ def process_policy(
     cwd: str,
     env: Mapping[str, str],
 ) -> Policy | None:
-    """The policy a process started in ``cwd`` with ``env`` runs under, or None."""
-    if request is None:
-        own = None
-        context = ResolveContext(cwd=cwd, workspace_roots=(cwd,), tmpdir=_tmpdir(env))
-    else:
-        context = process_context(request, cwd, env)
-        own = resolve(request.permissions, context)
-    bound = confinement.policy(context) if confinement is not None else None
+    """The policy a process started in ``cwd`` with ``env`` runs under, or None. The
+    request's values (cwd, roots, ``$TMPDIR``) resolve the client's own profile only; the
+    confinement resolves from operator data alone (:class:`~.policy.Confinement`)."""
+    own = None
+    if request is not None:
+        own = resolve(request.permissions, process_context(request, cwd, env))
+    bound = confinement.policy() if confinement is not None else None
     return combine(own, bound)
 
 
@@ -47,30 +45,44 @@ def fs_policy(
 ) -> Policy | None:
     """The policy an ``fs/*`` call runs under, or None (the reference's fs helper ignores
     the server's cwd, so ``fallback_cwd`` only matters when the profile names none)."""
-    if request is None:
-        own = None
-        context = ResolveContext(cwd=fallback_cwd, workspace_roots=(fallback_cwd,))
-    else:
-        context = fs_context(request, fallback_cwd)
-        own = resolve(request.permissions, context)
-    bound = confinement.policy(context) if confinement is not None else None
+    own = None
+    if request is not None:
+        own = resolve(request.permissions, fs_context(request, fallback_cwd))
+    bound = confinement.policy() if confinement is not None else None
     return combine(own, bound)
 
 
 def launch(
-    policy: Policy, argv: list[str], cwd: str, arg0: str | None, env: Mapping[str, str]
+    policy: Policy,
+    argv: list[str],
+    cwd: str,
+    arg0: str | None,
+    env: Mapping[str, str],
+    private_paths: Sequence[str] = (),
+    pids_limit: int = 0,
 ) -> Launch:
-    """The sandboxed launch of ``argv``. Raises :class:`SandboxUnavailable` when bubblewrap
-    cannot run here, and ``FileNotFoundError`` when the program is not on the child's PATH
-    (as an unsandboxed start would: inside, it would only be ``env``'s exit 127) or when the
-    policy hides the program or the cwd (they look absent, as missing ones fail)."""
+    """The sandboxed launch of ``argv``: spawn ``Launch.argv`` with ``Launch.env`` (the
+    command's ``env`` applies inside the sandbox only). ``private_paths``, the server's own
+    files, are hidden inside whatever the policy; ``pids_limit`` bounds its tasks. Raises
+    :class:`SandboxUnavailable` when bubblewrap cannot run here, and ``FileNotFoundError``
+    when the program is not on the child's PATH (as an unsandboxed start would: inside, it
+    would only be ``env``'s exit 127) or when the policy hides the program or the cwd (they
+    look absent, as missing ones fail)."""
     if not support().usable:
         raise SandboxUnavailable(support().reason or "bubblewrap is not usable")
     if not _findable(argv[0], env, policy):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
     if policy.access_at(os.path.realpath(cwd)) == Access.NONE:  # as a missing cwd fails
         raise FileNotFoundError(2, "No such file or directory", cwd)
-    return wrap(policy, argv, cwd, arg0=arg0)
+    return wrap(
+        policy,
+        argv,
+        cwd,
+        arg0=arg0,
+        env=env,
+        private_paths=private_paths,
+        pids_limit=pids_limit,
+    )
 
 
 def _findable(program: str, env: Mapping[str, str], policy: Policy) -> bool:
@@ -87,11 +99,6 @@ def _findable(program: str, env: Mapping[str, str], policy: Policy) -> bool:
 
 def _visible(path: str, policy: Policy) -> bool:
     return os.path.exists(path) and policy.access_at(os.path.realpath(path)) != Access.NONE
-
-
-def _tmpdir(env: Mapping[str, str]) -> str | None:
-    tmpdir = env.get("TMPDIR")
-    return tmpdir if tmpdir and tmpdir.startswith("/") else None
 
 
 __all__ = ["SandboxUnavailable", "fs_policy", "launch", "process_policy"]

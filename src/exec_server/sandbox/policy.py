@@ -306,21 +306,24 @@ reference's fs helper runs in a sandbox with a fresh ``/proc`` of its own. ``/pr
 is the machine's memory to a server running as root."""
 
 
-def for_fs_calls(policy: Policy, own_paths: Iterable[str]) -> Policy:
+def for_fs_calls(policy: Policy, private_paths: Iterable[str]) -> Policy:
     """``policy`` as fs/* calls run under it in the server's process: the server's own files
-    (``own_paths``) and the processes' ``/proc`` directories hidden."""
-    return hiding(policy, (*own_paths, *SERVER_PROCESS_PATHS), SERVER_PROCESS_GLOBS)
+    (``private_paths``) and the processes' ``/proc`` directories hidden."""
+    return hiding(policy, (*private_paths, *SERVER_PROCESS_PATHS), SERVER_PROCESS_GLOBS)
 
 
 @dataclass(frozen=True, slots=True)
 class Confinement:
-    """A server-side profile (the ``--confine PROFILE`` file). Its project roots are its own
-    ``workspace_roots`` when the file names some, else the request's (then chosen by the
-    client, so a confinement meant as a hard bound should name its paths)."""
+    """A server-side profile (the ``--confine PROFILE`` file), resolved from operator data
+    only: its project roots are its own ``workspace_roots``, else its ``cwd``; its ``cwd``
+    (for relative globs and project roots) is the file's, else the server's working
+    directory at start; ``tmpdir`` is the server's own ``$TMPDIR`` at start. Nothing a
+    client sends (its cwd, roots, environment) changes what the confinement allows."""
 
     permissions: Permissions
-    cwd: str | None = None
+    cwd: str = "/"
     workspace_roots: tuple[str, ...] = ()
+    tmpdir: str | None = None
 
     @property
     def allows_network(self) -> bool:
@@ -328,20 +331,22 @@ class Confinement:
         refused too)."""
         return self.permissions.network
 
-    def policy(self, context: ResolveContext) -> Policy:
-        """This confinement resolved for one request."""
-        own = ResolveContext(
-            cwd=self.cwd or context.cwd,
-            workspace_roots=self.workspace_roots or context.workspace_roots,
-            tmpdir=context.tmpdir,
+    def policy(self) -> Policy:
+        """This confinement resolved now (paths that appeared or went since are seen)."""
+        context = ResolveContext(
+            cwd=self.cwd,
+            workspace_roots=self.workspace_roots or (self.cwd,),
+            tmpdir=self.tmpdir,
         )
-        return resolve(self.permissions, own)
+        return resolve(self.permissions, context)
 
 
-def load_confinement(path: str) -> Confinement:
+def load_confinement(path: str, server_env: Mapping[str, str] | None = None) -> Confinement:
     """Read a confinement profile: a JSON object in codex's terms, either the ``permissions``
     object itself or ``{"permissions": ..., "workspaceRoots": [...], "cwd": ...}``. Paths may
-    be absolute paths or ``file://`` URIs. Raises :class:`ProfileError` naming what is wrong."""
+    be absolute paths or ``file://`` URIs. Special paths resolve against the server's own
+    working directory and ``server_env`` (default: this process's environment), once.
+    Raises :class:`ProfileError` naming what is wrong."""
     try:
         with open(path, "rb") as handle:
             data = json.load(handle)
@@ -349,20 +354,23 @@ def load_confinement(path: str) -> Confinement:
         raise ProfileError(path, f"cannot read confinement profile: {exc}") from None
     if not isinstance(data, dict):
         raise ProfileError(path, "a confinement profile is a JSON object")
+    tmpdir = (os.environ if server_env is None else server_env).get("TMPDIR")
+    tmpdir = os.path.realpath(tmpdir) if tmpdir and tmpdir.startswith("/") else None
     wrapped = "permissions" in data
     permissions = parse_permissions(
         data["permissions"] if wrapped else data, "permissions", plain_paths=True
     )
     if not wrapped:
-        return Confinement(permissions)
+        return Confinement(permissions, cwd=os.getcwd(), tmpdir=tmpdir)
     cwd = data.get("cwd")
     roots = data.get("workspaceRoots", [])
     if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
         raise ProfileError("workspaceRoots", "expected a list of paths")
     return Confinement(
         permissions,
-        cwd=_plain_or_uri(cwd, "cwd") if isinstance(cwd, str) else None,
+        cwd=_plain_or_uri(cwd, "cwd") if isinstance(cwd, str) else os.getcwd(),
         workspace_roots=tuple(_plain_or_uri(r, "workspaceRoots") for r in roots),
+        tmpdir=tmpdir,
     )
 
 
