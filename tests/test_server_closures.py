@@ -328,6 +328,9 @@ async def test_the_socket_and_token_file_are_hidden_under_the_confinement(
             assert await _refusal(client, method, params) == -32600, (method, params)
         listed = await client.call("fs/readDirectory", {"path": str(tmp_path)})
         assert "confine.json" in [e["fileName"] for e in listed["entries"]]
+        start = {"processId": "p", "argv": [str(tmp_path / "token")], "cwd": str(work)}
+        reply = await client.request("process/start", {**start, "env": PATH_ENV, "tty": False})
+        assert "No such file or directory" in reply["error"]["message"], reply  # as missing
 
 
 async def test_the_tls_key_and_certificate_are_hidden_under_a_client_profile(

@@ -18,6 +18,7 @@ from .policy import (
     Policy,
     combine,
     fs_context,
+    hiding,
     process_context,
     resolve,
 )
@@ -70,9 +71,10 @@ def launch(
     look absent, as missing ones fail)."""
     if not support().usable:
         raise SandboxUnavailable(support().reason or "bubblewrap is not usable")
-    if not _findable(argv[0], env, policy):
+    seen = hiding(policy, private_paths)  # what the sandbox will show
+    if not _findable(argv[0], env, seen):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
-    if policy.access_at(os.path.realpath(cwd)) == Access.NONE:  # as a missing cwd fails
+    if seen.access_at(os.path.realpath(cwd)) == Access.NONE:  # as a missing cwd fails
         raise FileNotFoundError(2, "No such file or directory", cwd)
     return wrap(
         policy,
