@@ -7,6 +7,7 @@ import base64
 import contextlib
 import http.server
 import json
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -506,3 +507,34 @@ async def test_a_redirect_into_a_denied_network_is_refused(
             "http/request", {**hop, "requestId": "2", "redirectPolicy": "stop"}
         )
         assert stopped["status"] == 302  # the first hop itself is allowed
+
+
+class _TestHttpServerV6(_TestHttpServer):
+    address_family = socket.AF_INET6
+
+
+async def test_unspecified_addresses_count_as_this_host(web: _TestHttpServer) -> None:
+    """Issue 17 item 6: 0.0.0.0, 0 and [::] reach a loopback-only server on Linux, so with
+    loopback denied they are refused, never dialled."""
+    port = web.server_address[1]
+    server6 = _TestHttpServerV6("::1")
+    thread = threading.Thread(target=server6.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        port6 = server6.server_address[1]
+        async with _client_of_a_server_denying("127.0.0.0/8", "::1/128") as client:
+            for target in (
+                f"http://0.0.0.0:{port}",
+                f"http://0:{port}",
+                f"http://[::]:{port6}",
+                f"http://[::ffff:0.0.0.0]:{port}",
+            ):
+                failure = await fails(client, {"method": "GET", "url": target + "/echo"})
+                assert "denies (--http-deny)" in failure.message, (target, failure.message)
+        async with _client_of_a_server_denying("10.0.0.0/8") as client:  # any local range
+            failure = await fails(client, {"method": "GET", "url": f"http://0.0.0.0:{port}/echo"})
+            assert "denies (--http-deny)" in failure.message
+    finally:
+        server6.shutdown()
+        server6.server_close()
+        thread.join(5)

@@ -328,6 +328,28 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "the same bound for all the children of one session",
     )
     bound(
+        "--max-open-files",
+        "fs_max_open_handles_total",
+        "file handles all sessions together may hold (at most half the open-file limit); "
+        "past it each session still opens its first 4",
+    )
+    bound(
+        "--max-watched-paths-per-session",
+        "fs_max_watched_paths",
+        "paths one session's fs/watchMissing may watch at once; past it the watch is refused",
+    )
+    bound(
+        "--handshake-timeout",
+        "handshake_timeout_s",
+        "how long a connection may take to become a WebSocket, TLS included, before it is dropped",
+        float,
+    )
+    bound(
+        "--max-pending-connections",
+        "max_pending_connections",
+        "connections still in that handshake at once; a new one past it drops the oldest",
+    )
+    bound(
         "--forward-window-bytes",
         "forward_window_bytes",
         "port forwarding: bytes a client may send on one stream before the server grants more, "
@@ -391,6 +413,9 @@ _POSITIVE = (
     "stdin_buffer_bytes",
     "stdin_process_max_bytes",
     "stdin_session_max_bytes",
+    "max_pending_connections",
+    "fs_max_watched_paths",
+    "fs_max_open_handles_total",
     "forward_window_bytes",
     "forward_max_streams",
 )
@@ -401,6 +426,8 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     for name in _POSITIVE:
         if getattr(args, name) <= 0:
             raise ValueError(f"{_flag(name)} must be positive")
+    if not (math.isfinite(args.handshake_timeout_s) and args.handshake_timeout_s > 0):
+        raise ValueError("--handshake-timeout must be a positive number of seconds")
     if args.spill_threshold_bytes < 0:
         raise ValueError("--spill-threshold-bytes must not be negative")
     for name in ("closed_retention_s", "detach_grace_s"):
@@ -410,14 +437,22 @@ def limits_from_args(args: argparse.Namespace) -> Limits:
     return Limits(**{name: getattr(args, name) for name in (*_POSITIVE, *_OTHER_LIMITS)})
 
 
-_OTHER_LIMITS = ("spill_threshold_bytes", "closed_retention_s", "detach_grace_s")
+_OTHER_LIMITS = (
+    "spill_threshold_bytes",
+    "closed_retention_s",
+    "detach_grace_s",
+    "handshake_timeout_s",
+)
 
 
 def _flag(dest: str) -> str:
     names = {
         "closed_retention_s": "--closed-retention",
+        "handshake_timeout_s": "--handshake-timeout",
         "detach_grace_s": "--detach-grace",
         "fs_max_open_handles": "--max-open-files-per-session",
+        "fs_max_watched_paths": "--max-watched-paths-per-session",
+        "fs_max_open_handles_total": "--max-open-files",
         "stdin_process_max_bytes": "--stdin-max-bytes-per-process",
         "stdin_session_max_bytes": "--stdin-max-bytes-per-session",
     }
@@ -481,7 +516,12 @@ def private_paths_from_args(args: argparse.Namespace, address: ListenAddress) ->
 
 
 def read_token(args: argparse.Namespace) -> str | None:
-    """The bearer token from --auth-token-file or the environment, or None for none."""
+    """The bearer token from --auth-token-file or the environment, or None for none.
+
+    ``$EXEC_SERVER_TOKEN`` is removed from this process's environment once read, whichever
+    source wins: no child can inherit it (``envPolicy`` ``inherit: all`` with
+    ``ignoreDefaultExcludes``) and use it against this server."""
+    from_env = os.environ.pop(TOKEN_ENV, "").strip()
     if args.auth_token_file is not None:
         try:
             with open(args.auth_token_file, encoding="utf-8") as file:
@@ -491,8 +531,7 @@ def read_token(args: argparse.Namespace) -> str | None:
         if not token:
             raise ValueError(f"--auth-token-file {args.auth_token_file} is empty")
         return token
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    return token or None
+    return from_env or None
 
 
 def tls_from_args(args: argparse.Namespace, address: ListenAddress) -> ssl.SSLContext | None:
@@ -625,6 +664,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     """Check the arguments as a whole; ValueError with a message for the user."""
     address = parse_listen(args.listen)
     token = read_token(args) if address.kind != "stdio" else None
+    os.environ.pop(TOKEN_ENV, None)  # never passed on to a child, over stdio too
     if not address.is_loopback and token is None and not args.insecure_allow_remote_without_auth:
         raise ValueError(
             f"refusing to listen on non-loopback address {address.host} without a token: "
@@ -703,6 +743,20 @@ def plain_stdio_options(argv: Sequence[str]) -> ServeOptions | None:
     )
 
 
+def raise_fd_limit() -> None:
+    """Raise the soft limit on open files to the hard one: a server holds a descriptor per
+    connection, handle and child pipe, and the common soft limit of 1024 is soon reached
+    (idle sockets alone could take them all before the pending bound drops them)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in CLIENT_COMMANDS:  # the client side, in its own package
@@ -749,6 +803,7 @@ def _run(options: ServeOptions) -> int:
     from .process.tree import become_subreaper
 
     become_subreaper()
+    raise_fd_limit()
     keeper = Keeper.start()
     # Everything imported so far lives as long as the process: keep it out of every cyclic
     # collection, and collect the young generation less often (requests make many

@@ -61,6 +61,18 @@ class Limits(msgspec.Struct, frozen=True):
             file used as a ring buffer: page cache the kernel can write back and reclaim,
             where the heap could not be (see ``process/output.py``). 0 spills from the first
             byte; a value at or above ``retained_output_bytes`` never spills.
+        fs_max_open_handles_total: file handles all sessions together may hold (ours; at
+            most half the open-file limit): past it a session still opens its first few
+            (``fs.handles.GUARANTEED_PER_SESSION``), no more.
+        fs_max_watched_paths: paths one session's ``fs/watchMissing`` may watch at once
+            (a missing path counts once, ``present`` once); past it the watch is refused
+            (``watching: false``). All sessions share one inotify instance (ours).
+        handshake_timeout_s: how long a connection may take to become a WebSocket (TLS
+            included, for ``wss://``) before it is dropped (the reference: 10 s for the
+            upgrade; its TLS handshake waits 60 s, ours the same 10 s).
+        max_pending_connections: connections of one listener still in that handshake; a
+            new one past it drops the oldest, so idle sockets cannot hold every descriptor
+            while a client with the token waits (ours).
         forward_window_bytes: per forwarded TCP stream, the bytes a client may send before
             the server grants more (ours; ``docs/forwarding.md``): the most of a client's
             bytes one stream holds while its destination does not read.
@@ -90,6 +102,10 @@ class Limits(msgspec.Struct, frozen=True):
     max_processes_per_session: int = 1024
     http_response_max_bytes: int = 512 * MIB
     spill_threshold_bytes: int = 64 * 1024
+    fs_max_open_handles_total: int = 1024
+    fs_max_watched_paths: int = 256
+    handshake_timeout_s: float = 10.0
+    max_pending_connections: int = 256
     forward_window_bytes: int = 2 * MIB
     forward_read_bytes: int = 256 * 1024
     forward_max_streams: int = 128

@@ -25,9 +25,23 @@ import httpx
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+UNSPECIFIED: tuple[Network, ...] = (
+    ipaddress.ip_network("0.0.0.0/8"),
+    ipaddress.ip_network("::/128"),
+    ipaddress.ip_network("::ffff:0.0.0.0/104"),
+)
+"""Addresses that mean "this host" when dialled: Linux connects ``0.0.0.0``/``::`` (and
+``0``, which resolves to ``0.0.0.0``) to a loopback listener, so they reach what a denied
+``127.0.0.0/8`` or ``::1/128`` protects."""
+
+
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
-    """CIDRs (``10.0.0.0/8``, ``::1/128``) or single addresses; ValueError for a bad one."""
-    return tuple(ipaddress.ip_network(value, strict=False) for value in values)
+    """CIDRs (``10.0.0.0/8``, ``::1/128``) or single addresses; ValueError for a bad one.
+
+    When any network is denied, the unspecified addresses (:data:`UNSPECIFIED`) are denied
+    too: they are never a legitimate destination, and they reach this host's own services."""
+    networks = tuple(ipaddress.ip_network(value, strict=False) for value in values)
+    return (*networks, *UNSPECIFIED) if networks else networks
 
 
 class DeniedDestination(httpcore.ConnectError):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .capabilities import EXECUTOR_VERSION, capabilities
 from .config import Guards, Limits, Runtime
+from .fs.handles import HandleBudget
 from .memory import MemoryReturn, nothing
 from .observability import Heartbeat, Metrics
 from .paths import to_file_uri
@@ -84,6 +85,16 @@ def _login_shell() -> str | None:
         return None
 
 
+def _handle_bound(configured: int) -> int:
+    """The server-wide bound on fs/open handles: as configured, but never more than half
+    the open-file limit, so handles alone cannot take the descriptors connections and
+    children need."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return configured if soft == resource.RLIM_INFINITY else min(configured, soft // 2)
+
+
 class Server:
     """Everything connections share: limits, runtime choices, the operator's guards,
     sessions, and facts about the machine. Built inside the running event loop; ``runtime``
@@ -133,6 +144,7 @@ class Server:
         self.prepend_path_dirs = tuple(prepend_path_dirs)
         self.environment_info = describe_environment(self.prepend_path_dirs)
         self.server_env: dict[str, str] = dict(os.environ)
+        self.handle_budget = HandleBudget(_handle_bound(self.limits.fs_max_open_handles_total))
 
     # ---- what the HTTP probes ask (transport/handshake.py) ------------------------------------
 

@@ -8,9 +8,9 @@ import contextlib
 import os
 import subprocess
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, unix_connect
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -57,20 +57,25 @@ class WebSocketTransport:
     async def open(cls, url: str, token: str | None, timeout: float) -> WebSocketTransport:
         """Connect, or raise :class:`ConnectionFailed` / :class:`AuthenticationFailed`."""
         headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+        options: dict[str, Any] = {
+            "additional_headers": headers,
+            "compression": None,
+            "max_size": None,
+            "open_timeout": timeout,
+            "user_agent_header": None,
+        }
         try:
-            ws = await ws_connect(
-                url,
-                additional_headers=headers,
-                compression=None,
-                max_size=None,
-                open_timeout=timeout,
-                user_agent_header=None,
-            )
+            if url.startswith("unix://"):  # `--listen unix:///PATH`: the same WebSocket
+                path = url.removeprefix("unix://")
+                ws = await unix_connect(path, uri="ws://localhost/", **options)
+            else:
+                ws = await ws_connect(url, **options)
         except InvalidStatus as exc:
             raise _refused(url, exc.response.status_code, token is not None) from None
         except InvalidURI:
             raise ConnectionFailed(
-                f"`{url}` is not a WebSocket URL; expected ws://HOST:PORT or wss://HOST:PORT"
+                f"`{url}` is not a WebSocket URL; expected ws://HOST:PORT, wss://HOST:PORT "
+                "or unix:///PATH"
             ) from None
         except (OSError, InvalidHandshake, TimeoutError, EOFError) as exc:
             raise ConnectionFailed(f"cannot connect to {url}: {_reason(exc)}") from None

@@ -8,6 +8,6 @@ the same operations under a sandbox policy (``exec_server.sandbox``).
 from __future__ import annotations
 
 from .errors import fs_error
-from .handles import FileHandle, HandleTable
+from .handles import FileHandle, HandleBudget, HandleTable
 
-__all__ = ["FileHandle", "HandleTable", "fs_error"]
+__all__ = ["FileHandle", "HandleBudget", "HandleTable", "fs_error"]

@@ -6,6 +6,11 @@ only write. Reads and writes are positional (``pread``/``pwrite``) so concurrent
 one handle never race over a shared file offset. An I/O error on a transfer drops the handle,
 as in the reference; closing an unknown handle succeeds, as in the reference.
 
+Across sessions, a :class:`HandleBudget` bounds the handles of the whole server below its
+descriptor limit, so a few sessions of one client cannot take every descriptor: past the
+server's bound a session may still open its first :data:`GUARANTEED_PER_SESSION` handles
+(so another client still gets some), but no more.
+
 The table is a session resource (:mod:`exec_server.resources`): when the session ends every
 descriptor is closed. A descriptor still in use by a block transfer on a worker thread is
 closed when that transfer finishes, never under it (a reused descriptor number would
@@ -67,6 +72,35 @@ def write_block(fd: int, offset: int, data: bytes) -> None:
         view = view[written:]
 
 
+GUARANTEED_PER_SESSION = 4
+"""Handles every session may open even when the server-wide bound is reached (bounded in
+turn by the number of sessions)."""
+
+
+class HandleBudget:
+    """The handles of every session of one server, counted against ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, held_by_session: int) -> None:
+        """Count one more handle, or -32600 when the server is at its bound and the session
+        already holds its guaranteed few."""
+        with self._lock:
+            if self.used >= self.limit and held_by_session >= GUARANTEED_PER_SESSION:
+                raise invalid_request(
+                    f"the server holds {self.used} file handles, its bound; "
+                    "close some with fs/close first"
+                )
+            self.used += 1
+
+    def give_back(self, count: int = 1) -> None:
+        with self._lock:
+            self.used -= count
+
+
 class FileHandle:
     """One open descriptor and the transfers currently using it."""
 
@@ -87,8 +121,10 @@ class HandleTable:
     call from their worker thread; a lock keeps the use counts honest across both.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, budget: HandleBudget | None = None) -> None:
+        """``limit``: handles of this session; ``budget``: the server's, shared."""
         self.limit = limit
+        self._budget = budget or HandleBudget(limit)
         self._handles: dict[str, FileHandle | None] = {}  # None: being opened
         self._lock = threading.Lock()
         self._ended = False
@@ -110,6 +146,7 @@ class HandleTable:
                     f"at most {self.limit} file handles may be open per session; "
                     "close one with fs/close first"
                 )
+            self._budget.take(len(self._handles))
             self._handles[handle_id] = None
 
     def install(self, handle_id: str, fd: int, mode: HandleMode) -> None:
@@ -125,6 +162,7 @@ class HandleTable:
         with self._lock:
             if self._handles.get(handle_id, False) is None:
                 del self._handles[handle_id]
+                self._budget.give_back()
 
     def begin_use(self, handle_id: str) -> FileHandle:
         """The handle for one block transfer (pair with :meth:`finish_use`), or -32004."""
@@ -149,6 +187,7 @@ class HandleTable:
         with self._lock:
             if self._handles.get(handle.handle_id) is handle:
                 del self._handles[handle.handle_id]
+                self._budget.give_back()
             handle._closing = True
 
     def close(self, handle_id: str) -> None:
@@ -161,6 +200,7 @@ class HandleTable:
             if handle is None:
                 return  # unknown, or still being opened: that open's install closes nothing
             del self._handles[handle_id]
+            self._budget.give_back()
             handle._closing = True
             close_now = handle._users == 0
         if close_now:
@@ -174,6 +214,7 @@ class HandleTable:
         with self._lock:
             self._ended = True
             handles = [h for h in self._handles.values() if h is not None]
+            self._budget.give_back(len(self._handles))
             self._handles.clear()
             idle = []
             for handle in handles:

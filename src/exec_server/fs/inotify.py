@@ -4,6 +4,10 @@ One :class:`Inotify` is one kernel instance (one fd). Watches on the same inode 
 watch descriptor, so listeners are counted per descriptor and the kernel watch is removed
 when the last one goes. Every watch uses the same event mask, so adding a listener never
 narrows what an earlier one sees.
+
+The kernel allows each user only a few instances (``fs.inotify.max_user_instances``, often
+128), shared with every editor and build watcher of the account: the server takes one for
+all its sessions (:func:`acquire`, :func:`release`), never one per session.
 """
 
 from __future__ import annotations
@@ -157,6 +161,32 @@ class Inotify:
                 self._watches.pop(wd, None)
         for subscription in targets:
             subscription.listener(mask, name)
+
+
+_shared: dict[asyncio.AbstractEventLoop, tuple[Inotify, int]] = {}
+
+
+def acquire(loop: asyncio.AbstractEventLoop) -> Inotify:
+    """The one instance every session on ``loop`` shares, made on first use; pair each call
+    with :func:`release`. OSError if the kernel refuses one."""
+    inotify, users = _shared.get(loop) or (None, 0)
+    if inotify is None:
+        inotify = Inotify(loop)
+    _shared[loop] = (inotify, users + 1)
+    return inotify
+
+
+def release(inotify: Inotify) -> None:
+    """One user of a shared instance is done (its subscriptions already ended); the last
+    one closes it."""
+    for loop, (held, users) in list(_shared.items()):
+        if held is inotify:
+            if users > 1:
+                _shared[loop] = (held, users - 1)
+            else:
+                del _shared[loop]
+                held.close()
+            return
 
 
 def _events(data: bytes) -> list[tuple[int, int, str]]:

@@ -116,12 +116,16 @@ class Metadata(msgspec.Struct, frozen=True):
 def get_metadata(path: str) -> Metadata:
     """Metadata of ``path``; a broken symlink is not found (its target is what is described)."""
     target = os.stat(path)
-    link = os.lstat(path)
+    return metadata_of(target, stat.S_ISLNK(os.lstat(path).st_mode))
+
+
+def metadata_of(target: os.stat_result, is_symlink: bool) -> Metadata:
+    """:class:`Metadata` from the status of what a path leads to."""
     birth: Any = getattr(target, "st_birthtime", None)  # absent on Linux: 0, as the reference
     return Metadata(
         is_directory=stat.S_ISDIR(target.st_mode),
         is_file=stat.S_ISREG(target.st_mode),
-        is_symlink=stat.S_ISLNK(link.st_mode),
+        is_symlink=is_symlink,
         size=target.st_size,
         created_at_ms=int(birth * 1000) if birth else 0,
         modified_at_ms=target.st_mtime_ns // 1_000_000,
@@ -136,8 +140,9 @@ class DirectoryEntry(msgspec.Struct, frozen=True):
     is_file: bool
 
 
-def read_directory(path: str) -> list[DirectoryEntry]:
-    """The entries of ``path`` in the OS's order.
+def read_directory(path: str | int) -> list[DirectoryEntry]:
+    """The entries of ``path`` (or of the directory open as that descriptor) in the OS's
+    order.
 
     Entries whose target cannot be stat'ed (broken symlinks, races with deletion) are
     skipped; names that are not UTF-8 are converted lossily (U+FFFD), as the reference does.

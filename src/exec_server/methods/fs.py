@@ -96,7 +96,8 @@ def _submit_under_policy(
     """Submit ``plain(*args)``, or ``sandboxed(policy, *args)`` when the request's profile
     (narrowed by the server's confinement) restricts the filesystem. The profile is
     checked now (-32602 with the reference's texts); it is resolved on the worker thread."""
-    confinement = connection.server.guards.confinement
+    guards = connection.server.guards
+    confinement = guards.confinement
     if sandbox is None and confinement is None:
         return _submit(plain, *args)
     from ..sandbox.profile import ProfileError, parse_sandbox
@@ -108,11 +109,12 @@ def _submit_under_policy(
 
     def work() -> _T:
         from ..sandbox.enforce import fs_policy
+        from ..sandbox.policy import for_fs_calls
 
         policy = fs_policy(profile, confinement, os.getcwd())
         if policy is None or not policy.restricts_filesystem:
-            return plain(*args)
-        return sandboxed(policy, *args)
+            return plain(*args)  # as trusted as no profile at all: it may read anything
+        return sandboxed(for_fs_calls(policy, guards.private_paths), *args)
 
     return _submit(work)
 
@@ -240,8 +242,11 @@ def copy(connection: Connection, params: FsCopyParams) -> Awaitable[EmptyResult]
 
 def _table(connection: Connection) -> HandleTable:
     """The session's handle table, created on first use and released with the session."""
-    limit = connection.server.limits.fs_max_open_handles
-    return connection.require_session().resources.get(HandleTable, lambda: HandleTable(limit))
+    server = connection.server
+    limit = server.limits.fs_max_open_handles
+    return connection.require_session().resources.get(
+        HandleTable, lambda: HandleTable(limit, server.handle_budget)
+    )
 
 
 @method("fs/open", FsOpenParams, FILESYSTEM)

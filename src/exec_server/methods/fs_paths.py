@@ -29,7 +29,7 @@ from .fs import FILESYSTEM, _reply, _submit_under_policy
 
 if TYPE_CHECKING:
     from ..connection import Connection
-    from ..fs.watch import MissingWatches
+    from ..fs.watch import MissingWatches, PathView
 
 
 def _canonical(path: str) -> str:
@@ -57,8 +57,9 @@ def _watches(connection: Connection) -> MissingWatches:
         if attached is not None:  # a detached session's changes are not replayed
             attached.send_notification(missing_changed_notification(watch_id))
 
+    limit = connection.server.limits.fs_max_watched_paths
     return session.resources.get(
-        MissingWatches, lambda: MissingWatches(asyncio.get_running_loop(), notify)
+        MissingWatches, lambda: MissingWatches(asyncio.get_running_loop(), notify, limit)
     )
 
 
@@ -70,4 +71,25 @@ def watch_missing(connection: Connection, params: FsWatchMissingParams) -> FsWat
         raise invalid_params(f"watchId must be an unsigned 64-bit integer, got {params.watch_id}")
     missing = [parse_path(path, "missing") for path in params.missing]
     present = None if params.present is None else parse_path(params.present, "present")
-    return FsWatchMissingResult(_watches(connection).register(params.watch_id, missing, present))
+    watches = _watches(connection)
+    view = _view_under_confinement(connection)
+    return FsWatchMissingResult(watches.register(params.watch_id, missing, present, view))
+
+
+def _view_under_confinement(connection: Connection) -> PathView:
+    """The filesystem as the operator's confinement lets it be seen (the server's own files
+    hidden with what it hides); as it is without a confinement (the client may then see
+    everything)."""
+    from ..fs.watch import PLAIN
+
+    guards = connection.server.guards
+    if guards.confinement is None:
+        return PLAIN
+    from ..sandbox.enforce import fs_policy
+    from ..sandbox.policy import UNRESTRICTED, Access, Policy, PolicyError, for_fs_calls
+
+    try:
+        policy = fs_policy(None, guards.confinement, os.getcwd()) or UNRESTRICTED
+    except PolicyError:
+        policy = Policy(base=Access.NONE)  # nothing can be told apart: everything is hidden
+    return sandboxed.PolicyView(for_fs_calls(policy, guards.private_paths))

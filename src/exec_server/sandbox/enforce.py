@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 
 from .bwrap import Launch, SandboxUnavailable, support, wrap
 from .policy import (
+    Access,
     Confinement,
     Policy,
     combine,
     fs_context,
+    hiding,
     process_context,
     resolve,
 )
@@ -62,14 +64,18 @@ def launch(
 ) -> Launch:
     """The sandboxed launch of ``argv``: spawn ``Launch.argv`` with ``Launch.env`` (the
     command's ``env`` applies inside the sandbox only). ``private_paths``, the server's own
-    files, are hidden inside whatever the policy; ``pids_limit`` bounds its tasks. Raises :class:`SandboxUnavailable` when
-    bubblewrap cannot run here, and ``FileNotFoundError`` when the program is not on the
-    child's PATH (as an unsandboxed start would: inside, it would only be ``env``'s exit
-    127)."""
+    files, are hidden inside whatever the policy; ``pids_limit`` bounds its tasks. Raises
+    :class:`SandboxUnavailable` when bubblewrap cannot run here, and ``FileNotFoundError``
+    when the program is not on the child's PATH (as an unsandboxed start would: inside, it
+    would only be ``env``'s exit 127) or when the policy hides the program or the cwd (they
+    look absent, as missing ones fail)."""
     if not support().usable:
         raise SandboxUnavailable(support().reason or "bubblewrap is not usable")
-    if not _findable(argv[0], env):
+    seen = hiding(policy, private_paths)  # what the sandbox will show
+    if not _findable(argv[0], env, seen):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
+    if seen.access_at(os.path.realpath(cwd)) == Access.NONE:  # as a missing cwd fails
+        raise FileNotFoundError(2, "No such file or directory", cwd)
     return wrap(
         policy,
         argv,
@@ -81,13 +87,20 @@ def launch(
     )
 
 
-def _findable(program: str, env: Mapping[str, str]) -> bool:
+def _findable(program: str, env: Mapping[str, str], policy: Policy) -> bool:
+    """Whether ``program`` can be found, as the sandbox sees it: a hidden program looks
+    absent, so the check tells nothing of what the policy hides."""
     if "/" in program:
-        return os.path.exists(program)
+        return _visible(program, policy)
     return any(
         os.access(os.path.join(directory, program), os.X_OK)
+        and _visible(os.path.join(directory, program), policy)
         for directory in os.get_exec_path(dict(env))
     )
+
+
+def _visible(path: str, policy: Policy) -> bool:
+    return os.path.exists(path) and policy.access_at(os.path.realpath(path)) != Access.NONE
 
 
 __all__ = ["SandboxUnavailable", "fs_policy", "launch", "process_policy"]

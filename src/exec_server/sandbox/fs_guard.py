@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from ..errors import invalid_request
 from ..fs import operations as ops
-from .policy import Access, Policy
+from .policy import Access, Policy, glob_static_prefix
 
 _SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -44,6 +44,7 @@ _MAX_HOPS = 40  # symlinks followed for one path, as the kernel's own limit
 _COPY_STEP = 1024 * 1024
 
 _DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_ANY_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC  # a symlink is opened itself
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -76,12 +77,52 @@ def open_for_read(policy: Policy, path: str) -> int:
 
 
 def check_readable(policy: Policy, path: str) -> None:
-    """Raise ``EACCES`` if ``path`` (symlinks followed) is hidden (``fs/getMetadata``, ...)."""
+    """Raise ``EACCES`` if ``path`` (symlinks followed) is hidden."""
     spot = _locate(path, follow=True)
     try:
         _require(policy, spot.path, Access.READ)
     finally:
         spot.close()
+
+
+@dataclass(slots=True)
+class Reached:
+    """What :func:`open_readable` opened: an ``O_PATH`` descriptor (the caller closes it),
+    where the kernel says it is, and whether ``path`` itself was a symlink."""
+
+    fd: int
+    path: str
+    via_symlink: bool
+
+
+def open_readable(policy: Policy, path: str) -> Reached:
+    """``path`` opened as an ``O_PATH`` descriptor after each hop (each symlink followed,
+    and the place it lands) was checked readable; what is then listed, stat'ed or
+    canonicalised goes through that descriptor, so a symlink swapped in after the check
+    changes nothing (``fs/readDirectory``, ``fs/getMetadata``, ``fs/canonicalize``)."""
+    current, via_symlink = path, None
+    for _ in range(_MAX_HOPS):
+        spot = _locate(current, follow=False)
+        try:
+            _require(policy, spot.path, Access.READ)
+            fd = _openat2(spot.dir_fd, spot.name, _ANY_PATH, _RESOLVE_NO_MAGICLINKS)
+        finally:
+            spot.close()
+        try:
+            status = os.fstat(fd)
+            if via_symlink is None:
+                via_symlink = stat.S_ISLNK(status.st_mode)
+            if stat.S_ISLNK(status.st_mode):  # followed by the next hop, checked there
+                current = posixpath.join(spot.directory, os.readlink("", dir_fd=fd))
+                os.close(fd)
+                continue
+            real = _fd_path(fd)
+            _require(policy, real, Access.READ)
+        except BaseException:
+            os.close(fd)
+            raise
+        return Reached(fd, real, via_symlink)
+    raise _error(errno.ELOOP)
 
 
 def create_directory(policy: Policy, path: str, recursive: bool) -> None:
@@ -401,12 +442,23 @@ def _require_tree(policy: Policy, path: str, need: Access) -> None:
     for rule in policy.rules:
         if rule.path.startswith(prefix) and rule.access < need and os.path.lexists(rule.path):
             raise _error(errno.EACCES if rule.access == Access.NONE else errno.EROFS)
-    if not policy.deny_globs:
+    if not any(_may_match_below(glob, path) for glob in policy.deny_globs):
         return
     for directory, subdirs, files in os.walk(path):
         for name in (*subdirs, *files):
             if policy.glob_denied(posixpath.join(directory, name)):
                 raise _error(errno.EACCES)
+
+
+def _may_match_below(glob: str, path: str) -> bool:
+    """Whether ``glob`` could match something below ``path`` (its fixed directory is inside
+    ``path``, or ``path`` inside it): else the tree need not be walked for it."""
+    fixed = glob_static_prefix(glob) or "/"
+    return _same_or_below(fixed, path) or _same_or_below(path, fixed)
+
+
+def _same_or_below(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def _error(code: int) -> OSError:

@@ -289,6 +289,29 @@ def combine(requested: Policy | None, confinement: Policy | None) -> Policy | No
     return (requested or UNRESTRICTED).intersect(confinement)
 
 
+def hiding(policy: Policy, paths: Iterable[str], globs: Iterable[str] = ()) -> Policy:
+    """``policy`` with ``paths`` (canonical) and what ``globs`` match hidden, whatever it
+    granted there."""
+    rules = tuple(Rule(path, Access.NONE) for path in paths)
+    hidden = Policy(base=Access.WRITE, rules=rules, deny_globs=tuple(globs))
+    return policy.intersect(hidden) if rules or hidden.deny_globs else policy
+
+
+SERVER_PROCESS_PATHS = ("/proc/kcore",)
+SERVER_PROCESS_GLOBS = ("/proc/[0-9]*",)
+"""What fs/* calls under a policy never reach, besides the server's own files: they run in
+the server's process, so ``/proc/self`` (and ``/proc/PID`` of any thread) would be the
+server's memory, environment and descriptors, and other ``/proc/PID`` other processes'; the
+reference's fs helper runs in a sandbox with a fresh ``/proc`` of its own. ``/proc/kcore``
+is the machine's memory to a server running as root."""
+
+
+def for_fs_calls(policy: Policy, private_paths: Iterable[str]) -> Policy:
+    """``policy`` as fs/* calls run under it in the server's process: the server's own files
+    (``private_paths``) and the processes' ``/proc`` directories hidden."""
+    return hiding(policy, (*private_paths, *SERVER_PROCESS_PATHS), SERVER_PROCESS_GLOBS)
+
+
 @dataclass(frozen=True, slots=True)
 class Confinement:
     """A server-side profile (the ``--confine PROFILE`` file), resolved from operator data

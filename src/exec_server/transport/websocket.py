@@ -11,6 +11,11 @@ Text and binary frames are both read as JSON; everything goes out as text frames
 permessage-deflate is not negotiated (the 0.128 reference drops such handshakes, and on
 loopback compression costs more than it saves). The handshake is judged in one place,
 :func:`check_handshake`.
+
+Before any byte is read, a peer that is one of this server's own sandboxed processes is
+dropped (``peers.py``). Until the upgrade a connection counts among its listener's pending
+ones (``pending.py``; the oldest go past the bound) and has ``handshake_timeout_s`` to
+finish, TLS included: for ``wss://`` the transport runs TLS itself (``tls.py``).
 """
 
 from __future__ import annotations
@@ -19,21 +24,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import stat
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
-
-if TYPE_CHECKING:
-    import ssl
 
 from ..connection import Connection
 from ..server import Server
 from .handshake import HandshakePolicy, judge
 from .inbox import Inbox
 from .outbox import Outbox
+from .peers import is_sandboxed_descendant
+from .pending import PendingConnections
+from .tls import TlsClosed, TlsSession
 from .wsframes import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -57,9 +63,6 @@ KEEPALIVE_INTERVAL_S = 30.0
 MAX_HANDSHAKE_BYTES = 64 * 1024
 """An HTTP request head larger than this is dropped."""
 
-HANDSHAKE_TIMEOUT_S = 10.0
-"""A peer that has not completed the WebSocket handshake by then is dropped."""
-
 
 class WebSocketTransport(asyncio.Protocol):
     """One accepted TCP connection: the HTTP handshake (judged by the ``websockets``
@@ -67,10 +70,20 @@ class WebSocketTransport(asyncio.Protocol):
 
     resumable = True
 
-    def __init__(self, server: Server, policy: HandshakePolicy) -> None:
+    def __init__(
+        self,
+        server: Server,
+        policy: HandshakePolicy,
+        pending: PendingConnections | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``pending``: the listener's handshakes in progress, which this one joins until
+        it upgrades; ``tls``: run TLS over the connection's bytes (``tls.py``)."""
         self._loop = asyncio.get_running_loop()
         self._server = server
         self._policy = policy
+        self._pending = pending
+        self._tls = TlsSession(tls) if tls is not None else None
         self._ws = ServerProtocol(max_size=server.limits.max_message_bytes, logger=log)
         self._head = bytearray()  # the HTTP request, until its blank line
         self._reader: FrameReader | None = None  # set once the handshake succeeded
@@ -94,6 +107,15 @@ class WebSocketTransport(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
         self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and is_sandboxed_descendant(sock):
+            log.warning("refused a connection from a sandboxed process of this server")
+            self.abort()
+            return
+        if self._pending is not None:
+            self._pending.add(self)
+        timeout = self._server.limits.handshake_timeout_s
+        self._timer = self._loop.call_later(timeout, self._handshake_timeout)
         peer = transport.get_extra_info("peername")
         if peer:
             self.description = f"exec-server websocket {peer[0]}:{peer[1]}"
@@ -102,11 +124,14 @@ class WebSocketTransport(asyncio.Protocol):
             )
         # The kernel buffer is the first queue; ours starts past it.
         transport.set_write_buffer_limits(high=self.outbox.high_water)
-        self._timer = self._loop.call_later(HANDSHAKE_TIMEOUT_S, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._tls is not None:
+            data = self._decrypt(self._tls, data)
+            if not data:
+                return
         reader = self._reader
         if reader is None:
             data = self._handshake_data(data)
@@ -155,9 +180,7 @@ class WebSocketTransport(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._forget()
         self.outbox.clear()
         self.inbox.clear()
         if self._conn is not None:
@@ -196,8 +219,39 @@ class WebSocketTransport(asyncio.Protocol):
 
     def _write(self, pieces: list[bytes]) -> None:
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.writelines(pieces)
+            if self._tls is None:
+                self._transport.writelines(pieces)
+            else:
+                self._tls.send(b"".join(pieces))
+                self._transport.write(self._tls.outgoing())
             self._metrics.sent(sum(map(len, pieces)))
+
+    def _decrypt(self, tls: TlsSession, data: bytes) -> bytes:
+        """The plaintext ``data`` completes; what TLS answers is sent at once."""
+        try:
+            plain = tls.receive(data)
+        except (ssl.SSLError, TlsClosed) as exc:
+            log.debug("TLS ended for %s: %r", self.description, exc)
+            self._write_raw(tls.outgoing())  # an alert, if any
+            self._closing = True
+            if self._transport is not None:
+                self._transport.close()
+            return b""
+        self._write_raw(tls.outgoing())
+        return plain
+
+    def _write_raw(self, data: bytes) -> None:
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _close_transport(self) -> None:
+        """Close after what is queued (our close_notify last, under TLS)."""
+        if self._transport is None:
+            return
+        if self._tls is not None:
+            self._tls.close()
+            self._write_raw(self._tls.outgoing())
+        self._transport.close()
 
     def _deliver(self, message: bytes) -> bool:
         connection = self._conn
@@ -255,14 +309,12 @@ class WebSocketTransport(asyncio.Protocol):
 
     def _write_handshake_data(self) -> None:
         """Write the state machine's answer to the handshake; b"" means close after it."""
-        transport = self._transport
-        assert transport is not None
         for chunk in self._ws.data_to_send():
             if chunk:
-                transport.write(chunk)
+                self._write([chunk])
             else:
+                self._close_transport()  # flushes what is buffered, then closes
                 self._closing = True
-                transport.close()  # flushes what is buffered, then closes
                 return
 
     def _handshake(self, request: Request) -> None:
@@ -281,6 +333,8 @@ class WebSocketTransport(asyncio.Protocol):
         self._metrics.handshake(self.description, path, response.status_code)
         if response.status_code != 101:
             return
+        if self._pending is not None:
+            self._pending.done(self)
         self._number = self._metrics.connection_opened(self.description)
         self._reader = FrameReader(self._server.limits.max_message_bytes)
         if self._timer is not None:
@@ -301,13 +355,21 @@ class WebSocketTransport(asyncio.Protocol):
         self.outbox.flush()
         self._closing = True
         self.inbox.clear()
-        if self._transport is not None:
-            self._transport.close()
+        self._close_transport()
 
     def _handshake_timeout(self) -> None:
         self._timer = None
         if self._conn is None:
             self.abort()
+            self._forget()
+
+    def _forget(self) -> None:
+        """Gone or given up on: no timer, no longer pending."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._pending is not None:
+            self._pending.done(self)
 
     def _keepalive(self) -> None:
         if not self._closing:
@@ -331,9 +393,10 @@ async def serve_websocket(
     ``/metrics`` too, unless ``metrics_public``). Starts the server's heartbeat (``/healthz``)."""
     policy = HandshakePolicy.for_bind(host, allowed_origins, token, metrics_public)
     server.heartbeat.start()
+    pending = PendingConnections(server.limits.max_pending_connections)
     loop = asyncio.get_running_loop()
     listener = await loop.create_server(
-        lambda: WebSocketTransport(server, policy), host, port, reuse_address=True, ssl=tls
+        lambda: WebSocketTransport(server, policy, pending, tls), host, port, reuse_address=True
     )
     if on_bound is not None:
         sockname = listener.sockets[0].getsockname()
@@ -353,12 +416,15 @@ async def serve_unix(
     connect; a stale socket file there is replaced)."""
     policy = HandshakePolicy.for_bind(None, allowed_origins, token, metrics_public)
     server.heartbeat.start()
+    pending = PendingConnections(server.limits.max_pending_connections)
     loop = asyncio.get_running_loop()
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
     previous = os.umask(0o177)  # the socket is born 0600: no moment when others may connect
     try:
-        return await loop.create_unix_server(lambda: WebSocketTransport(server, policy), path)
+        return await loop.create_unix_server(
+            lambda: WebSocketTransport(server, policy, pending), path
+        )
     finally:
         os.umask(previous)

@@ -1,0 +1,149 @@
+"""Whether a connecting peer is one of this server's own sandboxed descendants, which are
+never served, token or not (issue 17: a network-enabled sandbox shares the host's loopback,
+so without this it could reach a token-less ``ws://127.0.0.1`` listener and start
+unsandboxed processes).
+
+A sandboxed descendant is a process below this one (children are adopted by us, the
+subreaper, so a daemonised one stays below) that lives in another user or PID namespace
+than ours: bubblewrap unshares both for every sandbox. The peer is found by its socket:
+
+* Unix socket: the kernel names the peer's pid (``SO_PEERCRED``, in our PID namespace).
+* TCP: the peer's socket is looked up by its address pair in ``/proc/net/tcp`` (or
+  ``tcp6``) of our network namespace, which a network-enabled sandbox shares; its inode is
+  then looked for among the descriptors of the sandboxed descendants. A remote peer's
+  socket is not in the table: it is never taken for one of ours.
+
+All of it reads ``/proc`` and is skipped at once when no sandboxed descendant runs, which is
+what a server without sandboxes pays: one listing of its children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+import struct
+import sys
+from typing import Any
+
+_OWN_NAMESPACES = ("user", "pid")
+
+
+def is_sandboxed_descendant(sock: Any) -> bool:
+    """Whether the peer of the accepted socket ``sock`` (a socket or asyncio's wrapper of
+    one) is one of this server's sandboxed descendants. Blocking reads of ``/proc``: a
+    handful when nothing is sandboxed."""
+    sandboxed = _sandboxed_descendants()
+    if not sandboxed:
+        return False
+    if sock.family == socket.AF_UNIX:
+        return _unix_peer_pid(sock) in sandboxed
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    inode = _tcp_peer_inode(sock)
+    return inode is not None and any(_holds_socket(pid, inode) for pid in sandboxed)
+
+
+def _sandboxed_descendants() -> set[int]:
+    """Our descendants living in another user or PID namespace than ours."""
+    own = {name: _namespace(os.getpid(), name) for name in _OWN_NAMESPACES}
+    found: set[int] = set()
+    pending = _children(os.getpid())
+    seen: set[int] = set()
+    while pending:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        if any(_namespace(pid, name) not in (None, own[name]) for name in _OWN_NAMESPACES):
+            found.add(pid)
+        pending += _children(pid)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+                children += [int(child) for child in f.read().split()]
+    return children
+
+
+def _namespace(pid: int, name: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{name}")
+    except OSError:
+        return None
+
+
+def _unix_peer_pid(sock: Any) -> int | None:
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    except OSError:
+        return None
+    pid, _uid, _gid = struct.unpack("3i", credentials)
+    return int(pid)
+
+
+def _tcp_peer_inode(sock: Any) -> int | None:
+    """The inode of the peer's end of the TCP connection ``sock``, if it is on this host."""
+    try:
+        ours, theirs = sock.getsockname(), sock.getpeername()
+    except OSError:
+        return None
+    wanted = (_endpoint(theirs[0], theirs[1]), _endpoint(ours[0], ours[1]))
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # a mapped IPv4 peer is in the first
+        try:
+            with open(table) as rows:
+                next(rows, None)  # the header
+                for row in rows:
+                    fields = row.split()
+                    if (_parse(fields[1]), _parse(fields[2])) == wanted:
+                        return int(fields[9])
+        except OSError:
+            continue
+    return None
+
+
+def _endpoint(host: str, port: int) -> tuple[bytes, int]:
+    return _packed(ipaddress.ip_address(host.split("%", 1)[0])), port
+
+
+def _packed(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """IPv4-mapped IPv6 addresses as the IPv4 address they carry."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.packed
+    return address.packed
+
+
+def _parse(field: str) -> tuple[bytes, int]:
+    """``0100007F:1F90`` (the address as 32-bit words in host byte order) as (packed
+    address, port)."""
+    address, port = field.split(":")
+    raw = bytes.fromhex(address)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return _packed(ipaddress.ip_address(raw)), int(port, 16)
+
+
+def _holds_socket(pid: int, inode: int) -> bool:
+    """Whether a thread of ``pid`` holds the socket (threads may have fd tables of their
+    own, so each is looked at)."""
+    wanted = f"socket:[{inode}]"
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in threads:
+        directory = f"/proc/{pid}/task/{tid}/fd"
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            with contextlib.suppress(OSError):
+                if os.readlink(f"{directory}/{name}") == wanted:
+                    return True
+    return False
