@@ -25,7 +25,7 @@ def _has_inotify() -> bool:
 def _has_bwrap() -> bool:
     """Linux with a bubblewrap binary (the sandbox these flags describe); whether it can
     run here is probed at the first sandboxed request, which is refused if it cannot."""
-    from .sandbox.bwrap import find_bwrap
+    from .sandbox.locate import find_bwrap
 
     return sys.platform.startswith("linux") and find_bwrap() is not None
 

@@ -730,7 +730,9 @@ def plain_stdio_options(argv: Sequence[str]) -> ServeOptions | None:
         http_deny=[],
         env_exclude=[],
         confine=None,
+        sandbox_pids_limit=Guards().pids_limit,
     )
+    os.environ.pop(TOKEN_ENV, None)  # as read_token does: no child inherits it
     address = ListenAddress("stdio")
     return ServeOptions(
         address=address,

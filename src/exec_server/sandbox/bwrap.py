@@ -37,6 +37,7 @@ import msgspec
 from ..process.spawn import SpawnRequest
 from . import cgroup as cgroups
 from . import seccomp
+from .locate import find_bwrap
 from .policy import (
     PROTECTED_METADATA_NAMES,
     Access,
@@ -102,14 +103,6 @@ class BwrapSupport:
     def usable(self) -> bool:
         """Whether sandboxed children can be started."""
         return self.bwrap is not None and self.reason is None
-
-
-def find_bwrap() -> str | None:
-    """The bubblewrap binary: on PATH, else ``/usr/bin/bwrap``; None when neither exists."""
-    found = shutil.which("bwrap")
-    if found:
-        return found
-    return "/usr/bin/bwrap" if os.access("/usr/bin/bwrap", os.X_OK) else None
 
 
 @functools.cache
