@@ -19,7 +19,7 @@ def _has_inotify() -> bool:
 def capabilities() -> dict[str, bool]:
     """All fifteen flags the 0.169 reference announces, in its order."""
     return {
-        "networkProxyLaunch": False,  # process/start networkProxy: no executor-local proxy
+        "networkProxyLaunch": True,  # process/start networkProxy: network/ (needs bubblewrap)
         "networkProxyReviewDomains": False,  # network/policyRequest to the client: not sent
         "credentialMasking": False,  # no masking of credentials in what children print
         "credentialMaskingCustomProviders": False,

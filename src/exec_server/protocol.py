@@ -106,6 +106,60 @@ class TerminalSize(_Wire):
     cols: TerminalDimension
 
 
+# ---- managed network (networkProxyLaunch) -------------------------------------------------
+
+DomainVerdict = Literal["allow", "deny", "none"]
+
+
+class NetworkProxyConfig(_Wire, kw_only=True):
+    """``networkProxy.proxy``: the 0.169 field names; the seven first are required."""
+
+    enabled: bool
+    enable_socks5: bool
+    enable_socks5_udp: bool
+    allow_upstream_proxy: bool
+    dangerously_allow_all_unix_sockets: bool
+    allow_local_binding: bool
+    mode: Literal["full", "limited"]
+    domains: dict[str, DomainVerdict] | None = None
+    unix_sockets: dict[str, Any] | None = None
+    review_domains: list[str] | None = None
+    credential_masking: bool = False
+    credential_providers: dict[str, Any] | None = None
+
+
+class NetworkProxyLaunch(_Wire, kw_only=True):
+    """``process/start.networkProxy``: start a proxy for this process."""
+
+    proxy: NetworkProxyConfig
+    audit_metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    environment_id: str | None = None
+    execution_id: str | None = None
+    policy_decision_timeout_ms: U64 | None = None
+
+
+class NetworkPolicyDecision(_Wire, kw_only=True, omit_defaults=True):
+    """Params of the ``network/policyDecision`` notification (audit of one verdict);
+    ``method`` and ``client`` are left out when unknown (SOCKS5 has no method)."""
+
+    process_id: str
+    timestamp: str
+    scope: str
+    decision: str
+    source: str
+    reason: str
+    protocol: str
+    host: str
+    port: int
+    method: str | None = None
+    client: str | None = None
+    policy_override: bool
+
+
+def policy_decision_notification(params: NetworkPolicyDecision) -> bytes:
+    return encode({"method": "network/policyDecision", "params": params})
+
+
 class ProcessStartParams(_Params):
     """``size``, ``timeoutMs``, ``idleTimeoutMs`` and ``drainTimeoutMs`` are ours."""
 
@@ -124,7 +178,11 @@ class ProcessStartParams(_Params):
     sandbox: dict[str, Any] | None = None
     """codex's permission profile, decoded by ``sandbox/profile.py`` (its -32602 texts)."""
     enforce_managed_network: bool = False
-    """A managed network proxy is required (we announce no ``networkProxyLaunch``)."""
+    """The child's network must go through the managed proxy (``networkProxy``)."""
+    network_proxy: NetworkProxyLaunch | None = None
+    """Launch a managed network proxy for this process (``network/``)."""
+    managed_network: dict[str, Any] | None = None
+    """Facts about a proxy the client runs itself; refused together with ``networkProxy``."""
 
 
 class ProcessStartResult(_Wire):

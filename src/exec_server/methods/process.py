@@ -7,6 +7,7 @@ this module maps it to wire values and JSON-RPC errors.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -45,7 +46,10 @@ from . import method
 
 if TYPE_CHECKING:
     from ..connection import Connection
-    from ..sandbox.bwrap import Launch
+    from ..network.managed import ManagedNetwork
+    from ..process.manager import ProcessManager
+    from ..sandbox.bwrap import Launch, NetworkEntry
+    from ..sandbox.policy import Policy
     from ..sandbox.profile import SandboxRequest
 
 SANDBOX_TYPE = "linuxSeccomp"
@@ -153,11 +157,6 @@ def start(
     both) the start is prepared on a worker thread, the id reserved meanwhile."""
     if not params.argv:
         raise invalid_params("argv must not be empty")
-    if params.enforce_managed_network:
-        raise invalid_params(
-            "enforceManagedNetwork is not supported: this executor runs no managed network "
-            "proxy (networkProxyLaunch is false)"
-        )
     _check_strings(params)
     cwd = _no_nul(parse_path(params.cwd, "cwd"), "cwd")
     policy = params.env_policy
@@ -175,6 +174,13 @@ def start(
         )
     prepend_path.apply(env, connection.server.prepend_path_dirs)
     env = without_excluded(env, connection.server.guards.env_exclude)
+    network = None
+    if params.network_proxy is not None or params.enforce_managed_network:
+        from .network import requested_network  # managed-network starts only
+
+        network = requested_network(connection, params)
+    if network is not None:
+        env.update(network.environment())
     size = params.size
     request = SpawnRequest(
         argv=params.argv,
@@ -192,25 +198,37 @@ def start(
     )
     processes = connection.require_session().processes
     confinement = connection.server.guards.confinement
-    if params.sandbox is None and confinement is None:
+    if params.sandbox is None and confinement is None and network is None:
         processes.start(params.process_id, request, deadlines)
         return ProcessStartResult(params.process_id)
     from ..sandbox.profile import ProfileError, parse_sandbox  # sandboxed starts only
 
     try:
         profile = parse_sandbox(params.sandbox)
+        processes.reserve(params.process_id, request, deadlines)
     except ProfileError as error:
+        if network is not None:
+            network.close()
         raise invalid_params(error.message) from None
-    processes.reserve(params.process_id, request, deadlines)
-    return _start_sandboxed(connection, params.process_id, request, profile)
+    except BaseException:
+        if network is not None:
+            network.close()
+        raise
+    return _start_sandboxed(connection, params.process_id, request, profile, network)
 
 
 @_mapped_async
 async def _start_sandboxed(
-    connection: Connection, process_id: str, request: SpawnRequest, profile: SandboxRequest | None
+    connection: Connection,
+    process_id: str,
+    request: SpawnRequest,
+    profile: SandboxRequest | None,
+    network: ManagedNetwork | None = None,
 ) -> ProcessStartResult:
     """Resolve the policy and build the sandbox off the loop, then spawn the reserved id.
-    A restricted policy that cannot be enforced fails the start: it never runs unconfined."""
+    A restricted policy that cannot be enforced fails the start: it never runs unconfined.
+    With a managed ``network`` the child always gets a network namespace of its own, where
+    only its proxy is reachable (``network/managed.py``); the proxy ends with the launch."""
     from ..sandbox import enforce
     from ..sandbox.policy import PolicyError
 
@@ -219,34 +237,66 @@ async def _start_sandboxed(
 
     def prepare() -> Launch | None:
         policy = enforce.process_policy(profile, confinement, request.cwd, request.env)
+        if network is not None:
+            policy = _without_network(policy)
         if policy is None or not policy.is_restricted:
             return None
-        return enforce.launch(policy, request.argv, request.cwd, request.arg0, request.env)
+        entry = None if network is None else _network_entry(network, policy)
+        return enforce.launch(
+            policy, request.argv, request.cwd, request.arg0, request.env, network=entry
+        )
 
     try:
         launch = await asyncio.to_thread(prepare)
     except enforce.SandboxUnavailable as error:
-        processes.abandon(process_id)
+        _give_up(processes, process_id, network)
         raise invalid_params(error.message) from None
     except PolicyError as error:
-        processes.abandon(process_id)
+        _give_up(processes, process_id, network)
         raise invalid_params(f"failed to prepare process sandbox: {error}") from None
     except OSError as error:
-        processes.abandon(process_id)
+        _give_up(processes, process_id, network)
         raise internal_error(os_error_message(error)) from None
     except BaseException:
-        processes.abandon(process_id)
+        _give_up(processes, process_id, network)
         raise
     if launch is None:
         processes.spawn_reserved(process_id)
         return ProcessStartResult(process_id)
+    if network is not None:
+        launch.on_release.append(network.close)
     sandboxed = msgspec.structs.replace(request, argv=launch.argv, arg0=launch.arg0)
     try:
         processes.spawn_reserved(process_id, sandboxed, launch)
     except BaseException:
         launch.release()
         raise
+    if network is not None:
+        child = processes.get(process_id).child
+        if child is not None:
+            network.start(child.pid)
     return ProcessStartResult(process_id, SANDBOX_TYPE)
+
+
+def _give_up(processes: ProcessManager, process_id: str, network: ManagedNetwork | None) -> None:
+    processes.abandon(process_id)
+    if network is not None:
+        network.close()
+
+
+def _without_network(policy: Policy | None) -> Policy:
+    """The policy with direct network access taken away (the proxy is the only way out)."""
+    from ..sandbox.policy import UNRESTRICTED
+
+    return dataclasses.replace(policy or UNRESTRICTED, network=False)
+
+
+def _network_entry(network: ManagedNetwork, policy: Policy) -> NetworkEntry:
+    from ..sandbox.bwrap import NetworkEntry
+    from ..sandbox.policy import Access
+
+    mounts = network.mounts(lambda path: policy.access_at(path) == Access.NONE)
+    return NetworkEntry(network.entry_argv(), mounts)
 
 
 def _seconds(milliseconds: int | None) -> float | None:

@@ -25,7 +25,7 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .policy import (
@@ -145,12 +145,17 @@ class Launch:
     sandboxed: bool
     arg0: str | None = None
     _placeholders: list[_Placeholder] = field(default_factory=list, repr=False)
+    on_release: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    """Run once by :meth:`release` (a managed network's teardown, ``network/managed.py``)."""
 
     def release(self) -> None:
         """Undo the launch's host-side effects; safe to call more than once."""
         held, self._placeholders = self._placeholders, []
         for placeholder in held:
             _release_placeholder(placeholder)
+        hooks, self.on_release = self.on_release, []
+        for hook in hooks:
+            hook()
 
 
 def wrap(
@@ -160,6 +165,7 @@ def wrap(
     *,
     arg0: str | None = None,
     bwrap: BwrapSupport | None = None,
+    network: NetworkEntry | None = None,
 ) -> Launch:
     """The launch that runs ``argv`` in ``cwd`` confined by ``policy``.
 
@@ -171,6 +177,8 @@ def wrap(
     then bwrap) is the session leader and keeps the PTY as controlling terminal; bwrap runs
     without ``--new-session``, so the command shares that terminal and job control works.
     ``arg0``, when given, is the ``argv[0]`` the program sees (through ``bash exec -a``).
+    ``network``, when given, runs the command behind a managed network proxy (see
+    :class:`NetworkEntry`): always in a network namespace of its own.
     """
     if not policy.is_restricted:
         return Launch(list(argv), sandboxed=False, arg0=arg0)
@@ -189,10 +197,13 @@ def wrap(
             launch.release()
             raise SandboxUnavailable("arg0 under a sandbox needs bash, which is not installed")
         inner = [found.bash, "-c", 'exec -a "$0" "$@"', arg0, *argv]
+    if network is not None:
+        inner = [*network.entry, *inner]
+        mounts += network.mounts
     if found.signal_shim is not None:
         inner = [found.signal_shim, "--default-signal", "--", *inner]
     namespaces = ["--unshare-user", "--unshare-pid", "--unshare-ipc"]
-    namespaces += [] if policy.network else ["--unshare-net"]
+    namespaces += [] if policy.network and network is None else ["--unshare-net"]
     namespaces += ["--disable-userns"] if found.disable_userns else []
     command = [found.bwrap, *mounts, *namespaces, "--die-with-parent", "--cap-drop", "ALL"]
     command += ["--chdir", cwd, "--", *inner]
@@ -200,6 +211,16 @@ def wrap(
         command = [found.signal_shim, f"--ignore-signal={IGNORED_IN_BWRAP}", "--", *command]
     launch.argv = command
     return launch
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkEntry:
+    """A managed network's part of a launch: ``entry``, the argv prefix that hands the
+    proxy sockets over and then execs the command, and ``mounts``, bubblewrap arguments
+    added after the policy's own."""
+
+    entry: Sequence[str]
+    mounts: Sequence[str]
 
 
 def _mount_args(policy: Policy, found: BwrapSupport, launch: Launch) -> list[str]:

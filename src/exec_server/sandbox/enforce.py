@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .bwrap import Launch, SandboxUnavailable, support, wrap
+from .bwrap import Launch, NetworkEntry, SandboxUnavailable, support, wrap
 from .policy import (
     Confinement,
     Policy,
@@ -57,16 +57,22 @@ def fs_policy(
 
 
 def launch(
-    policy: Policy, argv: list[str], cwd: str, arg0: str | None, env: Mapping[str, str]
+    policy: Policy,
+    argv: list[str],
+    cwd: str,
+    arg0: str | None,
+    env: Mapping[str, str],
+    network: NetworkEntry | None = None,
 ) -> Launch:
     """The sandboxed launch of ``argv``. Raises :class:`SandboxUnavailable` when bubblewrap
     cannot run here, and ``FileNotFoundError`` when the program is not on the child's PATH
-    (as an unsandboxed start would: inside, it would only be ``env``'s exit 127)."""
+    (as an unsandboxed start would: inside, it would only be ``env``'s exit 127).
+    ``network`` puts the command behind a managed network proxy (``bwrap.NetworkEntry``)."""
     if not support().usable:
         raise SandboxUnavailable(support().reason or "bubblewrap is not usable")
     if not _findable(argv[0], env):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
-    return wrap(policy, argv, cwd, arg0=arg0)
+    return wrap(policy, argv, cwd, arg0=arg0, network=network)
 
 
 def _findable(program: str, env: Mapping[str, str]) -> bool:

@@ -1,0 +1,53 @@
+"""The first program of a proxied child, run inside its network namespace.
+
+It binds the proxy ports on the namespace's loopback, hands the listening sockets to the
+server over the Unix socket named on its command line (``SCM_RIGHTS``), waits for the
+server's go-ahead, and execs the command. The server then accepts on those sockets itself:
+nothing relays bytes inside the sandbox, and nothing else in the namespace reaches out.
+
+Run as ``python -I -S -c <this file's source> SOCKET PORT... -- COMMAND...``: standard
+library only, no imports of this package (the sandbox may not show it).
+"""
+
+import os
+import socket
+import sys
+
+READY = b"K"
+"""What the server sends once it serves the sockets."""
+
+
+def main(argv: list[str]) -> int:
+    """Bind, hand over, exec; an exit status when something fails before the exec."""
+    separator = argv.index("--")
+    channel_path = argv[1]
+    ports = [int(port) for port in argv[2:separator]]
+    command = argv[separator + 1 :]
+    listeners = []
+    try:
+        for port in ports:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.bind(("127.0.0.1", port))
+            listener.listen(1024)
+            listeners.append(listener)
+        channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        channel.connect(channel_path)
+        socket.send_fds(channel, [b"L"], [listener.fileno() for listener in listeners])
+        if channel.recv(1) != READY:
+            raise OSError("the server did not start the proxy")
+        channel.close()
+    except OSError as error:
+        sys.stderr.write(f"exec-server: cannot set up the managed network proxy: {error}\n")
+        return 126
+    for listener in listeners:
+        listener.close()
+    try:
+        os.execvp(command[0], command)
+    except OSError as error:
+        sys.stderr.write(f"{command[0]}: {error.strerror}\n")
+        return 127 if isinstance(error, FileNotFoundError) else 126
+    return 0  # pragma: no cover - execvp does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
