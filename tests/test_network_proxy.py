@@ -4,18 +4,27 @@ children (curl, python), real origins on loopback; the escapes must fail."""
 
 from __future__ import annotations
 
+import asyncio
+import glob
 import http.server
 import json
+import os
 import shutil
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from exec_server.config import Guards
+from exec_server.paths import to_file_uri
 from exec_server.sandbox.bwrap import support
+from exec_server.sandbox.policy import load_confinement
 
-from .support import PATH_ENV, Client, running_server
+from .sandbox_support import workspace_write
+from .support import PATH_ENV, Client, RpcFailure, running_server
 
 pytestmark = pytest.mark.skipif(
     not support().usable, reason=f"bubblewrap cannot run here: {support().reason}"
@@ -154,3 +163,276 @@ async def test_unlisted_host_gets_the_reference_403(client: Client, origin: int)
         "not_allowed",
         "example.test",
     )
+
+
+REFERENCE_ENV_KEYS = sorted(
+    [
+        "ALL_PROXY",
+        "BUNDLE_HTTPS_PROXY",
+        "BUNDLE_HTTP_PROXY",
+        "BUNDLE_NO_PROXY",
+        "CODEX_NETWORK_ALLOW_LOCAL_BINDING",
+        "CODEX_NETWORK_PROXY_ACTIVE",
+        "DOCKER_HTTPS_PROXY",
+        "DOCKER_HTTP_PROXY",
+        "ELECTRON_GET_USE_PROXY",
+        "FTP_PROXY",
+        "HTTPS_PROXY",
+        "HTTP_PROXY",
+        "NODE_USE_ENV_PROXY",
+        "NO_PROXY",
+        "NPM_CONFIG_HTTPS_PROXY",
+        "NPM_CONFIG_HTTP_PROXY",
+        "NPM_CONFIG_NOPROXY",
+        "NPM_CONFIG_PROXY",
+        "PATH",
+        "PIP_PROXY",
+        "PWD",
+        "WSS_PROXY",
+        "WS_PROXY",
+        "YARN_HTTPS_PROXY",
+        "YARN_HTTP_PROXY",
+        "all_proxy",
+        "ftp_proxy",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "npm_config_http_proxy",
+        "npm_config_https_proxy",
+        "npm_config_noproxy",
+        "npm_config_proxy",
+        "ws_proxy",
+        "wss_proxy",
+    ]
+)
+"""What ``env`` printed under the 0.169 reference for a PATH-only request with SOCKS5 on
+(probed; ``PWD`` comes from the shell)."""
+
+
+async def test_child_environment_is_the_references(client: Client) -> None:
+    out = await run_proxied(client, "p1", "env", {"127.0.0.1": "allow"})
+    env = dict(line.split("=", 1) for line in out.splitlines())
+    assert sorted(env) == REFERENCE_ENV_KEYS
+    http, socks = env["HTTP_PROXY"], env["ALL_PROXY"]
+    assert http.startswith("http://127.0.0.1:") and socks.startswith("socks5h://127.0.0.1:")
+    assert env["https_proxy"] == env["PIP_PROXY"] == env["npm_config_proxy"] == http
+    assert env["FTP_PROXY"] == env["all_proxy"] == socks
+    assert env["NO_PROXY"] == env["no_proxy"] == env["NPM_CONFIG_NOPROXY"] == ""
+    assert env["CODEX_NETWORK_PROXY_ACTIVE"] == "1"
+    assert env["CODEX_NETWORK_ALLOW_LOCAL_BINDING"] == "0"
+    assert env["NODE_USE_ENV_PROXY"] == "1" and env["ELECTRON_GET_USE_PROXY"] == "true"
+
+
+async def test_without_socks5_there_is_no_socks_variable(client: Client) -> None:
+    out = await run_proxied(client, "p1", "env", {"127.0.0.1": "allow"}, socks5=False)
+    env = dict(line.split("=", 1) for line in out.splitlines())
+    assert "ALL_PROXY" not in env and "ftp_proxy" not in env
+    assert env["HTTP_PROXY"].startswith("http://127.0.0.1:")
+
+
+@needs_curl
+async def test_direct_connections_bypassing_the_proxy_fail(client: Client, origin: int) -> None:
+    """The origin is allowed, yet nothing but the proxy is reachable: curl told to ignore the
+    proxy, a raw TCP connect, UDP and IPv6 all fail inside the child's namespace."""
+    script = f"""
+curl -s -m 5 --noproxy '*' http://127.0.0.1:{origin}/ ; echo "curl=$?"
+python3 - <<'PY'
+import socket
+for family, address in ((socket.AF_INET, ("127.0.0.1", {origin})), (socket.AF_INET6, ("::1", {origin}))):
+    try:
+        socket.create_connection(address, timeout=5).close()
+        print("tcp=connected")
+    except OSError as error:
+        print("tcp=refused", type(error).__name__)
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 53))
+    print("udp=sent")
+except OSError as error:
+    print("udp=failed", type(error).__name__)
+try:
+    socket.create_connection(("192.0.2.1", 80), timeout=5)
+    print("tcp-out=connected")
+except OSError as error:
+    print("tcp-out=failed", type(error).__name__)
+PY
+"""
+    out = await run_proxied(client, "p1", script, {"127.0.0.1": "allow"})
+    assert "curl=7" in out  # couldn't connect
+    assert "tcp=connected" not in out and out.count("tcp=refused") == 2
+    assert "udp=failed" in out and "tcp-out=failed" in out
+    assert decisions(client, "p1") == []  # nothing went through the proxy
+
+
+@needs_curl
+async def test_connect_tunnel_allowed_and_denied(client: Client, origin: int) -> None:
+    script = f"""
+curl -s -p http://127.0.0.1:{origin}/ ; echo "allowed=$?"
+python3 - <<'PY'
+import os, socket
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+with socket.create_connection(("127.0.0.1", port)) as s:
+    s.sendall(b"CONNECT evil.test:443 HTTP/1.1\\r\\nHost: evil.test:443\\r\\n\\r\\n")
+    print(repr(s.recv(4096)))
+PY
+"""
+    domains = {"127.0.0.1": "allow", "evil.test": "deny"}
+    out = await run_proxied(client, "p1", script, domains)
+    assert "hello-origin\nallowed=0" in out
+    assert "HTTP/1.1 403 Forbidden" in out and "x-proxy-error: blocked-by-denylist" in out
+    assert "Domain denied by the sandbox policy." in out
+    allowed, denied = decisions(client, "p1")
+    assert (allowed["protocol"], allowed["method"], allowed["decision"]) == (
+        "https_connect",
+        "CONNECT",
+        "allow",
+    )
+    assert (denied["host"], denied["port"], denied["reason"]) == ("evil.test", 443, "denied")
+
+
+@needs_curl
+async def test_limited_mode_blocks_post_and_lets_get_through(client: Client, origin: int) -> None:
+    url = f"http://127.0.0.1:{origin}/"
+    script = f"curl -s {url}; curl -s -i -d data {url}"
+    out = await run_proxied(client, "p1", script, {"127.0.0.1": "allow"}, mode="limited")
+    assert out.startswith("hello-origin\n")
+    assert "x-proxy-error: blocked-by-method-policy" in out
+    assert '"message":"Method not allowed in limited mode."' in out and "posted:" not in out
+    get, post_domain, post_mode = decisions(client, "p1")
+    assert (get["method"], get["decision"]) == ("GET", "allow")
+    assert (post_domain["method"], post_domain["decision"]) == ("POST", "allow")
+    assert (post_mode["scope"], post_mode["source"], post_mode["reason"]) == (
+        "non_domain",
+        "mode_guard",
+        "method_not_allowed",
+    )
+
+
+@needs_curl
+async def test_post_body_reaches_the_origin_in_full_mode(client: Client, origin: int) -> None:
+    out = await run_proxied(
+        client, "p1", f"curl -s -d hello http://127.0.0.1:{origin}/", {"127.0.0.1": "allow"}
+    )
+    assert out == "posted:hello"
+
+
+@needs_curl
+async def test_socks5_allowed_and_denied(client: Client, origin: int) -> None:
+    script = f"""
+curl -s --socks5-hostname "${{ALL_PROXY#socks5h://}}" http://127.0.0.1:{origin}/ ; echo "ok=$?"
+curl -s --socks5-hostname "${{ALL_PROXY#socks5h://}}" http://other.test/ ; echo "denied=$?"
+"""
+    out = await run_proxied(client, "p1", script, {"127.0.0.1": "allow"})
+    assert "hello-origin\nok=0" in out
+    assert "denied=97" in out  # curl: the SOCKS5 proxy refused the connection
+    allowed, denied = decisions(client, "p1")
+    assert allowed["protocol"] == "socks5_tcp" and "method" not in allowed
+    assert list(denied) == [f for f in POLICY_FIELDS if f != "method"]
+    assert (denied["host"], denied["reason"]) == ("other.test", "not_allowed")
+
+
+@needs_curl
+async def test_local_names_need_an_exact_entry(client: Client, origin: int) -> None:
+    script = f"curl -s http://localhost:{origin}/; echo; curl -s http://127.0.0.1:{origin}/"
+    out = await run_proxied(client, "p1", script, {"*": "allow"})
+    assert out.count('"reason":"not_allowed_local"') == 2
+    assert "Sandbox policy blocks local/private network addresses." in out
+    out = await run_proxied(
+        client, "p2", f"curl -s http://localhost:{origin}/", {"localhost": "allow"}
+    )
+    assert out == "hello-origin\n"
+
+
+async def test_proxied_start_refusals(client: Client) -> None:
+    argv = ["true"]
+
+    async def refused(**params: Any) -> str:
+        with pytest.raises(RpcFailure) as caught:
+            await client.start("bad", argv, **params)
+        assert caught.value.code == -32602
+        return caught.value.message
+
+    proxy = network_proxy({"127.0.0.1": "allow"})
+    message = await refused(networkProxy=proxy, managedNetwork={"loopbackPorts": [1]})
+    assert "mutually exclusive" in message
+    off = network_proxy(None, enabled=False)
+    assert "requires an enabled proxy" in await refused(networkProxy=off)
+    zero = {**proxy, "policyDecisionTimeoutMs": 0}
+    assert await refused(networkProxy=zero) == (
+        "network policy decision callback timeout must be nonzero"
+    )
+    url = network_proxy({"http://x.test": "allow"})
+    assert await refused(networkProxy=url) == (
+        "invalid network proxy config: unsupported domain pattern syntax: http://x.test"
+    )
+    empty = network_proxy({"": "allow"})
+    assert (
+        await refused(networkProxy=empty) == "invalid network proxy config: domain pattern is empty"
+    )
+    assert "not supported" in await refused(enforceManagedNetwork=True)
+    masked = network_proxy({}, credentialMasking=True)
+    assert "credential masking" in await refused(networkProxy=masked)
+
+
+async def test_proxy_ends_with_the_process(client: Client) -> None:
+    """The hand-over directory is gone once the child has exited, and so are the proxy's
+    sockets: the server holds no more fds than before."""
+    pattern = f"{tempfile.gettempdir()}/exec-server-net-*"
+    before_dirs = set(glob.glob(pattern))
+    before_fds = len(os.listdir("/proc/self/fd"))
+    await run_proxied(client, "p1", "sleep 0.2", {"127.0.0.1": "allow"})
+    assert set(glob.glob(pattern)) == before_dirs
+    await asyncio.sleep(0.1)
+    assert len(os.listdir("/proc/self/fd")) <= before_fds
+
+
+async def test_confinement_without_network_refuses_a_proxy() -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as profile:
+        permissions = {"type": "managed", "file_system": {"type": "unrestricted"}}
+        json.dump({"permissions": {**permissions, "network": "restricted"}}, profile)
+        profile.flush()
+        confinement = load_confinement(profile.name)
+    assert not confinement.allows_network
+    async with (
+        running_server(guards=Guards(confinement=confinement)) as (_, url),
+        Client.connect(url) as connected,
+    ):
+        await connected.initialize()
+        with pytest.raises(RpcFailure) as caught:
+            await connected.start("p1", ["true"], networkProxy=network_proxy({"x.test": "allow"}))
+        assert "allows no network" in caught.value.message
+
+
+@needs_curl
+@pytest.mark.parametrize("network", ["restricted", "enabled"])
+async def test_under_codexs_workspace_profile(client: Client, origin: int, network: str) -> None:
+    """codex sends its workspace-write profile (network ``enabled``) with the proxy: the
+    profile's filesystem rules apply and the network is still the proxy's only."""
+    work = Path.home() / ".cache" / "exec-server-tests" / os.urandom(4).hex()
+    work.mkdir(parents=True)
+    try:
+        script = (
+            f"curl -s http://127.0.0.1:{origin}/; curl -s -m 5 --noproxy '*' "
+            f'http://127.0.0.1:{origin}/; echo "direct=$?"; touch /etc/x 2>/dev/null; echo "etc=$?"'
+        )
+        result = await client.start(
+            "p1",
+            ["sh", "-c", script],
+            cwd=str(work),
+            env=PATH_ENV,
+            sandbox=workspace_write(to_file_uri(str(work)), network=network),
+            networkProxy=network_proxy({"127.0.0.1": "allow"}),
+            enforceManagedNetwork=True,
+        )
+        assert result["sandboxType"] == "linuxSeccomp"
+        out = (await client.wait_closed("p1")).data().decode()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert out == "hello-origin\ndirect=7\netc=1\n"
+
+
+async def test_arg0_and_exit_status_pass_through(client: Client) -> None:
+    params = {"networkProxy": network_proxy({}), "arg0": "renamed"}
+    await client.start("p1", ["bash", "-c", 'echo "$0"; exit 3'], env=PATH_ENV, **params)
+    events = await client.wait_closed("p1")
+    assert events.data() == b"renamed\n"
+    assert events.exited is not None and events.exited["exitCode"] == 3

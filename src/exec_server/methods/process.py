@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import msgspec
@@ -241,7 +241,7 @@ async def _start_sandboxed(
             policy = _without_network(policy)
         if policy is None or not policy.is_restricted:
             return None
-        entry = None if network is None else _network_entry(network, policy)
+        entry = None if network is None else _network_entry(network, policy, request.env)
         return enforce.launch(
             policy, request.argv, request.cwd, request.arg0, request.env, network=entry
         )
@@ -291,12 +291,12 @@ def _without_network(policy: Policy | None) -> Policy:
     return dataclasses.replace(policy or UNRESTRICTED, network=False)
 
 
-def _network_entry(network: ManagedNetwork, policy: Policy) -> NetworkEntry:
+def _network_entry(network: ManagedNetwork, policy: Policy, env: Mapping[str, str]) -> NetworkEntry:
     from ..sandbox.bwrap import NetworkEntry
     from ..sandbox.policy import Access
 
     mounts = network.mounts(lambda path: policy.access_at(path) == Access.NONE)
-    return NetworkEntry(network.entry_argv(), mounts)
+    return NetworkEntry(network.entry_argv(env), mounts)
 
 
 def _seconds(milliseconds: int | None) -> float | None:

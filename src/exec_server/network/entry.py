@@ -5,8 +5,10 @@ server over the Unix socket named on its command line (``SCM_RIGHTS``), waits fo
 server's go-ahead, and execs the command. The server then accepts on those sockets itself:
 nothing relays bytes inside the sandbox, and nothing else in the namespace reaches out.
 
-Run as ``python -I -S -c <this file's source> SOCKET PORT... -- COMMAND...``: standard
-library only, no imports of this package (the sandbox may not show it).
+Run as ``python -I -S -c <this file's source> SOCKET LC_CTYPE PORT... -- COMMAND...``:
+standard library only, no imports of this package (the sandbox may not show it).
+``LC_CTYPE`` is ``=VALUE`` or ``-`` (unset): the child's own, restored before the exec, since
+Python's start-up may have coerced it (PEP 538).
 """
 
 import os
@@ -20,8 +22,8 @@ READY = b"K"
 def main(argv: list[str]) -> int:
     """Bind, hand over, exec; an exit status when something fails before the exec."""
     separator = argv.index("--")
-    channel_path = argv[1]
-    ports = [int(port) for port in argv[2:separator]]
+    channel_path, lc_ctype = argv[1], argv[2]
+    ports = [int(port) for port in argv[3:separator]]
     command = argv[separator + 1 :]
     listeners = []
     try:
@@ -41,6 +43,10 @@ def main(argv: list[str]) -> int:
         return 126
     for listener in listeners:
         listener.close()
+    if lc_ctype.startswith("="):
+        os.environ["LC_CTYPE"] = lc_ctype[1:]
+    else:
+        os.environ.pop("LC_CTYPE", None)
     try:
         os.execvp(command[0], command)
     except OSError as error:

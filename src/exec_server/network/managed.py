@@ -23,7 +23,7 @@ import struct
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,14 +75,16 @@ class ManagedNetwork:
         """The variables that point the child at its proxies."""
         return proxy_environment(self.http_port, self.socks_port, self.settings.allow_local_binding)
 
-    def entry_argv(self) -> list[str]:
-        """The argv prefix that runs ``entry.py`` before the command (``--`` last)."""
+    def entry_argv(self, env: Mapping[str, str]) -> list[str]:
+        """The argv prefix that runs ``entry.py`` before the command (``--`` last), for a
+        child whose environment is ``env``."""
         ports = [str(self.http_port)]
         if self.socks_port is not None:
             ports.append(str(self.socks_port))
         interpreter = os.path.realpath(sys.executable)
         channel = f"{INSIDE_DIR}/{_SOCKET_NAME}"
-        return [interpreter, "-I", "-S", "-c", _ENTRY_SOURCE, channel, *ports, "--"]
+        lc_ctype = "=" + env["LC_CTYPE"] if "LC_CTYPE" in env else "-"
+        return [interpreter, "-I", "-S", "-c", _ENTRY_SOURCE, channel, lc_ctype, *ports, "--"]
 
     def mounts(self, hidden: Callable[[str], bool]) -> list[str]:
         """bubblewrap arguments: the hand-over directory, and the interpreter and its
