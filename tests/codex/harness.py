@@ -94,10 +94,12 @@ class Workspace:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def write_config(home: Path, model_base_url: str) -> None:
-    """A config.toml pointing codex at the scripted model, with nothing that phones home."""
+def write_config(home: Path, model_base_url: str, top: str = "", tables: str = "") -> None:
+    """A config.toml pointing codex at the scripted model, with nothing that phones home;
+    ``top`` adds top-level keys (put first), ``tables`` adds tables (put last)."""
     (home / "config.toml").write_text(
-        f"""model = "gpt-5.5"
+        f"""{top}
+model = "gpt-5.5"
 model_provider = "scripted"
 approval_policy = "never"
 check_for_update_on_startup = false
@@ -111,7 +113,7 @@ base_url = {json.dumps(model_base_url)}
 wire_api = "responses"
 request_max_retries = 0
 stream_max_retries = 0
-"""
+{tables}"""
     )
 
 
@@ -259,12 +261,13 @@ def run_codex(
     workspace: Workspace,
     executor: Executor,
     *,
-    sandbox: str,
+    sandbox: str | None,
     prompt: str = "go",
     extra_env: Mapping[str, str] | None = None,
 ) -> CodexRun:
     """`codex exec` once, no stdin, in its own process group (killed with everything it
-    started if it has not ended by :data:`CODEX_TIMEOUT_S`); ``extra_env`` adds to its environment."""
+    started if it has not ended by :data:`CODEX_TIMEOUT_S`); ``extra_env`` adds to its environment.
+    ``sandbox`` None passes no ``-s``: the config's ``default_permissions`` profile applies."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "OPENAI_"))},
         "CODEX_HOME": str(workspace.home),
@@ -279,8 +282,7 @@ def run_codex(
             "--ephemeral",
             "--color",
             "never",
-            "-s",
-            sandbox,
+            *(["-s", sandbox] if sandbox is not None else []),
             "-C",
             str(workspace.work),
             prompt,
@@ -311,13 +313,15 @@ def run_turn(
     executor: Executor,
     turns: list[Turn],
     *,
-    sandbox: str = "danger-full-access",
+    sandbox: str | None = "danger-full-access",
     extra_env: Mapping[str, str] | None = None,
+    config: tuple[str, str] = ("", ""),
 ) -> tuple[ScriptedModel, CodexRun]:
     """One `codex exec` whose model makes the scripted tool calls, whatever its outcome: the
-    model (its recorded requests hold what codex reported back) and how codex ended."""
+    model (its recorded requests hold what codex reported back) and how codex ended.
+    ``config`` is (top-level keys, tables) added to config.toml (:func:`write_config`)."""
     with ScriptedModel(turns) as model:
-        write_config(workspace.home, model.base_url)
+        write_config(workspace.home, model.base_url, *config)
         run = run_codex(codex, workspace, executor, sandbox=sandbox, extra_env=extra_env)
     return model, run
 

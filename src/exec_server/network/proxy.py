@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import email.utils
 import json
 import socket
 import struct
@@ -113,6 +114,10 @@ async def resolve(host: str, port: int) -> Sequence[str]:
     except (OSError, UnicodeError):
         return []
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _http_date() -> str:
+    return email.utils.formatdate(usegmt=True)
 
 
 def _now() -> str:
@@ -451,7 +456,7 @@ async def _send_text(
     head = f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain\r\n"
     if reason is not None:
         head += f"x-proxy-error: {blocked_header(reason)}\r\n"
-    head += f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    head += f"content-length: {len(body)}\r\ndate: {_http_date()}\r\n\r\n"
     writer.write(head.encode() + body)
     await writer.drain()
 
@@ -475,7 +480,7 @@ async def _send_blocked_json(
     head = (
         "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\n"
         f"x-proxy-error: {blocked_header(decision.reason)}\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\ndate: {_http_date()}\r\n\r\n"
     )
     writer.write(head.encode() + body)
     await writer.drain()

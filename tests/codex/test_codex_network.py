@@ -1,0 +1,168 @@
+"""codex 0.169's managed network (issue 18) against an executor: the recording of the
+reference is the contract (``recordings/network_proxy_0.169.jsonl``: an unmodified
+`codex exec` with ``features.network_proxy`` and a permissions profile with network domains,
+through :mod:`stdio_recorder`), and the same run against ours must show the same.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from exec_server.protocol import ProcessStartParams
+
+from .harness import Executor, ExecutorKind, Workspace, run_turn
+from .model import exec_command
+
+pytestmark = pytest.mark.timeout(240)
+
+RECORDING = Path(__file__).with_name("recordings") / "network_proxy_0.169.jsonl"
+RECORDER = Path(__file__).with_name("stdio_recorder.py")
+
+CONFIG_TOP = 'default_permissions = "net"\n'
+CONFIG_TABLES = """
+[features]
+network_proxy = true
+
+[permissions.net]
+extends = ":workspace"
+
+[permissions.net.network]
+enabled = true
+mode = "full"
+domains = { "127.0.0.1" = "allow", "denied.test" = "deny" }
+"""
+"""What the recording was made with (no ``-s``: the profile decides)."""
+
+POLICY_FIELDS = [
+    "processId",
+    "timestamp",
+    "scope",
+    "decision",
+    "source",
+    "reason",
+    "protocol",
+    "host",
+    "port",
+    "method",
+    "client",
+    "policyOverride",
+]
+
+
+def _recording(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _proxied_start(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    for row in rows:
+        message = row["message"]
+        if message.get("method") == "process/start" and "networkProxy" in message["params"]:
+            return dict(message["params"])
+    raise AssertionError("no process/start with networkProxy in the recording")
+
+
+def _verdicts(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    return [
+        (p["decision"], p["reason"], p["protocol"], p["host"])
+        for row in rows
+        if row["message"].get("method") == "network/policyDecision"
+        for p in [row["message"]["params"]]
+    ]
+
+
+EXPECTED_VERDICTS = [
+    ("allow", "allow", "http", "127.0.0.1"),
+    ("deny", "not_allowed", "http", "example.test"),
+    ("deny", "denied", "http", "denied.test"),
+]
+
+
+def test_recorded_contract_decodes_and_matches() -> None:
+    """What codex sent the reference decodes as our ProcessStartParams, with the fields this
+    server acts on; the audit records have the twelve fields in the reference's order."""
+    rows = _recording(RECORDING)
+    start = _proxied_start(rows)
+    params = msgspec.convert(start, ProcessStartParams)
+    assert params.enforce_managed_network is True and params.managed_network is None
+    assert params.network_proxy is not None
+    proxy = params.network_proxy.proxy
+    assert (proxy.enabled, proxy.enable_socks5, proxy.mode) == (True, True, "full")
+    assert proxy.domains == {"127.0.0.1": "allow", "denied.test": "deny"}
+    assert params.network_proxy.audit_metadata["originator"] == "codex_exec"
+    assert start["sandbox"]["permissions"]["network"] == "enabled"
+    assert _verdicts(rows) == EXPECTED_VERDICTS
+    for row in rows:
+        if row["message"].get("method") == "network/policyDecision":
+            assert list(row["message"]["params"]) == POLICY_FIELDS
+
+
+class _Origin(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"hello-origin\n"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def origin() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("impl", ["reference", "ours"])
+def test_codex_exec_with_managed_network(
+    codex: Path, workspace: Workspace, origin: int, impl: str
+) -> None:
+    """An allowed fetch works, an unlisted host gets the 403 with its JSON body, a denied one
+    a 403, a direct connection fails; the executor reports the same three verdicts."""
+    if impl == "ours":
+        from exec_server.sandbox.bwrap import support
+
+        if not support().usable:
+            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
+    kind = ExecutorKind(impl, "stdio")
+    log = workspace.root / "wire.jsonl"
+    recorder = [sys.executable, str(RECORDER), str(log), "--", *kind.command(codex, "stdio")]
+    executor = Executor(kind, "mark", stdio_command=recorder)
+    command = (
+        f"curl -s http://127.0.0.1:{origin}/; curl -s -i http://example.test/; echo; "
+        "curl -s -o /dev/null -w '%{http_code}' http://denied.test/; echo; "
+        f"curl -s -m 5 --noproxy '*' http://127.0.0.1:{origin}/; echo direct=$?"
+    )
+    model, run = run_turn(
+        codex,
+        workspace,
+        executor,
+        [[exec_command("c1", command)]],
+        sandbox=None,
+        config=(CONFIG_TOP, CONFIG_TABLES),
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    output = model.output_of("c1").replace("\r\n", "\n")
+    assert "Output:\nhello-origin\nHTTP/1.1 403 Forbidden\n" in output, output
+    assert "x-proxy-error: blocked-by-allowlist" in output
+    body = output.split("\n\n", 1)[1].splitlines()[0]
+    assert json.loads(body)["message"] == "Domain not in allowlist."
+    assert output.endswith("\n403\ndirect=7\n"), output
+    rows = _recording(log)
+    assert _verdicts(rows) == EXPECTED_VERDICTS
+    start = _proxied_start(rows)
+    assert start["enforceManagedNetwork"] is True
