@@ -20,7 +20,7 @@ def capabilities() -> dict[str, bool]:
     """All fifteen flags the 0.169 reference announces, in its order."""
     return {
         "networkProxyLaunch": True,  # process/start networkProxy: network/ (needs bubblewrap)
-        "networkProxyReviewDomains": False,  # network/policyRequest to the client: not sent
+        "networkProxyReviewDomains": True,  # network/policyRequest: a server request
         "credentialMasking": False,  # no masking of credentials in what children print
         "credentialMaskingCustomProviders": False,
         "capabilityDiscoverySandbox": False,  # capabilities/discoverV2 is not served

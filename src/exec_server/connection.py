@@ -32,6 +32,7 @@ from .errors import (
 )
 from .methods import BY_REQUEST_TYPE, METHODS, REQUESTS, Method
 from .resources import Resources
+from .server_requests import ServerRequests
 
 if TYPE_CHECKING:
     from .server import Server
@@ -97,6 +98,8 @@ class Connection:
         self._room.set()
         self.resources = Resources()
         """What this connection owns besides its session (HTTP body streams, ...)."""
+        self.server_requests = ServerRequests()
+        """Requests this server sent the client and awaits answers to."""
 
     @property
     def is_open(self) -> bool:
@@ -121,6 +124,14 @@ class Connection:
         """After ``send_notification`` returned False: wait until the transport has drained,
         or the connection has ended (for producers other than processes)."""
         await self._room.wait()
+
+    async def server_request(self, method: str, params: Any) -> msgspec.Raw:
+        """Send the client a request and wait for its result (raw JSON). Raises
+        :class:`~.server_requests.ServerRequestError` for an error answer, a closed
+        connection or too many pending; the caller bounds the wait (``asyncio.timeout``)."""
+        message, answer = self.server_requests.begin(method, params)
+        self.transport.send(message)
+        return await answer
 
     def _send_reply(self, message: bytes) -> None:
         # Replies are never refused: past the bound the transport stops reading requests,
@@ -183,7 +194,9 @@ class Connection:
                 )
             )
             return True
-        return False  # a response from the client: the server never sends requests
+        # A response: to a request of ours, or a protocol error that ends the connection.
+        assert isinstance(message, rpc.Response)
+        return self.server_requests.settle(message)
 
     def _handle_notification(self, message: rpc.Notification) -> bool:
         # Like the reference, a repeated ``initialized`` is harmless; one before ``initialize``
@@ -308,6 +321,7 @@ class Connection:
             return
         self.state = HandshakeState.CLOSED
         self.resources.release_all()
+        self.server_requests.fail_all()
         for task in list(self._tasks):
             task.cancel()
         self._room.set()

@@ -160,6 +160,30 @@ def policy_decision_notification(params: NetworkPolicyDecision) -> bytes:
     return encode({"method": "network/policyDecision", "params": params})
 
 
+class PolicyRequestTarget(_Wire):
+    protocol: str
+    host: str
+    port: int
+
+
+class PolicyRequestParams(_Wire):
+    """Params of the server's ``network/policyRequest`` (a request to the client)."""
+
+    process_id: str
+    request: PolicyRequestTarget
+
+
+class PolicyRequestDecision(_Wire):
+    type: Literal["allow", "deny", "ask"]
+    reason: str | None = None
+
+
+class PolicyRequestResult(_Wire):
+    """The client's answer to ``network/policyRequest``."""
+
+    decision: PolicyRequestDecision
+
+
 class ProcessStartParams(_Params):
     """``size``, ``timeoutMs``, ``idleTimeoutMs`` and ``drainTimeoutMs`` are ours."""
 

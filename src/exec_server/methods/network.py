@@ -1,19 +1,31 @@
 """``process/start.networkProxy``: the wire side of the managed network (``network/``).
 
 Decodes the launch config into :class:`~..network.managed.ProxySettings` with the
-reference's -32602 texts, and sends each verdict of the proxy to the session's client as a
-``network/policyDecision`` notification.
+reference's -32602 texts, sends each verdict of the proxy to the session's client as a
+``network/policyDecision`` notification, and, when ``policyDecisionTimeoutMs`` is set, asks
+that client about allow-list misses with ``network/policyRequest`` (a server request).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from ..errors import invalid_params
 from ..network.managed import ManagedNetwork, ProxySettings
-from ..network.policy import Mode, NetworkPolicy, PatternError
-from ..network.proxy import Audit, AuditEvent
-from ..protocol import NetworkPolicyDecision, ProcessStartParams, policy_decision_notification
+from ..network.policy import REASON_NOT_ALLOWED, Answer, Mode, NetworkPolicy, PatternError, Protocol
+from ..network.proxy import Audit, AuditEvent, Decider
+from ..protocol import (
+    NetworkPolicyDecision,
+    PolicyRequestParams,
+    PolicyRequestResult,
+    PolicyRequestTarget,
+    ProcessStartParams,
+    policy_decision_notification,
+)
+from ..server_requests import ServerRequestError
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -61,8 +73,40 @@ def requested_network(connection: Connection, params: ProcessStartParams) -> Man
         )
     except PatternError as error:
         raise invalid_params(f"invalid network proxy config: {error}") from None
-    settings = ProxySettings(policy, proxy.enable_socks5, proxy.allow_local_binding)
+    timeout_ms = launch.policy_decision_timeout_ms
+    decider = None if timeout_ms is None else _decider(connection, params.process_id, timeout_ms)
+    settings = ProxySettings(policy, proxy.enable_socks5, proxy.allow_local_binding, decider)
     return ManagedNetwork(settings, _audit_sender(connection, params.process_id))
+
+
+MAX_REASON_BYTES = 1024
+"""A decider's reason longer than this is cut (the reference's bound on ``reason``)."""
+
+
+def _decider(connection: Connection, process_id: str, timeout_ms: int) -> Decider:
+    """Asks the session's client with ``network/policyRequest``; no client, an error, an
+    answer of the wrong shape, the cap of pending requests or the timeout: deny
+    ``not_allowed``, as the reference."""
+    session = connection.require_session()
+    timeout_s = timeout_ms / 1000
+
+    async def decide(protocol: Protocol, host: str, port: int) -> Answer:
+        attached = session.connection
+        if attached is None:
+            return Answer("deny")
+        target = PolicyRequestTarget(protocol.value, host, port)
+        try:
+            async with asyncio.timeout(timeout_s):
+                raw = await attached.server_request(
+                    "network/policyRequest", PolicyRequestParams(process_id, target)
+                )
+            decision = msgspec.json.decode(raw, type=PolicyRequestResult).decision
+        except (TimeoutError, ServerRequestError, msgspec.MsgspecError):
+            return Answer("deny")
+        reason = (decision.reason or REASON_NOT_ALLOWED).encode()[:MAX_REASON_BYTES]
+        return Answer(decision.type, reason.decode(errors="ignore"))
+
+    return decide
 
 
 def _audit_sender(connection: Connection, process_id: str) -> Audit:

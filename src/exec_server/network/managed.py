@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .env import proxy_environment
 from .policy import NetworkPolicy
-from .proxy import Audit, EgressProxy
+from .proxy import Audit, Decider, EgressProxy
 
 INSIDE_DIR = "/dev/exec-server-network"
 """Where the hand-over socket's directory appears in the sandbox (under bubblewrap's fresh
@@ -52,6 +52,8 @@ class ProxySettings:
     policy: NetworkPolicy
     socks5: bool
     allow_local_binding: bool
+    decider: Decider | None = None
+    """Asks the client about misses and review domains (``networkProxyReviewDomains``)."""
 
 
 class ManagedNetwork:
@@ -59,7 +61,7 @@ class ManagedNetwork:
 
     def __init__(self, settings: ProxySettings, audit: Audit) -> None:
         self.settings = settings
-        self.proxy = EgressProxy(settings.policy, audit)
+        self.proxy = EgressProxy(settings.policy, audit, decider=settings.decider)
         first = _PORT_RANGE[0] + secrets.randbelow(_PORT_RANGE[1] - _PORT_RANGE[0])
         self.http_port = first
         self.socks_port = first + 1 if settings.socks5 else None

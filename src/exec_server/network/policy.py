@@ -39,6 +39,18 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """Resolves a host name to its IP addresses (an empty list when it does not resolve)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the client (the decider) said about a host: ``allow``, ``deny`` or ``ask``."""
+
+    verdict: str
+    reason: str = REASON_NOT_ALLOWED
+
+
+Ask = Callable[[str, int], Awaitable[Answer]]
+"""Asks the client about ``host:port`` (an allow-list miss or a review domain)."""
+
+
 class PatternError(ValueError):
     """A ``domains`` key that is not a pattern; ``str()`` is the reference's wording."""
 
@@ -116,6 +128,15 @@ class Decision:
     reason: str
     source: str = "baseline_policy"
     addresses: tuple[str, ...] = ()
+    verdict: str | None = None
+    """``allow``, ``deny`` or ``ask`` (what the decider said); None: from ``allowed``."""
+    policy_override: bool = False
+    """The decider allowed what the lists did not."""
+
+    @property
+    def decision(self) -> str:
+        """The audit record's ``decision``."""
+        return self.verdict or ("allow" if self.allowed else "deny")
 
     @property
     def scope(self) -> str:
@@ -159,35 +180,62 @@ class NetworkPolicy:
         """Whether ``limited`` mode (if on) lets ``method`` through."""
         return self.mode is Mode.FULL or method.upper() in LIMITED_METHODS
 
-    async def decide(self, host: str, port: int, resolve: Resolver) -> Decision:
-        """The verdict on ``host:port`` by the lists (rules 1 to 4 above)."""
+    async def decide(
+        self, host: str, port: int, resolve: Resolver, ask: Ask | None = None
+    ) -> Decision:
+        """The verdict on ``host:port`` (rules 1 to 4 above). With ``ask``, an allow-list
+        miss or a review domain is put to the client; its ``allow`` still meets the
+        local-address check, and an explicit deny or a local literal is never asked."""
         name = normalize_host(host)
         if any(p.matches(name) for p in self.deny):
             return Decision(False, REASON_DENIED)
-        if any(p.matches(name) for p in self.review):
-            return Decision(False, REASON_NOT_ALLOWED)  # review overrides the allow list
-        matching = [p for p in self.allow if p.matches(name)]
-        exact = any(p.exact for p in matching)
-        local_ok = exact or (self.allow_local_binding and bool(matching))
+        reviewed = any(p.matches(name) for p in self.review)  # review overrides allow
+        matching = [] if reviewed else [p for p in self.allow if p.matches(name)]
+        local_ok = any(p.exact for p in matching) or (self.allow_local_binding and bool(matching))
         literal = _ip(name)
-        if literal is not None or name == "localhost" or name.endswith(".localhost"):
-            is_local = literal is None or not _public(literal)
-            if is_local and not local_ok:
-                return Decision(False, REASON_NOT_ALLOWED_LOCAL)
-            if not matching:
+        if _is_local_name(name, literal) and not local_ok:
+            return Decision(False, REASON_NOT_ALLOWED_LOCAL)
+        override = False
+        if not matching:
+            if ask is None:
                 return Decision(False, REASON_NOT_ALLOWED)
-            if literal is not None:
-                return Decision(True, REASON_ALLOW, addresses=(str(literal),))
-        elif not matching:
-            return Decision(False, REASON_NOT_ALLOWED)
-        addresses = tuple(await resolve(name, port))
+            answer = await ask(name, port)
+            if answer.verdict != "allow":
+                return Decision(False, answer.reason, "decider", verdict=answer.verdict)
+            override = True
+        addresses = await self._checked_addresses(name, literal, port, resolve, local_ok)
         if not addresses:
             return Decision(False, REASON_NOT_ALLOWED_LOCAL)
+        if override:
+            return Decision(True, REASON_NOT_ALLOWED, "decider", addresses, policy_override=True)
+        return Decision(True, REASON_ALLOW, addresses=addresses)
+
+    @staticmethod
+    async def _checked_addresses(
+        name: str,
+        literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None,
+        port: int,
+        resolve: Resolver,
+        local_ok: bool,
+    ) -> tuple[str, ...]:
+        """The addresses to connect to, all allowed; empty when any is not (or none)."""
+        if literal is not None:
+            return (str(literal),) if _public(literal) or local_ok else ()
+        addresses = tuple(await resolve(name, port))
         for address in addresses:
             ip = _ip(address)
             if ip is None or (not _public(ip) and not local_ok):
-                return Decision(False, REASON_NOT_ALLOWED_LOCAL)
-        return Decision(True, REASON_ALLOW, addresses=addresses)
+                return ()
+        return addresses
+
+
+def _is_local_name(
+    name: str, literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+) -> bool:
+    """Local without a lookup: a non-public IP literal, or ``localhost`` and its subdomains."""
+    if literal is not None:
+        return not _public(literal)
+    return name == "localhost" or name.endswith(".localhost")
 
 
 def normalize_host(host: str) -> str:

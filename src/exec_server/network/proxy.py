@@ -18,8 +18,9 @@ import email.utils
 import json
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import h11
@@ -30,6 +31,7 @@ from .policy import (
     REASON_MITM_REQUIRED,
     REASON_NOT_ALLOWED,
     REASON_NOT_ALLOWED_LOCAL,
+    Answer,
     Decision,
     Mode,
     NetworkPolicy,
@@ -105,6 +107,9 @@ class AuditEvent:
 
 Audit = Callable[[AuditEvent], None]
 
+Decider = Callable[[Protocol, str, int], Awaitable[Answer]]
+"""Asks the client about a destination the lists do not allow (``network/policyRequest``)."""
+
 
 async def resolve(host: str, port: int) -> Sequence[str]:
     """The host's addresses from the system resolver (an empty list when it has none)."""
@@ -137,12 +142,15 @@ class EgressProxy:
         policy: NetworkPolicy,
         audit: Audit,
         resolver: Resolver | None = None,
+        decider: Decider | None = None,
     ) -> None:
         self.policy = policy
         self._audit = audit
         self._resolve: Resolver = resolver or resolve
+        self._decider = decider
         self._servers: list[asyncio.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
         self._closed = False
 
     async def serve_http(self, listener: socket.socket) -> None:
@@ -162,13 +170,22 @@ class EgressProxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        for handler in list(self._handlers):
+            handler.cancel()  # e.g. one waiting for the client's decision
 
     # ---- verdicts ------------------------------------------------------------------------
 
     async def _judge(
         self, protocol: Protocol, host: str, port: int, method: str | None, client: str | None
     ) -> Decision:
-        decision = await self.policy.decide(host, port, self._resolve)
+        decider = self._decider
+        ask = None
+        if decider is not None:
+
+            async def ask(name: str, asked_port: int) -> Answer:
+                return await decider(protocol, name, asked_port)
+
+        decision = await self.policy.decide(host, port, self._resolve, ask)
         self._report(decision, protocol, host, port, method, client)
         if not decision.allowed or method is None:
             return decision
@@ -195,7 +212,7 @@ class EgressProxy:
             AuditEvent(
                 timestamp=_now(),
                 scope=decision.scope,
-                decision="allow" if decision.allowed else "deny",
+                decision=decision.decision,
                 source=decision.source,
                 reason=decision.reason,
                 protocol=protocol.value,
@@ -203,6 +220,7 @@ class EgressProxy:
                 port=port,
                 method=method,
                 client=client,
+                policy_override=decision.policy_override,
             )
         )
 
@@ -212,12 +230,16 @@ class EgressProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self._writers.add(writer)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         try:
             await self._http_exchange(reader, writer)
         except (OSError, h11.ProtocolError, asyncio.IncompleteReadError):
             pass
         finally:
             self._writers.discard(writer)
+            self._handlers.discard(handler)
             writer.transport.abort() if self._closed else writer.close()
 
     async def _http_exchange(
@@ -324,12 +346,16 @@ class EgressProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self._writers.add(writer)
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         try:
             await self._socks_exchange(reader, writer)
         except (OSError, asyncio.IncompleteReadError, UnicodeError, ValueError):
             pass
         finally:
             self._writers.discard(writer)
+            self._handlers.discard(handler)
             writer.transport.abort() if self._closed else writer.close()
 
     async def _socks_exchange(
