@@ -53,6 +53,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("rss_idle_mib", "server RSS, idle children", "MiB", False, 1.0),
     Metric("startup_reply_ms", "start to initialize reply", "ms", False, None, 100.0),
     Metric("startup_exit_ms", "start to exit", "ms"),
+    # Issue 18's goal: at least the reference's throughput, latency within 1 ms of it.
+    Metric("proxy_fetch_mibs", "HTTP fetch through the proxy", "MiB/s", True, 1.0),
+    Metric("proxy_added_latency_ms", "latency the proxy adds", "ms"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 

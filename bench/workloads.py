@@ -38,6 +38,8 @@ class Sizes:
     hol_wait_ms: int = 2000
     idle_n: int = 500
     startup_n: int = 20
+    proxy_n: int = 200
+    proxy_bytes: int = 256 * MiB
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -51,6 +53,8 @@ class Sizes:
             hol_wait_ms=1000,
             idle_n=100,
             startup_n=5,
+            proxy_n=50,
+            proxy_bytes=32 * MiB,
         )
 
 
@@ -292,6 +296,16 @@ async def memory(server: RunningServer, sizes: Sizes) -> Metrics:
     return {"rss_base_mib": base / MiB, "rss_idle_mib": rss / MiB}
 
 
+# -- 9. the managed network proxy (issue 18) ------------------------------------------------
+
+
+async def proxy(server: RunningServer, sizes: Sizes) -> Metrics:
+    """A proxied child's HTTP fetches: latency the proxy adds, and MiB/s through it."""
+    from bench.network import proxy_fetch
+
+    return await proxy_fetch(server, sizes.proxy_n, sizes.proxy_bytes)
+
+
 WORKLOADS: dict[str, Workload] = {
     "spawn": spawn,
     "rtt": rtt,
@@ -300,6 +314,7 @@ WORKLOADS: dict[str, Workload] = {
     "poll": poll,
     "hol": hol,
     "memory": memory,
+    "proxy": proxy,
 }
 REP_FACTOR = {"poll": 3, "throughput": 2}
 """Workloads repeated more than ``--reps`` times. A polling run lasts half a second, and on
