@@ -122,9 +122,9 @@ class ManagedNetwork:
         except (TimeoutError, OSError) as error:
             log.warning("managed network of pid %d not started: %s", child_pid, error)
             return
-        await self.proxy.serve_http(listeners[0])
+        self.proxy.serve_http(listeners[0])
         if len(listeners) > 1:
-            await self.proxy.serve_socks(listeners[1])
+            self.proxy.serve_socks(listeners[1])
 
     async def _handover(self, child_pid: int) -> list[socket.socket]:
         """The child's listening sockets, from the first connection its tree makes."""

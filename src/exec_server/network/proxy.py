@@ -18,13 +18,14 @@ import email.utils
 import json
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import h11
 
+from . import pump
 from .policy import (
     REASON_DENIED,
     REASON_METHOD_NOT_ALLOWED,
@@ -45,7 +46,8 @@ MAX_HEAD_BYTES = 64 * 1024
 CONNECT_TIMEOUT_S = 30.0
 """How long a connection to an allowed destination may take before 502 / SOCKS reply 4."""
 
-COPY_CHUNK = 256 * 1024
+COPY_CHUNK = 64 * 1024
+"""Bytes read at a time while parsing a request (bodies are spliced, not read)."""
 
 _HOP_BY_HOP = frozenset(
     {
@@ -135,6 +137,7 @@ class EgressProxy:
 
     :meth:`serve_http` and :meth:`serve_socks` start accepting on given listening sockets;
     :meth:`close` stops accepting and cuts every open connection (the process is gone).
+    Every task is this object's: one accept loop per listener, one per connection.
     """
 
     def __init__(
@@ -148,30 +151,55 @@ class EgressProxy:
         self._audit = audit
         self._resolve: Resolver = resolver or resolve
         self._decider = decider
-        self._servers: list[asyncio.Server] = []
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._handlers: set[asyncio.Task[Any]] = set()
+        self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def serve_http(self, listener: socket.socket) -> None:
+    def serve_http(self, listener: socket.socket) -> None:
         """Serve the HTTP proxy on ``listener`` (already listening)."""
-        self._servers.append(await asyncio.start_server(self._http_client, sock=listener))
+        self._serve(listener, self._http)
 
-    async def serve_socks(self, listener: socket.socket) -> None:
+    def serve_socks(self, listener: socket.socket) -> None:
         """Serve the SOCKS5 proxy on ``listener`` (already listening)."""
-        self._servers.append(await asyncio.start_server(self._socks_client, sock=listener))
+        self._serve(listener, self._socks)
 
     def close(self) -> None:
         """Stop accepting and close every connection; safe to call more than once."""
         self._closed = True
-        for server in self._servers:
-            server.close()
-        self._servers.clear()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-        for handler in list(self._handlers):
-            handler.cancel()  # e.g. one waiting for the client's decision
+        for task in list(self._tasks):
+            task.cancel()  # each closes its sockets; one may be waiting for the client
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+
+    def _serve(self, listener: socket.socket, handler: _Handler) -> None:
+        if self._closed:
+            listener.close()
+            return
+        listener.setblocking(False)
+        self._listeners.append(listener)
+        self._spawn(self._accept(listener, handler))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, listener: socket.socket, handler: _Handler) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(listener)
+            except OSError:
+                return  # closed
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._spawn(self._connection(conn, _address(peer), handler))
+
+    async def _connection(self, conn: socket.socket, client: str | None, handler: _Handler) -> None:
+        # The child went away or spoke nonsense: nothing to answer.
+        with conn, contextlib.suppress(OSError, EOFError, ValueError, h11.ProtocolError):
+            await handler(conn, client)
 
     # ---- verdicts ------------------------------------------------------------------------
 
@@ -226,235 +254,139 @@ class EgressProxy:
 
     # ---- HTTP ----------------------------------------------------------------------------
 
-    async def _http_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self._writers.add(writer)
-        handler = asyncio.current_task()
-        if handler is not None:
-            self._handlers.add(handler)
-        try:
-            await self._http_exchange(reader, writer)
-        except (OSError, h11.ProtocolError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            self._handlers.discard(handler)
-            writer.transport.abort() if self._closed else writer.close()
-
-    async def _http_exchange(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _http(self, conn: socket.socket, client: str | None) -> None:
         parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        event = await _next_event(parser, reader)
+        event = await _next_event(parser, conn)
         if not isinstance(event, h11.Request):
             return
-        client = _peer(writer)
         method = event.method.decode("ascii", "replace").upper()
         if method == "CONNECT":
-            await self._connect_tunnel(event, parser, reader, writer, client)
+            await self._connect_tunnel(event, parser, conn, client)
             return
         target = urlsplit(event.target.decode("ascii", "replace"))
         if target.scheme != "http" or not target.hostname:
-            await _send_text(writer, 400, "absolute-form http:// URL or CONNECT required", None)
+            await _send_text(conn, 400, "absolute-form http:// URL or CONNECT required", None)
             return
         try:
             port = target.port or 80
         except ValueError:
-            await _send_text(writer, 400, "invalid port in the request URL", None)
+            await _send_text(conn, 400, "invalid port in the request URL", None)
             return
         host = target.hostname
         decision = await self._judge(Protocol.HTTP, host, port, method, client)
         if not decision.allowed:
-            await _send_blocked_json(writer, decision, Protocol.HTTP, host, port)
+            await _send_blocked_json(conn, decision, Protocol.HTTP, host, port)
             return
-        upstream = await _open(decision.addresses, port)
+        upstream = await pump.connect(decision.addresses, port, CONNECT_TIMEOUT_S)
         if upstream is None:
-            await _send_text(writer, 502, f"cannot connect to {host}:{port}", None)
+            await _send_text(conn, 502, f"cannot connect to {host}:{port}", None)
             return
-        await self._forward(event, target, parser, reader, writer, upstream)
-
-    async def _forward(
-        self,
-        request: h11.Request,
-        target: object,
-        parser: h11.Connection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    ) -> None:
-        """One request to the origin in origin-form (``Connection: close``), its response
-        copied back as it comes; the client's connection ends with it."""
-        up_reader, up_writer = upstream
-        self._writers.add(up_writer)
-        try:
-            split = urlsplit(request.target.decode("ascii", "replace"))
-            path = split.path or "/"
-            if split.query:
-                path += "?" + split.query
-            headers = [(n, v) for n, v in request.headers if n.lower() not in _HOP_BY_HOP]
-            headers.append((b"connection", b"close"))
-            outgoing = h11.Connection(h11.CLIENT)
-            up_writer.write(
-                outgoing.send(h11.Request(method=request.method, target=path, headers=headers))
-                or b""
-            )
-            while True:
-                event = await _next_event(parser, reader)
-                if isinstance(event, h11.Data):
-                    up_writer.write(outgoing.send(h11.Data(data=event.data)) or b"")
-                    await up_writer.drain()
-                elif isinstance(event, h11.EndOfMessage):
-                    up_writer.write(outgoing.send(h11.EndOfMessage()) or b"")
-                    break
-                else:
-                    return
-            await up_writer.drain()
-            await _copy(up_reader, writer)
-        finally:
-            self._writers.discard(up_writer)
-            up_writer.transport.abort()
+        with upstream:
+            await _forward(event, parser, conn, upstream)
 
     async def _connect_tunnel(
-        self,
-        request: h11.Request,
-        parser: h11.Connection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        client: str | None,
+        self, request: h11.Request, parser: h11.Connection, conn: socket.socket, client: str | None
     ) -> None:
-        authority = request.target.decode("ascii", "replace")
-        host, port = _split_authority(authority)
+        host, port = _split_authority(request.target.decode("ascii", "replace"))
         if host is None or port is None:
-            await _send_text(writer, 400, "CONNECT needs host:port", None)
+            await _send_text(conn, 400, "CONNECT needs host:port", None)
             return
         decision = await self._judge(Protocol.HTTPS_CONNECT, host, port, "CONNECT", client)
         if not decision.allowed:
-            await _send_text(writer, 403, blocked_message(decision.reason), decision.reason)
+            await _send_text(conn, 403, blocked_message(decision.reason), decision.reason)
             return
-        upstream = await _open(decision.addresses, port)
+        upstream = await pump.connect(decision.addresses, port, CONNECT_TIMEOUT_S)
         if upstream is None:
-            await _send_text(writer, 502, f"cannot connect to {host}:{port}", None)
+            await _send_text(conn, 502, f"cannot connect to {host}:{port}", None)
             return
-        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
-        early, _ = parser.trailing_data
-        await self._splice(reader, writer, upstream, early)
+        with upstream:
+            await pump.send(conn, b"HTTP/1.1 200 OK\r\n\r\n")
+            await pump.send(upstream, parser.trailing_data[0])
+            await _both_ways(conn, upstream)
 
     # ---- SOCKS5 (RFC 1928; CONNECT only) -------------------------------------------------
 
-    async def _socks_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self._writers.add(writer)
-        handler = asyncio.current_task()
-        if handler is not None:
-            self._handlers.add(handler)
-        try:
-            await self._socks_exchange(reader, writer)
-        except (OSError, asyncio.IncompleteReadError, UnicodeError, ValueError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            self._handlers.discard(handler)
-            writer.transport.abort() if self._closed else writer.close()
-
-    async def _socks_exchange(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        version, count = await reader.readexactly(2)
-        methods = await reader.readexactly(count)
+    async def _socks(self, conn: socket.socket, client: str | None) -> None:
+        version, count = await pump.recv_exactly(conn, 2)
+        methods = await pump.recv_exactly(conn, count)
         if version != 5:
             return
         if 0 not in methods:
-            writer.write(b"\x05\xff")  # no acceptable method: we offer "no authentication"
+            await pump.send(conn, b"\x05\xff")  # no acceptable method: we offer "no auth"
             return
-        writer.write(b"\x05\x00")
-        version, command, _, kind = await reader.readexactly(4)
+        await pump.send(conn, b"\x05\x00")
+        _, command, _, kind = await pump.recv_exactly(conn, 4)
         if kind == 1:
-            host = socket.inet_ntop(socket.AF_INET, await reader.readexactly(4))
+            host = socket.inet_ntop(socket.AF_INET, await pump.recv_exactly(conn, 4))
         elif kind == 4:
-            host = socket.inet_ntop(socket.AF_INET6, await reader.readexactly(16))
+            host = socket.inet_ntop(socket.AF_INET6, await pump.recv_exactly(conn, 16))
         elif kind == 3:
-            (length,) = await reader.readexactly(1)
-            host = (await reader.readexactly(length)).decode("idna")
+            (length,) = await pump.recv_exactly(conn, 1)
+            host = (await pump.recv_exactly(conn, length)).decode("idna")
         else:
-            writer.write(_socks_reply(8))  # address type not supported
+            await pump.send(conn, _socks_reply(8))  # address type not supported
             return
-        (port,) = struct.unpack("!H", await reader.readexactly(2))
+        (port,) = struct.unpack("!H", await pump.recv_exactly(conn, 2))
         if command != 1:
-            writer.write(_socks_reply(7))  # command not supported (BIND, UDP ASSOCIATE)
+            await pump.send(conn, _socks_reply(7))  # command not supported (BIND, UDP)
             return
-        decision = await self._judge(Protocol.SOCKS5_TCP, host, port, None, _peer(writer))
+        decision = await self._judge(Protocol.SOCKS5_TCP, host, port, None, client)
         if not decision.allowed:
-            writer.write(_socks_reply(2))  # connection not allowed by ruleset
+            await pump.send(conn, _socks_reply(2))  # connection not allowed by ruleset
             return
-        upstream = await _open(decision.addresses, port)
+        upstream = await pump.connect(decision.addresses, port, CONNECT_TIMEOUT_S)
         if upstream is None:
-            writer.write(_socks_reply(5))  # connection refused
+            await pump.send(conn, _socks_reply(5))  # connection refused
             return
-        writer.write(_socks_reply(0))
-        await self._splice(reader, writer, upstream, b"")
+        with upstream:
+            await pump.send(conn, _socks_reply(0))
+            await _both_ways(conn, upstream)
 
-    # ---- byte copying --------------------------------------------------------------------
 
-    async def _splice(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        early: bytes,
-    ) -> None:
-        """Copy both ways until both sides are done (or the proxy closes)."""
-        up_reader, up_writer = upstream
-        self._writers.add(up_writer)
-        try:
-            if early:
-                up_writer.write(early)
-            await asyncio.gather(
-                _copy(reader, up_writer, half_close=True),
-                _copy(up_reader, writer, half_close=True),
-            )
-        finally:
-            self._writers.discard(up_writer)
-            up_writer.transport.abort()
+_Handler = Callable[[socket.socket, "str | None"], Awaitable[None]]
+
+
+async def _forward(
+    request: h11.Request, parser: h11.Connection, conn: socket.socket, upstream: socket.socket
+) -> None:
+    """One request to the origin in origin form (``Connection: close``, hop-by-hop headers
+    dropped, the body re-framed by h11), and its response spliced back as it comes."""
+    split = urlsplit(request.target.decode("ascii", "replace"))
+    path = split.path or "/"
+    if split.query:
+        path += "?" + split.query
+    headers = [(n, v) for n, v in request.headers if n.lower() not in _HOP_BY_HOP]
+    headers.append((b"connection", b"close"))
+    outgoing = h11.Connection(h11.CLIENT)
+    head = h11.Request(method=request.method, target=path, headers=headers)
+    await pump.send(upstream, outgoing.send(head) or b"")
+    while True:
+        event = await _next_event(parser, conn)
+        if isinstance(event, h11.Data):
+            await pump.send(upstream, outgoing.send(h11.Data(data=event.data)) or b"")
+        elif isinstance(event, h11.EndOfMessage):
+            await pump.send(upstream, outgoing.send(h11.EndOfMessage()) or b"")
+            break
+        else:
+            return
+    await pump.splice(upstream, conn)
+
+
+async def _both_ways(conn: socket.socket, upstream: socket.socket) -> None:
+    """Splice both directions until both have ended."""
+    await asyncio.gather(pump.splice(conn, upstream), pump.splice(upstream, conn))
 
 
 def _socks_reply(code: int) -> bytes:
     return bytes([5, code, 0, 1, 0, 0, 0, 0, 0, 0])
 
 
-async def _next_event(parser: h11.Connection, reader: asyncio.StreamReader) -> object:
+async def _next_event(parser: h11.Connection, conn: socket.socket) -> object:
     while True:
         event = parser.next_event()
         if event is not h11.NEED_DATA:
             return event
-        data = await reader.read(COPY_CHUNK)
-        parser.receive_data(data)
-
-
-async def _copy(
-    source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, half_close: bool = False
-) -> None:
-    try:
-        while data := await source.read(COPY_CHUNK):
-            sink.write(data)
-            await sink.drain()
-        if half_close and sink.can_write_eof():
-            sink.write_eof()
-    except OSError:
-        sink.transport.abort()
-
-
-async def _open(
-    addresses: Sequence[str], port: int
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    """A connection to the first checked address that answers (never a fresh lookup)."""
-    for address in addresses:
-        with contextlib.suppress(OSError, TimeoutError):
-            return await asyncio.wait_for(
-                asyncio.open_connection(address, port, limit=COPY_CHUNK), CONNECT_TIMEOUT_S
-            )
-    return None
+        parser.receive_data(await pump.recv(conn, COPY_CHUNK))
 
 
 def _split_authority(authority: str) -> tuple[str | None, int | None]:
@@ -467,35 +399,31 @@ def _split_authority(authority: str) -> tuple[str | None, int | None]:
     return host.strip("[]"), port
 
 
-def _peer(writer: asyncio.StreamWriter) -> str | None:
-    peer = writer.get_extra_info("peername")
+def _address(peer: object) -> str | None:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return None
 
 
-async def _send_text(
-    writer: asyncio.StreamWriter, status: int, text: str, reason: str | None
-) -> None:
+async def _send_text(conn: socket.socket, status: int, text: str, reason: str | None) -> None:
     body = text.encode()
     phrase = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}[status]
     head = f"HTTP/1.1 {status} {phrase}\r\ncontent-type: text/plain\r\n"
     if reason is not None:
         head += f"x-proxy-error: {blocked_header(reason)}\r\n"
     head += f"content-length: {len(body)}\r\ndate: {_http_date()}\r\n\r\n"
-    writer.write(head.encode() + body)
-    await writer.drain()
+    await pump.send(conn, head.encode() + body)
 
 
 async def _send_blocked_json(
-    writer: asyncio.StreamWriter, decision: Decision, protocol: Protocol, host: str, port: int
+    conn: socket.socket, decision: Decision, protocol: Protocol, host: str, port: int
 ) -> None:
     body = json.dumps(
         {
             "status": "blocked",
             "host": host,
             "reason": decision.reason,
-            "decision": "deny",
+            "decision": decision.decision,
             "source": decision.source,
             "protocol": protocol.value,
             "port": port,
@@ -508,5 +436,4 @@ async def _send_blocked_json(
         f"x-proxy-error: {blocked_header(decision.reason)}\r\n"
         f"content-length: {len(body)}\r\ndate: {_http_date()}\r\n\r\n"
     )
-    writer.write(head.encode() + body)
-    await writer.drain()
+    await pump.send(conn, head.encode() + body)
