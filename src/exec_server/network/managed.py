@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import pump
 from .env import proxy_environment
 from .policy import NetworkPolicy
 from .proxy import Audit, Decider, EgressProxy
@@ -135,9 +136,9 @@ class ManagedNetwork:
             with channel:
                 if not _descends_from(_peer_pid(channel), child_pid):
                     continue  # someone else's process found the path: not theirs to use
-                channel.setblocking(True)
-                channel.settimeout(HANDOVER_TIMEOUT_S)
-                _, fds, _, _ = await asyncio.to_thread(socket.recv_fds, channel, 16, wanted)
+                channel.setblocking(False)
+                await pump.readable(channel.fileno())
+                _, fds, _, _ = socket.recv_fds(channel, 16, wanted)
                 listeners = [socket.socket(fileno=fd) for fd in fds]
                 if len(listeners) != wanted or not all(_is_listener(s) for s in listeners):
                     for listener in listeners:
@@ -148,7 +149,7 @@ class ManagedNetwork:
                 self._listener.close()
                 with contextlib.suppress(OSError):
                     os.unlink(os.path.join(self._dir, _SOCKET_NAME))
-                channel.sendall(b"K")
+                await pump.send(channel, b"K")
                 return listeners
 
 
