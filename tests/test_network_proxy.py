@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import http.server
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,35 +47,45 @@ POLICY_FIELDS = [
 ]
 
 
-class _Origin(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"hello-origin\n"
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+ORIGIN = """
+import http.server, sys
 
-    def do_POST(self) -> None:
+class Origin(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.reply(b"hello-origin\\n")
+
+    def do_POST(self):
         length = int(self.headers.get("content-length", "0"))
-        body = b"posted:" + self.rfile.read(length)
+        self.reply(b"posted:" + self.rfile.read(length))
+
+    def reply(self, body):
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args: Any) -> None:
+    def log_message(self, *args):
         pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+"""An HTTP origin. It runs in a process of its own: the server under test runs in the test's
+process, and the proxy refuses the server's own listening ports."""
 
 
 @pytest.fixture
 def origin() -> Iterator[int]:
     """An HTTP origin on 127.0.0.1 (outside the child's namespace); yields its port."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with subprocess.Popen(
+        [sys.executable, "-c", ORIGIN], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    ) as process:
+        assert process.stdout is not None
+        try:
+            yield int(process.stdout.readline())
+        finally:
+            process.kill()
 
 
 @pytest.fixture
@@ -436,3 +446,23 @@ async def test_arg0_and_exit_status_pass_through(client: Client) -> None:
     events = await client.wait_closed("p1")
     assert events.data() == b"renamed\n"
     assert events.exited is not None and events.exited["exitCode"] == 3
+
+
+@needs_curl
+async def test_the_servers_own_port_is_out_of_reach(origin: int) -> None:
+    """Even with 127.0.0.1 allowed, the proxy does not carry a child to the server's own
+    WebSocket port (its control channel); the origin beside it stays reachable."""
+    async with running_server() as (_, url), Client.connect(url) as connected:
+        await connected.initialize()
+        server_port = int(url.rsplit(":", 1)[1])
+        script = (
+            f"curl -s -i http://127.0.0.1:{server_port}/; echo; curl -s http://127.0.0.1:{origin}/"
+        )
+        out = await run_proxied(connected, "p1", script, {"127.0.0.1": "allow"})
+        assert (
+            "x-proxy-error: blocked-by-allowlist" in out and '"reason":"not_allowed_local"' in out
+        )
+        assert out.endswith("hello-origin\n")
+        blocked, allowed = decisions(connected, "p1")
+        assert (blocked["port"], blocked["decision"]) == (server_port, "deny")
+        assert (allowed["port"], allowed["decision"]) == (origin, "allow")

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import h11
 
 from . import pump
+from .own_ports import reaches_own_listener
 from .policy import (
     REASON_DENIED,
     REASON_METHOD_NOT_ALLOWED,
@@ -214,6 +215,8 @@ class EgressProxy:
                 return await decider(protocol, name, asked_port)
 
         decision = await self.policy.decide(host, port, self._resolve, ask)
+        if decision.allowed and any(reaches_own_listener(a, port) for a in decision.addresses):
+            decision = Decision(False, REASON_NOT_ALLOWED_LOCAL)  # the server's own ports
         self._report(decision, protocol, host, port, method, client)
         if not decision.allowed or method is None:
             return decision
