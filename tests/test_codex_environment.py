@@ -16,8 +16,8 @@ from .support import Client, RpcFailure
 from .test_cli import cli_server
 
 OURS = {
-    "networkProxyLaunch": False,
-    "networkProxyReviewDomains": False,
+    "networkProxyLaunch": True,
+    "networkProxyReviewDomains": True,
     "credentialMasking": False,
     "credentialMaskingCustomProviders": False,
     "capabilityDiscoverySandbox": False,
