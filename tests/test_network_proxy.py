@@ -466,3 +466,74 @@ async def test_the_servers_own_port_is_out_of_reach(origin: int) -> None:
         blocked, allowed = decisions(connected, "p1")
         assert (blocked["port"], blocked["decision"]) == (server_port, "deny")
         assert (allowed["port"], allowed["decision"]) == (origin, "allow")
+
+
+UDP_ECHO = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(b"echo:" + data, peer)
+"""
+
+SOCKS_UDP_CLIENT = r"""
+import os, socket, struct, sys
+host, port = os.environ["ALL_PROXY"].rsplit("/", 1)[1].rsplit(":", 1)
+control = socket.create_connection((host, int(port)))
+control.sendall(b"\x05\x01\x00")
+assert control.recv(2) == b"\x05\x00"
+control.sendall(b"\x05\x03\x00\x01" + bytes(4) + bytes(2))  # UDP ASSOCIATE from anywhere
+reply = control.recv(10)
+print("associate", reply[1])
+if reply[1] != 0:
+    sys.exit(0)
+relay = (socket.inet_ntoa(reply[4:8]), struct.unpack("!H", reply[8:10])[0])
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.settimeout(2)
+for target, text in ((sys.argv[1], b"hi"), ("denied.test", b"no")):
+    name = target.encode()
+    port = int(sys.argv[2])
+    udp.sendto(b"\x00\x00\x00\x03" + bytes([len(name)]) + name + struct.pack("!H", port) + text, relay)
+    try:
+        data, _ = udp.recvfrom(65535)
+        print(target, data[10:].decode())
+    except TimeoutError:
+        print(target, "no answer")
+"""
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[int]:
+    with subprocess.Popen(
+        [sys.executable, "-c", UDP_ECHO], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    ) as process:
+        assert process.stdout is not None
+        try:
+            yield int(process.stdout.readline())
+        finally:
+            process.kill()
+
+
+async def test_socks5_udp_associate_relays_allowed_datagrams(client: Client, udp_echo: int) -> None:
+    domains = {"127.0.0.1": "allow", "denied.test": "deny"}
+    argv = f"python3 -c '{SOCKS_UDP_CLIENT}' 127.0.0.1 {udp_echo}"
+    out = await run_proxied(client, "p1", argv, domains)
+    assert out.splitlines() == ["associate 0", "127.0.0.1 echo:hi", "denied.test no answer"]
+    allowed, denied = decisions(client, "p1")
+    assert (allowed["protocol"], allowed["decision"], allowed["port"]) == (
+        "socks5_udp",
+        "allow",
+        udp_echo,
+    )
+    assert "method" not in allowed and allowed["client"].startswith("127.0.0.1:")
+    assert (denied["host"], denied["reason"]) == ("denied.test", "denied")
+
+
+async def test_socks5_udp_is_refused_when_not_asked_for_and_in_limited_mode(client: Client) -> None:
+    argv = f"python3 -c '{SOCKS_UDP_CLIENT}' 127.0.0.1 9"
+    off = await run_proxied(client, "p1", argv, {"127.0.0.1": "allow"}, enableSocks5Udp=False)
+    assert off.strip() == "associate 7"  # command not supported
+    limited = await run_proxied(client, "p2", argv, {"127.0.0.1": "allow"}, mode="limited")
+    assert limited.strip() == "associate 2"  # not allowed by ruleset

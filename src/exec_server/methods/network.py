@@ -75,7 +75,13 @@ def requested_network(connection: Connection, params: ProcessStartParams) -> Man
         raise invalid_params(f"invalid network proxy config: {error}") from None
     timeout_ms = launch.policy_decision_timeout_ms
     decider = None if timeout_ms is None else _decider(connection, params.process_id, timeout_ms)
-    settings = ProxySettings(policy, proxy.enable_socks5, proxy.allow_local_binding, decider)
+    settings = ProxySettings(
+        policy,
+        proxy.enable_socks5,
+        proxy.allow_local_binding,
+        socks5_udp=proxy.enable_socks5_udp,
+        decider=decider,
+    )
     return ManagedNetwork(settings, _audit_sender(connection, params.process_id))
 
 

@@ -5,7 +5,8 @@ server over the Unix socket named on its command line (``SCM_RIGHTS``), waits fo
 server's go-ahead, and execs the command. The server then accepts on those sockets itself:
 nothing relays bytes inside the sandbox, and nothing else in the namespace reaches out.
 
-Run as ``python -I -S -c <this file's source> SOCKET LC_CTYPE PORT... -- COMMAND...``:
+Run as ``python -I -S -c <this file's source> SOCKET LC_CTYPE PORT... -- COMMAND...``
+(a ``PORT`` is ``tcp:N``, listened on, or ``udp:N``, only bound):
 standard library only, no imports of this package (the sandbox may not show it).
 ``LC_CTYPE`` is ``=VALUE`` or ``-`` (unset): the child's own, restored before the exec, since
 Python's start-up may have coerced it (PEP 538).
@@ -23,14 +24,18 @@ def main(argv: list[str]) -> int:
     """Bind, hand over, exec; an exit status when something fails before the exec."""
     separator = argv.index("--")
     channel_path, lc_ctype = argv[1], argv[2]
-    ports = [int(port) for port in argv[3:separator]]
+    ports = [spec.split(":") for spec in argv[3:separator]]
     command = argv[separator + 1 :]
     listeners = []
     try:
-        for port in ports:
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.bind(("127.0.0.1", port))
-            listener.listen(1024)
+        for kind, port in ports:
+            udp = kind == "udp"
+            listener = socket.socket(
+                socket.AF_INET, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+            )
+            listener.bind(("127.0.0.1", int(port)))
+            if not udp:
+                listener.listen(1024)
             listeners.append(listener)
         channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         channel.connect(channel_path)

@@ -53,6 +53,8 @@ class ProxySettings:
     policy: NetworkPolicy
     socks5: bool
     allow_local_binding: bool
+    socks5_udp: bool = False
+    """SOCKS5 UDP ASSOCIATE too (a UDP socket on the SOCKS port, inside the namespace)."""
     decider: Decider | None = None
     """Asks the client about misses and review domains (``networkProxyReviewDomains``)."""
 
@@ -66,6 +68,7 @@ class ManagedNetwork:
         first = _PORT_RANGE[0] + secrets.randbelow(_PORT_RANGE[1] - _PORT_RANGE[0])
         self.http_port = first
         self.socks_port = first + 1 if settings.socks5 else None
+        self._udp = settings.socks5 and settings.socks5_udp
         self._dir = tempfile.mkdtemp(prefix="exec-server-net-")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(os.path.join(self._dir, _SOCKET_NAME))
@@ -81,9 +84,11 @@ class ManagedNetwork:
     def entry_argv(self, env: Mapping[str, str]) -> list[str]:
         """The argv prefix that runs ``entry.py`` before the command (``--`` last), for a
         child whose environment is ``env``."""
-        ports = [str(self.http_port)]
+        ports = [f"tcp:{self.http_port}"]
         if self.socks_port is not None:
-            ports.append(str(self.socks_port))
+            ports.append(f"tcp:{self.socks_port}")
+            if self._udp:
+                ports.append(f"udp:{self.socks_port}")
         interpreter = os.path.realpath(sys.executable)
         channel = f"{INSIDE_DIR}/{_SOCKET_NAME}"
         lc_ctype = "=" + env["LC_CTYPE"] if "LC_CTYPE" in env else "-"
@@ -125,12 +130,12 @@ class ManagedNetwork:
             return
         self.proxy.serve_http(listeners[0])
         if len(listeners) > 1:
-            self.proxy.serve_socks(listeners[1])
+            self.proxy.serve_socks(listeners[1], listeners[2] if len(listeners) > 2 else None)
 
     async def _handover(self, child_pid: int) -> list[socket.socket]:
         """The child's listening sockets, from the first connection its tree makes."""
         loop = asyncio.get_running_loop()
-        wanted = 1 if self.socks_port is None else 2
+        wanted = 1 if self.socks_port is None else 3 if self._udp else 2
         while True:
             channel, _ = await loop.sock_accept(self._listener)
             with channel:
@@ -140,7 +145,8 @@ class ManagedNetwork:
                 await pump.readable(channel.fileno())
                 _, fds, _, _ = socket.recv_fds(channel, 16, wanted)
                 listeners = [socket.socket(fileno=fd) for fd in fds]
-                if len(listeners) != wanted or not all(_is_listener(s) for s in listeners):
+                kinds = [socket.SOCK_STREAM, socket.SOCK_STREAM, socket.SOCK_DGRAM][:wanted]
+                if len(listeners) != wanted or not all(map(_is_bound, listeners, kinds)):
                     for listener in listeners:
                         listener.close()
                     raise OSError("the child handed over unexpected sockets")
@@ -175,9 +181,13 @@ def _descends_from(pid: int, ancestor: int, depth: int = 16) -> bool:
     return False
 
 
-def _is_listener(sock: socket.socket) -> bool:
+def _is_bound(sock: socket.socket, kind: socket.SocketKind) -> bool:
+    """An IPv4 socket of ``kind``: listening for TCP, bound for UDP."""
     try:
-        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-        return bool(listening) and sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+        if sock.family != socket.AF_INET or sock.type != kind:
+            return False
+        return kind == socket.SOCK_DGRAM or bool(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        )
     except OSError:
         return False

@@ -40,6 +40,7 @@ from .policy import (
     Protocol,
     Resolver,
 )
+from .socks_udp import UdpRelay
 
 MAX_HEAD_BYTES = 64 * 1024
 """A request head longer than this is refused (400): no client needs more."""
@@ -153,6 +154,7 @@ class EgressProxy:
         self._resolve: Resolver = resolver or resolve
         self._decider = decider
         self._listeners: list[socket.socket] = []
+        self._udp: UdpRelay | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -160,8 +162,11 @@ class EgressProxy:
         """Serve the HTTP proxy on ``listener`` (already listening)."""
         self._serve(listener, self._http)
 
-    def serve_socks(self, listener: socket.socket) -> None:
-        """Serve the SOCKS5 proxy on ``listener`` (already listening)."""
+    def serve_socks(self, listener: socket.socket, udp: socket.socket | None = None) -> None:
+        """Serve the SOCKS5 proxy on ``listener`` (already listening), with UDP ASSOCIATE
+        relayed through ``udp`` (bound beside it) when given."""
+        if udp is not None and not self._closed:
+            self._udp = UdpRelay(udp, self._judge_datagram, self._spawn)
         self._serve(listener, self._socks)
 
     def close(self) -> None:
@@ -172,6 +177,8 @@ class EgressProxy:
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()
+        if self._udp is not None:
+            self._udp.close()
 
     def _serve(self, listener: socket.socket, handler: _Handler) -> None:
         if self._closed:
@@ -330,8 +337,11 @@ class EgressProxy:
             await pump.send(conn, _socks_reply(8))  # address type not supported
             return
         (port,) = struct.unpack("!H", await pump.recv_exactly(conn, 2))
+        if command == 3:
+            await self._associate(conn)
+            return
         if command != 1:
-            await pump.send(conn, _socks_reply(7))  # command not supported (BIND, UDP)
+            await pump.send(conn, _socks_reply(7))  # command not supported (BIND)
             return
         decision = await self._judge(Protocol.SOCKS5_TCP, host, port, None, client)
         if not decision.allowed:
@@ -344,6 +354,29 @@ class EgressProxy:
         with upstream:
             await pump.send(conn, _socks_reply(0))
             await _both_ways(conn, upstream)
+
+    async def _associate(self, conn: socket.socket) -> None:
+        """UDP ASSOCIATE: the relay's address in the reply, then relaying until the client
+        closes this connection. Refused without a UDP socket (``enableSocks5Udp`` false) and
+        in limited mode."""
+        relay = self._udp
+        if relay is None:
+            await pump.send(conn, _socks_reply(7))
+            return
+        if self.policy.mode is Mode.LIMITED:
+            await pump.send(conn, _socks_reply(2))
+            return
+        relay.associate()
+        try:
+            reply = bytes([5, 0, 0, 1, 127, 0, 0, 1]) + struct.pack("!H", relay.port)
+            await pump.send(conn, reply)
+            while await pump.recv(conn, 4096):
+                pass  # the association lasts as long as this connection
+        finally:
+            relay.dissociate()
+
+    async def _judge_datagram(self, host: str, port: int, client: str) -> Decision:
+        return await self._judge(Protocol.SOCKS5_UDP, host, port, None, client)
 
 
 _Handler = Callable[[socket.socket, "str | None"], Awaitable[None]]
