@@ -18,7 +18,7 @@ from .test_cli import cli_server
 OURS = {
     "networkProxyLaunch": True,
     "networkProxyReviewDomains": True,
-    "credentialMasking": False,
+    "credentialMasking": True,
     "credentialMaskingCustomProviders": False,
     "capabilityDiscoverySandbox": False,
     "fsWatchMissing": True,

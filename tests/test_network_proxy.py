@@ -379,8 +379,8 @@ async def test_proxied_start_refusals(client: Client) -> None:
         await refused(networkProxy=empty) == "invalid network proxy config: domain pattern is empty"
     )
     assert "not supported" in await refused(enforceManagedNetwork=True)
-    masked = network_proxy({}, credentialMasking=True)
-    assert "credential masking" in await refused(networkProxy=masked)
+    custom = network_proxy({}, credentialMasking=True, credentialProviders={"x": {}})
+    assert "custom credential providers" in await refused(networkProxy=custom)
 
 
 async def test_proxy_ends_with_the_process(client: Client) -> None:

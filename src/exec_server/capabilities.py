@@ -21,7 +21,7 @@ def capabilities() -> dict[str, bool]:
     return {
         "networkProxyLaunch": True,  # process/start networkProxy: network/ (needs bubblewrap)
         "networkProxyReviewDomains": True,  # network/policyRequest: a server request
-        "credentialMasking": False,  # no masking of credentials in what children print
+        "credentialMasking": True,  # networkProxy.proxy.credentialMasking: network/credentials.py
         "credentialMaskingCustomProviders": False,
         "capabilityDiscoverySandbox": False,  # capabilities/discoverV2 is not served
         "fsWatchMissing": _has_inotify(),  # fs/watchMissing + fs/missingChanged

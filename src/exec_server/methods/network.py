@@ -54,9 +54,10 @@ def requested_network(connection: Connection, params: ProcessStartParams) -> Man
         )
     if launch.policy_decision_timeout_ms == 0:
         raise invalid_params("network policy decision callback timeout must be nonzero")
-    if proxy.credential_masking:
+    if proxy.credential_providers:
         raise invalid_params(
-            "credential masking is not supported by this executor (credentialMasking is false)"
+            "custom credential providers are not supported by this executor "
+            "(credentialMaskingCustomProviders is false)"
         )
     confinement = connection.server.guards.confinement
     if confinement is not None and not confinement.allows_network:
@@ -81,6 +82,7 @@ def requested_network(connection: Connection, params: ProcessStartParams) -> Man
         proxy.allow_local_binding,
         socks5_udp=proxy.enable_socks5_udp,
         decider=decider,
+        credential_masking=proxy.credential_masking,
     )
     return ManagedNetwork(settings, _audit_sender(connection, params.process_id))
 

@@ -180,7 +180,7 @@ def start(
 
         network = requested_network(connection, params)
     if network is not None:
-        env.update(network.environment())
+        env = network.child_environment(env)
     size = params.size
     request = SpawnRequest(
         argv=params.argv,

@@ -40,6 +40,7 @@ HANDOVER_TIMEOUT_S = 30.0
 """How long the child has to hand its sockets over before its proxy is given up."""
 
 _SOCKET_NAME = "handover.sock"
+_BUNDLE_NAME = "ca-bundle.pem"
 _PORT_RANGE = (20000, 60000)
 _ENTRY_SOURCE = (Path(__file__).with_name("entry.py")).read_text(encoding="utf-8")
 
@@ -57,6 +58,8 @@ class ProxySettings:
     """SOCKS5 UDP ASSOCIATE too (a UDP socket on the SOCKS port, inside the namespace)."""
     decider: Decider | None = None
     """Asks the client about misses and review domains (``networkProxyReviewDomains``)."""
+    credential_masking: bool = False
+    """The child sees dummies of the built-in providers' tokens (``credentials.py``)."""
 
 
 class ManagedNetwork:
@@ -80,6 +83,22 @@ class ManagedNetwork:
     def environment(self) -> dict[str, str]:
         """The variables that point the child at its proxies."""
         return proxy_environment(self.http_port, self.socks_port, self.settings.allow_local_binding)
+
+    def child_environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` as the child gets it: the proxy variables set and, with credential
+        masking, the credentials replaced by dummies and the CA variables pointing at a
+        bundle that trusts the proxy (written beside the hand-over socket)."""
+        result = {**env, **self.environment()}
+        if not self.settings.credential_masking:
+            return result
+        from . import mitm
+        from .credentials import mask_environment
+
+        masked = mask_environment(result)
+        self.proxy.masked = masked
+        mitm.write_bundle(os.path.join(self._dir, _BUNDLE_NAME))
+        inside = f"{INSIDE_DIR}/{_BUNDLE_NAME}"
+        return {**masked.env, **dict.fromkeys(mitm.CA_ENV_KEYS, inside)}
 
     def entry_argv(self, env: Mapping[str, str]) -> list[str]:
         """The argv prefix that runs ``entry.py`` before the command (``--`` last), for a

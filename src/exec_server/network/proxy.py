@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import h11
 
 from . import pump
+from .credentials import MaskedEnvironment
 from .own_ports import reaches_own_listener
 from .policy import (
     REASON_DENIED,
@@ -155,6 +156,8 @@ class EgressProxy:
         self._decider = decider
         self._listeners: list[socket.socket] = []
         self._udp: UdpRelay | None = None
+        self.masked: MaskedEnvironment | None = None
+        """With credential masking: the credentials whose hosts' tunnels are looked into."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -311,6 +314,12 @@ class EgressProxy:
             return
         with upstream:
             await pump.send(conn, b"HTTP/1.1 200 OK\r\n\r\n")
+            masked = self.masked
+            if masked is not None and masked.bound_to(host):
+                from .mitm import intercept
+
+                await intercept(conn, upstream, host, masked)
+                return
             await pump.send(upstream, parser.trailing_data[0])
             await _both_ways(conn, upstream)
 
