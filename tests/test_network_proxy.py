@@ -537,3 +537,34 @@ async def test_socks5_udp_is_refused_when_not_asked_for_and_in_limited_mode(clie
     assert off.strip() == "associate 7"  # command not supported
     limited = await run_proxied(client, "p2", argv, {"127.0.0.1": "allow"}, mode="limited")
     assert limited.strip() == "associate 2"  # not allowed by ruleset
+
+
+@needs_curl
+async def test_expect_100_continue_is_answered_by_the_proxy(client: Client, origin: int) -> None:
+    """curl asks before sending a large body; the proxy says go at once (the origin's own
+    answer only comes back once the body is through)."""
+    script = f"head -c 5000 /dev/zero | tr '\\0' x | curl -s -i -H 'Expect: 100-continue' --data-binary @- http://127.0.0.1:{origin}/"
+    out = await run_proxied(client, "p1", script, {"127.0.0.1": "allow"})
+    assert out.startswith("HTTP/1.1 100 Continue")
+    assert out.endswith("posted:" + "x" * 5000)
+
+
+async def test_a_child_cannot_hold_more_than_its_share_of_connections(client: Client) -> None:
+    from exec_server.network.proxy import MAX_CONNECTIONS
+
+    script = f"""python3 - <<'PY'
+import os, socket, time
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range({MAX_CONNECTIONS + 20})]
+time.sleep(0.5)
+closed = 0
+for s in held:
+    s.setblocking(False)
+    try:
+        closed += s.recv(1) == b""
+    except BlockingIOError:
+        pass
+print("closed", closed)
+PY"""
+    out = await run_proxied(client, "p1", script, {"127.0.0.1": "allow"})
+    assert out.strip() == "closed 20"

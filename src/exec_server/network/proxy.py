@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime
 import email.utils
+import errno
 import json
 import socket
 import struct
@@ -45,6 +46,13 @@ from .socks_udp import UdpRelay
 
 MAX_HEAD_BYTES = 64 * 1024
 """A request head longer than this is refused (400): no client needs more."""
+
+MAX_CONNECTIONS = 512
+"""Connections one child may hold open through its proxies at once; more are closed at
+accept, so a child cannot spend the server's descriptors (each costs two)."""
+
+ACCEPT_RETRY_S = 0.1
+"""Pause before accepting again when the server is out of descriptors."""
 
 CONNECT_TIMEOUT_S = 30.0
 """How long a connection to an allowed destination may take before 502 / SOCKS reply 4."""
@@ -159,6 +167,7 @@ class EgressProxy:
         self.masked: MaskedEnvironment | None = None
         """With credential masking: the credentials whose hosts' tunnels are looked into."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._conns: set[socket.socket] = set()
         self._closed = False
 
     def serve_http(self, listener: socket.socket) -> None:
@@ -180,6 +189,9 @@ class EgressProxy:
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()
+        for conn in self._conns:
+            conn.close()  # also those whose task never got to run
+        self._conns.clear()
         if self._udp is not None:
             self._udp.close()
 
@@ -201,13 +213,29 @@ class EgressProxy:
         while True:
             try:
                 conn, peer = await loop.sock_accept(listener)
-            except OSError:
+            except (ConnectionAbortedError, InterruptedError):
+                continue
+            except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    await asyncio.sleep(ACCEPT_RETRY_S)  # out of descriptors: try again soon
+                    continue
                 return  # closed
+            if len(self._conns) >= MAX_CONNECTIONS:
+                conn.close()  # the child holds enough already: not one more descriptor
+                continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._conns.add(conn)  # counted now: queued connections are accepted without a pause
             self._spawn(self._connection(conn, _address(peer), handler))
 
     async def _connection(self, conn: socket.socket, client: str | None, handler: _Handler) -> None:
+        try:
+            await self._handle(conn, client, handler)
+        finally:
+            self._conns.discard(conn)
+
+    @staticmethod
+    async def _handle(conn: socket.socket, client: str | None, handler: _Handler) -> None:
         # The child went away or spoke nonsense: nothing to answer.
         with conn, contextlib.suppress(OSError, EOFError, ValueError, h11.ProtocolError):
             await handler(conn, client)
@@ -401,6 +429,10 @@ async def _forward(
     if split.query:
         path += "?" + split.query
     headers = [(n, v) for n, v in request.headers if n.lower() not in _HOP_BY_HOP]
+    if parser.they_are_waiting_for_100_continue:
+        # Answered here: the origin's answer only comes back after the whole body is sent.
+        await pump.send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
+        headers = [(n, v) for n, v in headers if n.lower() != b"expect"]
     headers.append((b"connection", b"close"))
     outgoing = h11.Connection(h11.CLIENT)
     head = h11.Request(method=request.method, target=path, headers=headers)

@@ -20,6 +20,10 @@ from . import pump
 from .policy import Decision
 
 MAX_DATAGRAM = 65535
+MAX_SOURCES = 64
+"""Child source addresses relayed at once (each has a server-side socket)."""
+MAX_VERDICTS = 4096
+"""Remembered verdicts per association; past it they are forgotten (and asked again)."""
 
 Judge = Callable[[str, int, str], Awaitable[Decision]]
 """The verdict on ``host:port`` for a datagram from ``client`` (audited by the caller)."""
@@ -114,12 +118,16 @@ class UdpRelay:
         decision = self._verdicts.get(key)
         if decision is None:
             decision = await self._judge(host, port, f"{source[0]}:{source[1]}")
+            if len(self._verdicts) >= MAX_VERDICTS:
+                self._verdicts.clear()
             self._verdicts[key] = decision
         if not decision.allowed or not decision.addresses:
             return
         address = decision.addresses[0]
         outbound = self._outbound.get(source)
         if outbound is None:
+            if len(self._outbound) >= MAX_SOURCES:
+                return  # a child spraying source ports gets no more server sockets
             family = socket.AF_INET6 if ":" in address else socket.AF_INET
             outbound = socket.socket(family, socket.SOCK_DGRAM)
             outbound.setblocking(False)
