@@ -1,7 +1,7 @@
 """One child's egress proxies: HTTP (absolute-form requests and CONNECT) and SOCKS5.
 
 :class:`EgressProxy` serves connections accepted on listening sockets it is given (in our
-design, sockets bound inside the child's network namespace, see ``netns.py``). Every request
+design, sockets bound inside the child's network namespace, see ``managed.py``). Every request
 is judged by a :class:`~.policy.NetworkPolicy`; each verdict is reported to ``audit`` as an
 :class:`AuditEvent`; an allowed request is connected to the address the policy checked.
 
@@ -45,7 +45,7 @@ from .policy import (
 from .socks_udp import UdpRelay
 
 MAX_HEAD_BYTES = 64 * 1024
-"""A request head longer than this is refused (400): no client needs more."""
+"""A longer request head ends the connection unanswered: no client needs more."""
 
 MAX_CONNECTIONS = 512
 """Connections one child may hold open through its proxies at once; more are closed at
@@ -55,10 +55,10 @@ ACCEPT_RETRY_S = 0.1
 """Pause before accepting again when the server is out of descriptors."""
 
 CONNECT_TIMEOUT_S = 30.0
-"""How long a connection to an allowed destination may take before 502 / SOCKS reply 4."""
+"""How long a connection to an allowed destination may take before 502 / SOCKS reply 5."""
 
-COPY_CHUNK = 64 * 1024
-"""Bytes read at a time while parsing a request (bodies are spliced, not read)."""
+READ_CHUNK = 64 * 1024
+"""Bytes read at a time from a child's request (answers and tunnels are spliced)."""
 
 _HOP_BY_HOP = frozenset(
     {
@@ -463,7 +463,7 @@ async def _next_event(parser: h11.Connection, conn: socket.socket) -> object:
         event = parser.next_event()
         if event is not h11.NEED_DATA:
             return event
-        parser.receive_data(await pump.recv(conn, COPY_CHUNK))
+        parser.receive_data(await pump.recv(conn, READ_CHUNK))
 
 
 def _split_authority(authority: str) -> tuple[str | None, int | None]:
