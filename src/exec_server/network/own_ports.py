@@ -1,41 +1,46 @@
 """The server's own listening sockets, which no proxied child may reach.
 
 A child whose allow list names a loopback or host address would otherwise get, through its
-proxy, to the server's control channel (its WebSocket port, metrics, ...). Read from procfs:
-the TCP sockets in LISTEN state of this network namespace whose inodes are this process's
-descriptors. Cached for :data:`CACHE_S` (listeners come and go rarely).
+proxy, to the server's control channel (its WebSocket port, metrics, ...). Found by asking
+each of this process's socket descriptors (listed in procfs) whether it listens, and where;
+cached for :data:`CACHE_S`, except for loopback destinations, which are checked afresh.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import time
 
 CACHE_S = 1.0
 
-_LISTEN = "0A"
 _cache: tuple[float, frozenset[tuple[str, int]]] = (-1.0, frozenset())
 
 
-def own_listeners() -> frozenset[tuple[str, int]]:
-    """``(address, port)`` of every TCP socket this process listens on."""
+def own_listeners(*, fresh: bool = False) -> frozenset[tuple[str, int]]:
+    """``(address, port)`` of every TCP socket this process listens on (``fresh``: not
+    from the cache)."""
     global _cache
     now = time.monotonic()
-    if now - _cache[0] < CACHE_S:
+    if not fresh and now - _cache[0] < CACHE_S:
         return _cache[1]
-    inodes = _socket_inodes()
     found: set[tuple[str, int]] = set()
-    for table, width in (("/proc/self/net/tcp", 4), ("/proc/self/net/tcp6", 16)):
+    for fd in _socket_fds():
         try:
-            with open(table, encoding="ascii") as rows:
-                next(rows, None)
-                for row in rows:
-                    fields = row.split()
-                    if len(fields) > 9 and fields[3] == _LISTEN and fields[9] in inodes:
-                        found.add(_decode(fields[1], width))
+            sock = socket.socket(fileno=fd)  # borrowed: detached below, never closed here
         except OSError:
             continue
+        try:
+            inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+            tcp = inet and sock.type == socket.SOCK_STREAM
+            if tcp and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                address, port = sock.getsockname()[:2]
+                found.add((str(address), int(port)))
+        except OSError:
+            pass
+        finally:
+            sock.detach()
     _cache = (now, frozenset(found))
     return _cache[1]
 
@@ -46,10 +51,11 @@ def reaches_own_listener(address: str, port: int) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for listen_address, listen_port in own_listeners():
+    # Loopback is where a listener that just started is most likely reached: never stale.
+    for listen_address, listen_port in own_listeners(fresh=ip.is_loopback):
         if listen_port != port:
             continue
-        listening = ipaddress.ip_address(listen_address)
+        listening = ipaddress.ip_address(listen_address.split("%", 1)[0])
         if listening.is_unspecified or listening == ip:
             return True
         if isinstance(listening, ipaddress.IPv6Address) and listening.ipv4_mapped == ip:
@@ -57,25 +63,17 @@ def reaches_own_listener(address: str, port: int) -> bool:
     return False
 
 
-def _socket_inodes() -> set[str]:
-    inodes: set[str] = set()
+def _socket_fds() -> list[int]:
+    """This process's descriptors that are sockets."""
+    fds: list[int] = []
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:
-        return inodes
+        return fds
     for name in names:
         try:
-            target = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:["):
+                fds.append(int(name))
+        except (OSError, ValueError):
             continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
-
-
-def _decode(field: str, width: int) -> tuple[str, int]:
-    """procfs ``ADDR:PORT`` (hex, the address in host-order 32-bit words) as text and int."""
-    address_hex, port_hex = field.split(":")
-    raw = bytes.fromhex(address_hex)
-    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    return str(ipaddress.ip_address(packed if width == 16 else packed[:4])), int(port_hex, 16)
+    return fds

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -49,7 +50,11 @@ async def _ready(fd: int, *, writing: bool) -> None:
 
 async def recv(sock: socket.socket, size: int) -> bytes:
     """Up to ``size`` bytes; ``b""`` at the end of the stream."""
-    return await asyncio.get_running_loop().sock_recv(sock, size)
+    while True:
+        try:
+            return sock.recv(size)
+        except BlockingIOError:
+            await readable(sock.fileno())
 
 
 async def recv_exactly(sock: socket.socket, size: int) -> bytes:
@@ -64,9 +69,13 @@ async def recv_exactly(sock: socket.socket, size: int) -> bytes:
 
 
 async def send(sock: socket.socket, data: bytes) -> None:
-    """All of ``data``."""
-    if data:
-        await asyncio.get_running_loop().sock_sendall(sock, data)
+    """All of ``data`` (written at once when the socket has room, as it nearly always has)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            await writable(sock.fileno())
 
 
 async def splice(source: socket.socket, sink: socket.socket) -> None:
@@ -100,14 +109,12 @@ async def connect(
     addresses: tuple[str, ...] | list[str], port: int, timeout: float
 ) -> socket.socket | None:
     """A connection to the first of ``addresses`` that answers (in order; never a lookup)."""
-    loop = asyncio.get_running_loop()
     for address in addresses:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            async with asyncio.timeout(timeout):
-                await loop.sock_connect(sock, (address, port))
+            await _connect(sock, (address, port), timeout)
         except (OSError, TimeoutError):
             sock.close()
             continue
@@ -117,3 +124,17 @@ async def connect(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     return None
+
+
+async def _connect(sock: socket.socket, address: tuple[str, int], timeout: float) -> None:
+    """A non-blocking connect: at once on loopback, else when the socket becomes writable."""
+    code = sock.connect_ex(address)
+    if code == 0:
+        return
+    if code not in (errno.EINPROGRESS, errno.EAGAIN):
+        raise OSError(code, os.strerror(code))
+    async with asyncio.timeout(timeout):
+        await writable(sock.fileno())
+    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
