@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from exec_server.config import Guards
+from exec_server.network import own_ports
 from exec_server.paths import to_file_uri
 from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.policy import load_confinement
@@ -453,6 +454,7 @@ async def test_the_servers_own_port_is_out_of_reach(origin: int) -> None:
     """Even with 127.0.0.1 allowed, the proxy does not carry a child to the server's own
     WebSocket port (its control channel); the origin beside it stays reachable."""
     async with running_server() as (_, url), Client.connect(url) as connected:
+        own_ports.forget()  # this test's server listens in the test's process, just opened
         await connected.initialize()
         server_port = int(url.rsplit(":", 1)[1])
         script = (

@@ -3,7 +3,9 @@
 A child whose allow list names a loopback or host address would otherwise get, through its
 proxy, to the server's control channel (its WebSocket port, metrics, ...). Found by asking
 each of this process's socket descriptors (listed in procfs) whether it listens, and where;
-cached for :data:`CACHE_S`, except for loopback destinations, which are checked afresh.
+cached for :data:`CACHE_S` (a scan costs about a millisecond per few hundred descriptors;
+the server's listeners exist before any child does, so a stale cache misses nothing in
+practice; :func:`forget` drops it when a listener is opened later).
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ CACHE_S = 1.0
 _cache: tuple[float, frozenset[tuple[str, int]]] = (-1.0, frozenset())
 
 
-def own_listeners(*, fresh: bool = False) -> frozenset[tuple[str, int]]:
-    """``(address, port)`` of every TCP socket this process listens on (``fresh``: not
-    from the cache)."""
+def own_listeners() -> frozenset[tuple[str, int]]:
+    """``(address, port)`` of every TCP socket this process listens on."""
     global _cache
     now = time.monotonic()
-    if not fresh and now - _cache[0] < CACHE_S:
+    if now - _cache[0] < CACHE_S:
         return _cache[1]
     found: set[tuple[str, int]] = set()
     for fd in _socket_fds():
@@ -45,14 +46,19 @@ def own_listeners(*, fresh: bool = False) -> frozenset[tuple[str, int]]:
     return _cache[1]
 
 
+def forget() -> None:
+    """Drop the cache: the next check scans again (call it after opening a listener)."""
+    global _cache
+    _cache = (-1.0, frozenset())
+
+
 def reaches_own_listener(address: str, port: int) -> bool:
     """Whether connecting to ``address:port`` would land on one of the server's listeners
     (the same address, or a wildcard one on that port)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    # Loopback is where a listener that just started is most likely reached: never stale.
-    for listen_address, listen_port in own_listeners(fresh=ip.is_loopback):
+    for listen_address, listen_port in own_listeners():
         if listen_port != port:
             continue
         listening = ipaddress.ip_address(listen_address.split("%", 1)[0])
