@@ -37,6 +37,8 @@ def test_dummies_keep_the_shape_and_hide_the_value() -> None:
     assert all(a.isdigit() == b.isdigit() for a, b in zip(gh[10:], REAL_GH[10:], strict=True))
     assert masked.env["CODEX_NETWORK_PROXY_CREDENTIAL_BROKER_ACTIVE"] == "1"
     assert json.loads(masked.env["CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS"]) == [
+        ["@alias:GITHUB_TOKEN", gh],
+        ["@alias:OPENAI_API_KEY", openai],
         ["GITHUB_TOKEN", gh],
         ["OPENAI_API_KEY", openai],
     ]

@@ -166,3 +166,63 @@ def test_codex_exec_with_managed_network(
     assert _verdicts(rows) == EXPECTED_VERDICTS
     start = _proxied_start(rows)
     assert start["enforceManagedNetwork"] is True
+
+
+REAL_GH = "ghp_" + "R3alS3cretT0kenValue" * 2
+CA_VARIABLES = [
+    "BUNDLE_SSL_CA_CERT",
+    "CARGO_HTTP_CAINFO",
+    "CODEX_CA_CERTIFICATE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+    "NPM_CONFIG_CAFILE",
+    "PIP_CERT",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+]
+"""What 0.169 points at its bundle with credential masking (recorded with this test)."""
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("impl", ["reference", "ours"])
+def test_codex_exec_with_credential_masking(codex: Path, workspace: Workspace, impl: str) -> None:
+    """`--enable credential_masking`: the command sees a same-shaped dummy of the GH_TOKEN the
+    executor inherited, the brokered list and the CA variables, and never the real value."""
+    if impl == "ours":
+        from exec_server.sandbox.bwrap import support
+
+        if not support().usable:
+            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
+    kind = ExecutorKind(impl, "stdio")
+    executor = Executor(kind, "mark", stdio_command=kind.command(codex, "stdio"))
+    tables = CONFIG_TABLES.replace(
+        "network_proxy = true", "network_proxy = true\ncredential_masking = true"
+    )
+    names = "|".join(CA_VARIABLES)
+    command = (
+        'echo "gh=$GH_TOKEN"; env | grep -c R3alS3cret; '
+        f"env | grep -E '^({names}|CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS)=' | sort"
+    )
+    model, run = run_turn(
+        codex,
+        workspace,
+        executor,
+        [[exec_command("c1", command)]],
+        sandbox=None,
+        config=(CONFIG_TOP, tables),
+        extra_env={"GH_TOKEN": REAL_GH},
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    output = model.output_of("c1")
+    assert REAL_GH not in output
+    lines = output.split("Output:\n", 1)[1].splitlines()
+    dummy = lines[0].removeprefix("gh=")
+    assert dummy.startswith("ghp_masked") and len(dummy) == len(REAL_GH)
+    assert lines[1] == "0"  # no variable holds the real value
+    env = dict(line.split("=", 1) for line in lines[2:])
+    brokered = json.loads(env.pop("CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS"))
+    assert brokered == [["@alias:GH_TOKEN", dummy], ["GH_TOKEN", dummy]]
+    assert sorted(env) == CA_VARIABLES
+    bundles = set(env.values())
+    assert len(bundles) == 1 and bundles.pop().endswith(".pem")

@@ -99,7 +99,13 @@ def mask_environment(env: Mapping[str, str]) -> MaskedEnvironment:
         credentials.append(credential)
     if credentials:
         masked["CODEX_NETWORK_PROXY_CREDENTIAL_BROKER_ACTIVE"] = "1"
-        pairs = [[c.variable, c.dummy] for c in credentials]
+        pairs = sorted(
+            [
+                pair
+                for c in credentials
+                for pair in ([f"@alias:{c.variable}", c.dummy], [c.variable, c.dummy])
+            ]
+        )
         masked["CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS"] = json.dumps(
             pairs, separators=(",", ":")
         )

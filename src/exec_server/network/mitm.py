@@ -34,18 +34,19 @@ UPSTREAM_CA_ENV = "EXEC_SERVER_PROXY_UPSTREAM_CA"
 """The operator's CA file for the origins the proxy talks TLS to (default: the system's)."""
 
 CA_ENV_KEYS = (
-    "SSL_CERT_FILE",
-    "CURL_CA_BUNDLE",
-    "REQUESTS_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "GIT_SSL_CAINFO",
-    "PIP_CERT",
-    "CARGO_HTTP_CAINFO",
     "BUNDLE_SSL_CA_CERT",
-    "AWS_CA_BUNDLE",
+    "CARGO_HTTP_CAINFO",
     "CODEX_CA_CERTIFICATE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+    "NPM_CONFIG_CAFILE",
+    "PIP_CERT",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
 )
-"""The variables the reference points at its bundle when it looks inside TLS."""
+"""The variables the 0.169 reference points at its bundle with credential masking on
+(recorded from `codex exec`)."""
 
 _READ = 64 * 1024
 _lock = threading.Lock()
