@@ -570,3 +570,16 @@ print("closed", closed)
 PY"""
     out = await run_proxied(client, "p1", script, {"127.0.0.1": "allow"})
     assert out.strip() == "closed 20"
+
+
+async def test_a_terminal_child_works_behind_its_proxy(client: Client) -> None:
+    params = {"networkProxy": network_proxy({}), "tty": True}
+    await client.start(
+        "p1",
+        ["sh", "-c", 'tty >/dev/null && echo "tty ok $CODEX_NETWORK_PROXY_ACTIVE"'],
+        env=PATH_ENV,
+        **params,
+    )
+    events = await client.wait_closed("p1")
+    assert b"tty ok 1" in events.data()
+    assert events.exited is not None and events.exited["exitCode"] == 0
