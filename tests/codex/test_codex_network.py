@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import shutil
 import sys
 import threading
 from collections.abc import Iterator
@@ -226,3 +228,100 @@ def test_codex_exec_with_credential_masking(codex: Path, workspace: Workspace, i
     assert sorted(env) == CA_VARIABLES
     bundles = set(env.values())
     assert len(bundles) == 1 and bundles.pop().endswith(".pem")
+
+
+# ---- review: network/policyRequest answered by codex's auto-reviewer --------------------------
+
+REVIEW_TOP = CONFIG_TOP + 'approval_policy = "on-request"\napprovals_reviewer = "auto_review"\n'
+"""Codex sends ``policyDecisionTimeoutMs`` (so the executor asks it) only when approvals go to
+its auto-reviewer, which asks the model."""
+REQUIREMENTS = '[experimental_network]\nreview_domains = ["localhost"]\n'
+"""Managed requirements (``/etc/codex/requirements.toml``), shown to codex alone through an
+overlay in a mount namespace of its own."""
+
+
+def _review_reply(outcome: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "role": "assistant",
+        "id": "msg_review",
+        "content": [{"type": "output_text", "text": json.dumps({"outcome": outcome})}],
+    }
+
+
+def _private_etc(workspace: Workspace) -> list[str]:
+    """A prefix that runs codex with ``/etc/codex/requirements.toml`` in its own view."""
+    base = workspace.root / "etc-overlay"
+    for part in ("upper/codex", "work"):
+        (base / part).mkdir(parents=True)
+    (base / "upper" / "codex" / "requirements.toml").write_text(REQUIREMENTS)
+    mount = (
+        'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$0/upper,workdir=$0/work" /etc'
+        ' && exec "$@"'
+    )
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, str(base)]
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("impl", ["reference", "ours"])
+@pytest.mark.parametrize("outcome", ["allow", "deny"])
+def test_codex_answers_the_executors_question(
+    codex: Path, workspace: Workspace, origin: int, impl: str, outcome: str
+) -> None:
+    """A review domain (``localhost``, allowed by the profile) is put to codex with
+    ``network/policyRequest``; codex's auto-reviewer (the scripted model) decides, and the
+    executor follows: the fetch works after an allow and is blocked after a deny."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a private /etc/codex")
+    if impl == "ours":
+        from exec_server.sandbox.bwrap import support
+
+        if not support().usable:
+            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
+    kind = ExecutorKind(impl, "stdio")
+    log = workspace.root / "wire.jsonl"
+    recorder = [sys.executable, str(RECORDER), str(log), "--", *kind.command(codex, "stdio")]
+    executor = Executor(kind, "mark", stdio_command=recorder)
+    tables = CONFIG_TABLES.replace('"127.0.0.1" = "allow"', '"localhost" = "allow"')
+    command = f"curl -s http://localhost:{origin}/; echo; echo curl=$?"
+    model, run = run_turn(
+        codex,
+        workspace,
+        executor,
+        [[exec_command("c1", command)], [_review_reply(outcome)]],
+        sandbox=None,
+        config=(REVIEW_TOP, tables),
+        prefix=_private_etc(workspace),
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    rows = _recording(log)
+    asked = [r["message"] for r in rows if r["message"].get("method") == "network/policyRequest"]
+    assert asked and asked[0]["params"]["request"] == {
+        "protocol": "http",
+        "host": "localhost",
+        "port": origin,
+    }
+    start = _proxied_start(rows)
+    assert start["networkProxy"].get("policyDecisionTimeoutMs")
+    answers = [
+        r["message"]
+        for r in rows
+        if r["from"] == "client"
+        and r["message"].get("id") == asked[0]["id"]
+        and "method" not in r["message"]
+    ]
+    assert answers and answers[0]["result"]["decision"]["type"] == outcome
+    output = model.output_of("c1")
+    verdicts = [
+        r["message"]["params"]
+        for r in rows
+        if r["message"].get("method") == "network/policyDecision"
+    ]
+    if outcome == "allow":
+        assert "hello-origin" in output, output
+        assert (verdicts[-1]["decision"], verdicts[-1]["source"]) == ("allow", "decider")
+        assert verdicts[-1]["policyOverride"] is True
+    else:  # the executor blocks the fetch; codex then rejects the command, and may end the
+        # executor before its audit record is out
+        assert "hello-origin\n" not in output, output
+        assert all((v["decision"], v["source"]) == ("deny", "decider") for v in verdicts)

@@ -189,14 +189,13 @@ class NetworkPolicy:
         name = normalize_host(host)
         if any(p.matches(name) for p in self.deny):
             return Decision(False, REASON_DENIED)
-        reviewed = any(p.matches(name) for p in self.review)  # review overrides allow
-        matching = [] if reviewed else [p for p in self.allow if p.matches(name)]
+        matching = [p for p in self.allow if p.matches(name)]
         local_ok = any(p.exact for p in matching) or (self.allow_local_binding and bool(matching))
         literal = _ip(name)
         if _is_local_name(name, literal) and not local_ok:
             return Decision(False, REASON_NOT_ALLOWED_LOCAL)
         override = False
-        if not matching:
+        if not matching or any(p.matches(name) for p in self.review):  # review overrides allow
             if ask is None:
                 return Decision(False, REASON_NOT_ALLOWED)
             answer = await ask(name, port)
