@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-shells netns-tools lint typecheck check bench bench-forward openssh clean sandbox
+.PHONY: run test test-shells netns-tools test-tools lint typecheck check bench bench-forward openssh clean sandbox
 
 $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,10 +50,23 @@ netns-tools:
 	    echo "could not install iproute2: the namespace test will be skipped" >&2; \
 	  fi; }
 
+# The managed network tests (issue 18) drive real clients through the proxy: curl (HTTP,
+# CONNECT, SOCKS5). They skip without it; install it where we can, as above.
+test-tools:
+	@command -v curl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing curl (managed network tests) with apt-get" >&2; \
+	    apt-get install -y -qq curl >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq curl >/dev/null 2>&1; } || \
+	    echo "could not install curl: the managed network tests will skip" >&2; \
+	  else \
+	    echo "the managed network tests need curl (e.g. 'sudo apt-get install curl'); they skip without it" >&2; \
+	  fi; }
+
 run: $(STAMP) sandbox
 	$(BIN)/exec-server $(ARGS)
 
-test: $(STAMP) sandbox test-shells netns-tools
+test: $(STAMP) sandbox test-shells netns-tools test-tools
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)

@@ -101,8 +101,8 @@ class Client:
             if p is None:
                 return
             w = self._watches.get(p.processId)
-            if w is None:
-                return
+            if w is None or not method.startswith("process/"):
+                return  # network/policyDecision names a process but has no seq
             w.events += 1
             if method == "process/output":
                 w.nbytes += decoded_len(p.chunk)

@@ -60,6 +60,9 @@ METRICS: tuple[Metric, ...] = (
     # The floor: `python -c "import asyncio"`, timed right after each start (issue 21).
     Metric("startup_floor_ms", "python -c 'import asyncio' (floor)", "ms"),
     Metric("startup_over_floor", "start to initialize reply / floor", "x", False, None, 1.3),
+    # Issue 18's goal: at least the reference's throughput, latency within 1 ms of it.
+    Metric("proxy_fetch_mibs", "HTTP fetch through the proxy", "MiB/s", True, 1.0),
+    Metric("proxy_added_latency_ms", "latency the proxy adds", "ms"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 

@@ -40,6 +40,8 @@ class Sizes:
     idle_n: int = 500
     startup_n: int = 20
     sandbox_n: int = 100
+    proxy_n: int = 200
+    proxy_bytes: int = 256 * MiB
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -54,6 +56,8 @@ class Sizes:
             idle_n=100,
             startup_n=5,
             sandbox_n=30,
+            proxy_n=50,
+            proxy_bytes=32 * MiB,
         )
 
 
@@ -375,6 +379,16 @@ async def sandbox(server: RunningServer, sizes: Sizes) -> Metrics:
     }
 
 
+# -- 9. the managed network proxy (issue 18) ------------------------------------------------
+
+
+async def proxy(server: RunningServer, sizes: Sizes) -> Metrics:
+    """A proxied child's HTTP fetches: latency the proxy adds, and MiB/s through it."""
+    from bench.network import proxy_fetch
+
+    return await proxy_fetch(server, sizes.proxy_n, sizes.proxy_bytes)
+
+
 WORKLOADS: dict[str, Workload] = {
     "spawn": spawn,
     "rtt": rtt,
@@ -384,6 +398,7 @@ WORKLOADS: dict[str, Workload] = {
     "hol": hol,
     "memory": memory,
     "sandbox": sandbox,
+    "proxy": proxy,
 }
 REP_FACTOR = {"poll": 3, "throughput": 2}
 """Workloads repeated more than ``--reps`` times. A polling run lasts half a second, and on

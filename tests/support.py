@@ -99,10 +99,10 @@ class Client:
     def _route(self, msg: dict[str, Any]) -> None:
         params = msg.get("params") or {}
         pid = params.get("processId")
-        if pid is None:
-            return
-        events = self.processes[pid]
         method = msg["method"]
+        if pid is None or not method.startswith("process/"):
+            return  # e.g. network/policyDecision: kept in self.notifications only
+        events = self.processes[pid]
         if method == "process/output":
             events.output.append(params)
         elif method == "process/exited":

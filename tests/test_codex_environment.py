@@ -16,9 +16,9 @@ from .support import Client, RpcFailure
 from .test_cli import cli_server
 
 OURS = {
-    "networkProxyLaunch": False,
-    "networkProxyReviewDomains": False,
-    "credentialMasking": False,
+    "networkProxyLaunch": True,
+    "networkProxyReviewDomains": True,
+    "credentialMasking": True,
     "credentialMaskingCustomProviders": False,
     "capabilityDiscoverySandbox": True,
     "fsWatchMissing": True,

@@ -33,9 +33,9 @@ def _has_bwrap() -> bool:
 def capabilities() -> dict[str, bool]:
     """All fifteen flags the 0.169 reference announces, in its order."""
     return {
-        "networkProxyLaunch": False,  # process/start networkProxy: no executor-local proxy
-        "networkProxyReviewDomains": False,  # network/policyRequest to the client: not sent
-        "credentialMasking": False,  # no masking of credentials in what children print
+        "networkProxyLaunch": True,  # process/start networkProxy: network/ (needs bubblewrap)
+        "networkProxyReviewDomains": True,  # network/policyRequest: a server request
+        "credentialMasking": True,  # networkProxy.proxy.credentialMasking: network/credentials.py
         "credentialMaskingCustomProviders": False,
         "capabilityDiscoverySandbox": True,  # capabilityRoots/discoverV1 under each root's profile
         "fsWatchMissing": _has_inotify(),  # fs/watchMissing + fs/missingChanged

@@ -34,6 +34,7 @@ from .methods import BY_REQUEST_TYPE, METHODS, Method
 from .methods.forward import WRITE_START, slice_write
 from .observability import UNKNOWN_METHOD
 from .resources import Resources
+from .server_requests import ServerRequests
 
 if TYPE_CHECKING:
     from .server import Server
@@ -103,6 +104,8 @@ class Connection:
         self._room.set()
         self.resources = Resources()
         """What this connection owns besides its session (HTTP body streams, ...)."""
+        self.server_requests = ServerRequests()
+        """Requests this server sent the client and awaits answers to."""
         self._metrics = server.metrics
         server.connection_began(self)
 
@@ -131,6 +134,14 @@ class Connection:
         """After ``send_notification`` returned False: wait until the transport has drained,
         or the connection has ended (for producers other than processes)."""
         await self._room.wait()
+
+    async def server_request(self, method: str, params: Any) -> msgspec.Raw:
+        """Send the client a request and wait for its result (raw JSON). Raises
+        :class:`~.server_requests.ServerRequestError` for an error answer, a closed
+        connection or too many pending; the caller bounds the wait (``asyncio.timeout``)."""
+        message, answer = self.server_requests.begin(method, params)
+        self.transport.send(message)
+        return await answer
 
     def _send_reply(self, message: bytes) -> None:
         # Replies are never refused: past the bound the transport stops reading requests,
@@ -197,7 +208,9 @@ class Connection:
                 )
             )
             return True
-        return False  # a response from the client: the server never sends requests
+        # A response: to a request of ours, or a protocol error that ends the connection.
+        assert isinstance(message, rpc.Response)
+        return self.server_requests.settle(message)
 
     def _handle_notification(self, message: rpc.Notification) -> bool:
         # Like the reference, a repeated ``initialized`` is harmless; one before ``initialize``
@@ -327,6 +340,7 @@ class Connection:
         self.state = HandshakeState.CLOSED
         self.server.connection_ended(self)
         self.resources.release_all()
+        self.server_requests.fail_all()
         for task in list(self._tasks):
             task.cancel()
         self._room.set()

@@ -126,6 +126,84 @@ class ShellSnapshotRequest(_Wire):
     shell: SnapshotShell
 
 
+# ---- managed network (networkProxyLaunch) -------------------------------------------------
+
+DomainVerdict = Literal["allow", "deny", "none"]
+
+
+class NetworkProxyConfig(_Wire, kw_only=True):
+    """``networkProxy.proxy``: the 0.169 field names; the seven first are required."""
+
+    enabled: bool
+    enable_socks5: bool
+    enable_socks5_udp: bool
+    allow_upstream_proxy: bool
+    dangerously_allow_all_unix_sockets: bool
+    allow_local_binding: bool
+    mode: Literal["full", "limited"]
+    domains: dict[str, DomainVerdict] | None = None
+    unix_sockets: dict[str, Any] | None = None
+    review_domains: list[str] | None = None
+    credential_masking: bool = False
+    credential_providers: dict[str, Any] | None = None
+
+
+class NetworkProxyLaunch(_Wire, kw_only=True):
+    """``process/start.networkProxy``: start a proxy for this process."""
+
+    proxy: NetworkProxyConfig
+    audit_metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    environment_id: str | None = None
+    execution_id: str | None = None
+    policy_decision_timeout_ms: U64 | None = None
+
+
+class NetworkPolicyDecision(_Wire, kw_only=True, omit_defaults=True):
+    """Params of the ``network/policyDecision`` notification (audit of one verdict);
+    ``method`` and ``client`` are left out when unknown (SOCKS5 has no method)."""
+
+    process_id: str
+    timestamp: str
+    scope: str
+    decision: str
+    source: str
+    reason: str
+    protocol: str
+    host: str
+    port: int
+    method: str | None = None
+    client: str | None = None
+    policy_override: bool
+
+
+def policy_decision_notification(params: NetworkPolicyDecision) -> bytes:
+    return encode({"method": "network/policyDecision", "params": params})
+
+
+class PolicyRequestTarget(_Wire):
+    protocol: str
+    host: str
+    port: int
+
+
+class PolicyRequestParams(_Wire):
+    """Params of the server's ``network/policyRequest`` (a request to the client)."""
+
+    process_id: str
+    request: PolicyRequestTarget
+
+
+class PolicyRequestDecision(_Wire):
+    type: Literal["allow", "deny", "ask"]
+    reason: str | None = None
+
+
+class PolicyRequestResult(_Wire):
+    """The client's answer to ``network/policyRequest``."""
+
+    decision: PolicyRequestDecision
+
+
 class ProcessStartParams(_Params):
     """``size``, ``timeoutMs``, ``idleTimeoutMs`` and ``drainTimeoutMs`` are ours."""
 
@@ -146,6 +224,11 @@ class ProcessStartParams(_Params):
     enforce_managed_network: bool = False
     """A managed network proxy is required (we announce no ``networkProxyLaunch``)."""
     shell_snapshot: ShellSnapshotRequest | None = None
+    """The child's network must go through the managed proxy (``networkProxy``)."""
+    network_proxy: NetworkProxyLaunch | None = None
+    """Launch a managed network proxy for this process (``network/``)."""
+    managed_network: dict[str, Any] | None = None
+    """Facts about a proxy the client runs itself; refused together with ``networkProxy``."""
 
 
 class ProcessStartResult(_Wire):

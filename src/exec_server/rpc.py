@@ -50,9 +50,12 @@ class Notification(msgspec.Struct, frozen=True):
 
 
 class Response(msgspec.Struct, frozen=True):
-    """A response or error sent *by the client*: never valid here (the server sends no requests)."""
+    """A response or error sent *by the client*, to a request the server sent it
+    (:mod:`server_requests`): ``result`` (raw JSON) or ``error`` (``{code, message}``)."""
 
     id: RequestId
+    result: msgspec.Raw | None = None
+    error: dict[str, Any] | None = None
 
 
 class Malformed(msgspec.Struct, frozen=True):
@@ -87,9 +90,9 @@ def decode(data: bytes | bytearray | memoryview | str) -> Message:
             return Notification(method, params)
         return Malformed(_invalid_id_reason(env.id))
     if valid_id and len(env.result) > 0:
-        return Response(env.id)
+        return Response(env.id, result=env.result)
     if valid_id and _is_error_object(env.error):
-        return Response(env.id)
+        return Response(env.id, error=env.error)
     return Malformed("data did not match any variant of JSON-RPC message")
 
 
@@ -112,6 +115,17 @@ def _is_error_object(value: object) -> bool:
 
 
 _encode = msgspec.json.Encoder().encode
+
+
+class _OutboundRequest(msgspec.Struct, gc=False):
+    id: RequestId
+    method: str
+    params: Any
+
+
+def encode_request(request_id: RequestId, method: str, params: Any) -> bytes:
+    """A request from the server to the client (``params``: any wire value)."""
+    return _encode(_OutboundRequest(request_id, method, params))
 
 
 class _Result(msgspec.Struct, gc=False):

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,13 +99,16 @@ class Workspace:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def write_config(home: Path, model_base_url: str) -> None:
-    """A config.toml pointing codex at the scripted model, with nothing that phones home."""
+def write_config(home: Path, model_base_url: str, top: str = "", tables: str = "") -> None:
+    """A config.toml pointing codex at the scripted model, with nothing that phones home;
+    ``top`` adds top-level keys (put first; its ``approval_policy`` replaces ours), ``tables``
+    adds tables (put last)."""
+    approval = "" if "approval_policy" in top else 'approval_policy = "never"\n'
     (home / "config.toml").write_text(
-        f"""model = "gpt-5.5"
+        f"""{top}
+model = "gpt-5.5"
 model_provider = "scripted"
-approval_policy = "never"
-check_for_update_on_startup = false
+{approval}check_for_update_on_startup = false
 
 [analytics]
 enabled = false
@@ -116,7 +119,7 @@ base_url = {json.dumps(model_base_url)}
 wire_api = "responses"
 request_max_retries = 0
 stream_max_retries = 0
-"""
+{tables}"""
     )
 
 
@@ -267,10 +270,12 @@ def run_codex(
     sandbox: str | None,
     prompt: str = "go",
     extra_env: Mapping[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> CodexRun:
     """`codex exec` once, no stdin, in its own process group (killed with everything it
-    started if it has not ended by :data:`CODEX_TIMEOUT_S`); ``extra_env`` adds to its environment;
-    ``sandbox`` None leaves the sandbox to the config (its ``default_permissions``)."""
+    started if it has not ended by :data:`CODEX_TIMEOUT_S`); ``extra_env`` adds to its environment.
+    ``sandbox`` None passes no ``-s``: the config's ``default_permissions`` profile applies;
+    ``prefix`` runs codex through another command (e.g. a private mount namespace)."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CODEX_", "OPENAI_"))},
         "CODEX_HOME": str(workspace.home),
@@ -279,6 +284,7 @@ def run_codex(
     }
     proc = subprocess.Popen(
         [
+            *prefix,
             str(codex),
             "exec",
             "--skip-git-repo-check",
@@ -316,14 +322,19 @@ def run_turn(
     executor: Executor,
     turns: list[Turn],
     *,
-    sandbox: str = "danger-full-access",
+    sandbox: str | None = "danger-full-access",
     extra_env: Mapping[str, str] | None = None,
+    config: tuple[str, str] = ("", ""),
+    prefix: Sequence[str] = (),
 ) -> tuple[ScriptedModel, CodexRun]:
     """One `codex exec` whose model makes the scripted tool calls, whatever its outcome: the
-    model (its recorded requests hold what codex reported back) and how codex ended."""
+    model (its recorded requests hold what codex reported back) and how codex ended.
+    ``config`` is (top-level keys, tables) added to config.toml (:func:`write_config`)."""
     with ScriptedModel(turns) as model:
-        write_config(workspace.home, model.base_url)
-        run = run_codex(codex, workspace, executor, sandbox=sandbox, extra_env=extra_env)
+        write_config(workspace.home, model.base_url, *config)
+        run = run_codex(
+            codex, workspace, executor, sandbox=sandbox, extra_env=extra_env, prefix=prefix
+        )
     return model, run
 
 

@@ -148,6 +148,10 @@ class Client:
         self._id_prefix = f"py-{secrets.token_hex(4)}"
         self._uri_paths = False
         self._server_cwd: PurePosixPath | None = None
+        self.on_server_request: ServerRequestHandler | None = None
+        """Answers requests the server sends this client (``network/policyRequest``):
+        awaited with the method and the decoded params, it returns the result; an exception
+        becomes an error reply. None: every such request gets -32601."""
 
     def __repr__(self) -> str:
         return f"<Client {self._options.describe} {self.state.value} session={self.session_id}>"
@@ -319,6 +323,8 @@ class Client:
         if envelope.method is not None:
             if envelope.id is None:
                 self._notification(envelope.method, envelope.params)
+            else:
+                self._spawn(self._answer(envelope.id, envelope.method, envelope.params))
             return
         call = self._pending.pop(envelope.id, None) if isinstance(envelope.id, int) else None
         if call is None:
@@ -334,6 +340,22 @@ class Client:
             call.future.set_exception(error)
         elif isinstance(envelope.result, msgspec.Raw):
             call.future.set_result(envelope.result)
+
+    async def _answer(self, request_id: int | str, method: str, params: msgspec.Raw) -> None:
+        """Answer one request of the server's through :attr:`on_server_request`."""
+        handler = self.on_server_request
+        reply: dict[str, Any] = {"id": request_id}
+        if handler is None:
+            reply["error"] = {"code": -32601, "message": f"this client does not answer `{method}`"}
+        else:
+            try:
+                reply["result"] = await handler(method, msgspec.json.decode(params))
+            except Exception as exc:
+                reply["error"] = {"code": -32603, "message": str(exc) or type(exc).__name__}
+        transport = self._transport
+        if transport is not None:
+            with contextlib.suppress(TransportClosed):
+                await transport.send(_wire.encode(reply))
 
     def _notification(self, method: str, params: msgspec.Raw) -> None:
         kind = _wire.NOTIFICATION_TYPES.get(method)
@@ -911,6 +933,10 @@ class _Connector:
     ) -> None:
         if self.client is not None:
             await self.client.close()
+
+
+ServerRequestHandler = Callable[[str, Any], Awaitable[Any]]
+"""``await handler(method, params) -> result`` for a request the server sends the client."""
 
 
 def connect(

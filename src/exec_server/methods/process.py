@@ -7,9 +7,10 @@ this module maps it to wire values and JSON-RPC errors.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import msgspec
@@ -47,7 +48,10 @@ from . import method
 
 if TYPE_CHECKING:
     from ..connection import Connection
-    from ..sandbox.bwrap import Launch
+    from ..network.managed import ManagedNetwork
+    from ..process.manager import ProcessManager
+    from ..sandbox.bwrap import Launch, NetworkEntry
+    from ..sandbox.policy import Policy
     from ..sandbox.profile import SandboxRequest
 
 SANDBOX_TYPE = "linuxSeccomp"
@@ -229,11 +233,6 @@ def start(
     both) the start is prepared on a worker thread, the id reserved meanwhile."""
     if not params.argv:
         raise invalid_params("argv must not be empty")
-    if params.enforce_managed_network:
-        raise invalid_params(
-            "enforceManagedNetwork is not supported: this executor runs no managed network "
-            "proxy (networkProxyLaunch is false)"
-        )
     _check_strings(params)
     cwd = _no_nul(parse_path(params.cwd, "cwd"), "cwd")
     policy = params.env_policy
@@ -251,6 +250,13 @@ def start(
         )
     prepend_path.apply(env, connection.server.prepend_path_dirs)
     env = without_excluded(env, connection.server.guards.env_exclude)
+    network = None
+    if params.network_proxy is not None or params.enforce_managed_network:
+        from .network import requested_network  # managed-network starts only
+
+        network = requested_network(connection, params)
+    if network is not None:
+        env = network.child_environment(env)
     size = params.size
     request = SpawnRequest(
         argv=params.argv,
@@ -273,19 +279,26 @@ def start(
         shell_snapshot.check_request(snapshot.scope_id, snapshot.shell.name)
         if not shell_snapshot.applies(params.argv, snapshot.shell.path):
             snapshot = None
-    if params.sandbox is None and confinement is None and snapshot is None:
+    plain = params.sandbox is None and confinement is None and snapshot is None
+    if plain and network is None:
         processes.start(params.process_id, request, deadlines)
         return ProcessStartResult(params.process_id)
     from ..sandbox.profile import ProfileError, parse_sandbox  # sandboxed starts only
 
     try:
         profile = parse_sandbox(params.sandbox)
+        processes.reserve(params.process_id, request, deadlines)
     except ProfileError as error:
+        if network is not None:
+            network.close()
         raise invalid_params(error.message) from None
-    processes.reserve(params.process_id, request, deadlines)
+    except BaseException:
+        if network is not None:
+            network.close()
+        raise
     if snapshot is not None:
-        return _start_snapshotted(connection, params, request, profile)
-    return _start_sandboxed(connection, params.process_id, request, profile)
+        return _start_snapshotted(connection, params, request, profile, network)
+    return _start_sandboxed(connection, params.process_id, request, profile, network)
 
 
 # ---- shell snapshots (shellSnapshotV2) ---------------------------------------------------
@@ -297,6 +310,7 @@ async def _start_snapshotted(
     params: ProcessStartParams,
     request: SpawnRequest,
     profile: SandboxRequest | None,
+    network: ManagedNetwork | None,
 ) -> ProcessStartResult:
     """Start ``shell -lc SCRIPT`` with the scope's snapshot restored instead of the startup
     files (captured first, under the same sandbox, when the scope has none yet); when there
@@ -317,7 +331,7 @@ async def _start_snapshotted(
     try:
         output = await cache.get(key, lambda: _capture(connection, request, profile, shell))
     except BaseException:
-        connection.require_session().processes.abandon(params.process_id)
+        _give_up(connection.require_session().processes, params.process_id, network)
         raise
     restore = (
         None if output is None else shell_snapshot.restore_script(output, frozenset(params.env))
@@ -327,7 +341,7 @@ async def _start_snapshotted(
         request = msgspec.structs.replace(
             request, argv=replayed.argv, env={**request.env, **replayed.env}
         )
-    return await _start_sandboxed(connection, params.process_id, request, profile)
+    return await _start_sandboxed(connection, params.process_id, request, profile, network)
 
 
 async def _capture(
@@ -344,18 +358,17 @@ async def _capture(
     def run() -> bytes | None:
         from ..sandbox import enforce
 
-        launch = None
-        command = argv
+        policy = None
         if profile is not None or confinement is not None:
             policy = enforce.process_policy(profile, confinement, request.cwd, request.env)
-            if policy is not None and policy.is_restricted:
-                launch = enforce.launch(policy, argv, request.cwd, None, request.env)
-                command = launch.argv
+        if policy is None or not policy.is_restricted:
+            return shell_snapshot.run_capture(argv, request.cwd, request.env, {})
+        launch = _launch(connection, policy, msgspec.structs.replace(request, argv=argv))
         try:
-            return shell_snapshot.run_capture(command, request.cwd, request.env)
+            options = launch.subprocess_options()
+            return shell_snapshot.run_capture(launch.argv, request.cwd, request.env, options)
         finally:
-            if launch is not None:
-                launch.release()
+            launch.release()
 
     try:
         return await asyncio.to_thread(run)
@@ -365,10 +378,16 @@ async def _capture(
 
 @_mapped_async
 async def _start_sandboxed(
-    connection: Connection, process_id: str, request: SpawnRequest, profile: SandboxRequest | None
+    connection: Connection,
+    process_id: str,
+    request: SpawnRequest,
+    profile: SandboxRequest | None,
+    network: ManagedNetwork | None = None,
 ) -> ProcessStartResult:
     """Resolve the policy and build the sandbox off the loop, then spawn the reserved id.
-    A restricted policy that cannot be enforced fails the start: it never runs unconfined."""
+    A restricted policy that cannot be enforced fails the start: it never runs unconfined.
+    With a managed ``network`` the child always gets a network namespace of its own, where
+    only its proxy is reachable (``network/managed.py``); the proxy ends with the launch."""
     from ..sandbox import enforce
     from ..sandbox.policy import PolicyError
 
@@ -377,36 +396,32 @@ async def _start_sandboxed(
 
     def prepare() -> Launch | None:
         policy = enforce.process_policy(profile, confinement, request.cwd, request.env)
+        if network is not None:
+            policy = _without_network(policy)
         if policy is None or not policy.is_restricted:
             return None
-        guards = connection.server.guards
-        return enforce.launch(
-            policy,
-            request.argv,
-            request.cwd,
-            request.arg0,
-            request.env,
-            guards.private_paths,
-            guards.pids_limit,
-        )
+        entry = None if network is None else _network_entry(network, policy, request.env)
+        return _launch(connection, policy, request, entry)
 
     try:
         launch = await asyncio.to_thread(prepare)
     except enforce.SandboxUnavailable as error:
-        processes.abandon(process_id)
+        _give_up(processes, process_id, network)
         raise invalid_params(error.message) from None
     except PolicyError as error:
-        processes.abandon(process_id)
+        _give_up(processes, process_id, network)
         raise invalid_params(f"failed to prepare process sandbox: {error}") from None
     except OSError as error:
-        processes.abandon(process_id)
+        _give_up(processes, process_id, network)
         raise internal_error(os_error_message(error)) from None
     except BaseException:
-        processes.abandon(process_id)
+        _give_up(processes, process_id, network)
         raise
     if launch is None:
         processes.spawn_reserved(process_id, request)
         return ProcessStartResult(process_id)
+    if network is not None:
+        launch.on_release.append(network.close)
     try:
         if launch.cgroup is None:
             processes.spawn_reserved(process_id, launch.spawn_request(request), launch)
@@ -420,7 +435,53 @@ async def _start_sandboxed(
         raise
     finally:
         launch.spawned()
+    if network is not None:
+        child = processes.get(process_id).child
+        if child is not None:
+            network.start(child.pid)
     return ProcessStartResult(process_id, SANDBOX_TYPE)
+
+
+def _launch(
+    connection: Connection, policy: Policy, request: SpawnRequest, entry: NetworkEntry | None = None
+) -> Launch:
+    """The sandboxed launch of ``request`` under ``policy``, with what the operator set for
+    every sandbox (the server's private files hidden, the pids limit): one place, so no
+    launch (a command's, a shell snapshot's capture) can leave them out."""
+    from ..sandbox import enforce
+
+    guards = connection.server.guards
+    return enforce.launch(
+        policy,
+        request.argv,
+        request.cwd,
+        request.arg0,
+        request.env,
+        guards.private_paths,
+        guards.pids_limit,
+        network=entry,
+    )
+
+
+def _give_up(processes: ProcessManager, process_id: str, network: ManagedNetwork | None) -> None:
+    processes.abandon(process_id)
+    if network is not None:
+        network.close()
+
+
+def _without_network(policy: Policy | None) -> Policy:
+    """The policy with direct network access taken away (the proxy is the only way out)."""
+    from ..sandbox.policy import UNRESTRICTED
+
+    return dataclasses.replace(policy or UNRESTRICTED, network=False)
+
+
+def _network_entry(network: ManagedNetwork, policy: Policy, env: Mapping[str, str]) -> NetworkEntry:
+    from ..sandbox.bwrap import NetworkEntry
+    from ..sandbox.policy import Access
+
+    mounts = network.mounts(lambda path: policy.access_at(path) == Access.NONE)
+    return NetworkEntry(network.entry_argv(env), mounts)
 
 
 def _seconds(milliseconds: int | None) -> float | None:

@@ -26,6 +26,7 @@ import shlex
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import invalid_params
 
@@ -127,25 +128,31 @@ def replay(shell_name: str, shell_path: str, script: str, restore: str) -> Repla
     return Replay([shell_path, _REPLAY_FLAGS[shell_name], prelude + script], env)
 
 
-def run_capture(argv: list[str], cwd: str, env: Mapping[str, str]) -> bytes | None:
-    """Run a capture to its end (blocking): its output, or None when it failed."""
+def run_capture(
+    argv: list[str], cwd: str, env: Mapping[str, str], popen_options: Mapping[str, Any]
+) -> bytes | None:
+    """Run a capture to its end (blocking): its output, or None when it failed.
+    ``popen_options`` are a sandbox launch's (its environment, seccomp descriptor, cgroup),
+    else empty: ``env`` is then the capture's environment."""
+    options: dict[str, Any] = {"env": dict(env), **popen_options}
     try:
         done = subprocess.run(
             argv,
             cwd=cwd,
-            env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             timeout=CAPTURE_TIMEOUT_S,
             start_new_session=True,
             check=False,
+            **options,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    if done.returncode != 0 or len(done.stdout) > MAX_SNAPSHOT_BYTES:
+    output: bytes = done.stdout
+    if done.returncode != 0 or len(output) > MAX_SNAPSHOT_BYTES:
         return None
-    return done.stdout
+    return output
 
 
 class SnapshotCache:

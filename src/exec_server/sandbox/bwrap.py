@@ -27,7 +27,7 @@ import signal
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +173,8 @@ class Launch:
     ignored_signals: tuple[int, ...] = ()
     """Signals bwrap must start with ignored (see the module docstring)."""
     _placeholders: list[_Placeholder] = field(default_factory=list, repr=False)
+    on_release: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    """Run once by :meth:`release` (a managed network's teardown, ``network/managed.py``)."""
 
     def subprocess_options(self) -> dict[str, Any]:
         """What ``subprocess.Popen`` needs to start ``argv`` as :meth:`spawn_request` would:
@@ -223,6 +225,9 @@ class Launch:
         held, self._placeholders = self._placeholders, []
         for placeholder in held:
             _release_placeholder(placeholder)
+        hooks, self.on_release = self.on_release, []
+        for hook in hooks:
+            hook()
 
 
 def wrap(
@@ -235,6 +240,7 @@ def wrap(
     env: Mapping[str, str] | None = None,
     private_paths: Sequence[str] = (),
     pids_limit: int = 0,
+    network: NetworkEntry | None = None,
 ) -> Launch:
     """The launch that runs ``argv`` in ``cwd`` with ``env`` confined by ``policy``.
 
@@ -252,6 +258,8 @@ def wrap(
     then bwrap) is the session leader and keeps the PTY as controlling terminal; bwrap runs
     without ``--new-session``, so the command shares that terminal and job control works.
     ``arg0``, when given, is the ``argv[0]`` the program sees (through ``bash exec -a``).
+    ``network``, when given, runs the command behind a managed network proxy (see
+    :class:`NetworkEntry`): always in a network namespace of its own.
     """
     if not policy.is_restricted:
         return Launch(list(argv), sandboxed=False, arg0=arg0)
@@ -272,16 +280,23 @@ def wrap(
             launch.release()
             raise SandboxUnavailable("arg0 under a sandbox needs bash, which is not installed")
         inner = [found.bash, "-c", 'exec -a "$0" "$@"', arg0, *argv]
+    if network is not None:
+        if found.seccomp:  # loaded by the entry once it has handed its sockets over
+            launch.keep_fd = seccomp.filter_fd(True, unix_sockets=False)
+            inner = [*network.entry[:-1], f"seccomp:{launch.keep_fd}", "--", *inner]
+        else:
+            inner = [*network.entry, *inner]
+        mounts += network.mounts
     if found.signal_shim is not None:
         inner = [found.signal_shim, "--default-signal", "--", *inner]
     namespaces = ["--unshare-user", "--unshare-pid", "--unshare-ipc"]
-    namespaces += [] if policy.network else ["--unshare-net"]
+    namespaces += [] if policy.network and network is None else ["--unshare-net"]
     namespaces += ["--disable-userns"] if found.disable_userns else []
     command = [found.bwrap, *mounts, *namespaces, "--die-with-parent", "--cap-drop", "ALL"]
     command += ["--clearenv"]
     for name, value in (env or {}).items():
         command += ["--setenv", name, value]
-    if found.seccomp:
+    if found.seccomp and network is None:
         launch.keep_fd = seccomp.filter_fd(policy.network)
         command += ["--seccomp", str(launch.keep_fd)]
     command += ["--chdir", cwd, "--", *inner]
@@ -289,6 +304,17 @@ def wrap(
         launch.ignored_signals = IGNORED_IN_BWRAP
     launch.argv = command
     return launch
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkEntry:
+    """A managed network's part of a launch: ``entry``, the argv prefix that hands the
+    proxy sockets over and then execs the command (``--`` last; :func:`wrap` adds a
+    ``seccomp:FD`` spec before it, the filter the entry loads before that exec), and
+    ``mounts``, bubblewrap arguments added after the policy's own."""
+
+    entry: Sequence[str]
+    mounts: Sequence[str]
 
 
 def _mount_args(policy: Policy, found: BwrapSupport, launch: Launch) -> list[str]:

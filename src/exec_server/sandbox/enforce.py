@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from .bwrap import Launch, SandboxUnavailable, support, wrap
+from .bwrap import Launch, NetworkEntry, SandboxUnavailable, support, wrap
 from .policy import (
     Access,
     Confinement,
@@ -61,14 +61,16 @@ def launch(
     env: Mapping[str, str],
     private_paths: Sequence[str] = (),
     pids_limit: int = 0,
+    network: NetworkEntry | None = None,
 ) -> Launch:
     """The sandboxed launch of ``argv``: spawn ``Launch.argv`` with ``Launch.env`` (the
     command's ``env`` applies inside the sandbox only). ``private_paths``, the server's own
-    files, are hidden inside whatever the policy; ``pids_limit`` bounds its tasks. Raises
-    :class:`SandboxUnavailable` when bubblewrap cannot run here, and ``FileNotFoundError``
-    when the program is not on the child's PATH (as an unsandboxed start would: inside, it
-    would only be ``env``'s exit 127) or when the policy hides the program or the cwd (they
-    look absent, as missing ones fail)."""
+    files, are hidden inside whatever the policy; ``pids_limit`` bounds its tasks;
+    ``network`` puts the command behind a managed network proxy (``bwrap.NetworkEntry``).
+    Raises :class:`SandboxUnavailable` when bubblewrap cannot run here, and
+    ``FileNotFoundError`` when the program is not on the child's PATH (as an unsandboxed
+    start would: inside, it would only be ``env``'s exit 127) or when the policy hides the
+    program or the cwd (they look absent, as missing ones fail)."""
     if not support().usable:
         raise SandboxUnavailable(support().reason or "bubblewrap is not usable")
     seen = hiding(policy, private_paths)  # what the sandbox will show
@@ -84,6 +86,7 @@ def launch(
         env=env,
         private_paths=private_paths,
         pids_limit=pids_limit,
+        network=network,
     )
 
 

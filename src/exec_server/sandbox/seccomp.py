@@ -161,9 +161,13 @@ def native_arch() -> str | None:
 
 
 @functools.cache
-def program(network: bool, arch: str | None = None) -> bytes:
+def program(network: bool, arch: str | None = None, *, unix_sockets: bool = True) -> bytes:
     """The filter for a sandbox whose network is allowed (``network``) or restricted, as
-    the raw ``struct sock_filter`` array bubblewrap reads. ValueError for an unknown arch."""
+    the raw ``struct sock_filter`` array bubblewrap reads. ValueError for an unknown arch.
+
+    ``unix_sockets=False`` (a managed network's child: IP sockets reach only its proxy, in
+    a namespace of its own) also refuses ``socket(AF_UNIX, ...)`` and ``AF_UNIX`` datagram
+    pairs: a socket to connect to a path outside cannot be made; stream pairs still can."""
     name = arch or native_arch()
     if name is None or name not in _ARCHES:
         raise ValueError(f"no seccomp rules for architecture {platform.machine()}")
@@ -179,8 +183,8 @@ def program(network: bool, arch: str | None = None) -> bytes:
     for name_ in denied:
         p.jump_if(_JEQ_K, nr[name_], "deny")
     p.jump_if(_JEQ_K, nr["ioctl"], "ioctl")
-    p.jump_if(_JEQ_K, nr["socket"], "socket")
-    p.jump_if(_JEQ_K, nr["socketpair"], "socket")
+    p.jump_if(_JEQ_K, nr["socket"], "socket" if unix_sockets else "socket_no_unix")
+    p.jump_if(_JEQ_K, nr["socketpair"], "socket" if unix_sockets else "socketpair_no_unix")
     if not network:
         p.jump_if(_JEQ_K, nr["sendto"], "sendto")
     p.ret(_RET_ALLOW)
@@ -190,6 +194,17 @@ def program(network: bool, arch: str | None = None) -> bytes:
     p.jump_if(_JEQ_K, _TIOCSTI, "deny")
     p.jump_if(_JEQ_K, _TIOCLINUX, "deny")
     p.ret(_RET_ALLOW)
+
+    if not unix_sockets:
+        p.label("socket_no_unix")
+        p.load(_arg_low(0))
+        p.jump_if(_JEQ_K, _AF_UNIX, "deny", "socket")
+        p.label("socketpair_no_unix")  # a pair is connected to itself: streams only
+        p.load(_arg_low(0))
+        p.jump_if(_JEQ_K, _AF_UNIX, 0, "socket")
+        p.load(_arg_low(1))
+        p.and_(_SOCK_TYPE_MASK)
+        p.jump_if(_JEQ_K, _SOCK_DGRAM, "deny", "socket")
 
     p.label("socket")  # socket(domain, type, ...) and socketpair(domain, type, ...)
     p.load(_arg_low(0))
@@ -216,11 +231,12 @@ def program(network: bool, arch: str | None = None) -> bytes:
     return p.assemble()
 
 
-def filter_fd(network: bool) -> int:
+def filter_fd(network: bool, *, unix_sockets: bool = True) -> int:
     """A new close-on-exec descriptor holding the program, positioned at its start; the
-    caller passes it to bubblewrap (``--seccomp N``) and closes it once the child is spawned
-    (bubblewrap reads it to the end, so each launch needs its own)."""
-    data = program(network)
+    caller passes it to bubblewrap (``--seccomp N``), or to a managed network's entry, and
+    closes it once the child is spawned (the reader reads it to the end, so each launch
+    needs its own)."""
+    data = program(network, unix_sockets=unix_sockets)
     fd = os.memfd_create("exec-server-seccomp", os.MFD_CLOEXEC)
     if fd < 3:  # a server started with stdio closed: keep the child's 0-2 apart
         import fcntl

@@ -1,0 +1,327 @@
+"""codex 0.169's managed network (issue 18) against an executor: the recording of the
+reference is the contract (``recordings/network_proxy_0.169.jsonl``: an unmodified
+`codex exec` with ``features.network_proxy`` and a permissions profile with network domains,
+through :mod:`stdio_recorder`), and the same run against ours must show the same.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from exec_server.protocol import ProcessStartParams
+
+from .harness import Executor, ExecutorKind, Workspace, run_turn
+from .model import exec_command
+
+pytestmark = pytest.mark.timeout(240)
+
+RECORDING = Path(__file__).with_name("recordings") / "network_proxy_0.169.jsonl"
+RECORDER = Path(__file__).with_name("stdio_recorder.py")
+
+CONFIG_TOP = 'default_permissions = "net"\n'
+CONFIG_TABLES = """
+[features]
+network_proxy = true
+
+[permissions.net]
+extends = ":workspace"
+
+[permissions.net.network]
+enabled = true
+mode = "full"
+domains = { "127.0.0.1" = "allow", "denied.test" = "deny" }
+"""
+"""What the recording was made with (no ``-s``: the profile decides)."""
+
+POLICY_FIELDS = [
+    "processId",
+    "timestamp",
+    "scope",
+    "decision",
+    "source",
+    "reason",
+    "protocol",
+    "host",
+    "port",
+    "method",
+    "client",
+    "policyOverride",
+]
+
+
+def _recording(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _proxied_start(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    for row in rows:
+        message = row["message"]
+        if message.get("method") == "process/start" and "networkProxy" in message["params"]:
+            return dict(message["params"])
+    raise AssertionError("no process/start with networkProxy in the recording")
+
+
+def _verdicts(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    return [
+        (p["decision"], p["reason"], p["protocol"], p["host"])
+        for row in rows
+        if row["message"].get("method") == "network/policyDecision"
+        for p in [row["message"]["params"]]
+    ]
+
+
+EXPECTED_VERDICTS = [
+    ("allow", "allow", "http", "127.0.0.1"),
+    ("deny", "not_allowed", "http", "example.test"),
+    ("deny", "denied", "http", "denied.test"),
+]
+
+
+def test_recorded_contract_decodes_and_matches() -> None:
+    """What codex sent the reference decodes as our ProcessStartParams, with the fields this
+    server acts on; the audit records have the twelve fields in the reference's order."""
+    rows = _recording(RECORDING)
+    start = _proxied_start(rows)
+    params = msgspec.convert(start, ProcessStartParams)
+    assert params.enforce_managed_network is True and params.managed_network is None
+    assert params.network_proxy is not None
+    proxy = params.network_proxy.proxy
+    assert (proxy.enabled, proxy.enable_socks5, proxy.mode) == (True, True, "full")
+    assert proxy.domains == {"127.0.0.1": "allow", "denied.test": "deny"}
+    assert params.network_proxy.audit_metadata["originator"] == "codex_exec"
+    assert start["sandbox"]["permissions"]["network"] == "enabled"
+    assert _verdicts(rows) == EXPECTED_VERDICTS
+    for row in rows:
+        if row["message"].get("method") == "network/policyDecision":
+            assert list(row["message"]["params"]) == POLICY_FIELDS
+
+
+class _Origin(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"hello-origin\n"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def origin() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("impl", ["reference", "ours"])
+def test_codex_exec_with_managed_network(
+    codex: Path, workspace: Workspace, origin: int, impl: str
+) -> None:
+    """An allowed fetch works, an unlisted host gets the 403 with its JSON body, a denied one
+    a 403, a direct connection fails; the executor reports the same three verdicts."""
+    if impl == "ours":
+        from exec_server.sandbox.bwrap import support
+
+        if not support().usable:
+            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
+    kind = ExecutorKind(impl, "stdio")
+    log = workspace.root / "wire.jsonl"
+    recorder = [sys.executable, str(RECORDER), str(log), "--", *kind.command(codex, "stdio")]
+    executor = Executor(kind, "mark", stdio_command=recorder)
+    command = (
+        f"curl -s http://127.0.0.1:{origin}/; curl -s -i http://example.test/; echo; "
+        "curl -s -o /dev/null -w '%{http_code}' http://denied.test/; echo; "
+        f"curl -s -m 5 --noproxy '*' http://127.0.0.1:{origin}/; echo direct=$?"
+    )
+    model, run = run_turn(
+        codex,
+        workspace,
+        executor,
+        [[exec_command("c1", command)]],
+        sandbox=None,
+        config=(CONFIG_TOP, CONFIG_TABLES),
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    output = model.output_of("c1").replace("\r\n", "\n")
+    assert "Output:\nhello-origin\nHTTP/1.1 403 Forbidden\n" in output, output
+    assert "x-proxy-error: blocked-by-allowlist" in output
+    body = output.split("\n\n", 1)[1].splitlines()[0]
+    assert json.loads(body)["message"] == "Domain not in allowlist."
+    assert output.endswith("\n403\ndirect=7\n"), output
+    rows = _recording(log)
+    assert _verdicts(rows) == EXPECTED_VERDICTS
+    start = _proxied_start(rows)
+    assert start["enforceManagedNetwork"] is True
+
+
+REAL_GH = "ghp_" + "R3alS3cretT0kenValue" * 2
+CA_VARIABLES = [
+    "BUNDLE_SSL_CA_CERT",
+    "CARGO_HTTP_CAINFO",
+    "CODEX_CA_CERTIFICATE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+    "NPM_CONFIG_CAFILE",
+    "PIP_CERT",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+]
+"""What 0.169 points at its bundle with credential masking (recorded with this test)."""
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("impl", ["reference", "ours"])
+def test_codex_exec_with_credential_masking(codex: Path, workspace: Workspace, impl: str) -> None:
+    """`--enable credential_masking`: the command sees a same-shaped dummy of the GH_TOKEN the
+    executor inherited, the brokered list and the CA variables, and never the real value."""
+    if impl == "ours":
+        from exec_server.sandbox.bwrap import support
+
+        if not support().usable:
+            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
+    kind = ExecutorKind(impl, "stdio")
+    executor = Executor(kind, "mark", stdio_command=kind.command(codex, "stdio"))
+    tables = CONFIG_TABLES.replace(
+        "network_proxy = true", "network_proxy = true\ncredential_masking = true"
+    )
+    names = "|".join(CA_VARIABLES)
+    command = (
+        'echo "gh=$GH_TOKEN"; env | grep -c R3alS3cret; '
+        f"env | grep -E '^({names}|CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS)=' | sort"
+    )
+    model, run = run_turn(
+        codex,
+        workspace,
+        executor,
+        [[exec_command("c1", command)]],
+        sandbox=None,
+        config=(CONFIG_TOP, tables),
+        extra_env={"GH_TOKEN": REAL_GH},
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    output = model.output_of("c1")
+    assert REAL_GH not in output
+    lines = output.split("Output:\n", 1)[1].splitlines()
+    dummy = lines[0].removeprefix("gh=")
+    assert dummy.startswith("ghp_masked") and len(dummy) == len(REAL_GH)
+    assert lines[1] == "0"  # no variable holds the real value
+    env = dict(line.split("=", 1) for line in lines[2:])
+    brokered = json.loads(env.pop("CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS"))
+    assert brokered == [["@alias:GH_TOKEN", dummy], ["GH_TOKEN", dummy]]
+    assert sorted(env) == CA_VARIABLES
+    bundles = set(env.values())
+    assert len(bundles) == 1 and bundles.pop().endswith(".pem")
+
+
+# ---- review: network/policyRequest answered by codex's auto-reviewer --------------------------
+
+REVIEW_TOP = CONFIG_TOP + 'approval_policy = "on-request"\napprovals_reviewer = "auto_review"\n'
+"""Codex sends ``policyDecisionTimeoutMs`` (so the executor asks it) only when approvals go to
+its auto-reviewer, which asks the model."""
+REQUIREMENTS = '[experimental_network]\nreview_domains = ["localhost"]\n'
+"""Managed requirements (``/etc/codex/requirements.toml``), shown to codex alone through an
+overlay in a mount namespace of its own."""
+
+
+def _review_reply(outcome: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "role": "assistant",
+        "id": "msg_review",
+        "content": [{"type": "output_text", "text": json.dumps({"outcome": outcome})}],
+    }
+
+
+def _private_etc(workspace: Workspace) -> list[str]:
+    """A prefix that runs codex with ``/etc/codex/requirements.toml`` in its own view."""
+    base = workspace.root / "etc-overlay"
+    for part in ("upper/codex", "work"):
+        (base / part).mkdir(parents=True)
+    (base / "upper" / "codex" / "requirements.toml").write_text(REQUIREMENTS)
+    mount = (
+        'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$0/upper,workdir=$0/work" /etc'
+        ' && exec "$@"'
+    )
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, str(base)]
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("impl", ["reference", "ours"])
+@pytest.mark.parametrize("outcome", ["allow", "deny"])
+def test_codex_answers_the_executors_question(
+    codex: Path, workspace: Workspace, origin: int, impl: str, outcome: str
+) -> None:
+    """A review domain (``localhost``, allowed by the profile) is put to codex with
+    ``network/policyRequest``; codex's auto-reviewer (the scripted model) decides, and the
+    executor follows: the fetch works after an allow and is blocked after a deny."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a private /etc/codex")
+    if impl == "ours":
+        from exec_server.sandbox.bwrap import support
+
+        if not support().usable:
+            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
+    kind = ExecutorKind(impl, "stdio")
+    log = workspace.root / "wire.jsonl"
+    recorder = [sys.executable, str(RECORDER), str(log), "--", *kind.command(codex, "stdio")]
+    executor = Executor(kind, "mark", stdio_command=recorder)
+    tables = CONFIG_TABLES.replace('"127.0.0.1" = "allow"', '"localhost" = "allow"')
+    command = f"curl -s http://localhost:{origin}/; echo; echo curl=$?"
+    model, run = run_turn(
+        codex,
+        workspace,
+        executor,
+        [[exec_command("c1", command)], [_review_reply(outcome)]],
+        sandbox=None,
+        config=(REVIEW_TOP, tables),
+        prefix=_private_etc(workspace),
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    rows = _recording(log)
+    asked = [r["message"] for r in rows if r["message"].get("method") == "network/policyRequest"]
+    assert asked and asked[0]["params"]["request"] == {
+        "protocol": "http",
+        "host": "localhost",
+        "port": origin,
+    }
+    start = _proxied_start(rows)
+    assert start["networkProxy"].get("policyDecisionTimeoutMs")
+    answers = [
+        r["message"]
+        for r in rows
+        if r["from"] == "client"
+        and r["message"].get("id") == asked[0]["id"]
+        and "method" not in r["message"]
+    ]
+    assert answers and answers[0]["result"]["decision"]["type"] == outcome
+    output = model.output_of("c1")
+    verdicts = [
+        r["message"]["params"]
+        for r in rows
+        if r["message"].get("method") == "network/policyDecision"
+    ]
+    if outcome == "allow":
+        assert "hello-origin" in output, output
+        assert (verdicts[-1]["decision"], verdicts[-1]["source"]) == ("allow", "decider")
+        assert verdicts[-1]["policyOverride"] is True
+    else:  # the executor blocks the fetch; codex then rejects the command, and may end the
+        # executor before its audit record is out
+        assert "hello-origin\n" not in output, output
+        assert all((v["decision"], v["source"]) == ("deny", "decider") for v in verdicts)
