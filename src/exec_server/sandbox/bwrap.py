@@ -75,6 +75,13 @@ _SKIPPED_TREES = ("/proc", "/dev")
 """Rules below these are not mounted: the sandbox gets its own fresh /proc and /dev."""
 
 
+NO_SECCOMP = (
+    "a restricted network needs the seccomp filter, which bubblewrap cannot load here "
+    "(an architecture other than x86_64 or aarch64, or a runtime that forbids seccomp): "
+    "refused rather than run with Unix sockets outside reachable"
+)
+
+
 class SandboxUnavailable(RuntimeError):
     """bubblewrap cannot run here; ``message`` is what to tell the client (-32602, as the
     reference's ``sandbox intent cannot be enforced on this executor``)."""
@@ -266,6 +273,9 @@ def wrap(
     found = bwrap or support()
     if not found.usable or found.bwrap is None:
         raise SandboxUnavailable(found.reason or "bubblewrap is not usable")
+    if not policy.network and not found.seccomp:
+        # Without the filter a restricted network still lets AF_UNIX sockets reach outside.
+        raise SandboxUnavailable(NO_SECCOMP)
     launch = Launch([], sandboxed=True, env={})
     try:
         mounts = _mount_args(policy, found, launch)
