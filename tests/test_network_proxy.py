@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -583,3 +584,36 @@ async def test_a_terminal_child_works_behind_its_proxy(client: Client) -> None:
     events = await client.wait_closed("p1")
     assert b"tty ok 1" in events.data()
     assert events.exited is not None and events.exited["exitCode"] == 0
+
+
+async def test_a_proxied_child_reaches_no_unix_socket_outside(
+    client: Client, origin: int, tmp_path: Path
+) -> None:
+    """Its namespace leaves only the proxy on IP; a Unix socket outside (an ssh-agent, a
+    docker.sock, a listener of this test's own) is refused too: the entry loads the seccomp
+    filter before the command, which can make no AF_UNIX socket() to connect with, while
+    stream socket pairs still work."""
+    path = tmp_path / "outside.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    try:
+        script = f"""
+python3 - <<'PY'
+import socket
+try:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect({str(path)!r})
+    print("unix=connected")
+except OSError as error:
+    print("unix=refused", error.errno)
+a, b = socket.socketpair()
+a.sendall(b"pair")
+print("pair=" + b.recv(4).decode())
+PY
+"""
+        out = await run_proxied(client, "p1", script, {"127.0.0.1": "allow"})
+    finally:
+        listener.close()
+    assert "unix=refused 1" in out and "unix=connected" not in out  # EPERM
+    assert "pair=pair" in out
