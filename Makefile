@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-shells netns-tools test-tools lint typecheck check bench bench-forward openssh clean sandbox
+.PHONY: run test test-shells netns-tools test-tools lint typecheck check bench bench-forward openssh clean sandbox image seccomp-profile
 
 $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,13 +70,26 @@ test: $(STAMP) sandbox test-shells netns-tools test-tools
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict src
 
 check: lint typecheck test
+
+# The container image (Containerfile), from a Debian base made with mmdebstrap: no image
+# registry needed. Installs podman & co. with apt-get when root. deploy/README.md says more.
+image:
+	deploy/image.sh build
+
+# The seccomp profile containers need for sandboxes (deploy/seccomp/make_profile.py): the
+# runtime's default from this machine plus bubblewrap's rule, in build/seccomp/ (make image
+# writes it too). SECCOMP_DEFAULT=<file> starts from another runtime's default (Docker's).
+seccomp-profile:
+	@if [ -n "$(SECCOMP_DEFAULT)" ]; then \
+	  $(PYTHON) deploy/seccomp/make_profile.py --from "$(SECCOMP_DEFAULT)"; \
+	else deploy/image.sh seccomp; fi
 
 bench: $(STAMP) openssh
 	$(BIN)/python -m bench $(ARGS)

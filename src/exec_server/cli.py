@@ -203,6 +203,15 @@ def _add_security(parser: argparse.ArgumentParser) -> None:
         "will not start if bubblewrap cannot run here",
     )
     group.add_argument(
+        "--sandbox-shared-proc",
+        action="store_true",
+        default=bool(os.environ.get("EXEC_SERVER_SANDBOX_SHARED_PROC")),
+        help="where bubblewrap cannot mount a fresh /proc (a container that masks /proc), "
+        "still enforce sandbox profiles: files, network and privileges stay confined, but "
+        "sandboxed processes see this container's other processes and their command lines. "
+        "Without it such sandboxes are refused ($EXEC_SERVER_SANDBOX_SHARED_PROC=1 is the same)",
+    )
+    group.add_argument(
         "--sandbox-pids-limit",
         type=int,
         default=Guards().pids_limit,
@@ -474,6 +483,10 @@ def runtime_from_args(args: argparse.Namespace, address: ListenAddress) -> Runti
 
 
 def guards_from_args(args: argparse.Namespace) -> Guards:
+    if args.sandbox_shared_proc:
+        from .sandbox.bwrap import accept_shared_proc
+
+        accept_shared_proc()
     for value in args.http_deny:
         import ipaddress  # only when networks are denied
 
@@ -730,6 +743,7 @@ def plain_stdio_options(argv: Sequence[str]) -> ServeOptions | None:
         http_deny=[],
         env_exclude=[],
         confine=None,
+        sandbox_shared_proc=bool(os.environ.get("EXEC_SERVER_SANDBOX_SHARED_PROC")),
         sandbox_pids_limit=Guards().pids_limit,
     )
     os.environ.pop(TOKEN_ENV, None)  # as read_token does: no child inherits it

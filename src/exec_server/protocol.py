@@ -62,6 +62,9 @@ class SandboxInfo(_Wire):
     pids_limit: int | None = None
     pids_cgroup_reason: str | None = None
     """Why there is no pids cgroup, and what to configure for one."""
+    fresh_proc: bool | None = None
+    """Whether sandboxed processes get their own /proc (False in a container that masks
+    /proc: then sandboxes are refused unless the operator passed --sandbox-shared-proc)."""
 
 
 class EnvironmentInfo(_Wire):

@@ -52,13 +52,15 @@ def initialize(connection: Connection, params: InitializeParams) -> InitializeRe
 @method("environment/info", Any, None)
 async def environment_info(connection: Connection, params: Any) -> EnvironmentInfo:
     """The machine, and whether the sandbox mechanism runs here (tried once, off the loop)."""
-    from ..sandbox.bwrap import support
+    from ..sandbox.bwrap import SHARED_PROC_REASON, support
     from ..sandbox.cgroup import pids_cgroups
 
     found = await asyncio.to_thread(support)
     cgroups = await asyncio.to_thread(pids_cgroups)
     limit = connection.server.guards.pids_limit
     info = connection.server.environment_info
+    # Whether /proc is fresh is known once a sandbox ran (with or without one).
+    ran = found.bwrap is not None and found.reason in (None, SHARED_PROC_REASON)
     sandbox = SandboxInfo(
         "bubblewrap",
         found.bwrap,
@@ -68,6 +70,7 @@ async def environment_info(connection: Connection, params: Any) -> EnvironmentIn
         pids_cgroup=found.usable and cgroups.usable and limit > 0,
         pids_limit=limit if cgroups.usable and limit > 0 else None,
         pids_cgroup_reason=cgroups.reason if limit > 0 else "--sandbox-pids-limit is 0",
+        fresh_proc=found.fresh_proc if ran else None,
     )
     return msgspec.structs.replace(info, sandbox=sandbox)
 

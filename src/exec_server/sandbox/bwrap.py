@@ -81,6 +81,24 @@ NO_SECCOMP = (
     "refused rather than run with Unix sockets outside reachable"
 )
 
+SHARED_PROC_REASON = (
+    "bubblewrap cannot mount a fresh /proc here (a container that masks /proc), so sandboxed "
+    "processes would see every process of this machine or container and their command lines; "
+    "unmask /proc for the container (deploy/README.md), or start the server with "
+    "--sandbox-shared-proc to accept that"
+)
+"""Why a sandbox without its own /proc is refused unless the operator accepts it."""
+
+_shared_proc = {"accepted": False}
+
+
+def accept_shared_proc() -> None:
+    """Let sandboxes run without a fresh /proc where none can be mounted (the operator's
+    ``--sandbox-shared-proc``): they still confine files, network and privileges, but see the
+    other processes of the machine or container. Call before the first :func:`support`."""
+    _shared_proc["accepted"] = True
+    support.cache_clear()
+
 
 class SandboxUnavailable(RuntimeError):
     """bubblewrap cannot run here; ``message`` is what to tell the client (-32602, as the
@@ -118,8 +136,13 @@ def support() -> BwrapSupport:
     return probe()
 
 
-def probe(bwrap: str | None = None) -> BwrapSupport:
-    """Check that bubblewrap can build a sandbox here by running ``true`` in one."""
+def probe(bwrap: str | None = None, *, shared_proc: bool | None = None) -> BwrapSupport:
+    """Check that bubblewrap can build a sandbox here by running ``true`` in one.
+
+    One without a fresh /proc counts only when ``shared_proc`` (by default: whether
+    :func:`accept_shared_proc` was called); otherwise its ``reason`` is
+    :data:`SHARED_PROC_REASON`."""
+    shared_proc = _shared_proc["accepted"] if shared_proc is None else shared_proc
     bwrap = bwrap or find_bwrap()
     if bwrap is None:
         return BwrapSupport(None, f"bubblewrap (bwrap) is not installed: {INSTALL_HINT}")
@@ -137,7 +160,8 @@ def probe(bwrap: str | None = None) -> BwrapSupport:
         error = _run_quietly([*argv, "--", true])
         if error is None:
             filtered = _seccomp_works([*argv, "--", true])
-            return BwrapSupport(bwrap, None, fresh_proc, disable_userns, shim, bash, filtered)
+            refused = None if fresh_proc or shared_proc else SHARED_PROC_REASON
+            return BwrapSupport(bwrap, refused, fresh_proc, disable_userns, shim, bash, filtered)
         first_error = first_error or error
     return BwrapSupport(bwrap, _why(first_error))
 
