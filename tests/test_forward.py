@@ -18,7 +18,6 @@ import json
 import os
 import re
 import socket
-import threading
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
@@ -38,7 +37,7 @@ from exec_server.server import Server
 
 from .client_support import CuttableProxy
 from .sandbox_support import workspace_write
-from .support import Client, running_server, server_command, wait_until
+from .support import Client, LoopbackHttp, running_server, server_command, wait_until
 
 MIB = 1024 * 1024
 LARGE_BYTES = (1024 if os.environ.get("EXEC_SERVER_FORWARD_GIB") else 64) * MIB
@@ -96,14 +95,8 @@ def stream_table(server: Server) -> StreamTable:
 @contextlib.contextmanager
 def http_server(root: Path) -> Iterator[int]:
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with LoopbackHttp(handler) as server:
+        yield server.port
 
 
 async def test_the_cli_forwards_http_from_the_server(tmp_path: Path) -> None:

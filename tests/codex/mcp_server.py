@@ -5,9 +5,10 @@ the ``Authorization`` header of every request it gets."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from ..support import LoopbackHttp
 
 TOOL = {
     "name": "e2e_echo",
@@ -22,23 +23,18 @@ class McpServer:
     def __init__(self) -> None:
         self.authorizations: list[str | None] = []
         self.methods: list[str] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._http = LoopbackHttp(self._handler())
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/mcp"
+        return self._http.url("/mcp")
 
     def __enter__(self) -> McpServer:
-        self._thread.start()
+        self._http.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._http.__exit__()
 
     def _answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
         method = message.get("method", "")

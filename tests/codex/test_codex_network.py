@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 
 from exec_server.protocol import ProcessStartParams
 
+from ..support import LoopbackHttp
 from .harness import Executor, ExecutorKind, Workspace, run_turn
 from .model import exec_command
 
@@ -121,11 +121,8 @@ class _Origin(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def origin() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with LoopbackHttp(_Origin) as server:
+        yield server.port
 
 
 @pytest.mark.sandbox
