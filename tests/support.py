@@ -367,6 +367,19 @@ async def http_get(
     return int(status_line.split()[1]), headers, body.decode()
 
 
+@contextlib.contextmanager
+def python_server(script: str, *args: str) -> Iterator[int]:
+    """Runs the Python source ``script`` with ``args`` in a process of its own, one that
+    prints the port it listens on as its first line; yields that port, kills it at the end."""
+    command = [sys.executable, "-c", script, *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as process:
+        assert process.stdout is not None
+        try:
+            yield int(process.stdout.readline())
+        finally:
+            process.kill()
+
+
 class LoopbackHttp:
     """An HTTP server on 127.0.0.1 (a free port) answering with ``handler``: it serves on a
     daemon thread from ``with`` until the block ends, then shuts down and closes its socket."""

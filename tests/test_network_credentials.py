@@ -9,8 +9,6 @@ import datetime
 import ipaddress
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from exec_server.network.credentials import mask_environment
 from exec_server.network.mitm import UPSTREAM_CA_ENV
 from exec_server.sandbox.bwrap import support
 
-from .support import PATH_ENV, Client
+from .support import PATH_ENV, Client, python_server
 from .test_network_proxy import client, decisions, network_proxy  # noqa: F401
 
 REAL_GH = "ghp_" + "R3alS3cretT0kenValue" * 2  # 44 characters
@@ -147,13 +145,8 @@ def https_origin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[in
     server under test trusts its CA (the operator's setting)."""
     ca, leaf, key = _test_ca(tmp_path)
     monkeypatch.setenv(UPSTREAM_CA_ENV, str(ca))
-    command = [sys.executable, "-c", ORIGIN, str(leaf), str(key), REAL_GH]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as process:
-        assert process.stdout is not None
-        try:
-            yield int(process.stdout.readline())
-        finally:
-            process.kill()
+    with python_server(ORIGIN, str(leaf), str(key), REAL_GH) as port:
+        yield port
 
 
 @pytest.mark.skipif(not support().usable, reason="bubblewrap cannot run here")

@@ -18,9 +18,11 @@ from typing import Any
 import msgspec
 import pytest
 
+from exec_server.network.mitm import CA_ENV_KEYS
 from exec_server.protocol import ProcessStartParams
 
 from ..support import LoopbackHttp
+from ..test_network_proxy import POLICY_FIELDS
 from .harness import Executor, ExecutorKind, Workspace, run_turn
 from .model import exec_command
 
@@ -44,20 +46,23 @@ domains = { "127.0.0.1" = "allow", "denied.test" = "deny" }
 """
 """What the recording was made with (no ``-s``: the profile decides)."""
 
-POLICY_FIELDS = [
-    "processId",
-    "timestamp",
-    "scope",
-    "decision",
-    "source",
-    "reason",
-    "protocol",
-    "host",
-    "port",
-    "method",
-    "client",
-    "policyOverride",
-]
+
+def _executor(
+    codex: Path, workspace: Workspace, impl: str, *, record: bool = True
+) -> tuple[Executor, Path]:
+    """``impl`` (``reference`` or ``ours``) as a stdio executor, skipped for ours where
+    bubblewrap cannot run; with ``record``, behind the recorder writing the returned log."""
+    if impl == "ours":
+        from exec_server.sandbox.bwrap import support
+
+        if not support().usable:
+            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
+    kind = ExecutorKind(impl, "stdio")
+    log = workspace.root / "wire.jsonl"
+    command = kind.command(codex, "stdio")
+    if record:
+        command = [sys.executable, str(RECORDER), str(log), "--", *command]
+    return Executor(kind, "mark", stdio_command=command), log
 
 
 def _recording(path: Path) -> list[dict[str, Any]]:
@@ -132,15 +137,7 @@ def test_codex_exec_with_managed_network(
 ) -> None:
     """An allowed fetch works, an unlisted host gets the 403 with its JSON body, a denied one
     a 403, a direct connection fails; the executor reports the same three verdicts."""
-    if impl == "ours":
-        from exec_server.sandbox.bwrap import support
-
-        if not support().usable:
-            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
-    kind = ExecutorKind(impl, "stdio")
-    log = workspace.root / "wire.jsonl"
-    recorder = [sys.executable, str(RECORDER), str(log), "--", *kind.command(codex, "stdio")]
-    executor = Executor(kind, "mark", stdio_command=recorder)
+    executor, log = _executor(codex, workspace, impl)
     command = (
         f"curl -s http://127.0.0.1:{origin}/; curl -s -i http://example.test/; echo; "
         "curl -s -o /dev/null -w '%{http_code}' http://denied.test/; echo; "
@@ -168,19 +165,6 @@ def test_codex_exec_with_managed_network(
 
 
 REAL_GH = "ghp_" + "R3alS3cretT0kenValue" * 2
-CA_VARIABLES = [
-    "BUNDLE_SSL_CA_CERT",
-    "CARGO_HTTP_CAINFO",
-    "CODEX_CA_CERTIFICATE",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "NODE_EXTRA_CA_CERTS",
-    "NPM_CONFIG_CAFILE",
-    "PIP_CERT",
-    "REQUESTS_CA_BUNDLE",
-    "SSL_CERT_FILE",
-]
-"""What 0.169 points at its bundle with credential masking (recorded with this test)."""
 
 
 @pytest.mark.sandbox
@@ -188,17 +172,11 @@ CA_VARIABLES = [
 def test_codex_exec_with_credential_masking(codex: Path, workspace: Workspace, impl: str) -> None:
     """`--enable credential_masking`: the command sees a same-shaped dummy of the GH_TOKEN the
     executor inherited, the brokered list and the CA variables, and never the real value."""
-    if impl == "ours":
-        from exec_server.sandbox.bwrap import support
-
-        if not support().usable:
-            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
-    kind = ExecutorKind(impl, "stdio")
-    executor = Executor(kind, "mark", stdio_command=kind.command(codex, "stdio"))
+    executor, _ = _executor(codex, workspace, impl, record=False)
     tables = CONFIG_TABLES.replace(
         "network_proxy = true", "network_proxy = true\ncredential_masking = true"
     )
-    names = "|".join(CA_VARIABLES)
+    names = "|".join(CA_ENV_KEYS)
     command = (
         'echo "gh=$GH_TOKEN"; env | grep -c R3alS3cret; '
         f"env | grep -E '^({names}|CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS)=' | sort"
@@ -222,7 +200,7 @@ def test_codex_exec_with_credential_masking(codex: Path, workspace: Workspace, i
     env = dict(line.split("=", 1) for line in lines[2:])
     brokered = json.loads(env.pop("CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS"))
     assert brokered == [["@alias:GH_TOKEN", dummy], ["GH_TOKEN", dummy]]
-    assert sorted(env) == CA_VARIABLES
+    assert sorted(env) == sorted(CA_ENV_KEYS)
     bundles = set(env.values())
     assert len(bundles) == 1 and bundles.pop().endswith(".pem")
 
@@ -270,15 +248,7 @@ def test_codex_answers_the_executors_question(
     executor follows: the fetch works after an allow and is blocked after a deny."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a private /etc/codex")
-    if impl == "ours":
-        from exec_server.sandbox.bwrap import support
-
-        if not support().usable:
-            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
-    kind = ExecutorKind(impl, "stdio")
-    log = workspace.root / "wire.jsonl"
-    recorder = [sys.executable, str(RECORDER), str(log), "--", *kind.command(codex, "stdio")]
-    executor = Executor(kind, "mark", stdio_command=recorder)
+    executor, log = _executor(codex, workspace, impl)
     tables = CONFIG_TABLES.replace('"127.0.0.1" = "allow"', '"localhost" = "allow"')
     command = f"curl -s http://localhost:{origin}/; echo; echo curl=$?"
     model, run = run_turn(
