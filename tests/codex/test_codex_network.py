@@ -1,7 +1,7 @@
 """codex 0.169's managed network (issue 18) against an executor: the recording of the
 reference is the contract (``recordings/network_proxy_0.169.jsonl``: an unmodified
 `codex exec` with ``features.network_proxy`` and a permissions profile with network domains,
-through :mod:`stdio_recorder`), and the same run against ours must show the same.
+through :mod:`relay`), and the same run against ours must show the same.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import http.server
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,13 @@ from exec_server.protocol import ProcessStartParams
 
 from ..support import LoopbackHttp
 from ..test_network_proxy import POLICY_FIELDS
+from . import relay
 from .harness import Executor, ExecutorKind, Workspace, run_turn
 from .model import exec_command
 
 pytestmark = pytest.mark.timeout(240)
 
 RECORDING = Path(__file__).with_name("recordings") / "network_proxy_0.169.jsonl"
-RECORDER = Path(__file__).with_name("stdio_recorder.py")
 
 CONFIG_TOP = 'default_permissions = "net"\n'
 CONFIG_TABLES = """
@@ -61,12 +60,8 @@ def _executor(
     log = workspace.root / "wire.jsonl"
     command = kind.command(codex, "stdio")
     if record:
-        command = [sys.executable, str(RECORDER), str(log), "--", *command]
+        command = relay.recording_command(command, log)
     return Executor(kind, "mark", stdio_command=command), log
-
-
-def _recording(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _proxied_start(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -96,7 +91,7 @@ EXPECTED_VERDICTS = [
 def test_recorded_contract_decodes_and_matches() -> None:
     """What codex sent the reference decodes as our ProcessStartParams, with the fields this
     server acts on; the audit records have the twelve fields in the reference's order."""
-    rows = _recording(RECORDING)
+    rows = relay.read_log(RECORDING, {})
     start = _proxied_start(rows)
     params = msgspec.convert(start, ProcessStartParams)
     assert params.enforce_managed_network is True and params.managed_network is None
@@ -158,7 +153,7 @@ def test_codex_exec_with_managed_network(
     body = output.split("\n\n", 1)[1].splitlines()[0]
     assert json.loads(body)["message"] == "Domain not in allowlist."
     assert output.endswith("\n403\ndirect=7\n"), output
-    rows = _recording(log)
+    rows = relay.read_log(log, {})
     assert _verdicts(rows) == EXPECTED_VERDICTS
     start = _proxied_start(rows)
     assert start["enforceManagedNetwork"] is True
@@ -261,7 +256,7 @@ def test_codex_answers_the_executors_question(
         prefix=_private_etc(workspace),
     )
     assert run.returncode == 0, run.stderr[-4000:]
-    rows = _recording(log)
+    rows = relay.read_log(log, {})
     asked = [r["message"] for r in rows if r["message"].get("method") == "network/policyRequest"]
     assert asked and asked[0]["params"]["request"] == {
         "protocol": "http",
@@ -273,7 +268,7 @@ def test_codex_answers_the_executors_question(
     answers = [
         r["message"]
         for r in rows
-        if r["from"] == "client"
+        if r["from"] == "codex"
         and r["message"].get("id") == asked[0]["id"]
         and "method" not in r["message"]
     ]
