@@ -367,6 +367,18 @@ async def http_get(
     return int(status_line.split()[1]), headers, body.decode()
 
 
+def write_files(root: Path, files: dict[str, str | bytes]) -> None:
+    """Writes each ``files`` entry (a path relative to ``root``: text or bytes), making the
+    folders it needs."""
+    for name, contents in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(contents, bytes):
+            path.write_bytes(contents)
+        else:
+            path.write_text(contents)
+
+
 @contextlib.contextmanager
 def python_server(script: str, *args: str) -> Iterator[int]:
     """Runs the Python source ``script`` with ``args`` in a process of its own, one that
