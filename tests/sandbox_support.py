@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from exec_server.config import Guards
+from exec_server.sandbox.policy import load_confinement
+
+from .support import Client, running_server
 
 ORIGINAL = "original\n"
 """What the file outside the workspace holds, and must still hold after every escape."""
@@ -54,3 +62,21 @@ def outside(tmp_path: Path) -> Path:
     directory.mkdir()
     (directory / "target.txt").write_text(ORIGINAL)
     return directory
+
+
+def confinement(profile: dict[str, Any], directory: Path) -> Guards:
+    """Guards confining every process to ``profile``, read from ``directory/confine.json`` as
+    ``--confine`` reads it."""
+    path = directory / "confine.json"
+    path.write_text(json.dumps(profile))
+    return Guards(confinement=load_confinement(str(path)))
+
+
+@contextlib.asynccontextmanager
+async def confined_by_operator(profile: dict[str, Any], directory: Path) -> AsyncIterator[Client]:
+    """An initialized client of a server whose operator confines every process to
+    ``profile`` (see :func:`confinement`)."""
+    guards = confinement(profile, directory)
+    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        yield client

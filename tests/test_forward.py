@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import http.client
 import http.server
-import json
 import os
 import re
 import socket
@@ -32,11 +31,10 @@ from exec_server.client.forward import Forwarder, Spec, parse_spec
 from exec_server.config import Guards, Limits
 from exec_server.forwarding.streams import StreamTable
 from exec_server.methods.forward import slice_write, streams_of
-from exec_server.sandbox.policy import load_confinement
 from exec_server.server import Server
 
 from .client_support import CuttableProxy
-from .sandbox_support import workspace_write
+from .sandbox_support import confinement, workspace_write
 from .support import Client, LoopbackHttp, running_server, server_command, wait_until
 
 MIB = 1024 * 1024
@@ -598,9 +596,7 @@ async def test_forward_methods_need_the_handshake() -> None:
 
 
 async def test_refused_under_a_confinement_that_restricts_the_network(tmp_path: Path) -> None:
-    profile = tmp_path / "confine.json"
-    profile.write_text(json.dumps(workspace_write(str(tmp_path), network="restricted")))
-    guards = Guards(confinement=load_confinement(str(profile)))
+    guards = confinement(workspace_write(str(tmp_path), network="restricted"), tmp_path)
     async with destination(echo) as port, forwarding_client(guards=guards) as (_, client):
         with pytest.raises(RpcError, match=r"confinement \(--confine\) restricts the network"):
             await client.open_connection("127.0.0.1", port)
@@ -626,9 +622,7 @@ async def test_refused_when_the_requests_own_profile_restricts_the_network(
 
 
 async def test_allowed_under_a_confinement_that_enables_the_network(tmp_path: Path) -> None:
-    profile = tmp_path / "confine.json"
-    profile.write_text(json.dumps(workspace_write(str(tmp_path), network="enabled")))
-    guards = Guards(confinement=load_confinement(str(profile)))
+    guards = confinement(workspace_write(str(tmp_path), network="enabled"), tmp_path)
     async with destination(echo) as port, forwarding_client(guards=guards) as (_, client):
         reader, writer = await client.open_connection("127.0.0.1", port)
         writer.write(b"ok")

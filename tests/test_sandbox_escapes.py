@@ -12,7 +12,6 @@ before its fix (real server, real bubblewrap, real sockets, real children):
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -31,11 +30,10 @@ from exec_server.paths import to_file_uri
 from exec_server.sandbox import cgroup
 from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.cgroup import pids_cgroups
-from exec_server.sandbox.policy import load_confinement
 from exec_server.server import Server
 from exec_server.transport.websocket import serve_unix
 
-from .sandbox_support import special
+from .sandbox_support import confined_by_operator, confinement, special
 from .sandbox_support import workspace_write as codex_workspace_write
 from .support import (
     PATH_ENV,
@@ -274,11 +272,8 @@ def _planted_library(work: Path, marker: Path) -> Path:
 async def confined_client(places: tuple[Path, Path], tmp_path: Path) -> AsyncIterator[Client]:
     """A server whose operator confines every process to codex's workspace-write profile."""
     work, _ = places
-    profile = tmp_path / "confine.json"
-    profile.write_text(json.dumps({**workspace_write(work), "workspaceRoots": [str(work)]}))
-    guards = Guards(confinement=load_confinement(str(profile)))
-    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
-        await client.initialize()
+    profile = {**workspace_write(work), "workspaceRoots": [str(work)]}
+    async with confined_by_operator(profile, tmp_path) as client:
         yield client
 
 
@@ -340,14 +335,12 @@ async def test_the_confinements_tmpdir_ignores_the_clients(
     server_tmp = tmp_path / "server-tmp"
     server_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(server_tmp))
-    profile = tmp_path / "confine.json"
     entries = [
         {"path": special("root"), "access": "read"},
         {"path": special("tmpdir"), "access": "write"},
     ]
     confine = {"type": "managed", "file_system": {"type": "restricted", "entries": entries}}
-    profile.write_text(json.dumps({"permissions": {**confine, "network": "restricted"}}))
-    guards = Guards(confinement=load_confinement(str(profile)))
+    guards = confinement({"permissions": {**confine, "network": "restricted"}}, tmp_path)
     monkeypatch.setenv("TMPDIR", "/")  # later changes of the server's own env do not count
     async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
         await client.initialize()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import socket
 import subprocess
@@ -16,12 +15,11 @@ from typing import Any
 
 import pytest
 
-from exec_server.config import Guards
 from exec_server.paths import to_file_uri
 from exec_server.sandbox import enforce
 from exec_server.sandbox.bwrap import BwrapSupport, support
-from exec_server.sandbox.policy import load_confinement
 
+from .sandbox_support import confined_by_operator
 from .sandbox_support import workspace_write as codex_workspace_write
 from .support import PATH_ENV, Client, RpcFailure, running_server
 
@@ -241,11 +239,8 @@ async def test_fs_mutations_honour_the_profile(client: Client, places: tuple[Pat
 @pytest.fixture
 async def confined(places: tuple[Path, Path], tmp_path: Path) -> AsyncIterator[Client]:
     work, _ = places
-    profile = tmp_path / "confine.json"
-    profile.write_text(json.dumps({**workspace_write(work), "workspaceRoots": [str(work)]}))
-    guards = Guards(confinement=load_confinement(str(profile)))
-    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
-        await client.initialize()
+    profile = {**workspace_write(work), "workspaceRoots": [str(work)]}
+    async with confined_by_operator(profile, tmp_path) as client:
         yield client
 
 

@@ -29,9 +29,9 @@ from exec_server.client import connect as client_connect
 from exec_server.config import Guards, Limits
 from exec_server.paths import to_file_uri
 from exec_server.sandbox.bwrap import support
-from exec_server.sandbox.policy import load_confinement
 from exec_server.transport.websocket import serve_unix, serve_websocket
 
+from .sandbox_support import confinement
 from .sandbox_support import workspace_write as codex_workspace_write
 from .support import (
     PATH_ENV,
@@ -236,9 +236,7 @@ def confinement_denying(work: Path, secret: Path, tmp_path: Path) -> Guards:
     profile = codex_workspace_write(to_file_uri(str(work)))
     entries = profile["permissions"]["file_system"]["entries"]
     entries.append({"path": {"type": "path", "path": str(secret)}, "access": "deny"})
-    path = tmp_path / "confine.json"
-    path.write_text(json.dumps({**profile, "workspaceRoots": [str(work)]}))
-    return Guards(confinement=load_confinement(str(path)))
+    return confinement({**profile, "workspaceRoots": [str(work)]}, tmp_path)
 
 
 @needs_bwrap
