@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exec_server.config import Guards
+from exec_server.paths import to_file_uri
 from exec_server.sandbox.policy import load_confinement
 
 from .support import Client, running_server
@@ -62,6 +65,29 @@ def outside(tmp_path: Path) -> Path:
     directory.mkdir()
     (directory / "target.txt").write_text(ORIGINAL)
     return directory
+
+
+def local_workspace_write(root: Path, *, network: str = "restricted") -> dict[str, Any]:
+    """:func:`workspace_write` for the local folder ``root``."""
+    return workspace_write(to_file_uri(str(root)), network=network)
+
+
+def workspace_confinement(work: Path) -> dict[str, Any]:
+    """codex's workspace-write profile as an operator's ``--confine`` file names it, with
+    ``work`` as the workspace."""
+    return {**local_workspace_write(work), "workspaceRoots": [str(work)]}
+
+
+@contextlib.contextmanager
+def home_places(folder: str) -> Iterator[tuple[Path, Path]]:
+    """A workspace and an outside directory under ``~/.cache/<folder>/<random>``, neither
+    under /tmp (which the workspace-write profile opens); removed at the end."""
+    base = Path.home() / ".cache" / folder / os.urandom(4).hex()
+    work, outside = base / "work", base / "outside"
+    work.mkdir(parents=True)
+    outside.mkdir()
+    yield work, outside
+    subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
 def confinement(profile: dict[str, Any], directory: Path) -> Guards:

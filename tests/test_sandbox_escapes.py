@@ -33,8 +33,14 @@ from exec_server.sandbox.cgroup import pids_cgroups
 from exec_server.server import Server
 from exec_server.transport.websocket import serve_unix
 
-from .sandbox_support import confined_by_operator, confinement, special
-from .sandbox_support import workspace_write as codex_workspace_write
+from .sandbox_support import (
+    confined_by_operator,
+    confinement,
+    home_places,
+    special,
+    workspace_confinement,
+)
+from .sandbox_support import local_workspace_write as workspace_write
 from .support import (
     PATH_ENV,
     Client,
@@ -53,10 +59,6 @@ needs_seccomp = pytest.mark.skipif(
 )
 
 
-def workspace_write(root: Path, network: str = "restricted") -> dict[str, Any]:
-    return codex_workspace_write(to_file_uri(str(root)), network=network)
-
-
 def read_only_root(root: Path) -> dict[str, Any]:
     """``root: read`` and nothing else, network enabled: only the hiding protects secrets."""
     profile = workspace_write(root, network="enabled")
@@ -68,12 +70,8 @@ def read_only_root(root: Path) -> dict[str, Any]:
 def places() -> Iterator[tuple[Path, Path]]:
     """A workspace and an outside directory, neither under /tmp (which the profile opens),
     with paths short enough for a Unix socket."""
-    base = Path.home() / ".cache" / "es-t" / os.urandom(4).hex()
-    work, outside = base / "work", base / "outside"
-    work.mkdir(parents=True)
-    outside.mkdir()
-    yield work, outside
-    subprocess.run(["rm", "-rf", str(base)], check=False)
+    with home_places("es-t") as made:
+        yield made
 
 
 async def _output(
@@ -272,8 +270,7 @@ def _planted_library(work: Path, marker: Path) -> Path:
 async def confined_client(places: tuple[Path, Path], tmp_path: Path) -> AsyncIterator[Client]:
     """A server whose operator confines every process to codex's workspace-write profile."""
     work, _ = places
-    profile = {**workspace_write(work), "workspaceRoots": [str(work)]}
-    async with confined_by_operator(profile, tmp_path) as client:
+    async with confined_by_operator(workspace_confinement(work), tmp_path) as client:
         yield client
 
 
@@ -387,7 +384,7 @@ async def test_a_nested_roots_git_cannot_be_replaced_by_renaming_its_parent(
     inner.mkdir(parents=True)
     await asyncio.to_thread(subprocess.run, ["git", "init", "-q", str(inner)], check=True)
     config = (inner / ".git" / "config").read_text()
-    profile = codex_workspace_write(to_file_uri(str(work)))
+    profile = workspace_write(work)
     profile["workspaceRoots"] = [to_file_uri(str(work)), to_file_uri(str(inner))]
     script = """
 mv a b 2>/dev/null && echo MOVED-PARENT

@@ -31,7 +31,7 @@ from exec_server.paths import to_file_uri
 from exec_server.sandbox.bwrap import support
 from exec_server.transport.websocket import serve_unix, serve_websocket
 
-from .sandbox_support import confinement
+from .sandbox_support import confinement, workspace_confinement
 from .sandbox_support import workspace_write as codex_workspace_write
 from .support import (
     PATH_ENV,
@@ -244,10 +244,10 @@ def places() -> Iterator[tuple[Path, Path]]:
 
 
 def confinement_denying(work: Path, secret: Path, tmp_path: Path) -> Guards:
-    profile = codex_workspace_write(to_file_uri(str(work)))
+    profile = workspace_confinement(work)
     entries = profile["permissions"]["file_system"]["entries"]
     entries.append({"path": {"type": "path", "path": str(secret)}, "access": "deny"})
-    return confinement({**profile, "workspaceRoots": [str(work)]}, tmp_path)
+    return confinement(profile, tmp_path)
 
 
 @needs_bwrap
