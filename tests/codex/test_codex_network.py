@@ -24,7 +24,7 @@ from ..support import LoopbackHttp
 from ..test_network_proxy import POLICY_FIELDS
 from . import relay
 from .harness import Executor, ExecutorKind, Workspace, run_turn
-from .model import exec_command
+from .model import Turn, exec_command
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -62,6 +62,28 @@ def _executor(
     if record:
         command = relay.recording_command(command, log)
     return Executor(kind, "mark", stdio_command=command), log
+
+
+def _command_output(
+    codex: Path,
+    workspace: Workspace,
+    executor: Executor,
+    command: str,
+    *,
+    top: str = CONFIG_TOP,
+    tables: str = CONFIG_TABLES,
+    later: list[Turn] | None = None,
+    **options: Any,
+) -> str:
+    """What ``command``, codex's first tool call (``c1``), printed, the network profile on
+    (``top``/``tables`` of config.toml; ``later``: the model's next turns); codex must end
+    well."""
+    turns: list[Turn] = [[exec_command("c1", command)], *(later or [])]
+    model, run = run_turn(
+        codex, workspace, executor, turns, sandbox=None, config=(top, tables), **options
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return model.output_of("c1")
 
 
 def _proxied_start(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -138,16 +160,7 @@ def test_codex_exec_with_managed_network(
         "curl -s -o /dev/null -w '%{http_code}' http://denied.test/; echo; "
         f"curl -s -m 5 --noproxy '*' http://127.0.0.1:{origin}/; echo direct=$?"
     )
-    model, run = run_turn(
-        codex,
-        workspace,
-        executor,
-        [[exec_command("c1", command)]],
-        sandbox=None,
-        config=(CONFIG_TOP, CONFIG_TABLES),
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    output = model.output_of("c1").replace("\r\n", "\n")
+    output = _command_output(codex, workspace, executor, command).replace("\r\n", "\n")
     assert "Output:\nhello-origin\nHTTP/1.1 403 Forbidden\n" in output, output
     assert "x-proxy-error: blocked-by-allowlist" in output
     body = output.split("\n\n", 1)[1].splitlines()[0]
@@ -176,17 +189,9 @@ def test_codex_exec_with_credential_masking(codex: Path, workspace: Workspace, i
         'echo "gh=$GH_TOKEN"; env | grep -c R3alS3cret; '
         f"env | grep -E '^({names}|CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS)=' | sort"
     )
-    model, run = run_turn(
-        codex,
-        workspace,
-        executor,
-        [[exec_command("c1", command)]],
-        sandbox=None,
-        config=(CONFIG_TOP, tables),
-        extra_env={"GH_TOKEN": REAL_GH},
+    output = _command_output(
+        codex, workspace, executor, command, tables=tables, extra_env={"GH_TOKEN": REAL_GH}
     )
-    assert run.returncode == 0, run.stderr[-4000:]
-    output = model.output_of("c1")
     assert REAL_GH not in output
     lines = output.split("Output:\n", 1)[1].splitlines()
     dummy = lines[0].removeprefix("gh=")
@@ -246,16 +251,16 @@ def test_codex_answers_the_executors_question(
     executor, log = _executor(codex, workspace, impl)
     tables = CONFIG_TABLES.replace('"127.0.0.1" = "allow"', '"localhost" = "allow"')
     command = f"curl -s http://localhost:{origin}/; echo; echo curl=$?"
-    model, run = run_turn(
+    output = _command_output(
         codex,
         workspace,
         executor,
-        [[exec_command("c1", command)], [_review_reply(outcome)]],
-        sandbox=None,
-        config=(REVIEW_TOP, tables),
+        command,
+        top=REVIEW_TOP,
+        tables=tables,
+        later=[[_review_reply(outcome)]],
         prefix=_private_etc(workspace),
     )
-    assert run.returncode == 0, run.stderr[-4000:]
     rows = relay.read_log(log, {})
     asked = [r["message"] for r in rows if r["message"].get("method") == "network/policyRequest"]
     assert asked and asked[0]["params"]["request"] == {
@@ -273,7 +278,6 @@ def test_codex_answers_the_executors_question(
         and "method" not in r["message"]
     ]
     assert answers and answers[0]["result"]["decision"]["type"] == outcome
-    output = model.output_of("c1")
     verdicts = [
         r["message"]["params"]
         for r in rows
