@@ -380,10 +380,12 @@ def write_files(root: Path, files: dict[str, str | bytes]) -> None:
 
 
 @contextlib.contextmanager
-def python_server(script: str, *args: str) -> Iterator[int]:
-    """Runs the Python source ``script`` with ``args`` in a process of its own, one that
-    prints the port it listens on as its first line; yields that port, kills it at the end."""
-    command = [sys.executable, "-c", script, *args]
+def python_server(script: str | Path, *args: str) -> Iterator[int]:
+    """Runs ``script`` (Python source, or a script's path) with ``args`` in a process of its
+    own, one that prints the port it listens on as its first line; yields that port, kills it
+    at the end."""
+    program = [str(script)] if isinstance(script, Path) else ["-c", script]
+    command = [sys.executable, *program, *args]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as process:
         assert process.stdout is not None
         try:

@@ -46,33 +46,8 @@ POLICY_FIELDS = [
     "policyOverride",
 ]
 
-
-ORIGIN = """
-import http.server, sys
-
-class Origin(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.reply(b"hello-origin\\n")
-
-    def do_POST(self):
-        length = int(self.headers.get("content-length", "0"))
-        self.reply(b"posted:" + self.rfile.read(length))
-
-    def reply(self, body):
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
-"""An HTTP origin. It runs in a process of its own: the server under test runs in the test's
-process, and the proxy refuses the server's own listening ports."""
+ORIGIN = Path(__file__).with_name("origin.py")
+"""An HTTP origin (see its docstring)."""
 
 
 @pytest.fixture
