@@ -407,7 +407,7 @@ class LoopbackHttp:
     def port(self) -> int:
         return int(self.server.server_address[1])
 
-    def url(self, path: str = "") -> str:
+    def url_of(self, path: str = "") -> str:
         """``http://127.0.0.1:PORT`` followed by ``path``."""
         return f"http://127.0.0.1:{self.port}{path}"
 

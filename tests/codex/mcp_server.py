@@ -17,24 +17,17 @@ TOOL = {
 }
 
 
-class McpServer:
+class McpServer(LoopbackHttp):
     """Use as a context manager; ``authorizations`` lists what each request carried."""
 
     def __init__(self) -> None:
         self.authorizations: list[str | None] = []
         self.methods: list[str] = []
-        self._http = LoopbackHttp(self._handler())
+        super().__init__(self._handler())
 
     @property
     def url(self) -> str:
-        return self._http.url("/mcp")
-
-    def __enter__(self) -> McpServer:
-        self._http.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._http.__exit__()
+        return self.url_of("/mcp")
 
     def _answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
         method = message.get("method", "")

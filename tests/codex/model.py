@@ -71,7 +71,7 @@ def _stream(response_id: str, items: list[Item]) -> bytes:
     return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
 
 
-class ScriptedModel:
+class ScriptedModel(LoopbackHttp):
     """The model server; use as a context manager (it serves on a thread until closed)."""
 
     def __init__(self, turns: list[Turn]) -> None:
@@ -79,18 +79,11 @@ class ScriptedModel:
         self.requests: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._http = LoopbackHttp(self._handler())
+        super().__init__(self._handler())
 
     @property
     def base_url(self) -> str:
-        return self._http.url("/v1")
-
-    def __enter__(self) -> ScriptedModel:
-        self._http.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._http.__exit__()
+        return self.url_of("/v1")
 
     def _respond(self, body: dict[str, Any]) -> bytes:
         with self._lock:
