@@ -20,7 +20,7 @@ from exec_server.fs.walk import ITEM_OVERHEAD_BYTES, MAX_RESPONSE_BYTES
 from .codex.reference import listening, reference_server
 from .sandbox_support import confined_by_operator
 from .support import Client, server_command
-from .walk_cases import RECORDING, answers, build_tree, denying_profile, options
+from .walk_cases import RECORDING, answers, build_tree, denying_profile, options, tree_in
 
 DIFFERENT_BY_DESIGN = {
     # Part A §A1: every fs path may be a plain absolute path as well as a file:// URI
@@ -38,10 +38,7 @@ def params_error_code(answer: dict[str, Any]) -> Any:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    root = tmp_path / "tree"
-    root.mkdir()
-    build_tree(root)
-    return root
+    return tree_in(tmp_path, build_tree)
 
 
 async def test_answers_equal_the_reference_recording(client: Client, tree: Path) -> None:

@@ -50,6 +50,14 @@ def build_tree(root: Path) -> None:
     os.mkfifo(root / "fifo")
 
 
+def tree_in(place: Path, build: Callable[[Path], None]) -> Path:
+    """``place/tree``, made by ``build``."""
+    root = place / "tree"
+    root.mkdir()
+    build(root)
+    return root
+
+
 def options(**changes: Any) -> dict[str, Any]:
     return {**CODEX_DEFAULT, **changes}
 
@@ -181,9 +189,7 @@ async def record_tree(
     from .codex.reference import reference_client
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("WALK_TREE_DIR")) as place:
-        root = Path(place) / "tree"
-        root.mkdir()
-        build(root)
+        root = tree_in(Path(place), build)
         async with reference_client() as reference:
             found = await ask(reference, root)
     save_recording(recording, found)
