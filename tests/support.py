@@ -394,6 +394,23 @@ def python_server(script: str | Path, *args: str) -> Iterator[int]:
             process.kill()
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """An HTTP/1.1 request handler that logs nothing and answers with :meth:`send_body`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def send_body(self, status: int, data: bytes, content_type: str = "text/plain") -> None:
+        """One whole answer: status, type and length headers, then ``data``."""
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 class LoopbackHttp:
     """An HTTP server on 127.0.0.1 (a free port) answering with ``handler``: it serves on a
     daemon thread from ``with`` until the block ends, then shuts down and closes its socket."""

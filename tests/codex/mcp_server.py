@@ -8,7 +8,7 @@ import json
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from ..support import LoopbackHttp
+from ..support import LoopbackHttp, QuietHandler
 
 TOOL = {
     "name": "e2e_echo",
@@ -53,33 +53,21 @@ class McpServer(LoopbackHttp):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         mcp = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 mcp.authorizations.append(self.headers.get("authorization"))
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
                 reply = mcp._answer(json.loads(raw))
                 if reply is None:
-                    self._send(202, b"")
+                    self.send_body(202, b"")
                 else:
-                    self._send(200, json.dumps(reply).encode(), "application/json")
+                    self.send_body(200, json.dumps(reply).encode(), "application/json")
 
             def do_GET(self) -> None:
                 mcp.authorizations.append(self.headers.get("authorization"))
-                self._send(405, b"")
+                self.send_body(405, b"")
 
             def do_DELETE(self) -> None:
-                self._send(200, b"")
-
-            def _send(self, status: int, data: bytes, content_type: str = "text/plain") -> None:
-                self.send_response(status)
-                self.send_header("content-type", content_type)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_body(200, b"")
 
         return Handler

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from ..support import LoopbackHttp
+from ..support import LoopbackHttp, QuietHandler
 
 Item = dict[str, Any]
 Turn = list[Item] | Callable[[dict[str, Any]], list[Item]]
@@ -96,35 +96,23 @@ class ScriptedModel(LoopbackHttp):
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         model = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length)
                 if not self.path.endswith("/responses"):
-                    self._reply(404, b"", "text/plain")
+                    self.send_body(404, b"", "text/plain")
                     return
                 try:
                     data = model._respond(json.loads(raw))
                 except Exception as exc:  # a broken script shows in the test, not as a hang
                     model.errors.append(repr(exc))
-                    self._reply(500, repr(exc).encode(), "text/plain")
+                    self.send_body(500, repr(exc).encode(), "text/plain")
                     return
-                self._reply(200, data, "text/event-stream")
+                self.send_body(200, data, "text/event-stream")
 
             def do_GET(self) -> None:
-                self._reply(404, b"", "text/plain")
-
-            def _reply(self, status: int, data: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("content-type", content_type)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_body(404, b"", "text/plain")
 
         return Handler
 

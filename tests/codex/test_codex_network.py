@@ -6,7 +6,6 @@ through :mod:`relay`), and the same run against ours must show the same.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
@@ -20,8 +19,8 @@ import pytest
 from exec_server.network.mitm import CA_ENV_KEYS
 from exec_server.protocol import ProcessStartParams
 
-from ..support import LoopbackHttp
-from ..test_network_proxy import POLICY_FIELDS
+from ..support import python_server
+from ..test_network_proxy import ORIGIN, POLICY_FIELDS
 from . import relay
 from .harness import Executor, ExecutorKind, Workspace, run_turn
 from .model import Turn, exec_command
@@ -129,22 +128,10 @@ def test_recorded_contract_decodes_and_matches() -> None:
             assert list(row["message"]["params"]) == POLICY_FIELDS
 
 
-class _Origin(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"hello-origin\n"
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def origin() -> Iterator[int]:
-    with LoopbackHttp(_Origin) as server:
-        yield server.port
+    with python_server(ORIGIN) as port:
+        yield port
 
 
 @pytest.mark.sandbox
