@@ -284,12 +284,34 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-async def main_async(args: argparse.Namespace) -> list[Run]:
+def compared_servers(reference: bool) -> list[tuple[str, list[str]]]:
+    """``(name, argv)`` of our server and, with ``reference`` and when it is installed, the
+    0.169 reference, each listening on a free loopback port."""
     servers = [("ours", [sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"])]
-    if args.reference and REFERENCE.exists():
+    if reference and REFERENCE.exists():
         servers.append(
             ("ref-0.169", [str(REFERENCE), "exec-server", "--listen", "ws://127.0.0.1:0"])
         )
+    return servers
+
+
+def add_reference_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-reference`` (``args.reference`` false): measure our server only."""
+    parser.add_argument(
+        "--no-reference", dest="reference", action="store_false", help="only our server"
+    )
+
+
+def print_markdown(head: list[str], rows: list[list[str]]) -> None:
+    """A Markdown table as bench/README.md takes it."""
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+async def main_async(args: argparse.Namespace) -> list[Run]:
+    servers = compared_servers(args.reference)
     workdir = Path(args.dir)
     runs = []
     for name, argv in servers:
@@ -304,9 +326,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024, help="file size (default 1024)")
     parser.add_argument("--window", type=int, default=4, help="requests in flight (default 4)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the file goes")
-    parser.add_argument(
-        "--no-reference", dest="reference", action="store_false", help="only our server"
-    )
+    add_reference_flag(parser)
     args = parser.parse_args()
     runs = asyncio.run(main_async(args))
     print(table(runs))

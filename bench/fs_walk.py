@@ -24,7 +24,16 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from .fs_memory import REFERENCE, REPO, Rpc, RssSampler, _mib, started
+from .fs_memory import (
+    REPO,
+    Rpc,
+    RssSampler,
+    _mib,
+    add_reference_flag,
+    compared_servers,
+    print_markdown,
+    started,
+)
 
 RESULTS = REPO / "bench" / "results" / "fs_walk.json"
 OPTIONS = {
@@ -72,11 +81,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     directory = Path(args.dir) / f"exec-server-bench-walk-{args.files}"
     print(f"making {args.files} files in {directory} (kept for reruns)...", file=sys.stderr)
     make_tree(directory, args.files)
-    servers = [("ours", [sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"])]
-    if args.reference and REFERENCE.exists():
-        servers.append(
-            ("ref-0.169", [str(REFERENCE), "exec-server", "--listen", "ws://127.0.0.1:0"])
-        )
+    servers = compared_servers(args.reference)
     return [await measure(name, argv, directory) for name, argv in servers]
 
 
@@ -85,18 +90,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=1_000_000, help="names (default 1000000)")
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the tree goes")
-    parser.add_argument(
-        "--no-reference", dest="reference", action="store_false", help="only our server"
-    )
+    add_reference_flag(parser)
     args = parser.parse_args()
     runs = asyncio.run(main_async(args))
-    print("| server | files | RSS before | peak during walk | wall time | entries |")
-    print("|---|---|---|---|---|---|")
-    for run in runs:
-        print(
-            f"| {run['server']} | {args.files} | {run['rss_before_mib']} MiB | "
-            f"{run['rss_peak_mib']} MiB | {run['seconds']} s | {run['entries']} |"
-        )
+    head = ["server", "files", "RSS before", "peak during walk", "wall time", "entries"]
+    rows = [
+        [
+            str(run["server"]),
+            str(args.files),
+            f"{run['rss_before_mib']} MiB",
+            f"{run['rss_peak_mib']} MiB",
+            f"{run['seconds']} s",
+            str(run["entries"]),
+        ]
+        for run in runs
+    ]
+    print_markdown(head, rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"benchmark": "fs_walk", "files": args.files, "runs": runs}))
 

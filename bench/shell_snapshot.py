@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
-from .fs_memory import REFERENCE, REPO, started
+from .fs_memory import REPO, add_reference_flag, compared_servers, print_markdown, started
 
 RESULTS = REPO / "bench" / "results" / "shell_snapshot.json"
 
@@ -93,11 +92,7 @@ async def measure(name: str, argv: list[str], home: Path, runs: int) -> dict[str
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    servers = [("ours", [sys.executable, "-m", "exec_server", "--listen", "ws://127.0.0.1:0"])]
-    if args.reference and REFERENCE.exists():
-        servers.append(
-            ("ref-0.169", [str(REFERENCE), "exec-server", "--listen", "ws://127.0.0.1:0"])
-        )
+    servers = compared_servers(args.reference)
     with tempfile.TemporaryDirectory() as place:
         home = Path(place)
         (home / ".bash_profile").write_text(f"sleep {args.profile_sleep}\nexport FOO=bar\n")
@@ -109,20 +104,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10, help="starts of each kind (default 10)")
     parser.add_argument("--profile-sleep", type=float, default=0.2, help="seconds (default 0.2)")
-    parser.add_argument(
-        "--no-reference", dest="reference", action="store_false", help="only our server"
-    )
+    add_reference_flag(parser)
     args = parser.parse_args()
     runs = asyncio.run(main_async(args))
-    print(
-        "| server | `bash -lc true`, no snapshot | first with snapshot (capture) | with snapshot |"
-    )
-    print("|---|---|---|---|")
-    for run in runs:
-        print(
-            f"| {run['server']} | {run['plain_ms']} ms | {run['first_with_capture_ms']} ms | "
-            f"{run['snapshot_ms']} ms |"
-        )
+    head = [
+        "server",
+        "`bash -lc true`, no snapshot",
+        "first with snapshot (capture)",
+        "with snapshot",
+    ]
+    rows = [
+        [
+            str(run["server"]),
+            f"{run['plain_ms']} ms",
+            f"{run['first_with_capture_ms']} ms",
+            f"{run['snapshot_ms']} ms",
+        ]
+        for run in runs
+    ]
+    print_markdown(head, rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"benchmark": "shell_snapshot", "runs": runs}, indent=2))
 

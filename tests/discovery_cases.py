@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from .support import Client, RpcFailure
-from .walk_cases import denying_profile, relative
+from .support import Client, write_files
+from .walk_cases import case_answers, denying_profile, record_tree
 
 RECORDING = Path(__file__).parent / "data" / "discover_v1_reference.json"
 METHOD = "capabilityRoots/discoverV1"
-
-
-def _write(root: Path, files: dict[str, str | bytes]) -> None:
-    for name, contents in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(contents, bytes):
-            path.write_bytes(contents)
-        else:
-            path.write_text(contents)
 
 
 def skill(name: str) -> str:
@@ -43,7 +31,7 @@ def build_tree(root: Path) -> None:
     plugin (a namespace), a plain skills folder, plugins with bad declarations, too big and
     undecodable files, a hidden skill, a symlinked skill folder and a denied folder."""
     manifest = {"name": "demo", "mcpServers": "./config/mcp.json", "apps": "./apps.json"}
-    _write(
+    write_files(
         root / "plugin",
         {
             ".codex-plugin/plugin.json": json.dumps(manifest),
@@ -61,7 +49,7 @@ def build_tree(root: Path) -> None:
         },
     )
     (root / "plugin" / "skills" / "linked").symlink_to(root / "plugin" / "nested" / "skills")
-    _write(
+    write_files(
         root / "plain",
         {
             "one/SKILL.md": skill("one"),
@@ -70,7 +58,7 @@ def build_tree(root: Path) -> None:
             "bad/SKILL.md": b"---\nname: bad\n\xff\xfe\n",
         },
     )
-    _write(
+    write_files(
         root / "inline",
         {
             ".claude-plugin/plugin.json": json.dumps(
@@ -80,11 +68,11 @@ def build_tree(root: Path) -> None:
             "apps.json": "{}",
         },
     )
-    _write(
+    write_files(
         root / "escape",
         {".codex-plugin/plugin.json": json.dumps({"mcpServers": "./../x.json", "apps": "./"})},
     )
-    _write(root / "broken", {".codex-plugin/plugin.json": "{not json", ".mcp.json": "{}"})
+    write_files(root / "broken", {".codex-plugin/plugin.json": "{not json", ".mcp.json": "{}"})
     (root / "afile").write_text("not a directory")
 
 
@@ -117,27 +105,9 @@ def cases(root: Path) -> dict[str, dict[str, Any]]:
 
 
 async def answers(client: Client, root: Path) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for name, params in cases(root).items():
-        try:
-            found[name] = {"result": await client.call(METHOD, params)}
-        except RpcFailure as failure:
-            found[name] = {"error": [failure.code, failure.message]}
-    return relative(found, f"file://{root}")
-
-
-async def _record() -> None:
-    from .codex.reference import reference_client
-
-    with tempfile.TemporaryDirectory(dir=os.environ.get("WALK_TREE_DIR")) as place:
-        root = Path(place) / "tree"
-        root.mkdir()
-        build_tree(root)
-        async with reference_client() as reference:
-            found = await answers(reference, root)
-    RECORDING.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
-    print(f"recorded {len(found)} answers in {RECORDING}")
+    """Every case's answer (``{"result": ...}`` or ``{"error": [code, message]}``)."""
+    return await case_answers(client, METHOD, cases(root), root)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["record"]:
-    asyncio.run(_record())
+    asyncio.run(record_tree(RECORDING, build_tree, answers))

@@ -19,8 +19,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from .support import Client, RpcFailure
-from .walk_cases import relative
+from .support import Client, write_files
+from .walk_cases import outcome, relative, save_recording
 
 RECORDING = Path(__file__).parent / "data" / "discover_v2_reference.json"
 METHOD = "capabilities/discoverV2"
@@ -50,20 +50,10 @@ dependencies:
 """
 
 
-def _write(root: Path, files: dict[str, str | bytes]) -> None:
-    for name, contents in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(contents, bytes):
-            path.write_bytes(contents)
-        else:
-            path.write_text(contents)
-
-
 def tree_skills(root: Path) -> None:
     """Skills in both roots: sorting, fallbacks, limits, metadata, failures."""
     home_skills, agent_skills = "ch/skills", "home/.agents/skills"
-    _write(
+    write_files(
         root,
         {
             f"{home_skills}/zeta/SKILL.md": skill("aaa-first", '"  spaced\n  out  "'),
@@ -93,7 +83,7 @@ def tree_skills(root: Path) -> None:
 def tree_plugins(root: Path) -> None:
     """Installed plugins: version choice, names, files, skills, failures."""
     cache = "ch/plugins/cache"
-    _write(
+    write_files(
         root,
         {
             f"{cache}/mkt/plug/1.0.0/.codex-plugin/plugin.json": '{"name":"plug"}',
@@ -126,11 +116,7 @@ def environment(root: Path) -> dict[str, str]:
 async def answer(client: Client, root: Path, sandbox: Any = None) -> Any:
     (root / "cwd").mkdir(exist_ok=True)
     params = {"cwd": f"file://{root}/cwd", "sandbox": sandbox}
-    try:
-        found = {"result": await client.call(METHOD, params)}
-    except RpcFailure as failure:
-        found = {"error": [failure.code, failure.message]}
-    return relative(found, f"file://{root}")
+    return relative(await outcome(client, METHOD, params), f"file://{root}")
 
 
 Starter = Callable[[dict[str, str]], AbstractAsyncContextManager[Client]]
@@ -154,8 +140,7 @@ async def _record() -> None:
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("WALK_TREE_DIR")) as place:
         found = await answers(reference_client, Path(place))
-    RECORDING.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
-    print(f"recorded {len(found)} answers in {RECORDING}")
+    save_recording(RECORDING, found)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["record"]:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from exec_server.config import Guards
+from exec_server.paths import to_file_uri
+from exec_server.sandbox.policy import load_confinement
+
+from .support import Client, running_server
 
 ORIGINAL = "original\n"
 """What the file outside the workspace holds, and must still hold after every escape."""
@@ -54,3 +65,44 @@ def outside(tmp_path: Path) -> Path:
     directory.mkdir()
     (directory / "target.txt").write_text(ORIGINAL)
     return directory
+
+
+def local_workspace_write(root: Path, *, network: str = "restricted") -> dict[str, Any]:
+    """:func:`workspace_write` for the local folder ``root``."""
+    return workspace_write(to_file_uri(str(root)), network=network)
+
+
+def workspace_confinement(work: Path) -> dict[str, Any]:
+    """codex's workspace-write profile as an operator's ``--confine`` file names it, with
+    ``work`` as the workspace."""
+    return {**local_workspace_write(work), "workspaceRoots": [str(work)]}
+
+
+@contextlib.contextmanager
+def home_places(folder: str) -> Iterator[tuple[Path, Path]]:
+    """A workspace and an outside directory under ``~/.cache/<folder>/<random>``, neither
+    under /tmp (which the workspace-write profile opens); removed at the end."""
+    base = Path.home() / ".cache" / folder / os.urandom(4).hex()
+    work, outside = base / "work", base / "outside"
+    work.mkdir(parents=True)
+    outside.mkdir()
+    yield work, outside
+    subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def confinement(profile: dict[str, Any], directory: Path) -> Guards:
+    """Guards confining every process to ``profile``, read from ``directory/confine.json`` as
+    ``--confine`` reads it."""
+    path = directory / "confine.json"
+    path.write_text(json.dumps(profile))
+    return Guards(confinement=load_confinement(str(path)))
+
+
+@contextlib.asynccontextmanager
+async def confined_by_operator(profile: dict[str, Any], directory: Path) -> AsyncIterator[Client]:
+    """An initialized client of a server whose operator confines every process to
+    ``profile`` (see :func:`confinement`)."""
+    guards = confinement(profile, directory)
+    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        yield client

@@ -13,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -363,3 +365,74 @@ async def http_get(
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return int(status_line.split()[1]), headers, body.decode()
+
+
+def write_files(root: Path, files: dict[str, str | bytes]) -> None:
+    """Writes each ``files`` entry (a path relative to ``root``: text or bytes), making the
+    folders it needs."""
+    for name, contents in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(contents, bytes):
+            path.write_bytes(contents)
+        else:
+            path.write_text(contents)
+
+
+@contextlib.contextmanager
+def python_server(script: str | Path, *args: str) -> Iterator[int]:
+    """Runs ``script`` (Python source, or a script's path) with ``args`` in a process of its
+    own, one that prints the port it listens on as its first line; yields that port, kills it
+    at the end."""
+    program = [str(script)] if isinstance(script, Path) else ["-c", script]
+    command = [sys.executable, *program, *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as process:
+        assert process.stdout is not None
+        try:
+            yield int(process.stdout.readline())
+        finally:
+            process.kill()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """An HTTP/1.1 request handler that logs nothing and answers with :meth:`send_body`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def send_body(self, status: int, data: bytes, content_type: str = "text/plain") -> None:
+        """One whole answer: status, type and length headers, then ``data``."""
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class LoopbackHttp:
+    """An HTTP server on 127.0.0.1 (a free port) answering with ``handler``: it serves on a
+    daemon thread from ``with`` until the block ends, then shuts down and closes its socket."""
+
+    def __init__(self, handler: Callable[..., BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def url_of(self, path: str = "") -> str:
+        """``http://127.0.0.1:PORT`` followed by ``path``."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join()

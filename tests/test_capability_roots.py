@@ -11,14 +11,12 @@ import pytest
 
 from .discovery_cases import RECORDING, answers, build_tree
 from .support import Client
+from .walk_cases import tree_in
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    root = tmp_path / "tree"
-    root.mkdir()
-    build_tree(root)
-    return root
+    return tree_in(tmp_path, build_tree)
 
 
 def comparable(answer: dict[str, Any]) -> Any:

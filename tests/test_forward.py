@@ -14,11 +14,9 @@ import contextlib
 import hashlib
 import http.client
 import http.server
-import json
 import os
 import re
 import socket
-import threading
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
@@ -33,12 +31,11 @@ from exec_server.client.forward import Forwarder, Spec, parse_spec
 from exec_server.config import Guards, Limits
 from exec_server.forwarding.streams import StreamTable
 from exec_server.methods.forward import slice_write, streams_of
-from exec_server.sandbox.policy import load_confinement
 from exec_server.server import Server
 
 from .client_support import CuttableProxy
-from .sandbox_support import workspace_write
-from .support import Client, running_server, server_command, wait_until
+from .sandbox_support import confinement, workspace_write
+from .support import Client, LoopbackHttp, running_server, server_command, wait_until
 
 MIB = 1024 * 1024
 LARGE_BYTES = (1024 if os.environ.get("EXEC_SERVER_FORWARD_GIB") else 64) * MIB
@@ -96,14 +93,8 @@ def stream_table(server: Server) -> StreamTable:
 @contextlib.contextmanager
 def http_server(root: Path) -> Iterator[int]:
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with LoopbackHttp(handler) as server:
+        yield server.port
 
 
 async def test_the_cli_forwards_http_from_the_server(tmp_path: Path) -> None:
@@ -605,9 +596,7 @@ async def test_forward_methods_need_the_handshake() -> None:
 
 
 async def test_refused_under_a_confinement_that_restricts_the_network(tmp_path: Path) -> None:
-    profile = tmp_path / "confine.json"
-    profile.write_text(json.dumps(workspace_write(str(tmp_path), network="restricted")))
-    guards = Guards(confinement=load_confinement(str(profile)))
+    guards = confinement(workspace_write(str(tmp_path), network="restricted"), tmp_path)
     async with destination(echo) as port, forwarding_client(guards=guards) as (_, client):
         with pytest.raises(RpcError, match=r"confinement \(--confine\) restricts the network"):
             await client.open_connection("127.0.0.1", port)
@@ -633,9 +622,7 @@ async def test_refused_when_the_requests_own_profile_restricts_the_network(
 
 
 async def test_allowed_under_a_confinement_that_enables_the_network(tmp_path: Path) -> None:
-    profile = tmp_path / "confine.json"
-    profile.write_text(json.dumps(workspace_write(str(tmp_path), network="enabled")))
-    guards = Guards(confinement=load_confinement(str(profile)))
+    guards = confinement(workspace_write(str(tmp_path), network="enabled"), tmp_path)
     async with destination(echo) as port, forwarding_client(guards=guards) as (_, client):
         reader, writer = await client.open_connection("127.0.0.1", port)
         writer.write(b"ok")

@@ -15,13 +15,12 @@ from typing import Any
 
 import pytest
 
-from exec_server.config import Guards
 from exec_server.fs.walk import ITEM_OVERHEAD_BYTES, MAX_RESPONSE_BYTES
-from exec_server.sandbox.policy import load_confinement
 
 from .codex.reference import listening, reference_server
-from .support import Client, running_server, server_command
-from .walk_cases import RECORDING, answers, build_tree, denying_profile, options
+from .sandbox_support import confined_by_operator
+from .support import Client, server_command
+from .walk_cases import RECORDING, answers, build_tree, denying_profile, options, tree_in
 
 DIFFERENT_BY_DESIGN = {
     # Part A §A1: every fs path may be a plain absolute path as well as a file:// URI
@@ -39,10 +38,7 @@ def params_error_code(answer: dict[str, Any]) -> Any:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    root = tmp_path / "tree"
-    root.mkdir()
-    build_tree(root)
-    return root
+    return tree_in(tmp_path, build_tree)
 
 
 async def test_answers_equal_the_reference_recording(client: Client, tree: Path) -> None:
@@ -134,11 +130,7 @@ async def test_no_symlink_leads_past_the_profile(client: Client, escape: tuple[P
 @pytest.fixture
 async def confined(tmp_path: Path, escape: tuple[Path, Path]) -> AsyncIterator[Client]:
     work, hidden = escape
-    profile = tmp_path / "confine.json"
-    profile.write_text(json.dumps(denying_profile(work, hidden)))
-    guards = Guards(confinement=load_confinement(str(profile)))
-    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
-        await client.initialize()
+    async with confined_by_operator(denying_profile(work, hidden), tmp_path) as client:
         yield client
 
 

@@ -10,12 +10,14 @@ import json
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exec_server.config import Guards, Limits
 
+from .sandbox_support import confinement, workspace_write
 from .support import Client, RpcFailure, running_server
 
 
@@ -538,3 +540,20 @@ async def test_unspecified_addresses_count_as_this_host(web: _TestHttpServer) ->
         server6.shutdown()
         server6.server_close()
         thread.join(5)
+
+
+# ---- --confine ----------------------------------------------------------------------------------
+
+
+async def test_refused_under_a_confinement_that_restricts_the_network(
+    web: _TestHttpServer, tmp_path: Path
+) -> None:
+    """The server's own process obeys the operator's network rule too: -32600."""
+    guards = confinement(workspace_write(str(tmp_path), network="restricted"), tmp_path)
+    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        failure = await fails(client, {"method": "GET", "url": web.base + "/echo"})
+    assert failure.code == -32600
+    assert failure.message == (
+        "http/request is refused: this server's confinement (--confine) restricts the network"
+    )

@@ -9,8 +9,6 @@ import datetime
 import ipaddress
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +18,8 @@ from exec_server.network.credentials import mask_environment
 from exec_server.network.mitm import UPSTREAM_CA_ENV
 from exec_server.sandbox.bwrap import support
 
-from .support import PATH_ENV, Client
-from .test_network_proxy import client, decisions, network_proxy  # noqa: F401
+from .support import PATH_ENV, Client, python_server
+from .test_network_proxy import ORIGIN, client, decisions, network_proxy  # noqa: F401
 
 REAL_GH = "ghp_" + "R3alS3cretT0kenValue" * 2  # 44 characters
 REAL_OPENAI = "sk-proj-" + "A1b2C3d4" * 7
@@ -66,30 +64,6 @@ def test_an_enterprise_token_needs_its_host() -> None:
 
 
 # ---- through a real sandboxed child ------------------------------------------------------------
-
-ORIGIN = """
-import http.server, ssl, sys
-expected = "Bearer " + sys.argv[3]
-
-class Origin(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        seen = self.headers.get("authorization", "")
-        body = b"auth-ok\\n" if seen == expected else b"auth-wrong\\n"
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(sys.argv[1], sys.argv[2])
-server.socket = context.wrap_socket(server.socket, server_side=True)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
 
 
 def _test_ca(directory: Path) -> tuple[Path, Path, Path]:
@@ -147,13 +121,8 @@ def https_origin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[in
     server under test trusts its CA (the operator's setting)."""
     ca, leaf, key = _test_ca(tmp_path)
     monkeypatch.setenv(UPSTREAM_CA_ENV, str(ca))
-    command = [sys.executable, "-c", ORIGIN, str(leaf), str(key), REAL_GH]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as process:
-        assert process.stdout is not None
-        try:
-            yield int(process.stdout.readline())
-        finally:
-            process.kill()
+    with python_server(ORIGIN, "--tls", str(leaf), str(key), "--bearer", REAL_GH) as port:
+        yield port
 
 
 @pytest.mark.skipif(not support().usable, reason="bubblewrap cannot run here")

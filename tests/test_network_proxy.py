@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.policy import load_confinement
 
 from .sandbox_support import workspace_write
-from .support import PATH_ENV, Client, RpcFailure, running_server
+from .support import PATH_ENV, Client, RpcFailure, python_server, running_server
 
 pytestmark = pytest.mark.skipif(
     not support().usable, reason=f"bubblewrap cannot run here: {support().reason}"
@@ -48,46 +46,15 @@ POLICY_FIELDS = [
     "policyOverride",
 ]
 
-
-ORIGIN = """
-import http.server, sys
-
-class Origin(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.reply(b"hello-origin\\n")
-
-    def do_POST(self):
-        length = int(self.headers.get("content-length", "0"))
-        self.reply(b"posted:" + self.rfile.read(length))
-
-    def reply(self, body):
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
-print(server.server_address[1], flush=True)
-server.serve_forever()
-"""
-"""An HTTP origin. It runs in a process of its own: the server under test runs in the test's
-process, and the proxy refuses the server's own listening ports."""
+ORIGIN = Path(__file__).with_name("origin.py")
+"""An HTTP origin (see its docstring)."""
 
 
 @pytest.fixture
 def origin() -> Iterator[int]:
     """An HTTP origin on 127.0.0.1 (outside the child's namespace); yields its port."""
-    with subprocess.Popen(
-        [sys.executable, "-c", ORIGIN], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
-    ) as process:
-        assert process.stdout is not None
-        try:
-            yield int(process.stdout.readline())
-        finally:
-            process.kill()
+    with python_server(ORIGIN) as port:
+        yield port
 
 
 @pytest.fixture
@@ -509,14 +476,8 @@ for target, text in ((sys.argv[1], b"hi"), ("denied.test", b"no")):
 
 @pytest.fixture
 def udp_echo() -> Iterator[int]:
-    with subprocess.Popen(
-        [sys.executable, "-c", UDP_ECHO], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
-    ) as process:
-        assert process.stdout is not None
-        try:
-            yield int(process.stdout.readline())
-        finally:
-            process.kill()
+    with python_server(UDP_ECHO) as port:
+        yield port
 
 
 async def test_socks5_udp_associate_relays_allowed_datagrams(client: Client, udp_echo: int) -> None:

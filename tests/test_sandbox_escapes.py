@@ -12,7 +12,6 @@ before its fix (real server, real bubblewrap, real sockets, real children):
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import socket
@@ -31,12 +30,17 @@ from exec_server.paths import to_file_uri
 from exec_server.sandbox import cgroup
 from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.cgroup import pids_cgroups
-from exec_server.sandbox.policy import load_confinement
 from exec_server.server import Server
 from exec_server.transport.websocket import serve_unix
 
-from .sandbox_support import special
-from .sandbox_support import workspace_write as codex_workspace_write
+from .sandbox_support import (
+    confined_by_operator,
+    confinement,
+    home_places,
+    special,
+    workspace_confinement,
+)
+from .sandbox_support import local_workspace_write as workspace_write
 from .support import (
     PATH_ENV,
     Client,
@@ -55,10 +59,6 @@ needs_seccomp = pytest.mark.skipif(
 )
 
 
-def workspace_write(root: Path, network: str = "restricted") -> dict[str, Any]:
-    return codex_workspace_write(to_file_uri(str(root)), network=network)
-
-
 def read_only_root(root: Path) -> dict[str, Any]:
     """``root: read`` and nothing else, network enabled: only the hiding protects secrets."""
     profile = workspace_write(root, network="enabled")
@@ -70,12 +70,8 @@ def read_only_root(root: Path) -> dict[str, Any]:
 def places() -> Iterator[tuple[Path, Path]]:
     """A workspace and an outside directory, neither under /tmp (which the profile opens),
     with paths short enough for a Unix socket."""
-    base = Path.home() / ".cache" / "es-t" / os.urandom(4).hex()
-    work, outside = base / "work", base / "outside"
-    work.mkdir(parents=True)
-    outside.mkdir()
-    yield work, outside
-    subprocess.run(["rm", "-rf", str(base)], check=False)
+    with home_places("es-t") as made:
+        yield made
 
 
 async def _output(
@@ -274,11 +270,7 @@ def _planted_library(work: Path, marker: Path) -> Path:
 async def confined_client(places: tuple[Path, Path], tmp_path: Path) -> AsyncIterator[Client]:
     """A server whose operator confines every process to codex's workspace-write profile."""
     work, _ = places
-    profile = tmp_path / "confine.json"
-    profile.write_text(json.dumps({**workspace_write(work), "workspaceRoots": [str(work)]}))
-    guards = Guards(confinement=load_confinement(str(profile)))
-    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
-        await client.initialize()
+    async with confined_by_operator(workspace_confinement(work), tmp_path) as client:
         yield client
 
 
@@ -340,14 +332,12 @@ async def test_the_confinements_tmpdir_ignores_the_clients(
     server_tmp = tmp_path / "server-tmp"
     server_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(server_tmp))
-    profile = tmp_path / "confine.json"
     entries = [
         {"path": special("root"), "access": "read"},
         {"path": special("tmpdir"), "access": "write"},
     ]
     confine = {"type": "managed", "file_system": {"type": "restricted", "entries": entries}}
-    profile.write_text(json.dumps({"permissions": {**confine, "network": "restricted"}}))
-    guards = Guards(confinement=load_confinement(str(profile)))
+    guards = confinement({"permissions": {**confine, "network": "restricted"}}, tmp_path)
     monkeypatch.setenv("TMPDIR", "/")  # later changes of the server's own env do not count
     async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
         await client.initialize()
@@ -394,7 +384,7 @@ async def test_a_nested_roots_git_cannot_be_replaced_by_renaming_its_parent(
     inner.mkdir(parents=True)
     await asyncio.to_thread(subprocess.run, ["git", "init", "-q", str(inner)], check=True)
     config = (inner / ".git" / "config").read_text()
-    profile = codex_workspace_write(to_file_uri(str(work)))
+    profile = workspace_write(work)
     profile["workspaceRoots"] = [to_file_uri(str(work)), to_file_uri(str(inner))]
     script = """
 mv a b 2>/dev/null && echo MOVED-PARENT

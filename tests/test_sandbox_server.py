@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import socket
 import subprocess
@@ -16,13 +15,11 @@ from typing import Any
 
 import pytest
 
-from exec_server.config import Guards
-from exec_server.paths import to_file_uri
 from exec_server.sandbox import enforce
 from exec_server.sandbox.bwrap import BwrapSupport, support
-from exec_server.sandbox.policy import load_confinement
 
-from .sandbox_support import workspace_write as codex_workspace_write
+from .sandbox_support import confined_by_operator, home_places, workspace_confinement
+from .sandbox_support import local_workspace_write as workspace_write
 from .support import PATH_ENV, Client, RpcFailure, running_server
 
 pytestmark = pytest.mark.skipif(
@@ -30,19 +27,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def workspace_write(root: Path) -> dict[str, Any]:
-    return codex_workspace_write(to_file_uri(str(root)))
-
-
 @pytest.fixture
 def places() -> Iterator[tuple[Path, Path]]:
     """A workspace and an outside directory, neither under /tmp (which the profile opens)."""
-    base = Path.home() / ".cache" / "exec-server-tests" / os.urandom(4).hex()
-    work, outside = base / "work", base / "outside"
-    work.mkdir(parents=True)
-    outside.mkdir()
-    yield work, outside
-    subprocess.run(["rm", "-rf", str(base)], check=False)
+    with home_places("exec-server-tests") as made:
+        yield made
 
 
 async def _run(client: Client, process_id: str, script: str, work: Path, **extra: Any) -> str:
@@ -241,11 +230,7 @@ async def test_fs_mutations_honour_the_profile(client: Client, places: tuple[Pat
 @pytest.fixture
 async def confined(places: tuple[Path, Path], tmp_path: Path) -> AsyncIterator[Client]:
     work, _ = places
-    profile = tmp_path / "confine.json"
-    profile.write_text(json.dumps({**workspace_write(work), "workspaceRoots": [str(work)]}))
-    guards = Guards(confinement=load_confinement(str(profile)))
-    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
-        await client.initialize()
+    async with confined_by_operator(workspace_confinement(work), tmp_path) as client:
         yield client
 
 

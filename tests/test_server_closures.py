@@ -29,9 +29,9 @@ from exec_server.client import connect as client_connect
 from exec_server.config import Guards, Limits
 from exec_server.paths import to_file_uri
 from exec_server.sandbox.bwrap import support
-from exec_server.sandbox.policy import load_confinement
 from exec_server.transport.websocket import serve_unix, serve_websocket
 
+from .sandbox_support import confinement, workspace_confinement
 from .sandbox_support import workspace_write as codex_workspace_write
 from .support import (
     PATH_ENV,
@@ -146,44 +146,55 @@ async def test_the_open_file_soft_limit_is_raised_to_the_hard_one() -> None:
         assert line.split()[3:5] == [str(hard), str(hard)], line
 
 
-async def _idle_sockets(url: str, count: int) -> list[socket.socket]:
+@contextlib.asynccontextmanager
+async def _idle_sockets(url: str, count: int) -> AsyncIterator[list[socket.socket]]:
+    """``count`` non-blocking sockets connected to the server that never send a byte; closed
+    when the block ends."""
     host, port = url.removeprefix("ws://").rsplit(":", 1)
-    sockets = []
-    for _ in range(count):
-        sock = socket.socket()
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-        sockets.append(sock)
-    return sockets
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        yield sockets
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _dropped(idle: list[socket.socket]) -> int:
+    """How many of ``idle`` the server has closed (or reset) by now."""
+    dropped = 0
+    for sock in idle:
+        try:
+            dropped += sock.recv(1) == b""  # the server closed it
+        except ConnectionResetError:
+            dropped += 1
+        except BlockingIOError:
+            pass
+    return dropped
 
 
 async def test_idle_sockets_cannot_lock_out_a_client_with_the_token() -> None:
     """300 sockets that never send a byte, against a server that may hold 256 descriptors:
     past 40 pending the oldest are dropped, so a client with the token still gets in."""
     token = "tok-" + os.urandom(8).hex()
-    async with cli(
-        "--max-pending-connections",
-        "40",
-        env={"EXEC_SERVER_TOKEN": token},
-        nofile=(256, 256),
-    ) as server:
-        idle = await _idle_sockets(server.url, 300)
-        try:
-            headers = {"Authorization": f"Bearer {token}"}
-            async with Client.connect(server.url, additional_headers=headers, open_timeout=8) as c:
-                assert "sessionId" in await c.initialize()
-            dropped = 0
-            for sock in idle:
-                try:
-                    dropped += sock.recv(1) == b""  # the server closed it
-                except ConnectionResetError:
-                    dropped += 1
-                except BlockingIOError:
-                    pass
-            assert dropped >= 300 - 40 - 5, dropped
-        finally:
-            for sock in idle:
-                sock.close()
+    async with (
+        cli(
+            "--max-pending-connections",
+            "40",
+            env={"EXEC_SERVER_TOKEN": token},
+            nofile=(256, 256),
+        ) as server,
+        _idle_sockets(server.url, 300) as idle,
+    ):
+        headers = {"Authorization": f"Bearer {token}"}
+        async with Client.connect(server.url, additional_headers=headers, open_timeout=8) as c:
+            assert "sessionId" in await c.initialize()
+        dropped = _dropped(idle)
+        assert dropped >= 300 - 40 - 5, dropped
 
 
 async def test_a_peer_that_never_starts_tls_is_dropped_after_the_handshake_timeout(
@@ -233,12 +244,10 @@ def places() -> Iterator[tuple[Path, Path]]:
 
 
 def confinement_denying(work: Path, secret: Path, tmp_path: Path) -> Guards:
-    profile = codex_workspace_write(to_file_uri(str(work)))
+    profile = workspace_confinement(work)
     entries = profile["permissions"]["file_system"]["entries"]
     entries.append({"path": {"type": "path", "path": str(secret)}, "access": "deny"})
-    path = tmp_path / "confine.json"
-    path.write_text(json.dumps({**profile, "workspaceRoots": [str(work)]}))
-    return Guards(confinement=load_confinement(str(path)))
+    return confinement(profile, tmp_path)
 
 
 @needs_bwrap
@@ -538,25 +547,13 @@ async def test_idle_sockets_that_never_start_tls_count_as_pending(tmp_path: Path
     tls.load_cert_chain(cert, key)
     trust = ssl.create_default_context(cafile=str(cert))
     limits = Limits(max_pending_connections=20)
-    async with running_server(limits, tls=tls) as (_, url):
-        idle = await _idle_sockets(url, 100)
-        try:
-            wss = url.replace("ws://", "wss://")
-            async with Client.connect(wss, ssl=trust, open_timeout=8) as client:
-                assert "sessionId" in await client.initialize()
-            await asyncio.sleep(0)
-            dropped = 0
-            for sock in idle:
-                try:
-                    dropped += sock.recv(1) == b""
-                except ConnectionResetError:
-                    dropped += 1
-                except BlockingIOError:
-                    pass
-            assert dropped >= 100 - 20 - 5, dropped
-        finally:
-            for sock in idle:
-                sock.close()
+    async with running_server(limits, tls=tls) as (_, url), _idle_sockets(url, 100) as idle:
+        wss = url.replace("ws://", "wss://")
+        async with Client.connect(wss, ssl=trust, open_timeout=8) as client:
+            assert "sessionId" in await client.initialize()
+        await asyncio.sleep(0)
+        dropped = _dropped(idle)
+        assert dropped >= 100 - 20 - 5, dropped
 
 
 async def test_the_server_process_is_not_readable_through_proc(

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,14 @@ def build_tree(root: Path) -> None:
     (root / "loop" / "up").symlink_to("..")
     (root / "b" / "d" / "x" / "back").symlink_to("../../d")
     os.mkfifo(root / "fifo")
+
+
+def tree_in(place: Path, build: Callable[[Path], None]) -> Path:
+    """``place/tree``, made by ``build``."""
+    root = place / "tree"
+    root.mkdir()
+    build(root)
+    return root
 
 
 def options(**changes: Any) -> dict[str, Any]:
@@ -141,30 +150,50 @@ def relative(value: Any, top: str) -> Any:
     return value
 
 
-async def answers(client: Client, root: Path) -> dict[str, Any]:
-    """Every case's answer (``{"result": ...}`` or ``{"error": [code, message]}``)."""
-    found: dict[str, Any] = {}
-    for name, params in cases(root).items():
-        try:
-            found[name] = {"result": await client.call("fs/walk", params)}
-        except RpcFailure as failure:
-            found[name] = {"error": [failure.code, failure.message]}
+async def outcome(client: Client, method: str, params: Any) -> dict[str, Any]:
+    """One call's answer as a recording keeps it: ``{"result": ...}`` or
+    ``{"error": [code, message]}``."""
+    try:
+        return {"result": await client.call(method, params)}
+    except RpcFailure as failure:
+        return {"error": [failure.code, failure.message]}
+
+
+async def case_answers(
+    client: Client, method: str, requests: dict[str, Any], root: Path
+) -> dict[str, Any]:
+    """The :func:`outcome` of each named request, paths relative to ``root``."""
+    found = {name: await outcome(client, method, params) for name, params in requests.items()}
     return relative(found, f"file://{root}")
 
 
-async def _record() -> None:
+async def answers(client: Client, root: Path) -> dict[str, Any]:
+    """Every case's answer (``{"result": ...}`` or ``{"error": [code, message]}``)."""
+    return await case_answers(client, "fs/walk", cases(root), root)
+
+
+def save_recording(recording: Path, found: dict[str, Any]) -> None:
+    """Writes the reference's answers where the comparing test reads them."""
+    recording.parent.mkdir(exist_ok=True)
+    recording.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+    print(f"recorded {len(found)} answers in {recording}")
+
+
+async def record_tree(
+    recording: Path,
+    build: Callable[[Path], None],
+    ask: Callable[[Client, Path], Awaitable[dict[str, Any]]],
+) -> None:
+    """Builds a tree with ``build`` in a temporary folder (under ``$WALK_TREE_DIR`` when set),
+    puts the cases to the reference binary with ``ask`` and saves its answers."""
     from .codex.reference import reference_client
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("WALK_TREE_DIR")) as place:
-        root = Path(place) / "tree"
-        root.mkdir()
-        build_tree(root)
+        root = tree_in(Path(place), build)
         async with reference_client() as reference:
-            found = await answers(reference, root)
-    RECORDING.parent.mkdir(exist_ok=True)
-    RECORDING.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
-    print(f"recorded {len(found)} answers in {RECORDING}")
+            found = await ask(reference, root)
+    save_recording(recording, found)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["record"]:
-    asyncio.run(_record())
+    asyncio.run(record_tree(RECORDING, build_tree, answers))

@@ -51,14 +51,26 @@ def codex() -> Path:
     return path
 
 
+def _skip_reference_when_off(impl: str) -> None:
+    if impl == "reference" and os.environ.get("EXEC_SERVER_E2E_REFERENCE", "1") == "0":
+        pytest.skip("EXEC_SERVER_E2E_REFERENCE=0: runs against the reference skipped")
+
+
 @pytest.fixture(params=EXECUTORS, ids=lambda kind: kind.id)
 def executor_kind(request: pytest.FixtureRequest) -> ExecutorKind:
     kind: ExecutorKind = request.param
-    if kind.impl == "reference" and os.environ.get("EXEC_SERVER_E2E_REFERENCE", "1") == "0":
-        pytest.skip("EXEC_SERVER_E2E_REFERENCE=0: runs against the reference skipped")
+    _skip_reference_when_off(kind.impl)
     if kind.impl == "ours" and not OUR_SERVER.exists():
         pytest.fail(f"{OUR_SERVER} is missing: run `make test` (it installs .venv)")
     return kind
+
+
+@pytest.fixture(params=["reference", "ours"])
+def kind(request: pytest.FixtureRequest) -> ExecutorKind:
+    """Each implementation as a stdio executor (the scenarios that start it themselves,
+    behind :mod:`relay`)."""
+    _skip_reference_when_off(request.param)
+    return ExecutorKind(request.param, "stdio")
 
 
 @pytest.fixture

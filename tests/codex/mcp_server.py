@@ -5,9 +5,10 @@ the ``Authorization`` header of every request it gets."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from ..support import LoopbackHttp, QuietHandler
 
 TOOL = {
     "name": "e2e_echo",
@@ -16,29 +17,17 @@ TOOL = {
 }
 
 
-class McpServer:
+class McpServer(LoopbackHttp):
     """Use as a context manager; ``authorizations`` lists what each request carried."""
 
     def __init__(self) -> None:
         self.authorizations: list[str | None] = []
         self.methods: list[str] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/mcp"
-
-    def __enter__(self) -> McpServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        return self.url_of("/mcp")
 
     def _answer(self, message: dict[str, Any]) -> dict[str, Any] | None:
         method = message.get("method", "")
@@ -64,33 +53,21 @@ class McpServer:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         mcp = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 mcp.authorizations.append(self.headers.get("authorization"))
                 raw = self.rfile.read(int(self.headers.get("content-length") or 0))
                 reply = mcp._answer(json.loads(raw))
                 if reply is None:
-                    self._send(202, b"")
+                    self.send_body(202, b"")
                 else:
-                    self._send(200, json.dumps(reply).encode(), "application/json")
+                    self.send_body(200, json.dumps(reply).encode(), "application/json")
 
             def do_GET(self) -> None:
                 mcp.authorizations.append(self.headers.get("authorization"))
-                self._send(405, b"")
+                self.send_body(405, b"")
 
             def do_DELETE(self) -> None:
-                self._send(200, b"")
-
-            def _send(self, status: int, data: bytes, content_type: str = "text/plain") -> None:
-                self.send_response(status)
-                self.send_header("content-type", content_type)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_body(200, b"")
 
         return Handler

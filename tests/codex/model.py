@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from ..support import LoopbackHttp, QuietHandler
 
 Item = dict[str, Any]
 Turn = list[Item] | Callable[[dict[str, Any]], list[Item]]
@@ -69,7 +71,7 @@ def _stream(response_id: str, items: list[Item]) -> bytes:
     return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
 
 
-class ScriptedModel:
+class ScriptedModel(LoopbackHttp):
     """The model server; use as a context manager (it serves on a thread until closed)."""
 
     def __init__(self, turns: list[Turn]) -> None:
@@ -77,23 +79,11 @@ class ScriptedModel:
         self.requests: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     @property
     def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}/v1"
-
-    def __enter__(self) -> ScriptedModel:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        return self.url_of("/v1")
 
     def _respond(self, body: dict[str, Any]) -> bytes:
         with self._lock:
@@ -106,35 +96,23 @@ class ScriptedModel:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         model = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length)
                 if not self.path.endswith("/responses"):
-                    self._reply(404, b"", "text/plain")
+                    self.send_body(404, b"", "text/plain")
                     return
                 try:
                     data = model._respond(json.loads(raw))
                 except Exception as exc:  # a broken script shows in the test, not as a hang
                     model.errors.append(repr(exc))
-                    self._reply(500, repr(exc).encode(), "text/plain")
+                    self.send_body(500, repr(exc).encode(), "text/plain")
                     return
-                self._reply(200, data, "text/event-stream")
+                self.send_body(200, data, "text/event-stream")
 
             def do_GET(self) -> None:
-                self._reply(404, b"", "text/plain")
-
-            def _reply(self, status: int, data: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("content-type", content_type)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_body(404, b"", "text/plain")
 
         return Handler
 

@@ -36,6 +36,15 @@ def read_log(log: Path, replacements: Mapping[str, str]) -> list[dict[str, Any]]
     return records
 
 
+def sent(records: list[dict[str, Any]], method: str) -> list[dict[str, Any]]:
+    """The params of each ``method`` request codex sent, in order."""
+    return [
+        r["message"]["params"]
+        for r in records
+        if r["from"] == "codex" and r["message"].get("method") == method
+    ]
+
+
 def _pump(
     source: IO[bytes], sink: IO[bytes], side: str, log: IO[str], lock: threading.Lock
 ) -> None:

@@ -28,13 +28,6 @@ SKILL = "---\nname: executor-skill\ndescription: Lives only on the executor e2e-
 LISTED = "- executor-skill: Lives only on the executor e2e-v2-marker."
 
 
-@pytest.fixture(params=["reference", "ours"])
-def kind(request: pytest.FixtureRequest) -> ExecutorKind:
-    if request.param == "reference" and os.environ.get("EXEC_SERVER_E2E_REFERENCE", "1") == "0":
-        pytest.skip("EXEC_SERVER_E2E_REFERENCE=0: runs against the reference skipped")
-    return ExecutorKind(request.param, "stdio")
-
-
 def discovery(records: list[dict[str, Any]]) -> list[Any]:
     """Each discoverV2 request codex sent, with the executor's answer."""
     asked = {

@@ -28,19 +28,8 @@ pytestmark = pytest.mark.timeout(240)
 CONTRACT = Path(__file__).parent.parent / "data" / "codex_mcp_reference.jsonl"
 
 
-@pytest.fixture(params=["reference", "ours"])
-def kind(request: pytest.FixtureRequest) -> ExecutorKind:
-    if request.param == "reference" and os.environ.get("EXEC_SERVER_E2E_REFERENCE", "1") == "0":
-        pytest.skip("EXEC_SERVER_E2E_REFERENCE=0: runs against the reference skipped")
-    return ExecutorKind(request.param, "stdio")
-
-
 def header_lists(records: list[dict[str, Any]]) -> list[Any]:
-    return [
-        r["message"]["params"]["headers"]
-        for r in records
-        if r["from"] == "codex" and r["message"].get("method") == "http/request"
-    ]
+    return [params["headers"] for params in relay.sent(records, "http/request")]
 
 
 def test_the_mcp_server_gets_the_executors_token(

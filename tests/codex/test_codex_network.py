@@ -1,17 +1,14 @@
 """codex 0.169's managed network (issue 18) against an executor: the recording of the
 reference is the contract (``recordings/network_proxy_0.169.jsonl``: an unmodified
 `codex exec` with ``features.network_proxy`` and a permissions profile with network domains,
-through :mod:`stdio_recorder`), and the same run against ours must show the same.
+through :mod:`relay`), and the same run against ours must show the same.
 """
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,15 +16,18 @@ from typing import Any
 import msgspec
 import pytest
 
+from exec_server.network.mitm import CA_ENV_KEYS
 from exec_server.protocol import ProcessStartParams
 
+from ..support import python_server
+from ..test_network_proxy import ORIGIN, POLICY_FIELDS
+from . import relay
 from .harness import Executor, ExecutorKind, Workspace, run_turn
-from .model import exec_command
+from .model import Turn, exec_command
 
 pytestmark = pytest.mark.timeout(240)
 
 RECORDING = Path(__file__).with_name("recordings") / "network_proxy_0.169.jsonl"
-RECORDER = Path(__file__).with_name("stdio_recorder.py")
 
 CONFIG_TOP = 'default_permissions = "net"\n'
 CONFIG_TABLES = """
@@ -44,24 +44,45 @@ domains = { "127.0.0.1" = "allow", "denied.test" = "deny" }
 """
 """What the recording was made with (no ``-s``: the profile decides)."""
 
-POLICY_FIELDS = [
-    "processId",
-    "timestamp",
-    "scope",
-    "decision",
-    "source",
-    "reason",
-    "protocol",
-    "host",
-    "port",
-    "method",
-    "client",
-    "policyOverride",
-]
+
+def _executor(
+    codex: Path, workspace: Workspace, impl: str, *, record: bool = True
+) -> tuple[Executor, Path]:
+    """``impl`` (``reference`` or ``ours``) as a stdio executor, skipped for ours where
+    bubblewrap cannot run; with ``record``, behind the recorder writing the returned log."""
+    if impl == "ours":
+        from exec_server.sandbox.bwrap import support
+
+        if not support().usable:
+            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
+    kind = ExecutorKind(impl, "stdio")
+    log = workspace.root / "wire.jsonl"
+    command = kind.command(codex, "stdio")
+    if record:
+        command = relay.recording_command(command, log)
+    return Executor(kind, "mark", stdio_command=command), log
 
 
-def _recording(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _command_output(
+    codex: Path,
+    workspace: Workspace,
+    executor: Executor,
+    command: str,
+    *,
+    top: str = CONFIG_TOP,
+    tables: str = CONFIG_TABLES,
+    later: list[Turn] | None = None,
+    **options: Any,
+) -> str:
+    """What ``command``, codex's first tool call (``c1``), printed, the network profile on
+    (``top``/``tables`` of config.toml; ``later``: the model's next turns); codex must end
+    well."""
+    turns: list[Turn] = [[exec_command("c1", command)], *(later or [])]
+    model, run = run_turn(
+        codex, workspace, executor, turns, sandbox=None, config=(top, tables), **options
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return model.output_of("c1")
 
 
 def _proxied_start(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -91,7 +112,7 @@ EXPECTED_VERDICTS = [
 def test_recorded_contract_decodes_and_matches() -> None:
     """What codex sent the reference decodes as our ProcessStartParams, with the fields this
     server acts on; the audit records have the twelve fields in the reference's order."""
-    rows = _recording(RECORDING)
+    rows = relay.read_log(RECORDING, {})
     start = _proxied_start(rows)
     params = msgspec.convert(start, ProcessStartParams)
     assert params.enforce_managed_network is True and params.managed_network is None
@@ -107,25 +128,10 @@ def test_recorded_contract_decodes_and_matches() -> None:
             assert list(row["message"]["params"]) == POLICY_FIELDS
 
 
-class _Origin(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"hello-origin\n"
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def origin() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Origin)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with python_server(ORIGIN) as port:
+        yield port
 
 
 @pytest.mark.sandbox
@@ -135,55 +141,25 @@ def test_codex_exec_with_managed_network(
 ) -> None:
     """An allowed fetch works, an unlisted host gets the 403 with its JSON body, a denied one
     a 403, a direct connection fails; the executor reports the same three verdicts."""
-    if impl == "ours":
-        from exec_server.sandbox.bwrap import support
-
-        if not support().usable:
-            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
-    kind = ExecutorKind(impl, "stdio")
-    log = workspace.root / "wire.jsonl"
-    recorder = [sys.executable, str(RECORDER), str(log), "--", *kind.command(codex, "stdio")]
-    executor = Executor(kind, "mark", stdio_command=recorder)
+    executor, log = _executor(codex, workspace, impl)
     command = (
         f"curl -s http://127.0.0.1:{origin}/; curl -s -i http://example.test/; echo; "
         "curl -s -o /dev/null -w '%{http_code}' http://denied.test/; echo; "
         f"curl -s -m 5 --noproxy '*' http://127.0.0.1:{origin}/; echo direct=$?"
     )
-    model, run = run_turn(
-        codex,
-        workspace,
-        executor,
-        [[exec_command("c1", command)]],
-        sandbox=None,
-        config=(CONFIG_TOP, CONFIG_TABLES),
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
-    output = model.output_of("c1").replace("\r\n", "\n")
+    output = _command_output(codex, workspace, executor, command).replace("\r\n", "\n")
     assert "Output:\nhello-origin\nHTTP/1.1 403 Forbidden\n" in output, output
     assert "x-proxy-error: blocked-by-allowlist" in output
     body = output.split("\n\n", 1)[1].splitlines()[0]
     assert json.loads(body)["message"] == "Domain not in allowlist."
     assert output.endswith("\n403\ndirect=7\n"), output
-    rows = _recording(log)
+    rows = relay.read_log(log, {})
     assert _verdicts(rows) == EXPECTED_VERDICTS
     start = _proxied_start(rows)
     assert start["enforceManagedNetwork"] is True
 
 
 REAL_GH = "ghp_" + "R3alS3cretT0kenValue" * 2
-CA_VARIABLES = [
-    "BUNDLE_SSL_CA_CERT",
-    "CARGO_HTTP_CAINFO",
-    "CODEX_CA_CERTIFICATE",
-    "CURL_CA_BUNDLE",
-    "GIT_SSL_CAINFO",
-    "NODE_EXTRA_CA_CERTS",
-    "NPM_CONFIG_CAFILE",
-    "PIP_CERT",
-    "REQUESTS_CA_BUNDLE",
-    "SSL_CERT_FILE",
-]
-"""What 0.169 points at its bundle with credential masking (recorded with this test)."""
 
 
 @pytest.mark.sandbox
@@ -191,32 +167,18 @@ CA_VARIABLES = [
 def test_codex_exec_with_credential_masking(codex: Path, workspace: Workspace, impl: str) -> None:
     """`--enable credential_masking`: the command sees a same-shaped dummy of the GH_TOKEN the
     executor inherited, the brokered list and the CA variables, and never the real value."""
-    if impl == "ours":
-        from exec_server.sandbox.bwrap import support
-
-        if not support().usable:
-            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
-    kind = ExecutorKind(impl, "stdio")
-    executor = Executor(kind, "mark", stdio_command=kind.command(codex, "stdio"))
+    executor, _ = _executor(codex, workspace, impl, record=False)
     tables = CONFIG_TABLES.replace(
         "network_proxy = true", "network_proxy = true\ncredential_masking = true"
     )
-    names = "|".join(CA_VARIABLES)
+    names = "|".join(CA_ENV_KEYS)
     command = (
         'echo "gh=$GH_TOKEN"; env | grep -c R3alS3cret; '
         f"env | grep -E '^({names}|CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS)=' | sort"
     )
-    model, run = run_turn(
-        codex,
-        workspace,
-        executor,
-        [[exec_command("c1", command)]],
-        sandbox=None,
-        config=(CONFIG_TOP, tables),
-        extra_env={"GH_TOKEN": REAL_GH},
+    output = _command_output(
+        codex, workspace, executor, command, tables=tables, extra_env={"GH_TOKEN": REAL_GH}
     )
-    assert run.returncode == 0, run.stderr[-4000:]
-    output = model.output_of("c1")
     assert REAL_GH not in output
     lines = output.split("Output:\n", 1)[1].splitlines()
     dummy = lines[0].removeprefix("gh=")
@@ -225,7 +187,7 @@ def test_codex_exec_with_credential_masking(codex: Path, workspace: Workspace, i
     env = dict(line.split("=", 1) for line in lines[2:])
     brokered = json.loads(env.pop("CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS"))
     assert brokered == [["@alias:GH_TOKEN", dummy], ["GH_TOKEN", dummy]]
-    assert sorted(env) == CA_VARIABLES
+    assert sorted(env) == sorted(CA_ENV_KEYS)
     bundles = set(env.values())
     assert len(bundles) == 1 and bundles.pop().endswith(".pem")
 
@@ -273,28 +235,20 @@ def test_codex_answers_the_executors_question(
     executor follows: the fetch works after an allow and is blocked after a deny."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare for a private /etc/codex")
-    if impl == "ours":
-        from exec_server.sandbox.bwrap import support
-
-        if not support().usable:
-            pytest.skip(f"bubblewrap cannot run here: {support().reason}")
-    kind = ExecutorKind(impl, "stdio")
-    log = workspace.root / "wire.jsonl"
-    recorder = [sys.executable, str(RECORDER), str(log), "--", *kind.command(codex, "stdio")]
-    executor = Executor(kind, "mark", stdio_command=recorder)
+    executor, log = _executor(codex, workspace, impl)
     tables = CONFIG_TABLES.replace('"127.0.0.1" = "allow"', '"localhost" = "allow"')
     command = f"curl -s http://localhost:{origin}/; echo; echo curl=$?"
-    model, run = run_turn(
+    output = _command_output(
         codex,
         workspace,
         executor,
-        [[exec_command("c1", command)], [_review_reply(outcome)]],
-        sandbox=None,
-        config=(REVIEW_TOP, tables),
+        command,
+        top=REVIEW_TOP,
+        tables=tables,
+        later=[[_review_reply(outcome)]],
         prefix=_private_etc(workspace),
     )
-    assert run.returncode == 0, run.stderr[-4000:]
-    rows = _recording(log)
+    rows = relay.read_log(log, {})
     asked = [r["message"] for r in rows if r["message"].get("method") == "network/policyRequest"]
     assert asked and asked[0]["params"]["request"] == {
         "protocol": "http",
@@ -306,12 +260,11 @@ def test_codex_answers_the_executors_question(
     answers = [
         r["message"]
         for r in rows
-        if r["from"] == "client"
+        if r["from"] == "codex"
         and r["message"].get("id") == asked[0]["id"]
         and "method" not in r["message"]
     ]
     assert answers and answers[0]["result"]["decision"]["type"] == outcome
-    output = model.output_of("c1")
     verdicts = [
         r["message"]["params"]
         for r in rows

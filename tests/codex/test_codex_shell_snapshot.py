@@ -7,7 +7,6 @@ commands, its variables and functions present each time, on both servers.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,6 @@ from .model import ScriptedModel, Turn, function_call
 pytestmark = pytest.mark.timeout(240)
 
 PROFILE = 'echo ran >> "$HOME/profile-runs"\nexport FOO=from-profile\nf() { echo fn-ok; }\n'
-
-
-@pytest.fixture(params=["reference", "ours"])
-def kind(request: pytest.FixtureRequest) -> ExecutorKind:
-    if request.param == "reference" and os.environ.get("EXEC_SERVER_E2E_REFERENCE", "1") == "0":
-        pytest.skip("EXEC_SERVER_E2E_REFERENCE=0: runs against the reference skipped")
-    return ExecutorKind(request.param, "stdio")
 
 
 def test_the_profile_runs_once_for_three_commands(
@@ -57,10 +49,6 @@ def test_the_profile_runs_once_for_three_commands(
         assert model.output_of(f"c{n}").endswith("from-profile\nfn-ok\n"), model.output_of(f"c{n}")
     assert (executor_home / "profile-runs").read_text().count("ran") == 1
     records = relay.read_log(log, {})
-    sent = [
-        r["message"]["params"]
-        for r in records
-        if r["from"] == "codex" and r["message"].get("method") == "process/start"
-    ]
+    sent = relay.sent(records, "process/start")
     assert len(sent) == 3 and all(p["shellSnapshot"]["shell"]["name"] == "bash" for p in sent)
     assert all(p["argv"][:2] == ["/bin/bash", "-lc"] for p in sent), json.dumps(sent[0])[:500]

@@ -32,13 +32,6 @@ COMPARED = ("fs/walk", "fs/readFile", "fs/canonicalize", "fs/getMetadata")
 VOLATILE = ("createdAtMs", "modifiedAtMs")
 
 
-@pytest.fixture(params=["reference", "ours"])
-def kind(request: pytest.FixtureRequest) -> ExecutorKind:
-    if request.param == "reference" and os.environ.get("EXEC_SERVER_E2E_REFERENCE", "1") == "0":
-        pytest.skip("EXEC_SERVER_E2E_REFERENCE=0: runs against the reference skipped")
-    return ExecutorKind(request.param, "stdio")
-
-
 def exchanges(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Each compared request codex sent (method and params, as JSON) with the answer."""
     requests = {

@@ -12,7 +12,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -213,19 +213,12 @@ class File:
         self._loop.run(self._file.close())
 
 
-class Client:
-    """A connection (see :class:`exec_server.client.Client`)."""
+class _Starts:
+    """``run`` and ``start``, blocking, for a :class:`Client` and a :class:`Pool` alike: each
+    hands the call to its asyncio twin (``_target``) on its loop and wraps the process."""
 
-    def __init__(self, loop: _Loop, client: aio.Client) -> None:
-        self._loop = loop
-        self._client = client
-        self.fs = RemoteFS(loop, client)
-        self.session_id = client.session_id
-        self.environment_info = client.environment_info
-        self.extensions = client.extensions
-
-    def supports(self, extension: str) -> bool:
-        return self._client.supports(extension)
+    _loop: _Loop
+    _target: aio.Client | aio_pool.Pool
 
     def run(
         self,
@@ -239,9 +232,10 @@ class Client:
         tty: bool = False,
         check: bool = False,
     ) -> CompletedProcess:
-        """Run a process to its end (see :meth:`exec_server.client.Client.run`)."""
+        """Run a process to its end (see :meth:`exec_server.client.Client.run`); a pool runs it
+        on the least busy ready executor."""
         return self._loop.run(
-            self._client.run(
+            self._target.run(
                 argv,
                 cwd=cwd,
                 env=env,
@@ -264,13 +258,29 @@ class Client:
         stdin: bool = False,
         size: tuple[int, int] | None = None,
     ) -> Process:
-        """Start a process (see :meth:`exec_server.client.Client.start`)."""
+        """Start a process (see :meth:`exec_server.client.Client.start`); a pool starts it on
+        the least busy ready executor."""
         process = self._loop.run(
-            self._client.start(
+            self._target.start(
                 argv, cwd=cwd, env=env, inherit_env=inherit_env, tty=tty, stdin=stdin, size=size
             )
         )
         return Process(self._loop, process)
+
+
+class Client(_Starts):
+    """A connection (see :class:`exec_server.client.Client`)."""
+
+    def __init__(self, loop: _Loop, client: aio.Client) -> None:
+        self._loop = loop
+        self._client = self._target = client
+        self.fs = RemoteFS(loop, client)
+        self.session_id = client.session_id
+        self.environment_info = client.environment_info
+        self.extensions = client.extensions
+
+    def supports(self, extension: str) -> bool:
+        return self._client.supports(extension)
 
     def create_connection(self, address: tuple[str, int]) -> socket.socket:
         """A TCP connection to ``(host, port)`` made from the server's machine, as a plain
@@ -286,14 +296,21 @@ class Client:
 
 
 @contextmanager
+def _session(loop: _Loop, connector: AbstractAsyncContextManager[aio.Client]) -> Iterator[Client]:
+    """A blocking :class:`Client` for the session ``connector`` opens on ``loop``."""
+    client = loop.run(connector.__aenter__())
+    try:
+        yield Client(loop, client)
+    finally:
+        loop.run(connector.__aexit__(None, None, None))
+
+
+@contextmanager
 def _connected(connector: aio._Connector) -> Iterator[Client]:
     loop = _Loop()
     try:
-        client = loop.run(connector.__aenter__())
-        try:
-            yield Client(loop, client)
-        finally:
-            loop.run(connector.__aexit__(None, None, None))
+        with _session(loop, connector) as client:
+            yield client
     finally:
         loop.stop()
 
@@ -313,58 +330,13 @@ def connect_stdio(argv: Sequence[str], **options: Any) -> Iterator[Client]:
         yield client
 
 
-class Pool:
+class Pool(_Starts):
     """Executors as one, blocking (see :class:`exec_server.client.Pool`):
     ``with Pool(urls, token=...) as pool: pool.run([...])``."""
 
     def __init__(self, targets: str | Sequence[str], **options: Any) -> None:
         self._loop = _Loop()
-        self._pool = aio_pool.Pool(targets, **options)
-
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        cwd: RemotePath | None = None,
-        env: Mapping[str, str] | None = None,
-        inherit_env: bool = True,
-        input: bytes | None = None,
-        timeout: float | None = None,
-        tty: bool = False,
-        check: bool = False,
-    ) -> CompletedProcess:
-        """Run a process to its end on the least busy ready executor."""
-        return self._loop.run(
-            self._pool.run(
-                argv,
-                cwd=cwd,
-                env=env,
-                inherit_env=inherit_env,
-                input=input,
-                timeout=timeout,
-                tty=tty,
-                check=check,
-            )
-        )
-
-    def start(
-        self,
-        argv: Sequence[str],
-        *,
-        cwd: RemotePath | None = None,
-        env: Mapping[str, str] | None = None,
-        inherit_env: bool = True,
-        tty: bool = False,
-        stdin: bool = False,
-        size: tuple[int, int] | None = None,
-    ) -> Process:
-        """Start a process on the least busy ready executor."""
-        process = self._loop.run(
-            self._pool.start(
-                argv, cwd=cwd, env=env, inherit_env=inherit_env, tty=tty, stdin=stdin, size=size
-            )
-        )
-        return Process(self._loop, process)
+        self._pool = self._target = aio_pool.Pool(targets, **options)
 
     def executor_of(self, process: Process) -> str | None:
         """The URL of the executor a process of this pool runs on."""
@@ -373,12 +345,8 @@ class Pool:
     @contextmanager
     def session(self) -> Iterator[Client]:
         """A session of its own on the ready executor with the fewest of the pool's sessions."""
-        connector = self._pool.session()
-        client = self._loop.run(connector.__aenter__())
-        try:
-            yield Client(self._loop, client)
-        finally:
-            self._loop.run(connector.__aexit__(None, None, None))
+        with _session(self._loop, self._pool.session()) as client:
+            yield client
 
     def close(self) -> None:
         """Close every session of the pool, then its thread."""

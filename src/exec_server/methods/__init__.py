@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 
-from ..errors import invalid_params
+from ..errors import invalid_params, invalid_request
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -100,6 +100,17 @@ def method(name: str, params_type: Any, family: str | None) -> Callable[[Handler
         return handler
 
     return register
+
+
+def refuse_when_network_confined(connection: Connection, refused: str) -> None:
+    """-32600 (``"<refused>: this server's confinement (--confine) restricts the network"``)
+    when the operator's confinement keeps processes off the network: the methods that reach
+    out from the server's own process (``http/request``, ``forward/open``) obey it too."""
+    confinement = connection.server.guards.confinement
+    if confinement is not None and not confinement.allows_network:
+        raise invalid_request(
+            f"{refused}: this server's confinement (--confine) restricts the network"
+        )
 
 
 def _load() -> None:

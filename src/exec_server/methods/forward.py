@@ -25,7 +25,7 @@ from ..protocol import (
     base64_decoder,
     base64_encoder,
 )
-from . import method
+from . import method, refuse_when_network_confined
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -126,11 +126,7 @@ def _mapped(name: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
 @method("forward/open", ForwardOpenParams, FORWARD)
 def open_stream(connection: Connection, params: ForwardOpenParams) -> Awaitable[ForwardOpenResult]:
     """Connect to ``host:port`` from here, unless the operator's rules forbid it."""
-    confinement = connection.server.guards.confinement
-    if confinement is not None and not confinement.allows_network:
-        raise invalid_request(
-            "forward/open refused: this server's confinement (--confine) restricts the network"
-        )
+    refuse_when_network_confined(connection, "forward/open refused")
     if params.sandbox is not None:
         from ..sandbox.profile import ProfileError, parse_sandbox
 

@@ -23,7 +23,7 @@ import re
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ..errors import internal_error, invalid_params, invalid_request
+from ..errors import internal_error, invalid_params
 from ..protocol import (
     HttpBodyDelta,
     HttpBodyDeltaNotification,
@@ -33,7 +33,7 @@ from ..protocol import (
     HttpRequestResult,
     encode,
 )
-from . import method
+from . import method, refuse_when_network_confined
 
 if TYPE_CHECKING:
     import ssl
@@ -128,11 +128,7 @@ def _never_lent(connection: Connection) -> tuple[str, ...]:
 @method("http/request", HttpRequestParams, HTTP)
 def http_request(connection: Connection, params: HttpRequestParams) -> Awaitable[HttpRequestResult]:
     """Validate now (-32602), then perform the request; see the module docstring."""
-    confinement = connection.server.guards.confinement
-    if confinement is not None and not confinement.allows_network:
-        raise invalid_request(
-            "http/request is refused: this server's confinement (--confine) restricts the network"
-        )
+    refuse_when_network_confined(connection, "http/request is refused")
     if not _TOKEN.fullmatch(params.method):
         raise invalid_params("http/request method is invalid: invalid HTTP method")
     url = _valid_url(params.url)

@@ -318,9 +318,8 @@ class EgressProxy:
         if not decision.allowed:
             await _send_blocked_json(conn, decision, Protocol.HTTP, host, port)
             return
-        upstream = await pump.connect(decision.addresses, port, CONNECT_TIMEOUT_S)
+        upstream = await _connect_http(conn, decision, host, port)
         if upstream is None:
-            await _send_text(conn, 502, f"cannot connect to {host}:{port}", None)
             return
         with upstream:
             await _forward(event, parser, conn, upstream)
@@ -336,9 +335,8 @@ class EgressProxy:
         if not decision.allowed:
             await _send_text(conn, 403, blocked_message(decision.reason), decision.reason)
             return
-        upstream = await pump.connect(decision.addresses, port, CONNECT_TIMEOUT_S)
+        upstream = await _connect_http(conn, decision, host, port)
         if upstream is None:
-            await _send_text(conn, 502, f"cannot connect to {host}:{port}", None)
             return
         with upstream:
             await pump.send(conn, b"HTTP/1.1 200 OK\r\n\r\n")
@@ -480,6 +478,17 @@ def _address(peer: object) -> str | None:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return None
+
+
+async def _connect_http(
+    conn: socket.socket, decision: Decision, host: str, port: int
+) -> socket.socket | None:
+    """The connection to an allowed HTTP or CONNECT destination, or None once the client has
+    had its 502."""
+    upstream = await pump.connect(decision.addresses, port, CONNECT_TIMEOUT_S)
+    if upstream is None:
+        await _send_text(conn, 502, f"cannot connect to {host}:{port}", None)
+    return upstream
 
 
 async def _send_text(conn: socket.socket, status: int, text: str, reason: str | None) -> None:
