@@ -28,7 +28,22 @@ log = logging.getLogger("exec_server")
 
 DEFAULT_LISTEN = "ws://127.0.0.1:0"
 TOKEN_ENV = "EXEC_SERVER_TOKEN"
-CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get")
+CLIENT_COMMANDS = (
+    "run",
+    "shell",
+    "ls",
+    "stat",
+    "cat",
+    "put",
+    "get",
+    "mkdir",
+    "rm",
+    "ps",
+    "logs",
+    "kill",
+    "completion",
+)
+"""The client's subcommands (client/cli.py), named here so serving never imports it."""
 
 
 class ListenAddress(msgspec.Struct, frozen=True):
@@ -92,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Serve the exec-server JSON-RPC protocol: clients start and control processes "
             "on this machine. Compatible with clients of `codex exec-server`."
-            " Client commands: exec-server {run,shell,ls,cat,put,get} --help."
+            " With no arguments it serves on a free loopback port and writes the URL where "
+            "the client commands on this machine find it. Client commands: "
+            "exec-server {" + ",".join(CLIENT_COMMANDS) + "} --help."
         ),
         epilog=(
             f"Environment: {TOKEN_ENV} holds a bearer token (instead of --auth-token-file); "
@@ -106,12 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--listen",
-        default=DEFAULT_LISTEN,
+        default=None,
         metavar="URL",
         help="ws://IP:PORT (a literal IP; port 0 picks a free one, and the bound URL is "
         "printed as the first line of stdout), wss://IP:PORT (TLS: needs --tls-cert and "
         "--tls-key), unix:///PATH (a Unix socket, mode 0600) or stdio (newline-delimited "
-        f"JSON on stdin/stdout). Default: {DEFAULT_LISTEN}",
+        f"JSON on stdin/stdout). Default: {DEFAULT_LISTEN}, with the URL also written to "
+        "the --url-file",
+    )
+    parser.add_argument(
+        "--url-file",
+        metavar="PATH",
+        help="also write the bound URL (never the token) to PATH, mode 0600, where the client "
+        "commands find it when given no --url. Default without --listen: "
+        "$XDG_RUNTIME_DIR/exec-server/url (or ~/.cache/exec-server/url)",
     )
     _add_security(parser)
     _add_limits(parser)
@@ -452,11 +477,43 @@ class ServeOptions(msgspec.Struct, frozen=True):
     token: str | None
     tls: ssl.SSLContext | None
     prepend_path_dirs: tuple[str, ...] = ()
+    url_file: str | None = None
+    """Where the bound URL is written for the client commands (url_file.py), if anywhere."""
 
 
 def _announce(url: str) -> None:
     sys.stdout.write(url + "\n")
     sys.stdout.flush()
+
+
+_published: dict[str, str] = {}
+"""The URL this process wrote to each --url-file, so that it removes only its own."""
+
+
+def _publish(url: str, options: ServeOptions) -> None:
+    """The URL on stdout; in the --url-file too, with a word on stderr for the person who
+    ran the server (where the client finds it, how to stop)."""
+    _announce(url)
+    if options.url_file is None:
+        return
+    from pathlib import Path
+
+    from .url_file import write_url_file
+
+    try:
+        write_url_file(Path(options.url_file), url)
+        _published[options.url_file] = url
+    except OSError as exc:
+        log.warning("cannot write the URL to %s: %s", options.url_file, exc)
+        return
+    token = " (and its token, as --token-file or $EXEC_SERVER_TOKEN)" if options.token else ""
+    sys.stderr.write(
+        f"exec-server: serving on {url}; the client commands on this machine find it in "
+        f"{options.url_file}{token}.\n"
+        "  In another terminal: exec-server shell | exec-server run -- CMD | "
+        "exec-server --help.  Ctrl-C stops the server.\n"
+    )
+    sys.stderr.flush()
 
 
 async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
@@ -468,12 +525,12 @@ async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
         listener = await serve_unix(
             server, address.path, allowed_origins=options.allowed_origins, token=options.token
         )
-        _announce(f"unix://{address.path}")
+        _publish(f"unix://{address.path}", options)
         return listener
 
     def announce(host: str, port: int) -> None:
         shown = f"[{host}]" if ":" in host else host
-        _announce(f"{address.kind}://{shown}:{port}")
+        _publish(f"{address.kind}://{shown}:{port}", options)
 
     return await serve_websocket(
         server,
@@ -512,11 +569,26 @@ async def serve(options: ServeOptions, keeper: Keeper | None = None) -> None:
             listener.close()
     finally:
         await server.shutdown()
+        _unpublish(options)
+
+
+def _unpublish(options: ServeOptions) -> None:
+    """Remove the --url-file if it still names this server."""
+    if options.url_file is None:
+        return
+    from pathlib import Path
+
+    from .url_file import read_url_file, remove_url_file
+
+    path = Path(options.url_file)
+    url = read_url_file(path)
+    if url is not None and url == _published.get(options.url_file):
+        remove_url_file(path, url)
 
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
     """Check the arguments as a whole; ValueError with a message for the user."""
-    address = parse_listen(args.listen)
+    address = parse_listen(args.listen or DEFAULT_LISTEN)
     token = read_token(args) if address.kind != "stdio" else None
     if not address.is_loopback and token is None and not args.insecure_allow_remote_without_auth:
         raise ValueError(
@@ -534,7 +606,19 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         token=token,
         tls=tls_from_args(args, address),
         prepend_path_dirs=tuple(os.path.abspath(d) for d in args.prepend_path),
+        url_file=_url_file(args, address),
     )
+
+
+def _url_file(args: argparse.Namespace, address: ListenAddress) -> str | None:
+    """--url-file, or the default one when no --listen was given (a person's `make run`)."""
+    if args.url_file is not None:
+        return str(os.path.abspath(args.url_file))
+    if args.listen is not None or address.kind == "stdio":
+        return None
+    from .url_file import default_url_file
+
+    return str(default_url_file())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -543,6 +627,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .client.cli import main as client_main
 
         return client_main(argv)
+    if argv and not argv[0].startswith("-") and argv[0] != "serve":
+        from .client.cli import suggest
+
+        sys.stderr.write(f"exec-server: {suggest(argv[0], ['serve', *CLIENT_COMMANDS])}\n")
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv[1:] if argv[:1] == ["serve"] else argv)
     try:

@@ -15,6 +15,7 @@ This package does not import the server.
 from .client import Client, State, connect, connect_stdio
 from .errors import (
     AuthenticationFailed,
+    BadWorkingDirectory,
     ConnectionFailed,
     ConnectionLost,
     ExecServerError,
@@ -23,6 +24,8 @@ from .errors import (
     ProcessError,
     ProcessLost,
     ProcessTimeout,
+    ProgramNotExecutable,
+    ProgramNotFound,
     RemoteFileExists,
     RemoteFileNotFound,
     RpcError,
@@ -33,6 +36,7 @@ from .process import Closed, CompletedProcess, Event, Exited, Output, Process, P
 
 __all__ = [
     "AuthenticationFailed",
+    "BadWorkingDirectory",
     "Client",
     "Closed",
     "CompletedProcess",
@@ -51,6 +55,8 @@ __all__ = [
     "ProcessLost",
     "ProcessStream",
     "ProcessTimeout",
+    "ProgramNotExecutable",
+    "ProgramNotFound",
     "RemoteFS",
     "RemoteFile",
     "RemoteFileExists",

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import subprocess
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, unix_connect
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
@@ -47,23 +48,33 @@ class WebSocketTransport:
         self._ws = ws
 
     @classmethod
-    async def open(cls, url: str, token: str | None, timeout: float) -> WebSocketTransport:
-        """Connect, or raise :class:`ConnectionFailed` / :class:`AuthenticationFailed`."""
+    async def open(
+        cls, url: str, token: str | None, timeout: float, ca_file: str | None = None
+    ) -> WebSocketTransport:
+        """Connect to ``ws://``, ``wss://`` (verified against ``ca_file`` if given, else the
+        system's CAs) or ``unix:///PATH``; or raise :class:`ConnectionFailed` /
+        :class:`AuthenticationFailed`."""
         headers = {"Authorization": f"Bearer {token}"} if token is not None else None
+        options: dict[str, Any] = {
+            "additional_headers": headers,
+            "compression": None,
+            "max_size": None,
+            "open_timeout": timeout,
+            "user_agent_header": None,
+        }
         try:
-            ws = await ws_connect(
-                url,
-                additional_headers=headers,
-                compression=None,
-                max_size=None,
-                open_timeout=timeout,
-                user_agent_header=None,
-            )
+            if url.startswith("wss://") and ca_file is not None:
+                options["ssl"] = _tls_context(ca_file)
+            if url.startswith("unix://"):
+                ws = await unix_connect(url.removeprefix("unix://"), "ws://localhost/", **options)
+            else:
+                ws = await ws_connect(url, **options)
         except InvalidStatus as exc:
             raise _refused(url, exc.response.status_code, token is not None) from None
         except InvalidURI:
             raise ConnectionFailed(
-                f"`{url}` is not a WebSocket URL; expected ws://HOST:PORT or wss://HOST:PORT"
+                f"`{url}` is not a WebSocket URL; expected ws://HOST:PORT, wss://HOST:PORT "
+                "or unix:///PATH"
             ) from None
         except (OSError, InvalidHandshake, TimeoutError, EOFError) as exc:
             raise ConnectionFailed(f"cannot connect to {url}: {_reason(exc)}") from None
@@ -99,7 +110,23 @@ def _refused(url: str, status: int, sent_token: bool) -> ConnectionFailed:
     return ConnectionFailed(f"{url} did not accept a WebSocket connection (HTTP {status})")
 
 
+def _tls_context(ca_file: str) -> ssl.SSLContext:
+    """Verify the server against the CA certificates in ``ca_file`` (PEM)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        context.load_verify_locations(ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionFailed(f"cannot use the CA file {ca_file}: {_reason(exc)}") from None
+    return context
+
+
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the server's certificate is not trusted ({exc.verify_message}); give --ca-file"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc} (is it a wss:// server?)"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the server running?)"
     if isinstance(exc, TimeoutError):

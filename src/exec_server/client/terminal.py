@@ -73,6 +73,47 @@ class LocalInput:
                 return b""
 
 
+ESCAPE_CHAR = ord("~")
+LEAVE_CHAR = ord(".")
+_LINE_ENDS = (ord("\r"), ord("\n"))
+
+
+class EscapeScanner:
+    """Finds ssh's escape in typed input: ``~.`` right after a line end (or as the first
+    thing typed) means leave; ``~~`` there sends one ``~``; ``~`` before anything else is
+    sent as typed. A ``~`` that ends one read waits for the next."""
+
+    def __init__(self) -> None:
+        self._line_start = True
+        self._held = False  # a `~` at a line start, not yet sent
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """The bytes to send on, and whether ``~.`` was typed (the bytes before it only)."""
+        out = bytearray()
+        for byte in data:
+            if self._held:
+                self._held = False
+                if byte == LEAVE_CHAR:
+                    return bytes(out), True
+                out.append(ESCAPE_CHAR)
+                if byte == ESCAPE_CHAR:
+                    self._line_start = False
+                    continue
+            elif self._line_start and byte == ESCAPE_CHAR:
+                self._held = True
+                continue
+            out.append(byte)
+            self._line_start = byte in _LINE_ENDS
+        return bytes(out), False
+
+
+def discard_typed(fd: int) -> None:
+    """Drop input typed at the terminal but not yet read, so that it does not reach the
+    local shell once we exit."""
+    with contextlib.suppress(OSError):
+        termios.tcflush(fd, termios.TCIFLUSH)
+
+
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -15,6 +16,8 @@ from ..protocol import (
     SandboxInfo,
 )
 from . import method
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -45,6 +48,13 @@ def initialize(connection: Connection, params: InitializeParams) -> InitializeRe
     else:
         session = sessions.create(connection)
     connection.attach(session)
+    log.info(
+        "%s: session %s %s (client %r)",
+        connection.transport.description,
+        session.id,
+        "resumed" if params.resume_session_id is not None else "created",
+        params.client_name,
+    )
     return InitializeResult(session.id, connection.server.environment_info, EXTENSIONS)
 
 

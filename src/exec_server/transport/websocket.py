@@ -268,7 +268,9 @@ class WebSocketTransport(asyncio.Protocol):
                 response.headers[name] = value
         ws.send_response(response)
         if response.status_code != 101:
+            log.info("%s: refused (HTTP %d)", self.description, response.status_code)
             return
+        log.info("%s: accepted", self.description)
         self._reader = FrameReader(self._server.limits.max_message_bytes)
         if self._timer is not None:
             self._timer.cancel()
