@@ -77,7 +77,10 @@ class WebSocketTransport:
                 "or unix:///PATH"
             ) from None
         except (OSError, InvalidHandshake, TimeoutError, EOFError) as exc:
-            raise ConnectionFailed(f"cannot connect to {url}: {_reason(exc)}") from None
+            reason = _reason(exc)
+            if url.startswith("wss://") and isinstance(exc, ConnectionResetError | EOFError):
+                reason = "the server dropped the TLS handshake (is it ws://, not wss://?)"
+            raise ConnectionFailed(f"cannot connect to {url}: {reason}") from None
         return cls(ws)
 
     async def send(self, message: bytes) -> None:
