@@ -498,7 +498,7 @@ def _publish(url: str, options: ServeOptions) -> None:
         return
     from pathlib import Path
 
-    from .url_file import write_url_file
+    from .client.url_file import write_url_file
 
     try:
         write_url_file(Path(options.url_file), url)
@@ -578,7 +578,7 @@ def _unpublish(options: ServeOptions) -> None:
         return
     from pathlib import Path
 
-    from .url_file import read_url_file, remove_url_file
+    from .client.url_file import read_url_file, remove_url_file
 
     path = Path(options.url_file)
     url = read_url_file(path)
@@ -616,7 +616,7 @@ def _url_file(args: argparse.Namespace, address: ListenAddress) -> str | None:
         return str(os.path.abspath(args.url_file))
     if args.listen is not None or address.kind == "stdio":
         return None
-    from .url_file import default_url_file
+    from .client.url_file import default_url_file
 
     return str(default_url_file())
 

@@ -25,7 +25,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..url_file import default_url_file, read_url_file, write_url_file
+from .url_file import default_url_file, read_url_file, write_url_file
 
 
 class ConfigError(Exception):
