@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test lint typecheck check bench clean sandbox
+BINDIR ?= $(HOME)/.local/bin
+
+.PHONY: run test lint typecheck check bench clean sandbox install
 
 $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +32,15 @@ sandbox:
 	  fi; }
 
 run: $(STAMP) sandbox
-	$(BIN)/exec-server $(ARGS)
+	@$(BIN)/exec-server $(ARGS)
+
+# `exec-server` on PATH for this user: a link to .venv/bin/exec-server in $(BINDIR).
+install: $(STAMP)
+	@mkdir -p $(BINDIR)
+	@ln -sfn $(CURDIR)/$(BIN)/exec-server $(BINDIR)/exec-server
+	@echo "installed $(BINDIR)/exec-server -> $(CURDIR)/$(BIN)/exec-server"
+	@case ":$$PATH:" in *":$(BINDIR):"*) ;; *) \
+	  echo "$(BINDIR) is not on your PATH; add it, e.g.: echo 'export PATH=\"$(BINDIR):\$$PATH\"' >> ~/.profile" ;; esac
 
 test: $(STAMP) sandbox
 	$(BIN)/python -m pytest $(ARGS)

@@ -342,3 +342,21 @@ def test_profiles_name_servers(url: str, home: dict[str, str], tmp_path: Path) -
     assert by_env.returncode == 255 and b"ws://127.0.0.1:9" in by_env.stderr
     unknown = cli("ls", "--server", "elsewhere", url=None, extra_env=env)
     assert unknown.returncode == 2 and b"no server named `elsewhere`" in unknown.stderr
+
+
+def test_make_install_puts_the_command_on_path(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "install", f"BINDIR={bindir}"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (bindir / "exec-server").resolve() == (
+        Path(REPO) / ".venv" / "bin" / "exec-server"
+    ).resolve()
+    assert f"{bindir} is not on your PATH" in done.stdout
+    helped = subprocess.run(
+        [bindir / "exec-server", "run", "--help"], capture_output=True, timeout=30
+    )
+    assert helped.returncode == 0 and b"examples:" in helped.stdout

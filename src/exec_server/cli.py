@@ -506,14 +506,29 @@ def _publish(url: str, options: ServeOptions) -> None:
     except OSError as exc:
         log.warning("cannot write the URL to %s: %s", options.url_file, exc)
         return
-    token = " (and its token, as --token-file or $EXEC_SERVER_TOKEN)" if options.token else ""
+    token = " with its token (--token-file)" if options.token else ""
+    program, hint = _client_program()
     sys.stderr.write(
-        f"exec-server: serving on {url}; the client commands on this machine find it in "
-        f"{options.url_file}{token}.\n"
-        "  In another terminal: exec-server shell | exec-server run -- CMD | "
-        "exec-server --help.  Ctrl-C stops the server.\n"
+        f"exec-server: serving on {url} (written to {options.url_file}, where the client "
+        "commands on this machine look for it)\n"
+        f"  in another terminal: {program} shell{token}    or: {program} --help{hint}\n"
+        "  Ctrl-C stops the server\n"
     )
     sys.stderr.flush()
+
+
+def _client_program() -> tuple[str, str]:
+    """How the person who started us runs the client: ``exec-server`` when that is us on
+    PATH, else our full path, with the hint that ``make install`` puts it on PATH."""
+    import shutil
+
+    ours = os.path.join(os.path.dirname(sys.executable), "exec-server")
+    found = shutil.which("exec-server")
+    if found is not None and os.path.realpath(found) == os.path.realpath(ours):
+        return "exec-server", ""
+    if not os.path.exists(ours):
+        return "exec-server", ""
+    return ours, "\n  (`make install` puts exec-server on your PATH)"
 
 
 async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
