@@ -360,3 +360,15 @@ def test_make_install_puts_the_command_on_path(tmp_path: Path) -> None:
         [bindir / "exec-server", "run", "--help"], capture_output=True, timeout=30
     )
     assert helped.returncode == 0 and b"examples:" in helped.stdout
+
+
+@pytest.mark.parametrize("kind", ["ours-subprocess", "ref-0.169"])
+def test_start_failures_are_told_apart_on_every_server(kind: str, tmp_path: Path) -> None:
+    """The reference names no path in its message: the working directory is looked at."""
+    with server_process(kind) as server_url:
+        missing = cli("run", "-w", str(tmp_path / "gone"), "--", "true", url=server_url)
+        assert missing.returncode == 126
+        assert b"--cwd " in missing.stderr and b"No such file or directory" in missing.stderr
+        absent = cli("run", "-w", str(tmp_path), "--", "no-such-program-here", url=server_url)
+        assert absent.returncode == 127
+        assert absent.stderr.endswith(b"no-such-program-here: command not found on the server\n")

@@ -31,12 +31,14 @@ from ._transport import Transport as _Transport
 from .errors import (
     METHOD_NOT_FOUND,
     AuthenticationFailed,
+    BadWorkingDirectory,
     ConnectionFailed,
     ConnectionLost,
     ExecServerError,
     NotSupported,
     ProcessLost,
     ProcessTimeout,
+    ProgramNotFound,
     RpcError,
     StdinClosed,
     rpc_error,
@@ -656,13 +658,25 @@ class Client:
                     "process/start", params, subject=argv[0], done_if="already exists"
                 )
             except RpcError as exc:
-                raise start_error(exc, argv[0], _from_file_uri(params["cwd"])) from None
+                raise await self._start_error(exc, argv[0], cwd) from None
         except BaseException as exc:
             self._processes.pop(process_id, None)
             process._fail(exc if isinstance(exc, ExecServerError) else ConnectionLost(str(exc)))
             raise
         process._started.set_result(None)
         return process
+
+    async def _start_error(self, error: RpcError, program: str, cwd: RemotePath | None) -> RpcError:
+        """The typed error for a failed start; when the server did not say which path was
+        missing (the reference), the working directory asked for is looked at."""
+        wire_cwd = self._wire_cwd(cwd)
+        typed = start_error(error, program, _from_file_uri(wire_cwd))
+        if isinstance(typed, ProgramNotFound) and cwd is not None and ": " not in error.message:
+            with contextlib.suppress(ExecServerError, ValueError):
+                if not await self.fs.is_dir(cwd):
+                    where = str(self._remote_path(cwd))
+                    return BadWorkingDirectory(error.method, error.code, error.message, where)
+        return typed
 
     async def run(
         self,

@@ -141,6 +141,8 @@ def start_error(error: RpcError, program: str, cwd: str | None) -> RpcError:
     message = error.message
     named = message.rpartition(": ")[2] if ": " in message else None
     about_cwd = cwd is not None and named is not None and named == cwd and named != program
+    if cwd is not None and named is None and any(mark in message for mark in _NOT_A_DIRECTORY):
+        about_cwd = True  # the reference names no path; a program path rarely runs into it
     if about_cwd and any(mark in message for mark in _MISSING + _NOT_A_DIRECTORY):
         return BadWorkingDirectory(error.method, error.code, message, cwd)
     if about_cwd:
