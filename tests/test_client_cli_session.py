@@ -276,3 +276,23 @@ def test_run_stdin_follows_docker_from_a_terminal(server: KillableServer) -> Non
     child.expect_exact("got:abc:")
     finish(child)
     assert child.exitstatus == 0
+
+
+def test_a_slow_copy_shows_progress_on_a_terminal_only(
+    server: KillableServer, tmp_path: Path
+) -> None:
+    """The second block comes more than a second after the copy began: a terminal gets a progress line
+    (erased at the end); a pipe gets nothing."""
+    target = tmp_path / "copied"
+    feed = "(echo first; sleep 2.5; echo second)"
+    put = shlex.join([*CLI, "put", "--url", server.url, "-", str(target)])
+    child = spawn_in_terminal(f"{feed} | {put}; echo code:$?")
+    child.expect(r"\r\x1b\[K\S*copied  \d+ B  [\d.]+ B/s")
+    child.expect_exact("\r\x1b[K")  # erased once done
+    child.expect_exact("code:0")
+    finish(child)
+    assert target.read_bytes() == b"first\nsecond\n"
+    piped = subprocess.run(
+        ["sh", "-c", f"{feed} | {put}"], capture_output=True, cwd=REPO, timeout=60
+    )
+    assert (piped.returncode, piped.stderr) == (0, b"")

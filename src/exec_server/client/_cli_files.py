@@ -364,4 +364,8 @@ def _local_sink(path: str) -> Iterator[BinaryIO]:
 
 
 async def _read_local(source: BinaryIO) -> bytes:
-    return await asyncio.get_running_loop().run_in_executor(None, source.read, FILE_BLOCK)
+    """The next block, or what has come so far from a pipe (which a full read would wait
+    on until the block is full): each goes on at once."""
+    read = getattr(source, "read1", source.read)
+    data: bytes = await asyncio.get_running_loop().run_in_executor(None, read, FILE_BLOCK)
+    return data
