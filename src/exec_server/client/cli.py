@@ -51,9 +51,6 @@ Adder = Callable[
     ["argparse._SubParsersAction[argparse.ArgumentParser]", argparse.ArgumentParser], None
 ]
 
-# Kept for callers of the earlier module.
-CLIENT_ERROR = TRANSPORT_FAILED
-
 
 # ---- the parser ---------------------------------------------------------------------------
 
