@@ -140,18 +140,25 @@ def test_bare_exec_server_serves_and_tells_where(home: dict[str, str]) -> None:
 
 def test_the_server_logs_each_connection_at_info(tmp_path: Path) -> None:
     server = serve(
-        "--listen", "ws://127.0.0.1:0", "--log-level", "INFO", env={}, stderr=subprocess.PIPE
+        "--listen",
+        "ws://127.0.0.1:0",
+        "--log-level",
+        "INFO",
+        env={"EXEC_SERVER_TOKEN": "right"},
+        stderr=subprocess.PIPE,
     )
     try:
         assert server.stdout is not None
         url = server.stdout.readline().decode().strip()
-        assert cli("ls", "/", url=url).returncode == 0
-        assert cli("ls", "/", url=url, extra_env={"EXEC_SERVER_TOKEN": "x"}).returncode == 0
+        assert cli("ls", "/", url=url, extra_env={"EXEC_SERVER_TOKEN": "right"}).returncode == 0
+        assert cli("ls", "/", url=url, extra_env={"EXEC_SERVER_TOKEN": "wrong"}).returncode == 255
     finally:
         stop(server)
     assert server.stderr is not None
     log = server.stderr.read().decode()
     assert "websocket 127.0.0.1:" in log and ": accepted" in log
+    assert ": refused (HTTP 401)" in log
+    assert "right" not in log and "wrong" not in log  # tokens are never logged
     assert "session " in log and " created (client 'exec-server-cli')" in log
     assert "closed; session " in log
 
