@@ -53,6 +53,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("rss_idle_mib", "server RSS, idle children", "MiB", False, 1.0),
     Metric("startup_reply_ms", "start to initialize reply", "ms", False, None, 100.0),
     Metric("startup_exit_ms", "start to exit", "ms"),
+    Metric("cli_pty_mibs", "CLI run -t, PTY output", "MiB/s"),
+    Metric("cli_pty_vs_local", "CLI run -t / local PTY", "x"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 
