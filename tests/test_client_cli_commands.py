@@ -109,14 +109,22 @@ def test_a_typo_names_the_closest_command() -> None:
 
 
 def test_every_command_has_a_description_and_an_example() -> None:
+    import argparse
+
     from exec_server.cli import CLIENT_COMMANDS
-    from exec_server.client.cli import command_names
+    from exec_server.client.cli import build_parser, command_names
 
     assert list(CLIENT_COMMANDS) == command_names()  # the server knows them all
-    for name in command_names():
-        shown = subprocess.run([*CLI, name, "--help"], capture_output=True, cwd=REPO, timeout=30)
-        assert shown.returncode == 0
-        assert b"examples:\n  exec-server " in shown.stdout, name
+    subcommands = next(
+        action
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    for name, parser in subcommands.choices.items():
+        assert parser.description, name
+        assert "examples:\n  exec-server " in parser.format_help(), name
+    shown = subprocess.run([*CLI, "put", "--help"], capture_output=True, cwd=REPO, timeout=30)
+    assert shown.returncode == 0 and b"exec-server put -rp ./site /srv/www" in shown.stdout
 
 
 def test_bare_exec_server_serves_and_tells_where(home: dict[str, str]) -> None:
