@@ -160,7 +160,8 @@ class _RetryNotice:
             self.clear(resumed=state is State.OPEN)
 
     async def _count_down(self, reason: str) -> None:
-        self._write(self.newline)
+        if self.in_place:
+            self._write(self.newline)  # off the line the program was writing
         while True:
             self._write(self._line(reason))
             self.shown = True
