@@ -104,6 +104,10 @@ def parse_listen(url: str) -> ListenAddress:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="exec-server",
+        usage="exec-server [serve] [OPTIONS]      serve (the options are below)\n"
+        "       exec-server COMMAND [ARGS...]     use a server; COMMAND is one of "
+        + ", ".join(CLIENT_COMMANDS)
+        + " (exec-server COMMAND --help)",
         description=(
             "Serve the exec-server JSON-RPC protocol: clients start and control processes "
             "on this machine. Compatible with clients of `codex exec-server`."
@@ -642,6 +646,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .client.cli import main as client_main
 
         return client_main(argv)
+    if argv[:1] == ["help"]:
+        argv = ["--help"]
     if argv and not argv[0].startswith("-") and argv[0] != "serve":
         from .client.cli import suggest
 
