@@ -387,3 +387,23 @@ def test_start_failures_are_told_apart_on_every_server(kind: str, tmp_path: Path
         absent = cli("run", "-w", str(tmp_path), "--", "no-such-program-here", url=server_url)
         assert absent.returncode == 127
         assert absent.stderr.endswith(b"no-such-program-here: command not found on the server\n")
+
+
+def test_a_busy_detached_session_is_said_plainly(url: str, home: dict[str, str]) -> None:
+    started = cli("run", "-d", "--", "sleep", "60", url=url, extra_env=home)
+    process_id = started.stdout.decode().strip()
+    env = {**os.environ, **home, "EXEC_SERVER_URL": url}
+    follower = subprocess.Popen(
+        [*CLI, "logs", "-f", process_id], env=env, cwd=REPO, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while (busy := cli("ps", url=url, extra_env=home)).returncode == 0:
+            assert time.monotonic() < deadline  # until `logs -f` holds the session
+            time.sleep(0.1)
+        assert busy.returncode == 1
+        assert b"the detached session is in use by another exec-server command" in busy.stderr
+    finally:
+        follower.terminate()
+        follower.wait()
+    assert cli("kill", "-s", "KILL", process_id, url=url, extra_env=home).returncode == 0

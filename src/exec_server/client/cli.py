@@ -508,24 +508,38 @@ async def _connected(args: argparse.Namespace, target: Target) -> int:
         ca_file=target.ca_file,
         resume_session=saved_session(target.url) if detached else None,
     )
-    async with connector as client:
-        if not detached:
-            handler: Handler = args.handler
-            return await handler(client, args)
-        try:
-            if args.command == "run":
-                return await _cli_procs.run_detached(client, args.argv, args.cwd, args.env)
-            if not client.resumed:
-                raise Leave(
-                    LOCAL_ERROR,
-                    "no detached session on this server (none started with `run -d`, or the "
-                    "server ended it after its --detach-grace)",
-                )
-            code: int = await args.handler(client, args)
-            return code
-        finally:
-            save_session(target.url, client.session_id)
-            await client.detach()
+    try:
+        async with connector as client:
+            if not detached:
+                handler: Handler = args.handler
+                return await handler(client, args)
+            return await _in_detached_session(client, args, target.url)
+    except RpcError as exc:
+        if exc.method == "initialize" and "already attached" in exc.message:
+            raise Leave(
+                LOCAL_ERROR,
+                "the detached session is in use by another exec-server command (a `logs -f`?); "
+                "try again once it ends",
+            ) from None
+        raise
+
+
+async def _in_detached_session(client: Client, args: argparse.Namespace, url: str) -> int:
+    """``run -d``, ``ps``, ``logs``, ``kill``: in the session they share, left running."""
+    try:
+        if args.command == "run":
+            return await _cli_procs.run_detached(client, args.argv, args.cwd, args.env)
+        if not client.resumed:
+            raise Leave(
+                LOCAL_ERROR,
+                "no detached session on this server (none started with `run -d`, or the "
+                "server ended it after its --detach-grace)",
+            )
+        code: int = await args.handler(client, args)
+        return code
+    finally:
+        save_session(url, client.session_id)
+        await client.detach()
 
 
 async def _run(client: Client, args: argparse.Namespace) -> int:
