@@ -76,7 +76,8 @@ async def attach(
     timeout: float | None = None,
 ) -> int:
     """Start ``argv`` and connect our stdin, stdout and stderr to it until it closes;
-    returns its exit code (124 if ``timeout`` ended it)."""
+    returns its exit code. Raises :class:`Leave` when it ends otherwise (124: ``timeout``
+    seconds passed and it was killed; 255: ``~.``, or Ctrl-C while reconnecting)."""
     env = dict(env)
     if how.tty and "TERM" in os.environ:
         env.setdefault("TERM", os.environ["TERM"])
