@@ -12,7 +12,8 @@ BINDIR ?= $(HOME)/.local/bin
 $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# setuptools calls `ext-modules` in pyproject.toml experimental at every build: not the user's to act on.
+	PYTHONWARNINGS='ignore:`[tool.setuptools.ext-modules]`' $(BIN)/python -m pip install --quiet -e '.[dev]'
 	@# Bytecode now, so a server started per session (stdio) does not compile its modules
 	@# each time where PYTHONDONTWRITEBYTECODE is set.
 	$(BIN)/python -m compileall -q src >/dev/null
