@@ -137,6 +137,8 @@ def test_tilde_dot_leaves_a_live_session(server: KillableServer, tmp_path: Path)
     child.send("~~x\r")  # at a line start, ~~ sends one ~
     child.expect_exact("~x: not found")
     child.expect_exact("$ ")
+    child.send("~?")
+    child.expect_exact("[escapes, after Enter: ~. leave; ~? this help; ~~ type one ~]")
     child.send("~.")
     rest = finish(child)
     assert child.exitstatus == 255
@@ -157,10 +159,12 @@ def test_ctrl_c_while_reconnecting_ends_run_without_a_terminal(server: KillableS
 
 
 def test_escape_scanner() -> None:
-    scanner = EscapeScanner()
+    helped: list[bool] = []
+    scanner = EscapeScanner(lambda: helped.append(True))
     assert scanner.feed(b"~") == (b"", False)  # held: it may start ~.
     assert scanner.feed(b"~a~.b\r~") == (b"~a~.b\r", False)
-    assert scanner.feed(b"x\n~") == (b"~x\n", False)
+    assert scanner.feed(b"x\n~?~") == (b"~x\n", False)
+    assert helped == [True]
     assert scanner.feed(b".ignored") == (b"", True)
 
 

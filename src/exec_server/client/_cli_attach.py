@@ -32,7 +32,7 @@ from .errors import (
     StdinClosed,
 )
 from .process import Output, Process
-from .terminal import EscapeScanner, LocalInput, discard_typed, raw_mode, window_size
+from .terminal import ESCAPE_HELP, EscapeScanner, LocalInput, discard_typed, raw_mode, window_size
 
 CTRL_C = 0x03
 INPUT_QUEUE_CHUNKS = 16
@@ -288,7 +288,7 @@ class _Session:
     async def _read_stdin(self, stdin: _LocalStdin, queue: asyncio.Queue[bytes | None]) -> None:
         """Read our stdin as it comes, whatever the connection does, watching typed input
         for ``~.`` and (while reconnecting) Ctrl-C."""
-        escapes = EscapeScanner() if os.isatty(0) else None
+        escapes = EscapeScanner(self._escape_help) if os.isatty(0) else None
         async for data in stdin.chunks():
             if escapes is not None:
                 data, leave = escapes.feed(data)
@@ -301,6 +301,10 @@ class _Session:
             if data:
                 await queue.put(data)
         await queue.put(None)
+
+    def _escape_help(self) -> None:
+        sys.stderr.write(f"[{ESCAPE_HELP}]{chr(13) if self.raw else ''}\n")
+        sys.stderr.flush()
 
     async def _write_stdin(self, queue: asyncio.Queue[bytes | None], closes: bool) -> None:
         """Send what was read, in order, joining what piled up while a write was waiting."""
