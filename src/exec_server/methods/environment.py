@@ -35,7 +35,7 @@ EXTENSIONS: dict[str, bool] = {
     "terminatedBy": True,  # `terminatedBy` and `signal` on process/exited
 }
 """Ours, beyond the reference: one flag per protocol extension, in ``initialize``'s answer
-where reference clients ignore it (the README's protocol section describes each)."""
+where reference clients ignore it (docs/protocol.md describes each)."""
 
 
 @method("initialize", InitializeParams, None)
