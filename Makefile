@@ -5,12 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: run test test-shells netns-tools test-tools lint typecheck check bench bench-forward openssh clean sandbox image seccomp-profile
+BINDIR ?= $(HOME)/.local/bin
+
+.PHONY: run install test test-shells netns-tools test-tools lint typecheck check bench bench-forward openssh clean sandbox image seccomp-profile
 
 $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# setuptools calls `ext-modules` in pyproject.toml experimental at every build: not the user's to act on.
+	PYTHONWARNINGS='ignore:`[tool.setuptools.ext-modules]`' $(BIN)/python -m pip install --quiet -e '.[dev]'
 	@# Bytecode now, so a server started per session (stdio) does not compile its modules
 	@# each time where PYTHONDONTWRITEBYTECODE is set.
 	$(BIN)/python -m compileall -q src >/dev/null
@@ -64,7 +67,15 @@ test-tools:
 	  fi; }
 
 run: $(STAMP) sandbox
-	$(BIN)/exec-server $(ARGS)
+	@$(BIN)/exec-server $(ARGS)
+
+# `exec-server` on PATH for this user: a link to .venv/bin/exec-server in $(BINDIR).
+install: $(STAMP)
+	@mkdir -p $(BINDIR)
+	@ln -sfn $(CURDIR)/$(BIN)/exec-server $(BINDIR)/exec-server
+	@echo "installed $(BINDIR)/exec-server -> $(CURDIR)/$(BIN)/exec-server"
+	@case ":$$PATH:" in *":$(BINDIR):"*) ;; *) \
+	  echo "$(BINDIR) is not on your PATH; add it, e.g.: echo 'export PATH=\"$(BINDIR):\$$PATH\"' >> ~/.profile" ;; esac
 
 test: $(STAMP) sandbox test-shells netns-tools test-tools
 	$(BIN)/python -m pytest $(ARGS)

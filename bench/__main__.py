@@ -171,6 +171,8 @@ async def run(args: argparse.Namespace) -> int:
             for transport in args.transports:
                 if name in workloads.SPEC_WORKLOADS and transport != "stdio":
                     continue
+                if name in workloads.WS_ONLY and transport != "ws":
+                    continue
                 for spec in specs:
                     if (spec.name, transport) in broken:
                         continue

@@ -63,6 +63,8 @@ METRICS: tuple[Metric, ...] = (
     # Issue 18's goal: at least the reference's throughput, latency within 1 ms of it.
     Metric("proxy_fetch_mibs", "HTTP fetch through the proxy", "MiB/s", True, 1.0),
     Metric("proxy_added_latency_ms", "latency the proxy adds", "ms"),
+    Metric("cli_pty_mibs", "CLI run -t, PTY output", "MiB/s"),
+    Metric("cli_pty_vs_local", "CLI run -t / local PTY", "x"),
 )
 METRIC_BY_KEY = {m.key: m for m in METRICS}
 

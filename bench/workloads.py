@@ -389,6 +389,37 @@ async def proxy(server: RunningServer, sizes: Sizes) -> Metrics:
     return await proxy_fetch(server, sizes.proxy_n, sizes.proxy_bytes)
 
 
+# -- the CLI's PTY output (issue 20 item 13) -----------------------------------------------
+
+
+async def cli_pty(server: RunningServer, sizes: Sizes) -> Metrics:
+    """Our ``exec-server run -t`` printing a PTY stream (a quarter of ``stream_bytes``) to
+    /dev/null through this server, and, in the same minute, a bare reader of a local PTY
+    running the same command: the CLI's rate, and its ratio to the local one."""
+    if not server.url:
+        raise RuntimeError("the CLI reaches WebSocket servers only")
+    from bench.cli_pty import local_pty  # the CLI bench's local reader
+
+    argv = ["head", "-c", str(sizes.stream_bytes // 4), "/dev/zero"]
+    local_s = await asyncio.to_thread(local_pty, argv)
+    cli = [sys.executable, "-m", "exec_server", "run", "-t", "--url", server.url, "--", *argv]
+    t0 = time.perf_counter()
+    child = await asyncio.create_subprocess_exec(
+        *cli,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await child.communicate()
+    elapsed = time.perf_counter() - t0
+    if child.returncode != 0:
+        raise RuntimeError(f"exec-server run -t failed: {err.decode(errors='replace')[-300:]}")
+    return {
+        "cli_pty_mibs": sizes.stream_bytes / 4 / MiB / elapsed,
+        "cli_pty_vs_local": local_s / elapsed,
+    }
+
+
 WORKLOADS: dict[str, Workload] = {
     "spawn": spawn,
     "rtt": rtt,
@@ -399,7 +430,11 @@ WORKLOADS: dict[str, Workload] = {
     "memory": memory,
     "sandbox": sandbox,
     "proxy": proxy,
+    "cli_pty": cli_pty,
 }
+WS_ONLY = frozenset({"cli_pty"})
+"""Workloads that need the server's WebSocket URL (the CLI cannot reach a stdio server the
+bench started)."""
 REP_FACTOR = {"poll": 3, "throughput": 2}
 """Workloads repeated more than ``--reps`` times. A polling run lasts half a second, and on
 this shared 2-core VM its rate depends on where the scheduler puts client and server (runs

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
+import pexpect
 import pytest
 
 from exec_server.config import Limits
@@ -179,3 +182,44 @@ class CuttableProxy:
             pass
         finally:
             pair.abort()
+
+
+# ---- the command line ------------------------------------------------------------------------
+
+CLI = [sys.executable, "-m", "exec_server"]
+WAIT = 30  # seconds pexpect waits for a screen before failing the test
+
+
+def cli(
+    *args: str,
+    url: str | None,
+    stdin: bytes | None = None,
+    stdin_file: BinaryIO | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """The CLI with ``$EXEC_SERVER_URL`` set to ``url``; stdin from bytes, a file, or none;
+    ``extra_env`` on top of ours (less any token of ours)."""
+    env = {key: value for key, value in os.environ.items() if key != "EXEC_SERVER_TOKEN"}
+    env.update({"EXEC_SERVER_URL": url or "", **(extra_env or {})})
+    if stdin_file is not None:
+        return subprocess.run(
+            [*CLI, *args], stdin=stdin_file, capture_output=True, env=env, cwd=REPO, timeout=60
+        )
+    return subprocess.run(
+        [*CLI, *args], input=stdin or b"", capture_output=True, env=env, cwd=REPO, timeout=60
+    )
+
+
+def spawn_in_terminal(command: str, *, rows: int = 30, cols: int = 100) -> pexpect.spawn:
+    """``command`` (a shell line) in a new pseudo-terminal of that size."""
+    env = {**os.environ, "TERM": "xterm-test", "PS1": "$ "}
+    return pexpect.spawn(
+        "/bin/sh", ["-c", command], env=env, cwd=REPO, dimensions=(rows, cols), timeout=WAIT
+    )
+
+
+def shell_line(url: str, *extra: str) -> str:
+    """``exec-server shell --url URL EXTRA...`` inside a shell that records the terminal's
+    modes before and after it."""
+    command = shlex.join([*CLI, "shell", "--url", url, *extra])
+    return f"stty -g > modes.before; {command}; code=$?; stty -g > modes.after; exit $code"

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pexpect
 import pytest
@@ -19,47 +16,14 @@ from websockets.http11 import Request, Response
 
 from exec_server.client import sync as blocking
 
-from .client_support import server_process
+from .client_support import CLI, WAIT, cli, server_process, shell_line, spawn_in_terminal
 from .support import REPO
-
-CLI = [sys.executable, "-m", "exec_server"]
-WAIT = 30  # seconds pexpect waits for a screen before failing the test
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     with server_process("ours-subprocess") as found:
         yield found
-
-
-def cli(
-    *args: str, url: str | None, stdin: bytes | None = None, stdin_file: BinaryIO | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """The CLI with ``$EXEC_SERVER_URL`` set to ``url``; stdin from bytes, a file, or none."""
-    env = {**os.environ, "EXEC_SERVER_URL": url or ""}
-    env.pop("EXEC_SERVER_TOKEN", None)
-    if stdin_file is not None:
-        return subprocess.run(
-            [*CLI, *args], stdin=stdin_file, capture_output=True, env=env, cwd=REPO, timeout=60
-        )
-    return subprocess.run(
-        [*CLI, *args], input=stdin or b"", capture_output=True, env=env, cwd=REPO, timeout=60
-    )
-
-
-def spawn_in_terminal(command: str, *, rows: int = 30, cols: int = 100) -> pexpect.spawn:
-    """``command`` (a shell line) in a new pseudo-terminal of that size."""
-    env = {**os.environ, "TERM": "xterm-test", "PS1": "$ "}
-    return pexpect.spawn(
-        "/bin/sh", ["-c", command], env=env, cwd=REPO, dimensions=(rows, cols), timeout=WAIT
-    )
-
-
-def shell_line(url: str, *extra: str) -> str:
-    """``exec-server shell --url URL EXTRA...`` inside a shell that records the terminal's
-    modes before and after it."""
-    command = shlex.join([*CLI, "shell", "--url", url, *extra])
-    return f"stty -g > modes.before; {command}; code=$?; stty -g > modes.after; exit $code"
 
 
 # ---- run ------------------------------------------------------------------------------------
@@ -110,18 +74,21 @@ def test_ctrl_c_interrupts_the_remote_command(url: str) -> None:
     assert child.exitstatus == 128 + 2
 
 
-def test_failures_are_one_line_and_non_zero(url: str) -> None:
+def test_failures_are_one_line_and_non_zero(url: str, tmp_path: Path) -> None:
     free = cli("run", "--url", "ws://127.0.0.1:9", "--", "true", url=None)
     assert free.returncode == 255
     assert free.stderr.decode() == (
         "exec-server run: cannot connect to ws://127.0.0.1:9: connection refused (is the server running?)\n"
     )
     missing = cli("run", "--", "/nonexistent/program", url=url)
-    assert missing.returncode == 255
-    assert missing.stderr.decode().startswith("exec-server run: /nonexistent/program: No such file")
+    assert missing.returncode == 127
+    assert missing.stderr.decode() == (
+        "exec-server run: /nonexistent/program: command not found on the server\n"
+    )
     nothing = cli("cat", "/nonexistent/file", url=url)
-    assert nothing.returncode == 255 and b"/nonexistent/file: No such file" in nothing.stderr
-    no_url = cli("ls", url=None)
+    assert nothing.returncode == 1 and b"/nonexistent/file: No such file" in nothing.stderr
+    nowhere = {"XDG_RUNTIME_DIR": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    no_url = cli("ls", url=None, extra_env=nowhere)
     assert no_url.returncode == 2 and b"EXEC_SERVER_URL" in no_url.stderr
     for done in (free, missing, nothing, no_url):
         assert b"Traceback" not in done.stderr

@@ -28,7 +28,23 @@ log = logging.getLogger("exec_server")
 
 DEFAULT_LISTEN = "ws://127.0.0.1:0"
 TOKEN_ENV = "EXEC_SERVER_TOKEN"
-CLIENT_COMMANDS = ("run", "shell", "ls", "cat", "put", "get", "forward")
+CLIENT_COMMANDS = (
+    "run",
+    "shell",
+    "ls",
+    "stat",
+    "cat",
+    "put",
+    "get",
+    "mkdir",
+    "rm",
+    "ps",
+    "logs",
+    "kill",
+    "completion",
+    "forward",
+)
+"""The client's subcommands (client/cli.py), named here so serving never imports it."""
 DEFAULT_DRAIN_S = 30.0
 """How long SIGTERM lets running processes finish; a Kubernetes pod's
 terminationGracePeriodSeconds should exceed it (deploy/)."""
@@ -94,10 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="exec-server",
+        usage="exec-server [serve] [OPTIONS]      serve (the options are below)\n"
+        "       exec-server COMMAND [ARGS...]     use a server; COMMAND is one of "
+        + ", ".join(CLIENT_COMMANDS)
+        + " (exec-server COMMAND --help)",
         description=(
             "Serve the exec-server JSON-RPC protocol: clients start and control processes "
             "on this machine. Compatible with clients of `codex exec-server`."
-            " Client commands: exec-server {run,shell,ls,cat,put,get} --help."
+            " With no arguments it serves on a free loopback port and writes the URL where "
+            "the client commands on this machine find it. Client commands: "
+            "exec-server {" + ",".join(CLIENT_COMMANDS) + "} --help."
         ),
         epilog=(
             f"Environment: {TOKEN_ENV} holds a bearer token (instead of --auth-token-file); "
@@ -111,12 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--listen",
-        default=DEFAULT_LISTEN,
+        default=None,
         metavar="URL",
         help="ws://IP:PORT (a literal IP; port 0 picks a free one, and the bound URL is "
         "printed as the first line of stdout), wss://IP:PORT (TLS: needs --tls-cert and "
         "--tls-key), unix:///PATH (a Unix socket, mode 0600) or stdio (newline-delimited "
-        f"JSON on stdin/stdout). Default: {DEFAULT_LISTEN}",
+        f"JSON on stdin/stdout). Default: {DEFAULT_LISTEN}, with the URL also written to "
+        "the --url-file",
+    )
+    parser.add_argument(
+        "--url-file",
+        metavar="PATH",
+        help="also write the bound URL (never the token) to PATH, mode 0600, where the client "
+        "commands find it when given no --url. Default without --listen: "
+        "$XDG_RUNTIME_DIR/exec-server/url (or ~/.cache/exec-server/url)",
     )
     _add_security(parser)
     _add_limits(parser)
@@ -581,11 +611,58 @@ class ServeOptions(msgspec.Struct, frozen=True):
     prepend_path_dirs: tuple[str, ...] = ()
     drain_timeout_s: float = DEFAULT_DRAIN_S
     metrics_public: bool = False
+    url_file: str | None = None
+    """Where the bound URL is written for the client commands (url_file.py), if anywhere."""
 
 
 def _announce(url: str) -> None:
     sys.stdout.write(url + "\n")
     sys.stdout.flush()
+
+
+_published: dict[str, str] = {}
+"""The URL this process wrote to each --url-file, so that it removes only its own."""
+
+
+def _publish(url: str, options: ServeOptions) -> None:
+    """The URL on stdout; in the --url-file too, with a word on stderr for the person who
+    ran the server (where the client finds it, how to stop)."""
+    _announce(url)
+    if options.url_file is None:
+        return
+    from pathlib import Path
+
+    from .client.url_file import write_url_file
+
+    try:
+        write_url_file(Path(options.url_file), url)
+        _published[options.url_file] = url
+    except OSError as exc:
+        log.warning("cannot write the URL to %s: %s", options.url_file, exc)
+        return
+    token = " with its token (--token-file)" if options.token else ""
+    program, hint = _client_program()
+    sys.stderr.write(
+        f"exec-server: serving on {url} (written to {options.url_file}, where the client "
+        "commands on this machine look for it)\n"
+        f"  in another terminal: {program} shell{token}    or: {program} --help{hint}\n"
+        "  Ctrl-C stops the server\n"
+    )
+    sys.stderr.flush()
+
+
+def _client_program() -> tuple[str, str]:
+    """How the person who started us runs the client: ``exec-server`` when that is us on
+    PATH, else our full path, with the hint that ``make install`` puts it on PATH."""
+    import shutil
+
+    ours = os.path.join(os.path.dirname(sys.executable), "exec-server")
+    found = shutil.which("exec-server")
+    if found is not None and os.path.realpath(found) == os.path.realpath(ours):
+        return "exec-server", ""
+    if not os.path.exists(ours):
+        return "exec-server", ""
+    return ours, "\n  (`make install` puts exec-server on your PATH)"
 
 
 async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
@@ -601,12 +678,12 @@ async def _listen(server: Server, options: ServeOptions) -> asyncio.Server:
             token=options.token,
             metrics_public=options.metrics_public,
         )
-        _announce(f"unix://{address.path}")
+        _publish(f"unix://{address.path}", options)
         return listener
 
     def announce(host: str, port: int) -> None:
         shown = f"[{host}]" if ":" in host else host
-        _announce(f"{address.kind}://{shown}:{port}")
+        _publish(f"{address.kind}://{shown}:{port}", options)
 
     return await serve_websocket(
         server,
@@ -656,6 +733,21 @@ async def serve(options: ServeOptions, keeper: Keeper | None = None) -> None:
             listener.close()
     finally:
         await server.shutdown()
+        _unpublish(options)
+
+
+def _unpublish(options: ServeOptions) -> None:
+    """Remove the --url-file if it still names this server."""
+    if options.url_file is None:
+        return
+    from pathlib import Path
+
+    from .client.url_file import read_url_file, remove_url_file
+
+    path = Path(options.url_file)
+    url = read_url_file(path)
+    if url is not None and url == _published.get(options.url_file):
+        remove_url_file(path, url)
 
 
 async def _say_goodbye(server: Server, drain_timeout_s: float, stop: asyncio.Event) -> None:
@@ -675,7 +767,7 @@ async def _say_goodbye(server: Server, drain_timeout_s: float, stop: asyncio.Eve
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
     """Check the arguments as a whole; ValueError with a message for the user."""
-    address = parse_listen(args.listen)
+    address = parse_listen(args.listen or DEFAULT_LISTEN)
     token = read_token(args) if address.kind != "stdio" else None
     os.environ.pop(TOKEN_ENV, None)  # never passed on to a child, over stdio too
     if not address.is_loopback and token is None and not args.insecure_allow_remote_without_auth:
@@ -699,6 +791,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         prepend_path_dirs=tuple(os.path.abspath(d) for d in args.prepend_path),
         drain_timeout_s=_drain_timeout(args.drain_timeout),
         metrics_public=args.metrics_public,
+        url_file=_url_file(args, address),
     )
 
 
@@ -773,12 +866,30 @@ def raise_fd_limit() -> None:
             log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
 
 
+def _url_file(args: argparse.Namespace, address: ListenAddress) -> str | None:
+    """--url-file, or the default one when no --listen was given (a person's `make run`)."""
+    if args.url_file is not None:
+        return str(os.path.abspath(args.url_file))
+    if args.listen is not None or address.kind == "stdio":
+        return None
+    from .client.url_file import default_url_file
+
+    return str(default_url_file())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in CLIENT_COMMANDS:  # the client side, in its own package
         from .client.cli import main as client_main
 
         return client_main(argv)
+    if argv[:1] == ["help"]:
+        argv = ["--help"]
+    if argv and not argv[0].startswith("-") and argv[0] != "serve":
+        from .client.cli import suggest
+
+        sys.stderr.write(f"exec-server: {suggest(argv[0], ['serve', *CLIENT_COMMANDS])}\n")
+        return 2
     argv = argv[1:] if argv[:1] == ["serve"] else argv
     options = plain_stdio_options(argv)
     if options is not None and _configure_logging_quietly(os.environ.get("EXEC_SERVER_LOG")):

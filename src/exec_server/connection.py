@@ -346,4 +346,5 @@ class Connection:
         self._room.set()
         if self.session is not None:
             grace = None if self.transport.resumable else 0.0
+            log.info("%s: closed; session %s detached", self.transport.description, self.session.id)
             self.server.sessions.detach(self.session, self, grace)

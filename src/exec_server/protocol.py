@@ -89,7 +89,7 @@ class InitializeResult(_Wire):
     environment_info: EnvironmentInfo
     extensions: dict[str, bool] = msgspec.field(default_factory=dict)
     """Ours: one flag per protocol extension this server serves (reference clients ignore
-    it; see the README's protocol section)."""
+    it; see docs/protocol.md)."""
 
 
 class EnvironmentStatusResult(_Wire):

@@ -15,6 +15,7 @@ This package does not import the server.
 from .client import Client, State, connect, connect_stdio
 from .errors import (
     AuthenticationFailed,
+    BadWorkingDirectory,
     ConnectionFailed,
     ConnectionLost,
     ExecServerError,
@@ -24,6 +25,8 @@ from .errors import (
     ProcessError,
     ProcessLost,
     ProcessTimeout,
+    ProgramNotExecutable,
+    ProgramNotFound,
     RemoteFileExists,
     RemoteFileNotFound,
     RpcError,
@@ -36,6 +39,7 @@ from .process import Closed, CompletedProcess, Event, Exited, Output, Process, P
 
 __all__ = [
     "AuthenticationFailed",
+    "BadWorkingDirectory",
     "Client",
     "Closed",
     "CompletedProcess",
@@ -57,6 +61,8 @@ __all__ = [
     "ProcessLost",
     "ProcessStream",
     "ProcessTimeout",
+    "ProgramNotExecutable",
+    "ProgramNotFound",
     "RemoteFS",
     "RemoteFile",
     "RemoteFileExists",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import subprocess
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -54,8 +55,12 @@ class WebSocketTransport:
         self._ws = ws
 
     @classmethod
-    async def open(cls, url: str, token: str | None, timeout: float) -> WebSocketTransport:
-        """Connect, or raise :class:`ConnectionFailed` / :class:`AuthenticationFailed`."""
+    async def open(
+        cls, url: str, token: str | None, timeout: float, ca_file: str | None = None
+    ) -> WebSocketTransport:
+        """Connect to ``ws://``, ``wss://`` (verified against ``ca_file`` if given, else the
+        system's CAs) or ``unix:///PATH``; or raise :class:`ConnectionFailed` /
+        :class:`AuthenticationFailed`."""
         headers = {"Authorization": f"Bearer {token}"} if token is not None else None
         options: dict[str, Any] = {
             "additional_headers": headers,
@@ -65,9 +70,10 @@ class WebSocketTransport:
             "user_agent_header": None,
         }
         try:
-            if url.startswith("unix://"):  # `--listen unix:///PATH`: the same WebSocket
-                path = url.removeprefix("unix://")
-                ws = await unix_connect(path, uri="ws://localhost/", **options)
+            if url.startswith("wss://") and ca_file is not None:
+                options["ssl"] = _tls_context(ca_file)
+            if url.startswith("unix://"):
+                ws = await unix_connect(url.removeprefix("unix://"), "ws://localhost/", **options)
             else:
                 ws = await ws_connect(url, **options)
         except InvalidStatus as exc:
@@ -78,7 +84,10 @@ class WebSocketTransport:
                 "or unix:///PATH"
             ) from None
         except (OSError, InvalidHandshake, TimeoutError, EOFError) as exc:
-            raise ConnectionFailed(f"cannot connect to {url}: {_reason(exc)}") from None
+            reason = _reason(exc)
+            if url.startswith("wss://") and isinstance(exc, ConnectionResetError | EOFError):
+                reason = "the server dropped the TLS handshake (is it ws://, not wss://?)"
+            raise ConnectionFailed(f"cannot connect to {url}: {reason}") from None
         return cls(ws)
 
     async def send(self, message: bytes) -> None:
@@ -111,7 +120,23 @@ def _refused(url: str, status: int, sent_token: bool) -> ConnectionFailed:
     return ConnectionFailed(f"{url} did not accept a WebSocket connection (HTTP {status})")
 
 
+def _tls_context(ca_file: str) -> ssl.SSLContext:
+    """Verify the server against the CA certificates in ``ca_file`` (PEM)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        context.load_verify_locations(ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionFailed(f"cannot use the CA file {ca_file}: {_reason(exc)}") from None
+    return context
+
+
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the server's certificate is not trusted ({exc.verify_message}); give --ca-file"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc} (is it a wss:// server?)"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the server running?)"
     if isinstance(exc, TimeoutError):

@@ -31,6 +31,7 @@ from ._transport import Transport as _Transport
 from .errors import (
     METHOD_NOT_FOUND,
     AuthenticationFailed,
+    BadWorkingDirectory,
     ConnectionFailed,
     ConnectionLost,
     ExecServerError,
@@ -38,10 +39,12 @@ from .errors import (
     NotSupported,
     ProcessLost,
     ProcessTimeout,
+    ProgramNotFound,
     RpcError,
     ServerShutdown,
     StdinClosed,
     rpc_error,
+    start_error,
 )
 from .fs import RemoteFS, RemotePath
 from .process import Closed, CompletedProcess, Exited, Output, Process
@@ -97,6 +100,8 @@ class _Call:
 
 
 Opener = Callable[[], Awaitable[_Transport]]
+StateListener = Callable[[State, str], None]
+"""Called with the new :class:`State` and why (see :meth:`Client.on_state_change`)."""
 
 
 @dataclass
@@ -109,6 +114,7 @@ class _Options:
     executor: str | None = None
     """Set (to its URL) for a client of a pool: losing the connection for good is then
     :class:`ExecutorLost`, naming it."""
+    resume_session: str | None = None
 
 
 def to_file_uri(path: str) -> str:
@@ -152,9 +158,28 @@ class Client:
         """Answers requests the server sends this client (``network/policyRequest``):
         awaited with the method and the decoded params, it returns the result; an exception
         becomes an error reply. None: every such request gets -32601."""
+        self._state_listeners: list[StateListener] = []
+        self.resumed = False
+        """Whether connecting resumed the session asked for (``connect(resume_session=...)``)."""
+        self.reconnect_deadline: float | None = None
+        """While ``RECONNECTING``: the event loop time at which the client gives up."""
 
     def __repr__(self) -> str:
         return f"<Client {self._options.describe} {self.state.value} session={self.session_id}>"
+
+    def on_state_change(self, listener: StateListener) -> Callable[[], None]:
+        """Call ``listener(state, reason)`` at each change of :attr:`state` (the connection
+        dropped and is being resumed, was resumed, or is closed for good); returns a function
+        that stops the calls. A listener must not raise or block."""
+        self._state_listeners.append(listener)
+        return lambda: self._state_listeners.remove(listener)
+
+    def _set_state(self, state: State, reason: str) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        for listener in list(self._state_listeners):
+            listener(state, reason)
 
     def supports(self, extension: str) -> bool:
         """Whether the server announced ``extension`` (e.g. ``"closeStdin"``, ``"resize"``)."""
@@ -171,7 +196,7 @@ class Client:
         transport = await self._opener()
         try:
             async with asyncio.timeout(self._options.connect_timeout):
-                result = await self._handshake(transport, None)
+                result = await self._first_handshake(transport)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await transport.close()
@@ -189,6 +214,20 @@ class Client:
         self._adopt(result)
         self._attach(transport)
         self.state = State.OPEN
+
+    async def _first_handshake(self, transport: _Transport) -> _wire.InitializeResult:
+        """A new session, or the one asked for with ``resume_session`` if the server still
+        has it (:attr:`resumed` says which)."""
+        wanted = self._options.resume_session
+        if wanted is not None:
+            try:
+                result = await self._handshake(transport, wanted)
+                self.resumed = True
+                return result
+            except RpcError as exc:
+                if "unknown session" not in exc.message:
+                    raise
+        return await self._handshake(transport, None)
 
     async def _handshake(self, transport: _Transport, resume: str | None) -> _wire.InitializeResult:
         """``initialize`` (resuming a session if asked), then ``initialized``. Notifications
@@ -238,7 +277,16 @@ class Client:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._options.connect_timeout):
                     await asyncio.gather(*(self._end(p) for p in running))
-        self._shut(ConnectionLost("the client was closed"))
+        await self._disconnect(ConnectionLost("the client was closed"))
+
+    async def detach(self) -> None:
+        """Disconnect, leaving the processes running: the server keeps the session (see
+        :attr:`session_id`) for its detach grace, during which ``connect(resume_session=...)``
+        takes it up again; after it, they are killed."""
+        await self._disconnect(ConnectionLost("the client detached"))
+
+    async def _disconnect(self, error: ExecServerError) -> None:
+        self._shut(error)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -246,6 +294,16 @@ class Client:
         if self._transport is not None:
             with contextlib.suppress(Exception):
                 await self._transport.close()
+
+    def follow(self, process_id: str, *, tty: bool = False) -> Process:
+        """A handle on a process of this session that this client did not start (one left
+        running by an earlier connection): its events from the first retained seq, then
+        live."""
+        process = Process(self, process_id, [process_id], tty=tty, stdin=False)
+        process._started.set_result(None)
+        self._processes[process_id] = process
+        self._catch_ups[process_id] = self._spawn(self._catch_up(process))
+        return process
 
     async def _end(self, process: Process) -> None:
         """Terminate a process and wait for its exit, so its handle has the code."""
@@ -268,8 +326,8 @@ class Client:
         """No more calls: fail every waiting call and every live process with ``error``."""
         if self.state is State.CLOSED and self._closed_error is error:
             return
-        self.state = State.CLOSED
         self._closed_error = error
+        self._set_state(State.CLOSED, str(error))
         for call in list(self._pending.values()):
             if not call.future.done():
                 call.future.set_exception(error)
@@ -461,12 +519,14 @@ class Client:
             )
             return
         log.info("connection to %s lost (%s); resuming", self._options.describe, reason)
-        self.state = State.RECONNECTING
+        loop = asyncio.get_running_loop()
+        self.reconnect_deadline = loop.time() + self._options.reconnect_timeout
+        self._set_state(State.RECONNECTING, reason)
         self._spawn(self._reconnect(reason))
 
     async def _reconnect(self, reason: str) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._options.reconnect_timeout
+        deadline = self.reconnect_deadline or loop.time() + self._options.reconnect_timeout
         delay, problem = 0.02, reason
         while (remaining := deadline - loop.time()) > 0:
             try:
@@ -531,7 +591,8 @@ class Client:
                 await self._send(call)
         if self._lost.is_set():
             return False
-        self.state = State.OPEN
+        self.reconnect_deadline = None
+        self._set_state(State.OPEN, "resumed")
         self._catch_ups = {pid: t for pid, t in self._catch_ups.items() if not t.done()}
         for process in list(self._processes.values()):
             if process.id not in self._catch_ups:
@@ -723,13 +784,30 @@ class Client:
         process._stdin_closes_itself = feed_exactly is not None
         self._processes[process_id] = process  # before the call: output can precede the reply
         try:
-            await self._request("process/start", params, subject=argv[0], done_if="already exists")
+            try:
+                await self._request(
+                    "process/start", params, subject=argv[0], done_if="already exists"
+                )
+            except RpcError as exc:
+                raise await self._start_error(exc, argv[0], cwd) from None
         except BaseException as exc:
             self._processes.pop(process_id, None)
             process._fail(exc if isinstance(exc, ExecServerError) else ConnectionLost(str(exc)))
             raise
         process._started.set_result(None)
         return process
+
+    async def _start_error(self, error: RpcError, program: str, cwd: RemotePath | None) -> RpcError:
+        """The typed error for a failed start; when the server did not say which path was
+        missing (the reference), the working directory asked for is looked at."""
+        wire_cwd = self._wire_cwd(cwd)
+        typed = start_error(error, program, _from_file_uri(wire_cwd))
+        if isinstance(typed, ProgramNotFound) and cwd is not None and ": " not in error.message:
+            with contextlib.suppress(ExecServerError, ValueError):
+                if not await self.fs.is_dir(cwd):
+                    where = str(self._remote_path(cwd))
+                    return BadWorkingDirectory(error.method, error.code, error.message, where)
+        return typed
 
     async def run(
         self,
@@ -947,20 +1025,29 @@ def connect(
     connect_timeout: float = 10.0,
     reconnect: bool = True,
     reconnect_timeout: float = 30.0,
+    ca_file: str | None = None,
+    resume_session: str | None = None,
 ) -> _Connector:
     """Connect to a WebSocket server: ``async with connect("ws://127.0.0.1:PORT") as client``.
+
+    ``url`` is ``ws://HOST:PORT``, ``wss://HOST:PORT`` (the certificate verified against
+    ``ca_file``, PEM, when given, else the system's CAs) or ``unix:///PATH``.
 
     Does the handshake (``initialize``, then ``initialized``); ``token`` is sent as
     ``Authorization: Bearer <token>``. If the connection drops, the session is resumed
     (retrying for up to ``reconnect_timeout`` seconds) and no output is lost or repeated.
-    Leaving the block terminates processes still running and disconnects.
+    Leaving the block terminates processes still running and disconnects (see
+    :meth:`Client.detach` to leave them running). ``resume_session`` takes up a session an
+    earlier client detached from, if the server still has it (else a new one starts).
     Raises :class:`ConnectionFailed` or :class:`AuthenticationFailed`.
     """
 
     async def opener() -> _Transport:
-        return await WebSocketTransport.open(url, token, connect_timeout)
+        return await WebSocketTransport.open(url, token, connect_timeout, ca_file)
 
-    options = _Options(url, client_name, connect_timeout, reconnect, reconnect_timeout)
+    options = _Options(
+        url, client_name, connect_timeout, reconnect, reconnect_timeout, resume_session
+    )
     return _Connector(opener, options)
 
 

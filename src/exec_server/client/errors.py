@@ -107,6 +107,74 @@ class RemoteFileExists(RpcError, FileExistsError):
         return RpcError.__str__(self)
 
 
+class ProgramNotFound(RpcError, FileNotFoundError):
+    """``process/start`` failed because the program does not exist (on the server's PATH, or
+    at the path given); also a :class:`FileNotFoundError`. The shell's exit code for it is 127."""
+
+    def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
+        super().__init__(method, code, message, subject)
+        self.errno = errno.ENOENT
+        self.strerror = message
+        self.filename = subject
+
+    def __str__(self) -> str:
+        return RpcError.__str__(self)
+
+
+class ProgramNotExecutable(RpcError, PermissionError):
+    """``process/start`` failed because the program exists but cannot be run (no execute
+    permission, a directory, not an executable format); also a :class:`PermissionError`.
+    The shell's exit code for it is 126."""
+
+    def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
+        super().__init__(method, code, message, subject)
+        self.errno = errno.EACCES
+        self.strerror = message
+        self.filename = subject
+
+    def __str__(self) -> str:
+        return RpcError.__str__(self)
+
+
+class BadWorkingDirectory(RpcError, NotADirectoryError):
+    """``process/start`` failed because its working directory does not exist or is not a
+    directory; also a :class:`NotADirectoryError`. ``subject`` is the directory."""
+
+    def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
+        super().__init__(method, code, message, subject)
+        self.errno = errno.ENOTDIR
+        self.strerror = message
+        self.filename = subject
+
+    def __str__(self) -> str:
+        return RpcError.__str__(self)
+
+
+_MISSING = ("(os error 2)",)
+_NOT_RUNNABLE = ("(os error 13)", "(os error 8)", "(os error 21)")
+_NOT_A_DIRECTORY = ("(os error 20)",)
+
+
+def start_error(error: RpcError, program: str, cwd: str | None) -> RpcError:
+    """The typed error for a failed ``process/start``: the OS reason in the server's message
+    (``... (os error N): PATH``) and the path it names tell a missing program from an
+    unusable one or a bad working directory. Any other error comes back as it was."""
+    message = error.message
+    named = message.rpartition(": ")[2] if ": " in message else None
+    about_cwd = cwd is not None and named is not None and named == cwd and named != program
+    if cwd is not None and named is None and any(mark in message for mark in _NOT_A_DIRECTORY):
+        about_cwd = True  # the reference names no path; a program path rarely runs into it
+    if about_cwd and any(mark in message for mark in _MISSING + _NOT_A_DIRECTORY):
+        return BadWorkingDirectory(error.method, error.code, message, cwd)
+    if about_cwd:
+        return error
+    if any(mark in message for mark in _MISSING):
+        return ProgramNotFound(error.method, error.code, message, program)
+    if any(mark in message for mark in _NOT_RUNNABLE):
+        return ProgramNotExecutable(error.method, error.code, message, program)
+    return error
+
+
 def rpc_error(method: str, code: int, message: str, subject: str | None = None) -> RpcError:
     """The error for a JSON-RPC error reply: file-not-found and file-exists are also the
     matching :class:`OSError` subclasses."""

@@ -9,7 +9,7 @@ import os
 import stat
 import termios
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 READ_BYTES = 64 * 1024
 
@@ -71,6 +71,53 @@ class LocalInput:
                 continue
             except OSError:  # EIO: the terminal went away
                 return b""
+
+
+ESCAPE_CHAR = ord("~")
+LEAVE_CHAR = ord(".")
+HELP_CHAR = ord("?")
+_LINE_ENDS = (ord("\r"), ord("\n"))
+ESCAPE_HELP = "escapes, after Enter: ~. leave; ~? this help; ~~ type one ~"
+
+
+class EscapeScanner:
+    """Finds ssh's escapes in typed input: ``~.`` right after a line end (or as the first
+    thing typed) means leave; ``~?`` there calls ``on_help``; ``~~`` sends one ``~``; ``~``
+    before anything else is sent as typed. A ``~`` that ends one read waits for the next."""
+
+    def __init__(self, on_help: Callable[[], None] = lambda: None) -> None:
+        self._line_start = True
+        self._held = False  # a `~` at a line start, not yet sent
+        self._on_help = on_help
+
+    def feed(self, data: bytes) -> tuple[bytes, bool]:
+        """The bytes to send on, and whether ``~.`` was typed (the bytes before it only)."""
+        out = bytearray()
+        for byte in data:
+            if self._held:
+                self._held = False
+                if byte == LEAVE_CHAR:
+                    return bytes(out), True
+                if byte == HELP_CHAR:
+                    self._on_help()
+                    continue  # still at a line start
+                out.append(ESCAPE_CHAR)
+                if byte == ESCAPE_CHAR:
+                    self._line_start = False
+                    continue
+            elif self._line_start and byte == ESCAPE_CHAR:
+                self._held = True
+                continue
+            out.append(byte)
+            self._line_start = byte in _LINE_ENDS
+        return bytes(out), False
+
+
+def discard_typed(fd: int) -> None:
+    """Drop input typed at the terminal but not yet read, so that it does not reach the
+    local shell once we exit."""
+    with contextlib.suppress(OSError):
+        termios.tcflush(fd, termios.TCIFLUSH)
 
 
 def _settle(future: asyncio.Future[None]) -> None:

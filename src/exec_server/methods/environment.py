@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -15,6 +16,8 @@ from ..protocol import (
     SandboxInfo,
 )
 from . import method
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -33,7 +36,7 @@ EXTENSIONS: dict[str, bool] = {
     "forward": True,  # forward/*: TCP streams to a host:port reached from the server
 }
 """Ours, beyond the reference: one flag per protocol extension, in ``initialize``'s answer
-where reference clients ignore it (the README's protocol section describes each)."""
+where reference clients ignore it (docs/protocol.md describes each)."""
 
 
 @method("initialize", InitializeParams, None)
@@ -46,6 +49,13 @@ def initialize(connection: Connection, params: InitializeParams) -> InitializeRe
     else:
         session = sessions.create(connection)
     connection.attach(session)
+    log.info(
+        "%s: session %s %s (client %r)",
+        connection.transport.description,
+        session.id,
+        "resumed" if params.resume_session_id is not None else "created",
+        params.client_name,
+    )
     return InitializeResult(session.id, connection.server.environment_info, EXTENSIONS)
 
 

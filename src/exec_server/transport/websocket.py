@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 KEEPALIVE_INTERVAL_S = 30.0
 """Server pings, as the current reference; no pong deadline, so a paused reader is not cut off."""
 
+TLS_HANDSHAKE_RECORD = b"\x16\x03"
+"""How a TLS ClientHello begins (record type 22, version 3.x): never an HTTP request."""
+
 MAX_HANDSHAKE_BYTES = 64 * 1024
 """An HTTP request head larger than this is dropped."""
 
@@ -291,6 +294,12 @@ class WebSocketTransport(asyncio.Protocol):
         """Collect the HTTP request; judge it once whole. Returns bytes that followed it."""
         head = self._head
         head += data
+        if head.startswith(TLS_HANDSHAKE_RECORD):
+            # A wss:// client at a ws:// listener: no HTTP will come, so say no at once (its
+            # TLS library reports the closed connection) rather than at the handshake timeout.
+            log.info("%s: a TLS handshake on a plain listener; closed", self.description)
+            self.abort()
+            return b""
         end = head.find(b"\r\n\r\n")
         if end < 0:
             if len(head) > MAX_HANDSHAKE_BYTES:
