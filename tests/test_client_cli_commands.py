@@ -164,7 +164,8 @@ def test_the_server_logs_each_connection_at_info(tmp_path: Path) -> None:
         stop(server)
     assert server.stderr is not None
     log = server.stderr.read().decode()
-    assert "handshake peer=websocket 127.0.0.1:" in log and "status=101 auth=upgraded" in log
+    assert "handshake peer=exec-server websocket 127.0.0.1:" in log
+    assert "status=101 auth=upgraded" in log
     assert "status=401 auth=unauthorized" in log
     assert "right" not in log and "wrong" not in log  # tokens are never logged
     assert "session " in log and " created (client 'exec-server-cli')" in log

@@ -41,8 +41,8 @@ CLIENT_COMMANDS = (
     "ps",
     "logs",
     "kill",
-    "completion",
     "forward",
+    "completion",
 )
 """The client's subcommands (client/cli.py), named here so serving never imports it."""
 DEFAULT_DRAIN_S = 30.0
@@ -613,6 +613,9 @@ class ServeOptions(msgspec.Struct, frozen=True):
     metrics_public: bool = False
     url_file: str | None = None
     """Where the bound URL is written for the client commands (url_file.py), if anywhere."""
+    banner: bool = True
+    """Whether to tell the person on stderr where the URL went (not when stderr carries
+    JSON logs, which must stay one object per line)."""
 
 
 def _announce(url: str) -> None:
@@ -639,6 +642,8 @@ def _publish(url: str, options: ServeOptions) -> None:
         _published[options.url_file] = url
     except OSError as exc:
         log.warning("cannot write the URL to %s: %s", options.url_file, exc)
+        return
+    if not options.banner:
         return
     token = " with its token (--token-file)" if options.token else ""
     program, hint = _client_program()
@@ -792,6 +797,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
         drain_timeout_s=_drain_timeout(args.drain_timeout),
         metrics_public=args.metrics_public,
         url_file=_url_file(args, address),
+        banner=args.log_format != "json",
     )
 
 

@@ -17,7 +17,7 @@ import os
 import secrets
 import signal as signal_module
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import PurePosixPath
 from types import TracebackType
 from typing import Any, TypeVar
@@ -111,6 +111,7 @@ class _Options:
     connect_timeout: float = 10.0
     reconnect: bool = True
     reconnect_timeout: float = 30.0
+    _: KW_ONLY  # the optional roles below are named at every call
     executor: str | None = None
     """Set (to its URL) for a client of a pool: losing the connection for good is then
     :class:`ExecutorLost`, naming it."""
@@ -1046,7 +1047,12 @@ def connect(
         return await WebSocketTransport.open(url, token, connect_timeout, ca_file)
 
     options = _Options(
-        url, client_name, connect_timeout, reconnect, reconnect_timeout, resume_session
+        url,
+        client_name,
+        connect_timeout,
+        reconnect,
+        reconnect_timeout,
+        resume_session=resume_session,
     )
     return _Connector(opener, options)
 
