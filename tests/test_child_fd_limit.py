@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import resource
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -78,3 +80,23 @@ async def test_a_sandboxed_child_starts_with_it_too(client: Client) -> None:
 def test_a_server_that_raised_nothing_leaves_children_alone() -> None:
     """In this test process nothing raised the limit: children inherit ours unchanged."""
     assert spawn.child_fd_limit() is None
+
+
+CAPTURE = """
+from exec_server.process import shell_snapshot, spawn
+spawn.raise_fd_limit()
+print(shell_snapshot.run_capture(["sh", "-c", "ulimit -Sn"], "/", {"PATH": "/usr/bin:/bin"}, {}))
+"""
+
+
+def test_a_shell_snapshot_capture_starts_with_it_too() -> None:
+    """Captures run the user's login shell through ``subprocess``, not the spawn paths."""
+    done = subprocess.run(
+        [sys.executable, "-c", CAPTURE],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+        preexec_fn=_low_soft_limit,
+    )
+    assert done.stdout.strip() == repr(f"{SOFT}\n".encode()), done
