@@ -10,7 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -47,15 +47,22 @@ def server_argv(kind: str, listen: str = "ws://127.0.0.1:0") -> list[str]:
 
 
 @contextlib.contextmanager
-def server_process(kind: str, cwd: str | os.PathLike[str] | None = None) -> Iterator[str]:
-    """A server as a child process on a free loopback port (working in ``cwd``); yields
-    its URL."""
+def server_process(
+    kind: str,
+    cwd: str | os.PathLike[str] | None = None,
+    *,
+    extra: Sequence[str] = (),
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[str]:
+    """A server as a child process on a free loopback port (working in ``cwd``, with the
+    ``extra`` options, ``preexec_fn`` run before it starts); yields its URL."""
     child = subprocess.Popen(
-        server_argv(kind),
+        [*server_argv(kind), *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         cwd=cwd,
+        preexec_fn=preexec_fn,
     )
     try:
         assert child.stdout is not None

@@ -858,20 +858,6 @@ def plain_stdio_options(argv: Sequence[str]) -> ServeOptions | None:
     )
 
 
-def raise_fd_limit() -> None:
-    """Raise the soft limit on open files to the hard one: a server holds a descriptor per
-    connection, handle and child pipe, and the common soft limit of 1024 is soon reached
-    (idle sockets alone could take them all before the pending bound drops them)."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (OSError, ValueError) as exc:
-            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
-
-
 def _url_file(args: argparse.Namespace, address: ListenAddress) -> str | None:
     """--url-file, or the default one when no --listen was given (a person's `make run`)."""
     if args.url_file is not None:
@@ -933,6 +919,7 @@ def _run(options: ServeOptions) -> int:
     # Before any loop or thread exists: orphans of our children come to us, and the keeper
     # cleans up after us should we be killed (process/tree.py, process/keeper.py).
     from .process.keeper import Keeper
+    from .process.spawn import raise_fd_limit
     from .process.tree import become_subreaper
 
     become_subreaper()

@@ -5,14 +5,15 @@
  *
  *   setsid, the standard fds, the PTY as controlling terminal (TIOCSCTTY), a parent-death
  *   signal, child-subreaper status (so orphaned descendants stay in the child's tree), chdir,
- *   default signal dispositions, and an execvp-like walk of candidate paths.
+ *   default signal dispositions, the open-file soft limit, and an execvp-like walk of
+ *   candidate paths.
  *
  * The child shares the parent's memory until it execs (vfork), so it only makes system calls
  * and reports a failure by storing errno and the failing step in a shared variable.
  *
  * Python interface (see _spawn.pyi):
  *   spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,
- *         subreaper, keep_fd=-1, cgroup_fd=-1, ignored=0) -> pid
+ *         subreaper, keep_fd=-1, cgroup_fd=-1, ignored=0, nofile=-1) -> pid
  *
  * keep_fd, when >= 3, stays open in the child under its own number (every other fd above 2
  * is closed): bubblewrap reads its seccomp program from such a descriptor. cgroup_fd, when
@@ -20,6 +21,8 @@
  * before it executes, so everything it starts is counted there from the first fork.
  * ignored is a mask of signals (bit N-1 for signal N) set to SIG_IGN instead of the default:
  * bubblewrap must survive the signals meant for the command it runs.
+ * nofile, when >= 0, is the soft RLIMIT_NOFILE the child starts with (the hard limit is
+ * kept): the server raised its own, and children get back the one it was given.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -32,16 +35,17 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 enum step { STEP_NONE = 0, STEP_SETSID, STEP_DUP, STEP_CTTY, STEP_PDEATHSIG, STEP_CHDIR, STEP_EXEC,
-            STEP_CGROUP };
+            STEP_CGROUP, STEP_RLIMIT };
 
 static const char *step_names[] = {"", "setsid", "dup2", "controlling terminal", "prctl", "chdir", "exec",
-                                   "cgroup"};
+                                   "cgroup", "setrlimit"};
 
 /* A NULL-terminated char* array into the bytes items of a sequence. The items are owned by
  * `*owner` (the sequence itself, or a list made from it), which the caller releases with
@@ -77,7 +81,7 @@ static void free_array(char **array, PyObject *owner) {
 static void child(char *const candidates[], char *const argv[], char *const envp[],
                   char **sh_argv, const char *cwd, int fds[3], int ctty, int pdeathsig,
                   int subreaper, int keep_fd, int cgroup_fd, unsigned long long ignored,
-                  pid_t parent, volatile int *err, volatile int *step) {
+                  long long nofile, pid_t parent, volatile int *err, volatile int *step) {
     int i;
     if (setsid() < 0) { *step = STEP_SETSID; goto fail; }
     if (cgroup_fd >= 0 && write(cgroup_fd, "0", 1) != 1) { *step = STEP_CGROUP; goto fail; }
@@ -104,6 +108,12 @@ static void child(char *const candidates[], char *const argv[], char *const envp
     }
     if (subreaper) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); /* best effort: kernels >= 3.4 */
     if (cwd != NULL && chdir(cwd) < 0) { *step = STEP_CHDIR; goto fail; }
+    if (nofile >= 0) {
+        struct rlimit limit;
+        if (getrlimit(RLIMIT_NOFILE, &limit) < 0) { *step = STEP_RLIMIT; goto fail; }
+        limit.rlim_cur = (rlim_t)nofile < limit.rlim_max ? (rlim_t)nofile : limit.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &limit) < 0) { *step = STEP_RLIMIT; goto fail; }
+    }
     if (keep_fd >= 3) {
         int flags = fcntl(keep_fd, F_GETFD);
         if (flags < 0 || fcntl(keep_fd, F_SETFD, flags & ~FD_CLOEXEC) < 0) {
@@ -153,9 +163,10 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     PyObject *candidates_obj, *argv_obj, *envp_obj, *cwd_obj;
     int fds[3], ctty, pdeathsig, subreaper, keep_fd = -1, cgroup_fd = -1;
     unsigned long long ignored = 0;
-    if (!PyArg_ParseTuple(args, "OOOOiiipip|iiK", &candidates_obj, &argv_obj, &envp_obj,
+    long long nofile = -1;
+    if (!PyArg_ParseTuple(args, "OOOOiiipip|iiKL", &candidates_obj, &argv_obj, &envp_obj,
                           &cwd_obj, &fds[0], &fds[1], &fds[2], &ctty, &pdeathsig, &subreaper,
-                          &keep_fd, &cgroup_fd, &ignored))
+                          &keep_fd, &cgroup_fd, &ignored, &nofile))
         return NULL;
     if (cwd_obj != Py_None && !PyBytes_Check(cwd_obj)) {
         PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
@@ -204,7 +215,7 @@ static PyObject *spawn(PyObject *self, PyObject *args) {
     pid = vfork();
     if (pid == 0) {
         child(candidates, argv, envp, sh_argv, cwd, fds, ctty, pdeathsig, subreaper, keep_fd,
-              cgroup_fd, ignored, parent, &err, &step);
+              cgroup_fd, ignored, nofile, parent, &err, &step);
     }
     fork_errno = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -243,7 +254,7 @@ static PyObject *become_subreaper(PyObject *self, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"spawn", spawn, METH_VARARGS,
      "spawn(candidates, argv, envp, cwd, stdin_fd, stdout_fd, stderr_fd, ctty, pdeathsig,\n"
-     "      subreaper, keep_fd=-1, cgroup_fd=-1, ignored=0) -> pid\n"
+     "      subreaper, keep_fd=-1, cgroup_fd=-1, ignored=0, nofile=-1) -> pid\n"
      "Start a child with vfork+execve; raises OSError naming the failing step."},
     {"become_subreaper", become_subreaper, METH_NOARGS,
      "become_subreaper() -> bool\nMake this process a child subreaper (PR_SET_CHILD_SUBREAPER)."},

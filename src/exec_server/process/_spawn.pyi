@@ -14,6 +14,7 @@ def spawn(
     keep_fd: int = -1,
     cgroup_fd: int = -1,
     ignored: int = 0,
+    nofile: int = -1,
     /,
 ) -> int: ...
 def become_subreaper() -> bool: ...

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import invalid_params
+from .spawn import child_fd_limit, restore_child_fd_limit
 
 SUPPORTED_SHELLS = ("bash", "zsh", "sh")
 MAX_SCOPE_BYTES = 256
@@ -135,6 +136,8 @@ def run_capture(
     ``popen_options`` are a sandbox launch's (its environment, seccomp descriptor, cgroup),
     else empty: ``env`` is then the capture's environment."""
     options: dict[str, Any] = {"env": dict(env), **popen_options}
+    if "preexec_fn" not in options and child_fd_limit() is not None:
+        options["preexec_fn"] = restore_child_fd_limit  # what spawn.py gives every child
     try:
         done = subprocess.run(
             argv,

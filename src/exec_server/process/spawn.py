@@ -6,6 +6,11 @@ so descendants orphaned while it lives stay in its tree (``tree.py``). Each chil
 a parent-death signal (SIGKILL), so a server killed with SIGKILL leaves no child running
 (the keeper, ``keeper.py``, sees to its descendants). In PTY mode the slave becomes the
 child's controlling terminal, so job control works.
+
+The server raises its own soft limit on open files (:func:`raise_fd_limit`); children start
+with the soft limit the server was given, as services under systemd do: many programs
+misbehave with a huge one (loops over every possible descriptor, ``select()``). The hard
+limit is unchanged, so a child that wants more can raise its own (``ulimit -n``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import contextlib
 import errno
 import fcntl
 import functools
+import logging
 import os
+import resource
 import signal
 import struct
 import termios
@@ -30,6 +37,12 @@ PTY_COLUMNS = 80
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+
+log = logging.getLogger(__name__)
+
+_child_fd_limit: int | None = None
+"""The soft RLIMIT_NOFILE children start with (the server's own before it raised it), or
+None when the server never raised it (children then inherit the server's)."""
 
 _SIG_DFL = 0
 _SIG_IGN = 1
@@ -90,9 +103,14 @@ def _libc_calls() -> tuple[Any, Any]:
 
 
 def _preexec(
-    tty: bool, parent_pid: int, cgroup_fd: int | None, ignored: tuple[int, ...]
+    tty: bool,
+    parent_pid: int,
+    cgroup_fd: int | None,
+    ignored: tuple[int, ...],
+    fd_limit: int | None,
 ) -> None:  # pragma: no cover - runs in the child
     # setsid has already run (start_new_session); fds 0-2 are in place.
+    _restore_fd_limit(fd_limit)
     if cgroup_fd is not None:
         os.write(cgroup_fd, b"0")  # into the sandbox's pids cgroup before anything forks
     _prctl, _signal = _libc_calls()
@@ -107,6 +125,43 @@ def _preexec(
     for signum in _RESETTABLE_SIGNALS:
         _signal(signum, _SIG_IGN if signum in ignored else _SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def raise_fd_limit() -> None:
+    """Raise this process's soft limit on open files to the hard one, and have every child
+    started from now on begin with the soft limit it had before.
+
+    A server holds a descriptor per connection, handle and child pipe, and the common soft
+    limit of 1024 is soon reached (idle sockets alone could take them all before the pending
+    bound drops them); its children keep the limit they would have had without the server.
+    """
+    global _child_fd_limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        log.warning("cannot raise the open-file limit from %d to %d: %s", soft, hard, exc)
+        return
+    _child_fd_limit = soft
+
+
+def child_fd_limit() -> int | None:
+    """The soft open-file limit children are given, or None (they inherit the server's)."""
+    return _child_fd_limit
+
+
+def restore_child_fd_limit() -> None:  # pragma: no cover - runs in the child
+    """For a ``preexec_fn`` (in a forked child): the open-file soft limit back to
+    :func:`child_fd_limit`, the hard one unchanged; nothing when that is None."""
+    _restore_fd_limit(_child_fd_limit)
+
+
+def _restore_fd_limit(soft: int | None) -> None:  # pragma: no cover - runs in the child
+    if soft is not None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
 
 
 def set_window_size(fd: int, rows: int, columns: int) -> None:
@@ -165,9 +220,10 @@ def spawn(request: SpawnRequest, *, native: bool = True) -> Child:
         args[0] = request.arg0
     parent_pid = os.getpid()
     tty = request.tty
+    fd_limit = _child_fd_limit
 
     def preexec() -> None:  # pragma: no cover - runs in the child
-        _preexec(tty, parent_pid, request.cgroup_fd, request.ignored_signals)
+        _preexec(tty, parent_pid, request.cgroup_fd, request.ignored_signals, fd_limit)
 
     to_close: list[int] = []
     try:
@@ -284,6 +340,7 @@ def _native_spawn(
                 -1 if request.keep_fd is None else request.keep_fd,
                 -1 if request.cgroup_fd is None else request.cgroup_fd,
                 sum(1 << (signum - 1) for signum in request.ignored_signals),
+                -1 if _child_fd_limit is None else _child_fd_limit,
             )
         )
     except OSError as exc:

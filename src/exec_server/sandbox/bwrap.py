@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from ..process.spawn import SpawnRequest
+from ..process.spawn import SpawnRequest, restore_child_fd_limit
 from . import cgroup as cgroups
 from . import seccomp
 from .locate import find_bwrap
@@ -215,6 +215,7 @@ class Launch:
         ignored = self.ignored_signals
 
         def preexec() -> None:  # pragma: no cover - runs in the child
+            restore_child_fd_limit()
             if cgroup_fd is not None:
                 os.write(cgroup_fd, b"0")
             for signum in ignored:
