@@ -5,14 +5,18 @@ server process, real bubblewrap, a real curl child and an origin on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pexpect
 import pytest
 
+from exec_server.client._cli_network import POLICY_REQUEST, Answerer, Prompter
+from exec_server.network.policy import parse_pattern
 from exec_server.sandbox.bwrap import support as bwrap_support
 
 from .client_support import CLI, cli, server_process, spawn_in_terminal
@@ -120,3 +124,47 @@ def test_ask_without_a_terminal_says_so(url: str) -> None:
 def test_bad_network_options_are_usage_errors(options: list[str], said: bytes) -> None:
     done = cli("run", *options, "--", "true", url="ws://127.0.0.1:9")
     assert done.returncode == 2 and said in done.stderr
+
+
+# ---- the answerer and the prompt, on a real pseudo-terminal ------------------------------------
+
+
+def question(host: str) -> dict[str, Any]:
+    return {"processId": "p1", "request": {"protocol": "http", "host": host, "port": 80}}
+
+
+async def test_approve_patterns_answer_without_a_prompter() -> None:
+    answer = Answerer([parse_pattern("**.example.com"), parse_pattern("10.1.2.3")], None)
+    for host in ("example.com", "A.Example.COM.", "10.1.2.3"):
+        assert await answer(POLICY_REQUEST, question(host)) == {
+            "decision": {"type": "allow", "reason": "approved by --approve"}
+        }
+    assert await answer(POLICY_REQUEST, question("example.org")) == {
+        "decision": {"type": "deny", "reason": "not approved (--approve)"}
+    }
+    with pytest.raises(ValueError):
+        await answer("other/method", {})
+
+
+async def test_the_prompt_reads_one_line_and_discards_earlier_keys() -> None:
+    controller, terminal = os.openpty()
+    try:
+        prompter = Prompter(terminal, timeout=0.5)
+        answer = Answerer([parse_pattern("ok.org")], prompter)
+        os.write(controller, b"y\n")  # typed before the question: not an answer
+        assert await answer(POLICY_REQUEST, question("x.org")) == {
+            "decision": {"type": "deny", "reason": "nobody answered in time"}
+        }
+        asking = asyncio.ensure_future(answer(POLICY_REQUEST, question("x.org")))
+        shown = b""
+        while b"[y/N]" not in shown:
+            shown += await asyncio.to_thread(os.read, controller, 1024)
+        assert b"let the command reach x.org:80?" in shown
+        os.write(controller, b"yes\n")
+        assert (await asking)["decision"]["type"] == "allow"
+        assert await answer(POLICY_REQUEST, question("ok.org")) == {
+            "decision": {"type": "allow", "reason": "approved by --approve"}
+        }
+    finally:
+        os.close(controller)
+        os.close(terminal)
