@@ -35,16 +35,18 @@ APPROVE_ONLY_TIMEOUT_MS = 10_000
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The managed-network options of ``run``."""
     group = parser.add_argument_group(
-        "managed network (the command runs in the server's sandbox, reaching the network "
-        "only through a proxy that applies these lists; see docs/network.md)"
+        "managed network",
+        "With these the command runs in the server's sandbox and reaches the network only "
+        "through a proxy that applies the lists (docs/network.md).",
     )
     group.add_argument(
         "--allow-domain",
         action="append",
         default=[],
         metavar="PATTERN",
-        help="let the command reach HOST (PATTERN: host, *.host for subdomains, **.host for "
-        "both; an IP or localhost for local addresses); repeatable. Nothing else is allowed",
+        help="let the command reach these hosts (PATTERN: host, *.host for subdomains, "
+        "**.host for both; local addresses need an exact IP or localhost); repeatable. "
+        "Nothing else is allowed",
     )
     group.add_argument(
         "--deny-domain",
@@ -59,7 +61,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PATTERN",
         help="when the command reaches a host not allowed, the server asks us: allow hosts "
-        "matching PATTERN (same syntax), deny the rest; repeatable",
+        "matching PATTERN (same syntax), deny the rest (with --ask: ask); repeatable",
     )
     group.add_argument(
         "--review-domain",
