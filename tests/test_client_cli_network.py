@@ -126,6 +126,15 @@ def test_bad_network_options_are_usage_errors(options: list[str], said: bytes) -
     assert done.returncode == 2 and said in done.stderr
 
 
+def test_ask_refuses_to_share_the_terminal_with_i() -> None:
+    command = [*CLI, "run", "--url", "ws://127.0.0.1:9", "-i", "--ask", "--", "true"]
+    terminal = spawn_in_terminal(shlex.join(command))
+    terminal.expect_exact("--ask prompts on the terminal that -i gives the command")
+    terminal.expect(pexpect.EOF)
+    terminal.close()
+    assert terminal.exitstatus == 2
+
+
 # ---- the answerer and the prompt, on a real pseudo-terminal ------------------------------------
 
 
