@@ -74,6 +74,7 @@ async def attach(
     cwd: str | None,
     env: dict[str, str],
     timeout: float | None = None,
+    network_proxy: dict[str, Any] | None = None,
 ) -> int:
     """Start ``argv`` and connect our stdin, stdout and stderr to it until it closes;
     returns its exit code. Raises :class:`Leave` when it ends otherwise (124: ``timeout``
@@ -94,6 +95,7 @@ async def attach(
         stdin=how.forward_stdin,
         stdin_size=stdin.size,
         size=size,
+        network_proxy=network_proxy,
     )
     session = _Session(client, process, command, how)
     try:

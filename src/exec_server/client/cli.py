@@ -24,7 +24,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
-from . import _cli_attach, _cli_files, _cli_procs
+from . import _cli_attach, _cli_files, _cli_network, _cli_procs
 from ._cli_common import (
     CANNOT_RUN,
     LOCAL_ERROR,
@@ -153,7 +153,11 @@ def _add_run(
         "  exec-server run -- uname -a\n"
         "  tar czf - src | exec-server run -w /tmp -- tar xzf -\n"
         "  exec-server run -it -- python3\n"
-        "  exec-server run -d -- sleep 600 && exec-server ps\n",
+        "  exec-server run -d -- sleep 600 && exec-server ps\n"
+        "  exec-server run --allow-domain pypi.org --allow-domain '*.pythonhosted.org' "
+        "-- pip download requests\n"
+        "  exec-server run --allow-domain pypi.org --ask -- ./build.sh\n"
+        "  exec-server run --approve '**.example.com' -- curl -sI https://www.example.com\n",
         _run,
     )
     run.add_argument("-i", "--interactive", action="store_true", help="send our stdin to it")
@@ -167,6 +171,7 @@ def _add_run(
         metavar="SECONDS",
         help="kill it after SECONDS and exit 124 (as timeout(1))",
     )
+    _cli_network.add_options(run)
     _process_options(run)
 
 
@@ -456,6 +461,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("no command given (exec-server run -- CMD ARGS...)")
     if args.command == "run" and args.detach and (args.tty or args.interactive):
         raise ConfigError("-d runs without a terminal and without stdin: drop -i and -t")
+    if args.command == "run":
+        _cli_network.check(args)
     if args.command == "shell" and args.force_tty and args.no_tty:
         raise ConfigError("-t and -T contradict each other")
     args.env = _environment(args.env_file, args.env)
@@ -546,9 +553,19 @@ async def _in_detached_session(client: Client, args: argparse.Namespace, url: st
 async def _run(client: Client, args: argparse.Namespace) -> int:
     forward = args.interactive or not (os.isatty(0) or is_null_device(0))
     how = _cli_attach.Attachment(tty=args.tty, forward_stdin=forward)
-    return await _cli_attach.attach(
-        client, args.argv, how, command="run", cwd=args.cwd, env=args.env, timeout=args.timeout
-    )
+    network = _cli_network.launch(args) if _cli_network.wanted(args) else None
+    async with _cli_network.answering(args) as answer:
+        client.on_server_request = answer
+        return await _cli_attach.attach(
+            client,
+            args.argv,
+            how,
+            command="run",
+            cwd=args.cwd,
+            env=args.env,
+            timeout=args.timeout,
+            network_proxy=network,
+        )
 
 
 async def _shell(client: Client, args: argparse.Namespace) -> int:

@@ -714,6 +714,7 @@ class Client:
         stdin: bool = False,
         stdin_size: int | None = None,
         size: tuple[int, int] | None = None,
+        network_proxy: Mapping[str, Any] | None = None,
     ) -> Process:
         """Start a process and return its handle.
 
@@ -725,6 +726,9 @@ class Client:
         ``stdin_size``: the exact number of bytes that will be written; the process sees
         end-of-file right after them, even on servers that cannot close stdin (there a
         pipe-mode command runs behind ``head -c``). Implies ``stdin``.
+
+        ``network_proxy``: ``process/start.networkProxy`` (docs/network.md): the process runs
+        behind the server's managed network; its questions reach :attr:`on_server_request`.
         """
         if stdin_size is not None and stdin_size < 0:
             raise ValueError("stdin_size must not be negative")
@@ -737,6 +741,7 @@ class Client:
             stdin=bool(stdin_size) if stdin_size is not None else stdin,  # 0: /dev/null
             size=size,
             stdin_size=stdin_size,
+            network_proxy=network_proxy,
         )
         if stdin_size == 0 and tty:
             await process.close_stdin()
@@ -753,6 +758,7 @@ class Client:
         stdin: bool,
         size: tuple[int, int] | None,
         stdin_size: int | None,
+        network_proxy: Mapping[str, Any] | None = None,
     ) -> Process:
         if not argv:
             raise ValueError("argv must not be empty")
@@ -771,6 +777,8 @@ class Client:
             params["envPolicy"] = _INHERIT_ALL
         if stdin and not tty:
             params["pipeStdin"] = True
+        if network_proxy is not None:
+            params["networkProxy"] = dict(network_proxy)
         if feed_exactly is not None:
             program = ["/bin/sh", "-c", _FEED_EXACTLY, "sh", str(feed_exactly), *program]
         if size is not None and tty:
