@@ -16,12 +16,14 @@ import os
 import termios
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..network.policy import Pattern, PatternError, normalize_host, parse_pattern
 from ._cli_common import LOCAL_ERROR, Leave
 from ._cli_config import ConfigError
 from .client import ServerRequestHandler
+
+if TYPE_CHECKING:
+    from ..network.policy import Pattern
 
 POLICY_REQUEST = "network/policyRequest"
 TTY = "/dev/tty"
@@ -111,6 +113,8 @@ def check(args: argparse.Namespace) -> None:
         ("--approve", args.approve),
     ):
         for text in patterns:
+            from ..network.policy import PatternError, parse_pattern  # patterns given only
+
             try:
                 parse_pattern(text)
             except PatternError as exc:
@@ -205,6 +209,8 @@ class Answerer:
     async def __call__(self, method: str, params: Any) -> Any:
         if method != POLICY_REQUEST:
             raise ValueError(f"this client does not answer `{method}`")
+        from ..network.policy import normalize_host  # a question came: patterns are in use
+
         request = params.get("request") or {}
         host = normalize_host(str(request.get("host", "")))
         port = request.get("port")
@@ -226,6 +232,8 @@ async def answering(args: argparse.Namespace) -> AsyncIterator[ServerRequestHand
     if not (args.approve or args.ask):
         yield None
         return
+    from ..network.policy import parse_pattern  # --approve or --ask given
+
     approve = [parse_pattern(text) for text in args.approve]
     if not args.ask:
         yield Answerer(approve, None)
