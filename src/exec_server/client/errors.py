@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
+from typing import ClassVar
 
 METHOD_NOT_FOUND = -32601
 INVALID_REQUEST = -32600
@@ -72,17 +73,27 @@ class RpcError(ExecServerError):
         """What the request was about (a remote path, a process id), when known."""
 
 
-class RemoteFileNotFound(RpcError, FileNotFoundError):
-    """A remote path does not exist (error -32004); also a :class:`FileNotFoundError`."""
+class _RemoteOSError(RpcError, OSError):
+    """An error reply that is also an :class:`OSError` of the kind a local call would
+    raise: ``errno`` (the class's ``os_errno``), ``strerror`` and ``filename`` set as
+    OSError sets them, the text as :class:`RpcError` words it."""
+
+    os_errno: ClassVar[int]
 
     def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
         super().__init__(method, code, message, subject)
-        self.errno = errno.ENOENT
+        self.errno = self.os_errno
         self.strerror = message
         self.filename = subject
 
     def __str__(self) -> str:
         return RpcError.__str__(self)
+
+
+class RemoteFileNotFound(_RemoteOSError, FileNotFoundError):
+    """A remote path does not exist (error -32004); also a :class:`FileNotFoundError`."""
+
+    os_errno = errno.ENOENT
 
 
 class StdinClosed(ExecServerError, BrokenPipeError):
@@ -93,61 +104,33 @@ class StdinClosed(ExecServerError, BrokenPipeError):
         return str(self.args[0]) if self.args else "stdin is closed"
 
 
-class RemoteFileExists(RpcError, FileExistsError):
+class RemoteFileExists(_RemoteOSError, FileExistsError):
     """A remote path that must not exist does (``File exists (os error 17)``); also a
     :class:`FileExistsError`."""
 
-    def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
-        super().__init__(method, code, message, subject)
-        self.errno = errno.EEXIST
-        self.strerror = message
-        self.filename = subject
-
-    def __str__(self) -> str:
-        return RpcError.__str__(self)
+    os_errno = errno.EEXIST
 
 
-class ProgramNotFound(RpcError, FileNotFoundError):
+class ProgramNotFound(_RemoteOSError, FileNotFoundError):
     """``process/start`` failed because the program does not exist (on the server's PATH, or
     at the path given); also a :class:`FileNotFoundError`. The shell's exit code for it is 127."""
 
-    def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
-        super().__init__(method, code, message, subject)
-        self.errno = errno.ENOENT
-        self.strerror = message
-        self.filename = subject
-
-    def __str__(self) -> str:
-        return RpcError.__str__(self)
+    os_errno = errno.ENOENT
 
 
-class ProgramNotExecutable(RpcError, PermissionError):
+class ProgramNotExecutable(_RemoteOSError, PermissionError):
     """``process/start`` failed because the program exists but cannot be run (no execute
     permission, a directory, not an executable format); also a :class:`PermissionError`.
     The shell's exit code for it is 126."""
 
-    def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
-        super().__init__(method, code, message, subject)
-        self.errno = errno.EACCES
-        self.strerror = message
-        self.filename = subject
-
-    def __str__(self) -> str:
-        return RpcError.__str__(self)
+    os_errno = errno.EACCES
 
 
-class BadWorkingDirectory(RpcError, NotADirectoryError):
+class BadWorkingDirectory(_RemoteOSError, NotADirectoryError):
     """``process/start`` failed because its working directory does not exist or is not a
     directory; also a :class:`NotADirectoryError`. ``subject`` is the directory."""
 
-    def __init__(self, method: str, code: int, message: str, subject: str | None = None) -> None:
-        super().__init__(method, code, message, subject)
-        self.errno = errno.ENOTDIR
-        self.strerror = message
-        self.filename = subject
-
-    def __str__(self) -> str:
-        return RpcError.__str__(self)
+    os_errno = errno.ENOTDIR
 
 
 _MISSING = ("(os error 2)",)
