@@ -129,8 +129,11 @@ podman_build() {
   CONTAINERS_CONF=$(conf)
   export CONTAINERS_CONF
   base
-  local pipenv="$IMAGE_CACHE/pipenv" volumes
-  trap 'rm -f "$IMAGE_CACHE/pipenv"' EXIT  # pip's settings may hold a password
+  local pipenv volumes
+  # One file per build (two builds at once must not remove each other's); pip's settings
+  # may hold a password, so it goes when the build does.
+  pipenv=$(mktemp "$IMAGE_CACHE/pipenv.XXXXXX")
+  trap 'rm -f "$pipenv"' EXIT
   volumes=$(python3 deploy/pip_settings.py "$pipenv")
   # --format docker keeps HEALTHCHECK (the OCI format has no field for it).
   # shellcheck disable=SC2086

@@ -394,13 +394,19 @@ def test_a_busy_detached_session_is_said_plainly(url: str, home: dict[str, str])
     started = cli("run", "-d", "--", "sleep", "60", url=url, extra_env=home)
     process_id = started.stdout.decode().strip()
     env = {**os.environ, **home, "EXEC_SERVER_URL": url}
-    follower = subprocess.Popen(
-        [*CLI, "logs", "-f", process_id], env=env, cwd=REPO, stdout=subprocess.DEVNULL
-    )
+
+    def follow() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [*CLI, "logs", "-f", process_id], env=env, cwd=REPO, stdout=subprocess.DEVNULL
+        )
+
+    follower = follow()
     try:
         deadline = time.monotonic() + 20
         while (busy := cli("ps", url=url, extra_env=home)).returncode == 0:
             assert time.monotonic() < deadline  # until `logs -f` holds the session
+            if follower.poll() is not None:  # it met one of our `ps` in the session: again
+                follower = follow()
             time.sleep(0.1)
         assert busy.returncode == 1
         assert b"the detached session is in use by another exec-server command" in busy.stderr
