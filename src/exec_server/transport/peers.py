@@ -96,12 +96,19 @@ def _tcp_peer_inode(sock: Any) -> int | None:
     except OSError:
         return None
     wanted = (_endpoint(theirs[0], theirs[1]), _endpoint(ours[0], ours[1]))
+    # The ports as the table writes them: only rows with both are parsed (the table also
+    # holds every recent connection in TIME_WAIT, thousands on a scraped server).
+    ports = (f":{theirs[1]:04X}", f":{ours[1]:04X}")
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # a mapped IPv4 peer is in the first
         try:
             with open(table) as rows:
                 next(rows, None)  # the header
                 for row in rows:
+                    if ports[0] not in row:
+                        continue
                     fields = row.split()
+                    if not (fields[1].endswith(ports[0]) and fields[2].endswith(ports[1])):
+                        continue
                     if (_parse(fields[1]), _parse(fields[2])) == wanted:
                         return int(fields[9])
         except OSError:
