@@ -19,8 +19,11 @@ cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-localhost/exec-server:latest}
 TEST_IMAGE=${TEST_IMAGE:-localhost/exec-server-test:latest}
 IMAGE_CACHE=${IMAGE_CACHE:-$HOME/.cache/exec-server-image}
-BASE_IMAGE=${BASE_IMAGE:-localhost/exec-server-base:bookworm}
 SUITE=bookworm
+# The base's recipe version: bump it when the mmdebstrap options change, so that a cached
+# tarball made by the old recipe is not reused.
+BASE_RECIPE=3
+BASE_IMAGE=${BASE_IMAGE:-localhost/exec-server-base:$SUITE-$BASE_RECIPE}
 SECCOMP_PROFILE=${SECCOMP_PROFILE:-build/seccomp/exec-server/bubblewrap.json}
 TOOLS="podman buildah runc uidmap slirp4netns netavark mmdebstrap"
 
@@ -85,11 +88,13 @@ sources() {
 
 base() {
   mkdir -p "$IMAGE_CACHE"
-  local tar="$IMAGE_CACHE/base-$SUITE.tar"
+  local tar="$IMAGE_CACHE/base-$SUITE-$BASE_RECIPE.tar"
   if [ ! -s "$tar" ]; then
     echo "building the Debian $SUITE base with mmdebstrap (about a minute)" >&2
     # merged-usr keeps perl and friends out; no manuals, translations or docs (but the
-    # copyright files); dpkg keeps these exclusions for the image's own apt-get later.
+    # copyright files), of glibc's iconv modules (8 MB; Python has its own codecs) only the
+    # Unicode ones and Latin-1/9/CP1252; dpkg keeps these exclusions for the image's own
+    # apt-get later.
     mmdebstrap --quiet --format=tar --variant=minbase \
       --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
@@ -97,13 +102,20 @@ base() {
       --dpkgopt='path-include=/usr/share/locale/locale.alias' \
       --dpkgopt='path-exclude=/usr/share/doc/*' \
       --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+      --dpkgopt='path-exclude=/usr/lib/*-linux-gnu/gconv/*' \
+      --dpkgopt='path-include=/usr/lib/*-linux-gnu/gconv/gconv-modules*' \
+      --dpkgopt='path-include=/usr/lib/*-linux-gnu/gconv/UTF-*' \
+      --dpkgopt='path-include=/usr/lib/*-linux-gnu/gconv/UNICODE.so' \
+      --dpkgopt='path-include=/usr/lib/*-linux-gnu/gconv/ISO8859-1.so' \
+      --dpkgopt='path-include=/usr/lib/*-linux-gnu/gconv/ISO8859-15.so' \
+      --dpkgopt='path-include=/usr/lib/*-linux-gnu/gconv/CP1252.so' \
       "$SUITE" "$tar.tmp" "$(sources)" >/dev/null
     mv "$tar.tmp" "$tar"
   fi
-  if ! podman image exists "$BASE_IMAGE" || [ "$tar" -nt "$IMAGE_CACHE/base.imported" ]; then
+  if ! podman image exists "$BASE_IMAGE" || [ "$tar" -nt "$IMAGE_CACHE/base-$BASE_RECIPE.imported" ]; then
     podman import --quiet --change 'CMD ["/bin/bash"]' --change 'ENV LANG=C.UTF-8' \
       "$tar" "$BASE_IMAGE" >/dev/null
-    touch "$IMAGE_CACHE/base.imported"
+    touch "$IMAGE_CACHE/base-$BASE_RECIPE.imported"
   fi
 }
 

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exec_server.client import ConnectionFailed, RpcError, ServerShutdown, State, connect
 from exec_server.config import Limits
-from exec_server.observability import Heartbeat, Histogram
+from exec_server.observability import Heartbeat, Histogram, Metrics
 from exec_server.server import Server
 from exec_server.transport.websocket import serve_websocket
 
@@ -275,6 +275,35 @@ def test_the_spawn_histogram_counts_each_value_in_the_first_bucket_that_holds_it
         histogram.observe(value)
     assert histogram.cumulative() == [("0.001", 2), ("0.01", 3), ("0.1", 4), ("+Inf", 5)]
     assert histogram.sum == pytest.approx(0.6065)
+
+
+def test_a_scrape_after_a_change_shows_it_and_the_unchanged_families_as_before() -> None:
+    """Families whose samples did not change reuse the previous scrape's text: a change in
+    one of them (a new label too) must still show, and nothing else may move."""
+    metrics = Metrics()
+    metrics.watch(lambda: 1, lambda: {"running": 3}, lambda: False)
+    metrics.handshake("peer", "/metrics", 200)
+    first = metrics.exposition()[0].decode()
+    metrics.handshake("peer", "/metrics", 200)
+    metrics.limit_refused("--max-processes")
+    second = metrics.exposition()[0].decode()
+
+    def values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    before, after = values(first), values(second)
+    requests = ("exec_server_http_requests_total", (("outcome", "answered"), ("path", "/metrics")))
+    refusals = ("exec_server_limit_refusals_total", (("limit", "--max-processes"),))
+    assert (before[requests], after[requests]) == (1, 2)
+    assert refusals not in before and after[refusals] == 1
+    assert {k: v for k, v in after.items() if k not in (requests, refusals)} == {
+        k: v for k, v in before.items() if k != requests
+    }
+    assert after[("exec_server_processes", (("state", "running"),))] == 3
 
 
 async def test_sandboxed_starts_have_their_own_spawn_series(tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ class Metrics:
         self._processes: Callable[[], Mapping[str, int]] = dict
         self._draining: Callable[[], bool] = lambda: False
         self._next_connection = 0
-        self._registry: Any = None
+        self._texts: dict[str, tuple[Any, bytes]] = {}
 
     def watch(
         self,
@@ -199,14 +199,21 @@ class Metrics:
     # ---- exposition ---------------------------------------------------------------------------
 
     def exposition(self) -> tuple[bytes, str]:
-        """The Prometheus text format of every metric now, and its content type."""
-        from prometheus_client import CollectorRegistry, exposition
+        """The Prometheus text format of every metric now, and its content type.
 
-        if self._registry is None:
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(_Collector(self))
-            self._registry = registry
-        return exposition.generate_latest(self._registry), exposition.CONTENT_TYPE_LATEST
+        ``prometheus_client`` formats each family; a family whose samples are the same as at
+        the previous scrape (most of them, on a steady server) reuses that scrape's text.
+        """
+        from prometheus_client import exposition
+
+        parts = []
+        for family in self.families():
+            cached = self._texts.get(family.name)
+            if cached is None or cached[0] != family.samples:
+                cached = (family.samples, exposition.generate_latest(_OneFamily(family)))
+                self._texts[family.name] = cached
+            parts.append(cached[1])
+        return b"".join(parts), exposition.CONTENT_TYPE_LATEST
 
     def families(self) -> Iterator[Any]:
         """Every metric family, built from the counts (for the collector)."""
@@ -307,14 +314,14 @@ class Metrics:
         )
 
 
-class _Collector:
-    """What ``prometheus_client`` asks at each scrape."""
+class _OneFamily:
+    """One metric family as the collector ``prometheus_client``'s formatter asks for."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
+    def __init__(self, family: Any) -> None:
+        self._family = family
 
     def collect(self) -> Iterator[Any]:
-        return self._metrics.families()
+        yield self._family
 
 
 _OUTCOMES = {

@@ -13,8 +13,9 @@ than ours: bubblewrap unshares both for every sandbox. The peer is found by its 
   then looked for among the descriptors of the sandboxed descendants. A remote peer's
   socket is not in the table: it is never taken for one of ours.
 
-All of it reads ``/proc`` and is skipped at once when no sandboxed descendant runs, which is
-what a server without sandboxes pays: one listing of its children.
+All of it reads ``/proc``. A TCP peer from another host costs one read of the TCP table; a
+local peer costs a walk of every descendant (its task list, each thread's ``children``, two
+namespace links), which grows with the number of children (bench/README.md, "Operating it").
 """
 
 from __future__ import annotations
@@ -34,15 +35,16 @@ def is_sandboxed_descendant(sock: Any) -> bool:
     """Whether the peer of the accepted socket ``sock`` (a socket or asyncio's wrapper of
     one) is one of this server's sandboxed descendants. Blocking reads of ``/proc``: a
     handful when nothing is sandboxed."""
-    sandboxed = _sandboxed_descendants()
-    if not sandboxed:
-        return False
     if sock.family == socket.AF_UNIX:
-        return _unix_peer_pid(sock) in sandboxed
+        return _unix_peer_pid(sock) in _sandboxed_descendants()
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
+    # The peer's socket first: a remote peer (not in this namespace's table) is never ours,
+    # and is told so without walking every descendant (which costs per child).
     inode = _tcp_peer_inode(sock)
-    return inode is not None and any(_holds_socket(pid, inode) for pid in sandboxed)
+    if inode is None:
+        return False
+    return any(_holds_socket(pid, inode) for pid in _sandboxed_descendants())
 
 
 def _sandboxed_descendants() -> set[int]:
@@ -94,12 +96,19 @@ def _tcp_peer_inode(sock: Any) -> int | None:
     except OSError:
         return None
     wanted = (_endpoint(theirs[0], theirs[1]), _endpoint(ours[0], ours[1]))
+    # The ports as the table writes them: only rows with both are parsed (the table also
+    # holds every recent connection in TIME_WAIT, thousands on a scraped server).
+    ports = (f":{theirs[1]:04X}", f":{ours[1]:04X}")
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # a mapped IPv4 peer is in the first
         try:
             with open(table) as rows:
                 next(rows, None)  # the header
                 for row in rows:
+                    if ports[0] not in row:
+                        continue
                     fields = row.split()
+                    if not (fields[1].endswith(ports[0]) and fields[2].endswith(ports[1])):
+                        continue
                     if (_parse(fields[1]), _parse(fields[2])) == wanted:
                         return int(fields[9])
         except OSError:
