@@ -244,6 +244,12 @@ class SessionRegistry:
             session.processes.count_states(counts)
         return {state.value: count for state, count in counts.items()}
 
+    def sandbox_pids(self) -> list[int]:
+        """The launcher pids of every session's running sandboxes (transport/peers.py)."""
+        return [
+            pid for session in self._sessions.values() for pid in session.processes.sandbox_pids()
+        ]
+
     def live_processes(self) -> int:
         """Processes of all sessions that have not closed yet (a drain waits for none)."""
         return sum(session.processes.live for session in self._sessions.values())

@@ -278,6 +278,14 @@ class ProcessManager:
         for state in ProcessState:
             counts[state] += states.count(state)
 
+    def sandbox_pids(self) -> Iterator[int]:
+        """The launcher pids of this session's sandboxed processes still running: below each
+        is a sandbox (bubblewrap's namespaces end with it)."""
+        for process in self._processes.values():
+            launch, child = process.launch, process.child
+            if launch is not None and launch.sandboxed and child is not None and not process.reaped:
+                yield child.pid
+
     @property
     def live(self) -> int:
         """Processes reserved, running or exited but not closed yet."""

@@ -3,19 +3,20 @@ never served, token or not (issue 17: a network-enabled sandbox shares the host'
 so without this it could reach a token-less ``ws://127.0.0.1`` listener and start
 unsandboxed processes).
 
-A sandboxed descendant is a process below this one (children are adopted by us, the
-subreaper, so a daemonised one stays below) that lives in another user or PID namespace
-than ours: bubblewrap unshares both for every sandbox. The peer is found by its socket:
+A sandboxed descendant is a process in the tree of one of the sandboxes this server runs:
+below a bubblewrap launcher the process manager started (``sandbox_pids``, asked only when
+needed), whose namespaces, and so everything inside them, end with it. The peer is found by
+its socket:
 
 * Unix socket: the kernel names the peer's pid (``SO_PEERCRED``, in our PID namespace).
 * TCP: the peer's socket is looked up by its address pair in ``/proc/net/tcp`` (or
   ``tcp6``) of our network namespace, which a network-enabled sandbox shares; its inode is
-  then looked for among the descriptors of the sandboxed descendants. A remote peer's
+  then looked for among the descriptors of the sandboxes' processes. A remote peer's
   socket is not in the table: it is never taken for one of ours.
 
-All of it reads ``/proc``. A TCP peer from another host costs one read of the TCP table; a
-local peer costs a walk of every descendant (its task list, each thread's ``children``, two
-namespace links), which grows with the number of children (bench/README.md, "Operating it").
+All of it reads ``/proc``, and only the sandboxes' trees: with no sandbox running, a peer
+costs nothing here; the server's other children are never walked (bench/README.md,
+"Operating it").
 """
 
 from __future__ import annotations
@@ -26,41 +27,38 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
-_OWN_NAMESPACES = ("user", "pid")
 
-
-def is_sandboxed_descendant(sock: Any) -> bool:
+def is_sandboxed_descendant(sock: Any, sandbox_pids: Callable[[], Iterable[int]]) -> bool:
     """Whether the peer of the accepted socket ``sock`` (a socket or asyncio's wrapper of
-    one) is one of this server's sandboxed descendants. Blocking reads of ``/proc``: a
-    handful when nothing is sandboxed."""
-    if sock.family == socket.AF_UNIX:
-        return _unix_peer_pid(sock) in _sandboxed_descendants()
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+    one) runs in one of the sandboxes below ``sandbox_pids()`` (their launchers). Blocking
+    reads of ``/proc``, none while no sandbox runs."""
+    if sock.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
         return False
+    roots = list(sandbox_pids())
+    if not roots:
+        return False
+    if sock.family == socket.AF_UNIX:
+        return _unix_peer_pid(sock) in _trees(roots)
     # The peer's socket first: a remote peer (not in this namespace's table) is never ours,
-    # and is told so without walking every descendant (which costs per child).
+    # and is told so without walking the sandboxes.
     inode = _tcp_peer_inode(sock)
     if inode is None:
         return False
-    return any(_holds_socket(pid, inode) for pid in _sandboxed_descendants())
+    return any(_holds_socket(pid, inode) for pid in _trees(roots))
 
 
-def _sandboxed_descendants() -> set[int]:
-    """Our descendants living in another user or PID namespace than ours."""
-    own = {name: _namespace(os.getpid(), name) for name in _OWN_NAMESPACES}
+def _trees(roots: list[int]) -> set[int]:
+    """``roots`` and every process below them."""
     found: set[int] = set()
-    pending = _children(os.getpid())
-    seen: set[int] = set()
+    pending = list(roots)
     while pending:
         pid = pending.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        if any(_namespace(pid, name) not in (None, own[name]) for name in _OWN_NAMESPACES):
+        if pid not in found:
             found.add(pid)
-        pending += _children(pid)
+            pending += _children(pid)
     return found
 
 
@@ -71,13 +69,6 @@ def _children(pid: int) -> list[int]:
             with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
                 children += [int(child) for child in f.read().split()]
     return children
-
-
-def _namespace(pid: int, name: str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/{name}")
-    except OSError:
-        return None
 
 
 def _unix_peer_pid(sock: Any) -> int | None:

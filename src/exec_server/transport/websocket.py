@@ -111,7 +111,7 @@ class WebSocketTransport(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass, but is one
         self._transport = transport
         sock = transport.get_extra_info("socket")
-        if sock is not None and is_sandboxed_descendant(sock):
+        if sock is not None and is_sandboxed_descendant(sock, self._server.sessions.sandbox_pids):
             log.warning("refused a connection from a sandboxed process of this server")
             self.abort()
             return
