@@ -363,7 +363,11 @@ async def _capture(
             policy = enforce.process_policy(profile, confinement, request.cwd, request.env)
         if policy is None or not policy.is_restricted:
             return shell_snapshot.run_capture(argv, request.cwd, request.env, {})
-        launch = _launch(connection, policy, msgspec.structs.replace(request, argv=argv))
+        # Without the network: a capture only reads the shell's state, and it runs outside
+        # the process manager, where the sandboxed-peer check (transport/peers.py) cannot
+        # see it.
+        capture = msgspec.structs.replace(request, argv=argv)
+        launch = _launch(connection, _without_network(policy), capture)
         try:
             options = launch.subprocess_options()
             return shell_snapshot.run_capture(launch.argv, request.cwd, request.env, options)
