@@ -143,9 +143,11 @@ podman_build() {
   base
   local pipenv volumes
   # One file per build (two builds at once must not remove each other's); pip's settings
-  # may hold a password, so it goes when the build does.
+  # may hold a password, so it goes when the build does (the trap runs after this function
+  # has returned: it names a global).
   pipenv=$(mktemp "$IMAGE_CACHE/pipenv.XXXXXX")
-  trap 'rm -f "$pipenv"' EXIT
+  PIPENV_FILE=$pipenv
+  trap 'rm -f "${PIPENV_FILE:-}"' EXIT
   volumes=$(python3 deploy/pip_settings.py "$pipenv")
   # --format docker keeps HEALTHCHECK (the OCI format has no field for it).
   # shellcheck disable=SC2086
