@@ -34,6 +34,7 @@ NOT_AT_START = (
     # Each method module is imported with its first request (methods/__init__.py, MODULES),
     # and with it its wire types and the domain modules behind it:
     "exec_server.methods.process",
+    "exec_server.protocol.process",
     "exec_server.process.shell_snapshot",
     "exec_server.methods.network",
     "exec_server.network",
