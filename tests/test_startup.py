@@ -13,7 +13,8 @@ import pytest
 
 import exec_server.methods as methods_package
 from exec_server.cli import STDIO_ARGV, build_parser, options_from_args, plain_stdio_options
-from exec_server.methods import METHODS, MODULES, load_all, method
+from exec_server.errors import INTERNAL_ERROR, RpcError
+from exec_server.methods import METHODS, MODULES, Method, load_all, method
 
 from .support import REPO
 
@@ -134,3 +135,11 @@ def test_a_registration_the_table_does_not_list_is_refused() -> None:
         method("fs/noSuchThing", Any, "filesystem")(lambda connection, params: None)
     with pytest.raises(LookupError, match="does not list"):  # listed, but for another module
         method("fs/readFile", Any, "filesystem")(lambda connection, params: None)
+
+
+def test_a_method_whose_module_cannot_be_imported_is_an_internal_error_for_that_request() -> None:
+    broken = Method("fs/readFile", "no_such_module", "filesystem")
+    with pytest.raises(RpcError) as raised:
+        broken.decode(b'{"path": "/"}')
+    assert raised.value.code == INTERNAL_ERROR
+    assert raised.value.message.startswith("fs/readFile is unavailable on this server: ")

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 
-from ..errors import invalid_params, invalid_request
+from ..errors import internal_error, invalid_params, invalid_request
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -117,6 +117,8 @@ class Method:
                 raise LookupError(f"{__name__}.{self.module} does not register {self.name}")
 
     def _load_then_handle(self, connection: Connection, params: Any) -> Any:
+        """The handler until the module is imported, for a request that skips
+        :meth:`decode` (``forward/write`` taken apart by slicing, in the connection)."""
         self.load()
         return self.handler(connection, params)
 
@@ -142,10 +144,15 @@ class Method:
         return self._request_type  # type: ignore[return-value]
 
     def decode(self, raw: msgspec.Raw | bytes) -> Any:
-        """Decode params, or -32602 with a message naming the offending field."""
+        """Decode params, or -32602 with a message naming the offending field; -32603 when
+        the module answering the method cannot be imported here."""
         decoder = self._decoder
         if decoder is None:
-            decoder = self._decoder = msgspec.json.Decoder(self.params_type)
+            try:
+                params_type = self.params_type
+            except ImportError as exc:
+                raise internal_error(f"{self.name} is unavailable on this server: {exc}") from None
+            decoder = self._decoder = msgspec.json.Decoder(params_type)
         try:
             return decoder.decode(raw)
         except (msgspec.DecodeError, RecursionError) as exc:
