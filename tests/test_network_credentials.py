@@ -406,3 +406,84 @@ async def test_a_custom_providers_origin_gets_the_real_value_and_nobody_else(
     written = (tmp_path / "env.txt").read_text()
     assert f"VENDOR_TOKEN={dummy}" in written
     assert REAL_VENDOR not in out and REAL_VENDOR not in written
+
+
+PROFILE = {
+    "permissions": {
+        "type": "managed",
+        "file_system": {
+            "type": "restricted",
+            "entries": [
+                {"path": {"type": "special", "value": {"kind": "root"}}, "access": "read"},
+                {"path": {"type": "special", "value": {"kind": "slash_tmp"}}, "access": "write"},
+            ],
+        },
+        "network": "enabled",
+    },
+    "cwd": "file:///tmp",
+    "workspaceRoots": ["file:///tmp"],
+    "windowsSandboxLevel": "disabled",
+    "windowsSandboxProxySettingsMode": "reconcile",
+    "useLegacyLandlock": False,
+}
+"""The profile codex sends with a managed network (the reference masks only under one)."""
+
+
+@pytest.mark.skipif(not support().usable, reason="bubblewrap cannot run here")
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_the_reference_answers_the_same_request_alike(client: Client) -> None:  # noqa: F811
+    """The same process/start against the 0.169 reference and ours: a dummy of the pattern,
+    the brokered list, the real value at the destination only; a definition the reference
+    only logs (no patterns) runs there with the real value shown, and is refused here."""
+    from .codex.reference import reference_client
+
+    with (
+        python_server(ORIGIN, "--bearer", REAL_VENDOR) as port,
+        python_server(ORIGIN, "--echo") as echo,
+    ):
+        curl = 'curl -s -H "Authorization: Bearer $VENDOR_TOKEN"'
+        script = (
+            'echo "token=$VENDOR_TOKEN"; echo "$CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS"; '
+            f"{curl} http://127.0.0.1:{port}/v1/x; {curl} http://127.0.0.1:{port}/v10; "
+            f"{curl} http://127.0.0.1:{echo}/v1"
+        )
+
+        def params(providers: dict[str, Any]) -> dict[str, Any]:
+            proxy = network_proxy(
+                {"127.0.0.1": "allow"},
+                socks5=False,
+                credentialMasking=True,
+                credentialProviders=providers,
+            )
+            return {
+                "cwd": "file:///tmp",
+                "env": {**PATH_ENV, "VENDOR_TOKEN": REAL_VENDOR},
+                "sandbox": PROFILE,
+                "enforceManagedNetwork": True,
+                "networkProxy": proxy,
+            }
+
+        good = {"vendor": _vendor([f"http://127.0.0.1:{port}/v1"])}
+        no_patterns = {"vendor": {**_vendor([f"127.0.0.1:{port}"]), "patterns": []}}
+        outputs = {}
+        async with reference_client() as reference:
+            for name, server in (("reference", reference), ("ours", client)):
+                await server.start("p1", ["/bin/bash", "-c", script], **params(good))
+                outputs[name] = (await server.wait_closed("p1", 30)).data().decode()
+            await reference.start(
+                "p2", ["/bin/bash", "-c", "echo $VENDOR_TOKEN"], **params(no_patterns)
+            )
+            unmasked = (await reference.wait_closed("p2", 30)).data().decode()
+        with pytest.raises(RpcFailure) as caught:
+            await client.start(
+                "p2", ["/bin/bash", "-c", "echo $VENDOR_TOKEN"], **params(no_patterns)
+            )
+    for name, out in outputs.items():
+        token, brokered, *rest = out.splitlines()
+        dummy = token.removeprefix("token=")
+        assert re.fullmatch(VENDOR_PATTERN, dummy) and dummy != REAL_VENDOR, (name, out)
+        assert json.loads(brokered) == [["@alias:VENDOR_TOKEN", dummy], ["VENDOR_TOKEN", dummy]]
+        assert rest == ["auth-ok", "auth-wrong", f"seen:Bearer {dummy}"], (name, out)
+    assert unmasked == f"{REAL_VENDOR}\n"  # the reference's fail-open, which we do not copy
+    assert caught.value.code == -32602
+    assert "credential provider `vendor` has no credential patterns" in caught.value.message
