@@ -240,6 +240,21 @@ def test_a_custom_value_goes_back_only_at_its_destinations() -> None:
     )
 
 
+def test_copies_of_a_real_value_in_other_variables_are_masked_too() -> None:
+    provider = compile_provider("vendor", _vendor(["api.vendor.test"]))
+    env = {
+        "VENDOR_TOKEN": REAL_VENDOR,
+        "GH_TOKEN": REAL_GH,
+        "AUTH_HEADER": f"Bearer {REAL_VENDOR}",
+        "BOTH": f"{REAL_GH}:{REAL_VENDOR}",
+    }
+    masked = mask_environment(env, [provider])
+    vendor, gh = masked.env["VENDOR_TOKEN"], masked.env["GH_TOKEN"]
+    assert masked.env["AUTH_HEADER"] == f"Bearer {vendor}"
+    assert masked.env["BOTH"] == f"{gh}:{vendor}"
+    assert REAL_VENDOR not in json.dumps(masked.env) and REAL_GH not in json.dumps(masked.env)
+
+
 def test_a_custom_value_the_provider_cannot_protect_is_removed() -> None:
     provider = compile_provider("vendor", _vendor(["api.vendor.test"]))
     masked = mask_environment({"VENDOR_TOKEN": "not-a-vendor-token", "PATH": "/bin"}, [provider])

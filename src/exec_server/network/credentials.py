@@ -174,6 +174,7 @@ def mask_environment(
         credentials.append(credential)
     for provider in providers:
         _mask_custom(env, provider, masked, credentials, removed)
+    _mask_copies(masked, credentials)
     masked["CODEX_NETWORK_PROXY_CREDENTIAL_BROKER_ACTIVE"] = "1"
     pairs = sorted(
         [
@@ -184,6 +185,17 @@ def mask_environment(
     )
     masked["CODEX_NETWORK_PROXY_BROKERED_CREDENTIALS"] = json.dumps(pairs, separators=(",", ":"))
     return MaskedEnvironment(masked, tuple(credentials), tuple(removed))
+
+
+def _mask_copies(masked: dict[str, str], credentials: Sequence[Credential]) -> None:
+    """A real value inside any other variable (``AUTH_HEADER=Bearer <real>``) becomes its
+    dummy there too: the child reads no real value anywhere in its environment."""
+    longest_first = sorted(credentials, key=lambda c: len(c.real), reverse=True)
+    for name, value in masked.items():
+        for credential in longest_first:
+            if credential.real in value:
+                value = value.replace(credential.real, credential.dummy)
+        masked[name] = value
 
 
 def _mask_custom(

@@ -102,7 +102,7 @@ class Provider:
     header: str | None
     prefix: str
     _patterns: tuple[Any, ...]
-    _trees: tuple[Any, ...]
+    _plans: tuple[_Plan, ...]
 
     def matches_value(self, value: str) -> bool:
         """Whether ``value`` is, whole, a secret of this provider."""
@@ -126,11 +126,11 @@ class Provider:
         """A value of the same pattern as ``real``, unlike it and every ``taken`` one, that
         each auth method can carry; None when the pattern yields none."""
         avoid = {real, *taken}
-        for pattern, tree in zip(self._patterns, self._trees, strict=True):
+        for pattern, plan in zip(self._patterns, self._plans, strict=True):
             if pattern.fullmatch(real) is None:
                 continue
             best: str | None = None
-            for candidate in _candidates(tree, pattern):
+            for candidate in _candidates(plan, pattern):
                 if candidate in avoid or real in candidate or candidate in real:
                     continue
                 if not self._carries(real, candidate):
@@ -220,16 +220,16 @@ def compile_provider(name: str, config: Mapping[str, Any]) -> Provider:
         )
     if prefix is not None and header is None:
         raise ProviderError(f"{label} requires header authentication to use a header prefix")
-    compiled, trees = [], []
+    compiled, plans = [], []
     for source in patterns:
         try:
-            pattern, tree = _compile_pattern(source)
+            pattern, plan = _compile_pattern(source)
         except ProviderError as error:
             raise ProviderError(
                 f"invalid credential pattern for provider `{name}`: {error}"
             ) from None
         compiled.append(pattern)
-        trees.append(tree)
+        plans.append(plan)
     return Provider(
         name,
         variables,
@@ -239,7 +239,7 @@ def compile_provider(name: str, config: Mapping[str, Any]) -> Provider:
         header,
         prefix or "",
         tuple(compiled),
-        tuple(trees),
+        tuple(plans),
     )
 
 
@@ -347,8 +347,9 @@ def _header_safe(value: str) -> bool:
 # ---- patterns and dummies ---------------------------------------------------------------------
 
 
-def _compile_pattern(source: str) -> tuple[Any, Any]:
-    """RE2 for matching, the standard library's tree for generating; both must accept it."""
+def _compile_pattern(source: str) -> tuple[Any, _Plan]:
+    """RE2 for matching, a plan drawn from the standard library's syntax tree for
+    generating; both must accept the pattern."""
     if len(source.encode()) > MAX_PATTERN_BYTES:
         raise ProviderError(f"credential pattern exceeds {MAX_PATTERN_BYTES} bytes")
     re2 = importlib.import_module("re2")
@@ -364,78 +365,114 @@ def _compile_pattern(source: str) -> tuple[Any, Any]:
         raise ProviderError(f"regex parse error: {detail}") from None
     parser = importlib.import_module("re._parser")
     try:
-        tree = parser.parse(source)
-    except (re.error, RecursionError, OverflowError) as error:
+        plan = _plan(parser.parse(source))
+    except (re.error, RecursionError, OverflowError, _Unsupported) as error:
         raise ProviderError(f"pattern not supported here: {error}") from None
     if pattern.fullmatch("") is not None:
         raise ProviderError("credential pattern must not match an empty value")
-    try:
-        longest = _longest(tree)
-    except _Unsupported as error:
-        raise ProviderError(f"pattern not supported here: {error}") from None
-    if longest > MAX_PATTERN_BYTES:
+    if _longest(plan) > MAX_PATTERN_BYTES:
         raise ProviderError("credential pattern must generate bounded UTF-8 values")
-    if next(_candidates(tree, pattern), None) is None:
+    if next(_candidates(plan, pattern), None) is None:
         raise ProviderError("credential pattern could not independently generate a matching dummy")
-    return pattern, tree
+    return pattern, plan
 
 
 class _Unsupported(Exception):
     pass
 
 
-def _candidates(tree: Any, pattern: Any) -> Iterator[str]:
+@dataclass(frozen=True, slots=True)
+class _Chars:
+    """One character from ``choices`` (the preferred ones of a class, or all of it)."""
+
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Repeat:
+    low: int
+    high: int
+    body: _Plan
+
+
+@dataclass(frozen=True, slots=True)
+class _Either:
+    branches: tuple[_Plan, ...]
+
+
+_Plan = tuple["str | _Chars | _Repeat | _Either", ...]
+"""What a dummy is drawn from: literal text, classes, repeats (bounded) and alternatives."""
+
+
+def _plan(items: Iterable[Any]) -> _Plan:
+    """The standard library parser's tree as a :data:`_Plan` (classes resolved once)."""
+    plan: list[str | _Chars | _Repeat | _Either] = []
+    for op, arg in items:
+        name = str(op)
+        if name == "LITERAL":
+            plan.append(chr(arg))
+        elif name == "NOT_LITERAL":
+            plan.append(_chars([c for c in _PRINTABLE if ord(c) != arg]))
+        elif name == "ANY":
+            plan.append(_chars(_PRINTABLE))
+        elif name == "IN":
+            plan.append(_chars(_class_members(arg)))
+        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+            low, high, sub = arg
+            plan.append(_Repeat(low, min(high, low + MAX_UNBOUNDED_REPEAT), _plan(sub)))
+        elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
+            plan.extend(_plan(arg[-1] if isinstance(arg, tuple) else arg))
+        elif name == "BRANCH":
+            plan.append(_Either(tuple(_plan(branch) for branch in arg[1])))
+        elif name != "AT":  # anchors generate nothing
+            raise _Unsupported(name.lower())
+    return tuple(plan)
+
+
+def _chars(members: Sequence[str]) -> _Chars:
+    if not members:
+        raise _Unsupported("an empty class")
+    preferred = tuple(c for c in members if c in _PREFERRED)
+    return _Chars(preferred or tuple(members))
+
+
+def _candidates(plan: _Plan, pattern: Any) -> Iterator[str]:
     """Generated values RE2 agrees are whole matches."""
     for _ in range(DUMMY_ATTEMPTS):
-        try:
-            candidate = "".join(_generate(tree))
-        except _Unsupported:
-            return
+        out: list[str] = []
+        _generate(plan, out)
+        candidate = "".join(out)
         if "\0" not in candidate and pattern.fullmatch(candidate) is not None:
             yield candidate
 
 
-def _generate(items: Iterable[Any]) -> Iterator[str]:
-    for op, arg in items:
-        name = str(op)
-        if name == "LITERAL":
-            yield chr(arg)
-        elif name in ("NOT_LITERAL", "ANY"):
-            yield _pick([c for c in _PRINTABLE if name == "ANY" or ord(c) != arg])
-        elif name == "IN":
-            yield _pick(_class_members(arg))
-        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            low, high, sub = arg
-            top = min(high, low + MAX_UNBOUNDED_REPEAT)
-            for _ in range(low + secrets.randbelow(top - low + 1)):
-                yield from _generate(sub)
-        elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
-            yield from _generate(arg[-1] if isinstance(arg, tuple) else arg)
-        elif name == "BRANCH":
-            yield from _generate(arg[1][secrets.randbelow(len(arg[1]))])
-        elif name == "AT":
-            continue
+def _generate(plan: _Plan, out: list[str]) -> None:
+    for node in plan:
+        if isinstance(node, str):
+            out.append(node)
+        elif isinstance(node, _Chars):
+            out.append(node.choices[secrets.randbelow(len(node.choices))])
+        elif isinstance(node, _Repeat):
+            for _ in range(node.low + secrets.randbelow(node.high - node.low + 1)):
+                _generate(node.body, out)
         else:
-            raise _Unsupported(name.lower())
+            _generate(node.branches[secrets.randbelow(len(node.branches))], out)
 
 
-def _longest(items: Iterable[Any]) -> int:
+def _longest(plan: _Plan) -> int:
+    """Bytes of the longest value the plan can draw (UTF-8: up to four a character)."""
     total = 0
-    for op, arg in items:
-        name = str(op)
-        if name in ("LITERAL", "NOT_LITERAL", "ANY", "IN"):
-            total += 4  # one character, up to four bytes
-        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            low, high, sub = arg
-            total += min(high, low + MAX_UNBOUNDED_REPEAT) * _longest(sub)
-        elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
-            total += _longest(arg[-1] if isinstance(arg, tuple) else arg)
-        elif name == "BRANCH":
-            total += max(_longest(branch) for branch in arg[1])
-        elif name != "AT":
-            raise _Unsupported(name.lower())
+    for node in plan:
+        if isinstance(node, str):
+            total += len(node.encode())
+        elif isinstance(node, _Chars):
+            total += 4
+        elif isinstance(node, _Repeat):
+            total += node.high * _longest(node.body)
+        else:
+            total += max((_longest(branch) for branch in node.branches), default=0)
         if total > 1 << 20:
-            return total
+            break
     return total
 
 
@@ -477,11 +514,3 @@ def _in_item(char: str, item: tuple[Any, Any]) -> bool:
         }
         return tests.get(category, False)
     return False
-
-
-def _pick(members: Sequence[str]) -> str:
-    if not members:
-        raise _Unsupported("an empty class")
-    preferred = [c for c in members if c in _PREFERRED]
-    choices = preferred or members
-    return choices[secrets.randbelow(len(choices))]
