@@ -235,6 +235,13 @@ def test_a_custom_value_goes_back_only_at_its_destinations() -> None:
     ).items()
     assert base64.b64decode(basic.split()[1]).decode() == f"user:{REAL_VENDOR}"
     assert swap("https", "api.vendor.test", 443, "/v1", [("Authorization", f"token {dummy}")]) == {}
+    raw = compile_provider("raw", _vendor(["a.test"], auth=["header"], header="Authorization"))
+    raw_masked = mask_environment({"VENDOR_TOKEN": REAL_VENDOR}, [raw])
+    raw_dummy = raw_masked.env["VENDOR_TOKEN"]
+    headers = [("Authorization", raw_dummy)]
+    assert raw_masked.swap_headers("https", "a.test", 443, "/", headers) == {
+        "authorization": REAL_VENDOR
+    }
     assert (
         swap("https", "api.vendor.test", 443, "/v1", [("Authorization", f"Bearer x{dummy}")]) == {}
     )

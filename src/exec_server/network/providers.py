@@ -152,12 +152,11 @@ class Provider:
             lowered = name.lower()
             if lowered in out:
                 continue
-            if lowered == "authorization":
-                new = _swap_authorization(value, self.methods, dummy, real)
-            elif self.header is not None and lowered == self.header.lower():
+            new = None
+            if self.header is not None and lowered == self.header.lower():
                 new = f"{self.prefix}{real}" if value == f"{self.prefix}{dummy}" else None
-            else:
-                new = None
+            if new is None and lowered == "authorization":
+                new = _swap_authorization(value, self.methods, dummy, real)
             if new is not None:
                 out[lowered] = new
         return out
