@@ -6,9 +6,11 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -267,6 +269,57 @@ async def test_json_logs_have_one_object_per_line_with_ids_and_durations(tmp_pat
     assert started["sandboxed"] is False and started["spawn_ms"] >= 0
     assert exited["exit_code"] == 0 and exited["duration_ms"] >= 0
     assert all({"ts", "level", "logger"} <= entry.keys() for entry in entries)
+
+
+ONE_CONNECTION_EVENTS = Counter(
+    {
+        "handshake": 1,
+        "connection opened": 1,
+        "session created": 1,
+        "process started": 1,
+        "process exited": 1,
+        "connection closed": 1,
+        "session ended": 1,  # at the drain: the detached session's grace is cut short
+    }
+)
+"""Every INFO record of one connection's life, each once: the events are their one record."""
+
+
+def _info_records(stderr: str, log_format: str) -> list[tuple[str, str]]:
+    """``(logger, event name or message)`` of each INFO line of a server's stderr."""
+    records = []
+    for line in stderr.splitlines():
+        if log_format == "json":
+            entry = json.loads(line)
+            if entry["level"] == "info":
+                records.append((entry["logger"], entry.get("event") or entry["message"]))
+            continue
+        _date, _time, level, rest = line.split(" ", 3)
+        if level == "INFO":
+            logger, _, message = rest.partition(": ")
+            records.append((logger, re.sub(r" \w+=.*", "", message)))
+    return records
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_each_event_of_a_connection_is_logged_once_at_info(log_format: str) -> None:
+    args = ("--log-format", log_format, "--log-level", "INFO")
+    async with cli_server(*args) as server:
+        async with connect(server.url, client_name="two\nlines") as client:
+            await client.run(["true"])
+            session = client.session_id
+        server.proc.send_signal(signal.SIGTERM)
+        rc, stderr = await server.wait_exit()
+    assert rc == 0, stderr
+    records = _info_records(stderr, log_format)
+    assert {logger for logger, _ in records} == {"exec_server.events"}, records
+    assert Counter(event for _, event in records) == ONE_CONNECTION_EVENTS, records
+    if log_format == "text":  # what a person reading it needs, on the lines that say it
+        created = next(line for line in stderr.splitlines() if "session created" in line)
+        assert f"session={session} connection=1 client='two\\nlines'" in created
+        closed = next(line for line in stderr.splitlines() if "connection closed" in line)
+        assert "reason=the client closed it (code 1000)" in closed
+        assert f"session={session} session_after=detached" in closed
 
 
 def test_the_spawn_histogram_counts_each_value_in_the_first_bucket_that_holds_it() -> None:
