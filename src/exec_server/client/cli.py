@@ -365,10 +365,6 @@ COMMANDS: list[Adder] = [
 """Each entry adds its subcommands to the parser; the order is --help's."""
 
 DETACHED_SESSION_COMMANDS = frozenset({"ps", "logs", "kill"})
-
-LONG_LIVED_COMMANDS = frozenset({"forward"})
-"""Commands that serve until interrupted, many events each: they run on uvloop when it is
-installed (as a server's listener does), the rest on the standard loop, which starts sooner."""
 """Commands that take up the session `run -d` left (and leave it running)."""
 
 
@@ -404,17 +400,6 @@ def suggest(word: str, choices: Sequence[str]) -> str:
 # ---- running a command --------------------------------------------------------------------
 
 
-def _loop_factory(command: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's for a long-lived command where it is installed, else None (the standard loop)."""
-    if command not in LONG_LIVED_COMMANDS:
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: Sequence[str]) -> int:
     """Run one client command; returns the exit code."""
     parser = build_parser()
@@ -430,8 +415,7 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as exc:
         args.parser.error(str(exc))
     try:
-        with asyncio.Runner(loop_factory=_loop_factory(args.command)) as runner:
-            return runner.run(_connected(args, target))
+        return asyncio.run(_connected(args, target))
     except Leave as leave:
         if leave.message:
             complain(args.command, leave.message)
