@@ -19,51 +19,53 @@ $(STAMP): pyproject.toml $(wildcard src/exec_server/*.c src/exec_server/*/*.c)
 	$(BIN)/python -m compileall -q src >/dev/null
 	@touch $(STAMP)
 
+# Debian packages, one target each: installed with apt-get where we can (root with apt-get),
+# otherwise a line says what to install and what goes without. The data: <target>_HAS, the
+# shell test that the tool is there; _PACKAGES, Debian's names; _FOR, what needs it;
+# _WITHOUT, what happens until it is installed. One recipe ($(APT_NEEDS) below) serves all.
+APT_NEEDS := sandbox test-shells netns-tools test-tools openssh
+
 # Sandboxing needs bubblewrap (codex's sandbox profiles are refused without it, never run
-# unconfined). Install it where we can (root with apt-get); otherwise say what to install.
-sandbox:
-	@command -v bwrap >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing bubblewrap (sandboxing) with apt-get" >&2; \
-	    apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
-	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1; } || \
-	    echo "could not install bubblewrap: sandboxed requests will be refused" >&2; \
-	  else \
-	    echo "exec-server: sandboxing needs bubblewrap; install it, e.g. 'sudo apt-get install bubblewrap' (Debian/Ubuntu) or 'sudo dnf install bubblewrap' (Fedora). Until then sandboxed requests are refused." >&2; \
-	  fi; }
+# unconfined).
+sandbox_HAS := command -v bwrap
+sandbox_PACKAGES := bubblewrap
+sandbox_FOR := sandboxing
+sandbox_WITHOUT := sandboxed requests are refused (Fedora: 'sudo dnf install bubblewrap')
 
 # The shell snapshot tests (issue 19) capture zsh as well as bash and sh: a test-only need.
-test-shells:
-	@command -v zsh >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get install -y -qq zsh >/dev/null 2>&1 || \
-	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq zsh >/dev/null 2>&1; } || \
-	    echo "could not install zsh: its shell snapshot test is skipped" >&2; \
-	  else \
-	    echo "zsh is not installed: its shell snapshot test is skipped (apt-get install zsh)" >&2; \
-	  fi; }
+test-shells_HAS := command -v zsh
+test-shells_PACKAGES := zsh
+test-shells_FOR := the zsh shell snapshot test
+test-shells_WITHOUT := that test is skipped
 
-# The Pool test across hosts (tests/test_pool_netns.py) makes network namespaces with `ip`
-# (iproute2); where it cannot, that test is skipped with the reason.
-netns-tools:
-	@command -v ip >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get install -y -qq iproute2 >/dev/null 2>&1 || \
-	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq iproute2 >/dev/null 2>&1; } || \
-	    echo "could not install iproute2: the namespace test will be skipped" >&2; \
-	  fi; }
+# The Pool test across hosts (tests/test_pool_netns.py) makes network namespaces with `ip`.
+netns-tools_HAS := command -v ip
+netns-tools_PACKAGES := iproute2
+netns-tools_FOR := the network namespace tests
+netns-tools_WITHOUT := those tests are skipped
 
 # The managed network tests (issue 18) drive real clients through the proxy: curl (HTTP,
-# CONNECT, SOCKS5). They skip without it; install it where we can, as above.
-test-tools:
-	@command -v curl >/dev/null 2>&1 || { \
+# CONNECT, SOCKS5).
+test-tools_HAS := command -v curl
+test-tools_PACKAGES := curl
+test-tools_FOR := the managed network tests
+test-tools_WITHOUT := those tests are skipped
+
+# Port forwarding beside `ssh -L` (bench/forward.py): a private sshd, see bench-forward.
+openssh_HAS := test -x /usr/sbin/sshd && command -v ssh
+openssh_PACKAGES := openssh-server openssh-client
+openssh_FOR := the ssh -L rows of the bench
+openssh_WITHOUT := those rows are skipped
+
+$(APT_NEEDS):
+	@{ $($@_HAS); } >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing curl (managed network tests) with apt-get" >&2; \
-	    apt-get install -y -qq curl >/dev/null 2>&1 || \
-	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq curl >/dev/null 2>&1; } || \
-	    echo "could not install curl: the managed network tests will skip" >&2; \
+	    echo "installing $($@_PACKAGES) ($($@_FOR)) with apt-get" >&2; \
+	    apt-get install -y -qq $($@_PACKAGES) >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $($@_PACKAGES) >/dev/null 2>&1; } || \
+	    echo "could not install $($@_PACKAGES) for $($@_FOR): $($@_WITHOUT)" >&2; \
 	  else \
-	    echo "the managed network tests need curl (e.g. 'sudo apt-get install curl'); they skip without it" >&2; \
+	    echo "exec-server: missing $($@_PACKAGES) ($($@_FOR)); install it, e.g. 'sudo apt-get install $($@_PACKAGES)' (Debian/Ubuntu). Until then $($@_WITHOUT)." >&2; \
 	  fi; }
 
 run: $(STAMP) sandbox
@@ -108,20 +110,9 @@ bench: $(STAMP) openssh
 
 # Port forwarding beside `ssh -L` (bench/forward.py): a private sshd on a loopback port with
 # keys generated in a temporary directory; the system's sshd and its configuration are never
-# touched. OpenSSH is installed where we can (root with apt-get); otherwise its rows are skipped.
+# touched. OpenSSH is installed where we can (the openssh target); otherwise its rows are skipped.
 bench-forward: $(STAMP) openssh
 	$(BIN)/python -m bench.forward $(ARGS)
-
-openssh:
-	@{ test -x /usr/sbin/sshd && command -v ssh >/dev/null 2>&1; } || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing openssh-server and openssh-client (the ssh -L rows of the bench)" >&2; \
-	    apt-get install -y -qq openssh-server openssh-client >/dev/null 2>&1 || \
-	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq openssh-server openssh-client >/dev/null 2>&1; } || \
-	    echo "could not install OpenSSH: the ssh -L rows are skipped" >&2; \
-	  else \
-	    echo "bench: the ssh -L rows need OpenSSH (e.g. 'sudo apt-get install openssh-server openssh-client'); skipped until then" >&2; \
-	  fi; }
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

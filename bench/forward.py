@@ -293,7 +293,9 @@ ROWS = (
     ("cpu_s_per_gib", "forwarder CPU per GiB carried", "s"),
     ("connect_median_ms", "forward connect + 1-byte echo, median", "ms"),
     ("connect_p95_ms", "forward connect + 1-byte echo, p95", "ms"),
+    ("cpu_us_per_connect", "forwarder CPU per connect", "us"),
 )
+CONNECT_ROWS = ("connect_median_ms", "connect_p95_ms", "cpu_us_per_connect")
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -312,25 +314,28 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def measure(name: str, target_port: int, size: int, connects: int) -> dict[str, float]:
+    """Every row for one forwarder; the connect rows only when ``size`` is 0."""
+    result: dict[str, float] = {}
     with FORWARDERS[name](target_port) as (port, pids):
         download(port, MiB)  # warm up (our client's imports, ssh's first channel)
+        if size:
+            before = cpu_seconds(pids)
+            ups = [upload(port, size) for _ in range(2)]
+            downs = [download(port, size) for _ in range(2)]
+            cpu = cpu_seconds(pids) - before
+            result["upload_mibs"], result["download_mibs"] = max(ups), max(downs)
+            result["cpu_s_per_gib"] = cpu / (4 * size / (1 << 30))
         before = cpu_seconds(pids)
-        ups = [upload(port, size) for _ in range(2)]
-        downs = [download(port, size) for _ in range(2)]
-        cpu = cpu_seconds(pids) - before
         times = sorted(connect_latency(port, connects))
-    return {
-        "upload_mibs": max(ups),
-        "download_mibs": max(downs),
-        "cpu_s_per_gib": cpu / (4 * size / (1 << 30)),
-        "connect_median_ms": statistics.median(times),
-        "connect_p95_ms": times[int(0.95 * (len(times) - 1))],
-    }
+        result["cpu_us_per_connect"] = (cpu_seconds(pids) - before) / connects * 1e6
+    result["connect_median_ms"] = statistics.median(times)
+    result["connect_p95_ms"] = times[int(0.95 * (len(times) - 1))]
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
-    size = (64 if args.quick else args.mib) * MiB
-    connects = 20 if args.quick else 100
+    size = 0 if args.connect_only else (64 if args.quick else args.mib) * MiB
+    connects = args.connects or (20 if args.quick else 100)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in FORWARDERS}
     skipped: dict[str, str] = {}
     with target() as target_port:
@@ -347,8 +352,9 @@ def run(args: argparse.Namespace) -> int:
                 runs[name].append(result)
                 shown = " ".join(f"{k}={v:.4g}" for k, v in result.items())
                 print(f"[{rep}/{args.reps}] {name:<5} {shown}", file=sys.stderr, flush=True)
+    keys = [key for key, _, _ in ROWS if size or key in CONNECT_ROWS]
     medians = {
-        name: {key: statistics.median(r[key] for r in results) for key, _, _ in ROWS}
+        name: {key: statistics.median(r[key] for r in results) for key in keys}
         for name, results in runs.items()
         if results
     }
@@ -356,6 +362,8 @@ def run(args: argparse.Namespace) -> int:
           f"{args.reps} (best of 2 transfers each)")  # fmt: skip
     print(f"{'metric':<42} {'ours':>10} {'ssh -L':>10} {'ours/ssh':>9}")
     for key, label, unit in ROWS:
+        if key not in keys:
+            continue
         mine, theirs = medians.get("ours", {}).get(key), medians.get("ssh", {}).get(key)
         ratio = f"{mine / theirs:.2f}x" if mine and theirs else "-"
         print(f"{label + ' (' + unit + ')':<42} {report.fmt(mine):>10} {report.fmt(theirs):>10} "
@@ -389,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--mib", type=int, default=512, help="MiB per transfer (default 512)")
     parser.add_argument("--quick", action="store_true", help="64 MiB, 20 connects")
+    parser.add_argument(
+        "--connect-only", action="store_true", help="the connect rows only (no transfers)"
+    )
+    parser.add_argument("--connects", type=int, default=0, help="connects per repetition")
     parser.add_argument("--out", type=Path, default=RESULTS / "forward-latest.json")
     parser.add_argument("--target", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

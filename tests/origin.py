@@ -1,11 +1,13 @@
 """An HTTP origin for the network tests, run in a process of its own (the server under test
 runs in the test's process, and its proxy refuses the server's own listening ports):
 
-    python tests/origin.py [--tls CERT KEY] [--bearer TOKEN]
+    python tests/origin.py [--tls CERT KEY] [--bearer TOKEN] [--api-key VALUE] [--echo]
 
 It prints its port on 127.0.0.1, then serves: GET answers ``hello-origin``, or with
 ``--bearer`` ``auth-ok``/``auth-wrong`` as the ``Authorization`` header is or is not
-``Bearer TOKEN``; POST answers ``posted:`` and the body. ``--tls`` serves HTTPS.
+``Bearer TOKEN`` (with ``--api-key`` also: the ``X-Api-Key`` header is ``VALUE``), or with
+``--echo`` ``seen:`` and the ``Authorization`` header it got; POST answers ``posted:`` and
+the body. ``--tls`` serves HTTPS.
 """
 
 from __future__ import annotations
@@ -20,13 +22,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     parser.add_argument("--bearer")
+    parser.add_argument("--api-key")
+    parser.add_argument("--echo", action="store_true")
     args = parser.parse_args()
 
     class Origin(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if args.bearer is None:
+            if args.echo:
+                self.reply(f"seen:{self.headers.get('authorization', '')}\n".encode())
+            elif args.bearer is None:
                 self.reply(b"hello-origin\n")
-            elif self.headers.get("authorization", "") == f"Bearer {args.bearer}":
+            elif self.headers.get("authorization", "") == f"Bearer {args.bearer}" and (
+                args.api_key is None or self.headers.get("x-api-key", "") == args.api_key
+            ):
                 self.reply(b"auth-ok\n")
             else:
                 self.reply(b"auth-wrong\n")

@@ -168,8 +168,9 @@ def test_the_server_logs_each_connection_at_info(tmp_path: Path) -> None:
     assert "status=101 auth=upgraded" in log
     assert "status=401 auth=unauthorized" in log
     assert "right" not in log and "wrong" not in log  # tokens are never logged
-    assert "session " in log and " created (client 'exec-server-cli')" in log
-    assert "closed; session " in log
+    assert "session created session=" in log and " client=exec-server-cli" in log
+    assert "connection closed connection=1 reason=the client closed it" in log
+    assert "session_after=detached" in log
 
 
 # ---- docker and ssh habits --------------------------------------------------------------------------

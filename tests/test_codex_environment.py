@@ -19,7 +19,7 @@ OURS = {
     "networkProxyLaunch": True,
     "networkProxyReviewDomains": True,
     "credentialMasking": True,
-    "credentialMaskingCustomProviders": False,
+    "credentialMaskingCustomProviders": True,
     "capabilityDiscoverySandbox": True,
     "fsWatchMissing": True,
     "capabilityDiscoveryV2": True,

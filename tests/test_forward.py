@@ -256,6 +256,28 @@ async def test_half_close_the_other_way_we_still_send_after_its_eof() -> None:
         await writer.wait_closed()
 
 
+async def test_a_stream_over_both_ways_is_ended_by_the_server_alone() -> None:
+    """After both ends of file the server ends the stream itself: closing it then sends
+    nothing (a forward/close would cross the server's forward/closed and be refused, an error
+    per forwarded connection)."""
+
+    async def answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(1))
+        writer.close()
+
+    async with destination(answer_then_close) as port, forwarding_client() as (server, client):
+        for _ in range(3):  # as `exec-server forward` ends a pair: its EOF, then the close
+            reader, writer = await client.open_connection("127.0.0.1", port)
+            writer.write(b"x")
+            assert await reader.read() == b"x"  # to the destination's EOF
+            writer.write_eof()
+            writer.close()
+            await writer.wait_closed()
+        await client.request("process/list")  # after whatever the closes sent
+        assert server.metrics.rpc_errors == {}
+        assert await wait_until(lambda: len(streams_of(next(iter(server.connections)))) == 0)
+
+
 async def test_a_destination_that_vanishes_ends_the_stream() -> None:
     """A reset after some bytes: they arrive, then the reader fails with the reason; the
     wire says forward/closed with an error."""

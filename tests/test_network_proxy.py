@@ -349,7 +349,9 @@ async def test_proxied_start_refusals(client: Client) -> None:
     )
     assert "not supported" in await refused(enforceManagedNetwork=True)
     custom = network_proxy({}, credentialMasking=True, credentialProviders={"x": {}})
-    assert "custom credential providers" in await refused(networkProxy=custom)
+    assert await refused(networkProxy=custom) == (
+        "invalid network proxy config: credential provider `x` has no environment keys"
+    )
 
 
 async def test_proxy_ends_with_the_process(client: Client) -> None:

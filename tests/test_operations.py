@@ -6,11 +6,14 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,7 +25,7 @@ from exec_server.server import Server
 from exec_server.transport.websocket import serve_websocket
 
 from .support import Client, http_get, running_server, wait_until
-from .test_cli import cli_server
+from .test_cli import CliServer, cli_server
 
 SHORT = ["sh", "-c", "sleep 0.5; echo done"]
 LONG = ["sleep", "100"]
@@ -243,6 +246,18 @@ async def test_a_slow_client_is_counted_as_a_backpressure_pause() -> None:
 # ---- logs -----------------------------------------------------------------------------------
 
 
+async def _one_session_then_sigterm(server: CliServer, **options: Any) -> tuple[str, str]:
+    """One connection running `true`, then the server drained on SIGTERM: the session's id
+    and the server's stderr."""
+    async with connect(server.url, **options) as client:
+        await client.run(["true"])
+        session = client.session_id
+    server.proc.send_signal(signal.SIGTERM)
+    rc, stderr = await server.wait_exit()
+    assert rc == 0, stderr
+    return session, stderr
+
+
 async def test_json_logs_have_one_object_per_line_with_ids_and_durations(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
@@ -250,12 +265,7 @@ async def test_json_logs_have_one_object_per_line_with_ids_and_durations(tmp_pat
         with pytest.raises(ConnectionFailed):
             async with connect(server.url, token="wrong", reconnect=False):
                 pass
-        async with connect(server.url, token="s3cret") as client:
-            await client.run(["true"])
-            session = client.session_id
-        server.proc.send_signal(signal.SIGTERM)
-        rc, stderr = await server.wait_exit()
-    assert rc == 0, stderr
+        session, stderr = await _one_session_then_sigterm(server, token="s3cret")
     entries = [json.loads(line) for line in stderr.splitlines() if line.strip()]
     events = {entry.get("event"): entry for entry in entries}
     outcomes = [entry["auth"] for entry in entries if entry.get("event") == "handshake"]
@@ -267,6 +277,52 @@ async def test_json_logs_have_one_object_per_line_with_ids_and_durations(tmp_pat
     assert started["sandboxed"] is False and started["spawn_ms"] >= 0
     assert exited["exit_code"] == 0 and exited["duration_ms"] >= 0
     assert all({"ts", "level", "logger"} <= entry.keys() for entry in entries)
+
+
+ONE_CONNECTION_EVENTS = Counter(
+    {
+        "handshake": 1,
+        "connection opened": 1,
+        "session created": 1,
+        "process started": 1,
+        "process exited": 1,
+        "connection closed": 1,
+        "session ended": 1,  # at the drain: the detached session's grace is cut short
+    }
+)
+"""Every INFO record of one connection's life, each once: the events are their one record."""
+
+
+def _info_records(stderr: str, log_format: str) -> list[tuple[str, str]]:
+    """``(logger, event name or message)`` of each INFO line of a server's stderr."""
+    records = []
+    for line in stderr.splitlines():
+        if log_format == "json":
+            entry = json.loads(line)
+            if entry["level"] == "info":
+                records.append((entry["logger"], entry.get("event") or entry["message"]))
+            continue
+        _date, _time, level, rest = line.split(" ", 3)
+        if level == "INFO":
+            logger, _, message = rest.partition(": ")
+            records.append((logger, re.sub(r" \w+=.*", "", message)))
+    return records
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_each_event_of_a_connection_is_logged_once_at_info(log_format: str) -> None:
+    args = ("--log-format", log_format, "--log-level", "INFO")
+    async with cli_server(*args) as server:
+        session, stderr = await _one_session_then_sigterm(server, client_name="two\nlines")
+    records = _info_records(stderr, log_format)
+    assert {logger for logger, _ in records} == {"exec_server.events"}, records
+    assert Counter(event for _, event in records) == ONE_CONNECTION_EVENTS, records
+    if log_format == "text":  # what a person reading it needs, on the lines that say it
+        created = next(line for line in stderr.splitlines() if "session created" in line)
+        assert f"session={session} connection=1 client='two\\nlines'" in created
+        closed = next(line for line in stderr.splitlines() if "connection closed" in line)
+        assert "reason=the client closed it (code 1000)" in closed
+        assert f"session={session} session_after=detached" in closed
 
 
 def test_the_spawn_histogram_counts_each_value_in_the_first_bucket_that_holds_it() -> None:

@@ -36,7 +36,7 @@ def capabilities() -> dict[str, bool]:
         "networkProxyLaunch": True,  # process/start networkProxy: network/ (needs bubblewrap)
         "networkProxyReviewDomains": True,  # network/policyRequest: a server request
         "credentialMasking": True,  # networkProxy.proxy.credentialMasking: network/credentials.py
-        "credentialMaskingCustomProviders": False,
+        "credentialMaskingCustomProviders": True,  # credentialProviders: network/providers.py
         "capabilityDiscoverySandbox": True,  # capabilityRoots/discoverV1 under each root's profile
         "fsWatchMissing": _has_inotify(),  # fs/watchMissing + fs/missingChanged
         "capabilityDiscoveryV2": True,  # capabilities/discoverV2: the executor's skills, plugins

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CLIENT_WENT_AWAY = "the client went away"
+"""Why a connection ended when its transport saw the peer leave (end of input, a closed
+socket) and knows nothing more."""
+
 
 class Transport(Protocol):
     """What a connection needs from its transport."""
@@ -107,6 +111,8 @@ class Connection:
         self.server_requests = ServerRequests()
         """Requests this server sent the client and awaits answers to."""
         self._metrics = server.metrics
+        self.number = server.metrics.connection_opened(transport.description)
+        """The connection's number in the events of its life (``observability.py``)."""
         server.connection_began(self)
 
     @property
@@ -314,7 +320,7 @@ class Connection:
             )
         session = self.session
         if session is None or session.connection is not self:
-            self.close()
+            self.close("its session was resumed by another connection")
             raise invalid_request("session has been resumed by another connection")
 
     # ---- handshake ---------------------------------------------------------------------------
@@ -333,9 +339,10 @@ class Connection:
 
     # ---- end ---------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """The connection is over: cancel its tasks and detach its session (or end it, when
-        the transport cannot be resumed). Idempotent."""
+    def close(self, reason: str = CLIENT_WENT_AWAY) -> None:
+        """The connection is over for ``reason`` (a server's words, for the event): cancel its
+        tasks and detach its session (or end it, when the transport cannot be resumed).
+        Idempotent."""
         if self.state is HandshakeState.CLOSED:
             return
         self.state = HandshakeState.CLOSED
@@ -345,7 +352,10 @@ class Connection:
         for task in list(self._tasks):
             task.cancel()
         self._room.set()
-        if self.session is not None:
+        session, after = self.session, ""
+        if session is not None:
             grace = None if self.transport.resumable else 0.0
-            log.info("%s: closed; session %s detached", self.transport.description, self.session.id)
-            self.server.sessions.detach(self.session, self, grace)
+            after = self.server.sessions.detach(session, self, grace)
+        self._metrics.connection_closed(
+            self.number, reason, session.id if session is not None else None, after
+        )

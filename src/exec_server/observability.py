@@ -11,7 +11,8 @@ name), never taken from a client's request, so a client cannot grow the series w
 
 Events (a connection opened, a handshake judged, a session created, a process started or
 exited) go to the ``exec_server.events`` logger at INFO, each with its fields; ``--log-format
-json`` writes them as one JSON object per line (:class:`JsonFormatter`).
+json`` writes them as one JSON object per line (:class:`JsonFormatter`). These events are the
+one record of a connection's and a session's life: no other module logs them again at INFO.
 """
 
 from __future__ import annotations
@@ -117,9 +118,23 @@ class Metrics:
         _event("connection opened", connection=self._next_connection, peer=peer)
         return self._next_connection
 
-    def connection_closed(self, connection: int) -> None:
+    def connection_closed(
+        self, connection: int, reason: str, session: str | None, session_after: str
+    ) -> None:
+        """Connection number ``connection`` ended for ``reason`` (a server's words); its
+        ``session`` (None before ``initialize``) is then ``session_after`` (detached, ended,
+        or resumed elsewhere)."""
         self.connections_open -= 1
-        _event("connection closed", connection=connection)
+        if session is None:
+            _event("connection closed", connection=connection, reason=reason)
+        else:
+            _event(
+                "connection closed",
+                connection=connection,
+                reason=reason,
+                session=session,
+                session_after=session_after,
+            )
 
     def handshake(self, peer: str, path: str, status: int) -> None:
         """An HTTP request was judged: ``status`` 101 upgraded, 401 no or a wrong token, ..."""
@@ -136,12 +151,13 @@ class Metrics:
 
     # ---- sessions -----------------------------------------------------------------------------
 
-    def session_created(self, session: str, connection: str) -> None:
+    def session_created(self, session: str, connection: int, client: str) -> None:
+        """``client``: the name the client gave in ``initialize`` (its string, shortened)."""
         self.sessions_created += 1
-        _event("session created", session=session, connection=connection)
+        _event("session created", session=session, connection=connection, client=client[:64])
 
-    def session_resumed(self, session: str, connection: str) -> None:
-        _event("session resumed", session=session, connection=connection)
+    def session_resumed(self, session: str, connection: int, client: str) -> None:
+        _event("session resumed", session=session, connection=connection, client=client[:64])
 
     def session_ended(self, session: str) -> None:
         _event("session ended", session=session)
@@ -339,8 +355,16 @@ _KNOWN_PATHS = _PROBE_PATHS | {"/"}
 def _event(message: str, **fields: Any) -> None:
     """One event at INFO, its fields both in the text and as attributes for JSON."""
     if events_log.isEnabledFor(logging.INFO):
-        text = " ".join(f"{key}={value}" for key, value in fields.items())
+        text = " ".join(f"{key}={_text(value)}" for key, value in fields.items())
         events_log.info("%s %s", message, text, extra={"event": message, "fields": fields})
+
+
+def _text(value: Any) -> str:
+    """A field as text logs show it: a string with a line break or another control character
+    (a client's name, a process id) is quoted, so it cannot forge a line of its own."""
+    if isinstance(value, str) and not value.isprintable():
+        return repr(value)
+    return str(value)
 
 
 class JsonFormatter(logging.Formatter):

@@ -178,9 +178,9 @@ class SessionRegistry:
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
 
-    def create(self, connection: Connection) -> Session:
-        """A new session attached to ``connection``, or -32600 past ``max_sessions`` or
-        while the server drains."""
+    def create(self, connection: Connection, client: str) -> Session:
+        """A new session attached to ``connection`` (``client``: the name it gave, for the
+        event), or -32600 past ``max_sessions`` or while the server drains."""
         if not self.accepting:
             raise invalid_request(
                 "this exec-server is shutting down (draining after SIGTERM): it takes no new "
@@ -204,10 +204,10 @@ class SessionRegistry:
         )
         self._sessions[session.id] = session
         session.attach(connection)
-        self.metrics.session_created(session.id, connection.transport.description)
+        self.metrics.session_created(session.id, connection.number, client)
         return session
 
-    def resume(self, session_id: str, connection: Connection) -> Session:
+    def resume(self, session_id: str, connection: Connection, client: str) -> Session:
         """Reattach a detached session, or -32600 naming why not."""
         session = self._sessions.get(session_id)
         if session is None or session.state is SessionState.ENDED:
@@ -215,21 +215,23 @@ class SessionRegistry:
         if session.state is SessionState.ATTACHED:
             raise invalid_request(f"session {session_id} is already attached to another connection")
         session.attach(connection)
-        self.metrics.session_resumed(session.id, connection.transport.description)
+        self.metrics.session_resumed(session.id, connection.number, client)
         return session
 
-    def detach(
-        self, session: Session, connection: Connection, grace_s: float | None = None
-    ) -> None:
+    def detach(self, session: Session, connection: Connection, grace_s: float | None = None) -> str:
         """The connection ended: keep the session for the grace period (the configured one
-        unless ``grace_s`` is given), then end it."""
+        unless ``grace_s`` is given), then end it. Returns what became of it, in words:
+        ``detached``, ``ended``, or ``resumed elsewhere`` (another connection holds it)."""
+        if session.state is SessionState.ENDED:
+            return "ended"
         if session.connection is not connection or session.state is not SessionState.ATTACHED:
-            return
+            return "resumed elsewhere"
         grace = self.limits.detach_grace_s if grace_s is None else grace_s
         if grace <= 0:
             self._end(session)
-        else:
-            session.detach(grace, self._end)
+            return "ended"
+        session.detach(grace, self._end)
+        return "detached"
 
     def _end(self, session: Session) -> None:
         self._sessions.pop(session.id, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -278,3 +279,60 @@ def test_codex_answers_the_executors_question(
         # executor before its audit record is out
         assert "hello-origin\n" not in output, output
         assert all((v["decision"], v["source"]) == ("deny", "decider") for v in verdicts)
+
+
+# ---- custom credential providers (credentialMaskingCustomProviders) ---------------------------
+
+REAL_VENDOR = "vendor_" + "r3alvend0rs3cret" * 2
+VENDOR_PATTERN = "^vendor_[a-z0-9]{32}$"
+
+
+def _custom_provider_tables(port: int) -> str:
+    """``[features.network_proxy.credentials.<name>]``: a custom provider in codex's config
+    (the ``network_proxy`` feature as a table, so it can hold one)."""
+    features = CONFIG_TABLES.split("[permissions.net]", 1)
+    assert features[0].strip() == "[features]\nnetwork_proxy = true"
+    return f"""
+[features]
+credential_masking = true
+
+[features.network_proxy]
+enabled = true
+
+[features.network_proxy.credentials.vendor]
+env = ["VENDOR_TOKEN"]
+patterns = ["{VENDOR_PATTERN}"]
+url_prefixes = ["127.0.0.1:{port}/v1"]
+
+[permissions.net]{features[1]}"""
+
+
+@pytest.mark.sandbox
+@pytest.mark.parametrize("impl", ["reference", "ours"])
+def test_codex_exec_with_a_custom_credential_provider(
+    codex: Path, workspace: Workspace, impl: str
+) -> None:
+    """A provider from codex's config reaches the executor as ``credentialProviders``; the
+    command sees a dummy of the provider's pattern, the provider's destination (loopback
+    HTTP, path under ``/v1``) gets the real value, a path outside it the dummy."""
+    executor, log = _executor(codex, workspace, impl)
+    with python_server(ORIGIN, "--bearer", REAL_VENDOR) as port:
+        curl = f'curl -s -H "Authorization: Bearer $VENDOR_TOKEN" http://127.0.0.1:{port}'
+        command = f'echo "vendor=$VENDOR_TOKEN"; {curl}/v1/models; {curl}/v10'
+        output = _command_output(
+            codex,
+            workspace,
+            executor,
+            command,
+            tables=_custom_provider_tables(port),
+            extra_env={"VENDOR_TOKEN": REAL_VENDOR},
+        )
+    assert REAL_VENDOR not in output
+    lines = output.split("Output:\n", 1)[1].splitlines()
+    dummy = lines[0].removeprefix("vendor=")
+    assert re.fullmatch(VENDOR_PATTERN, dummy) and dummy != REAL_VENDOR, output
+    assert lines[1:3] == ["auth-ok", "auth-wrong"], output
+    start = _proxied_start(relay.read_log(log, {}))
+    proxy = start["networkProxy"]["proxy"]
+    assert proxy["credentialMasking"] is True
+    assert proxy["credentialProviders"]["vendor"]["patterns"] == [VENDOR_PATTERN]

@@ -47,7 +47,7 @@ from .errors import (
     start_error,
 )
 from .fs import RemoteFS, RemotePath
-from .process import Closed, CompletedProcess, Exited, Output, Process
+from .process import Closed, CompletedProcess, Exited, Inbox, Output, Process
 from .tcp import (
     FORWARD_DATA_PREFIX,
     ForwardedStream,
@@ -146,7 +146,7 @@ class Client:
         self._generation = 0
         self._lost = asyncio.Event()  # the current connection ended
         self._pending: dict[int, _Call] = {}
-        self._processes: dict[str, Process] = {}
+        self._processes: dict[str, _Tracked] = {}
         self._forwards = Forwards(self)
         self._catch_ups: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -274,7 +274,7 @@ class Client:
     async def close(self) -> None:
         """Terminate the processes this client started that still run, then disconnect."""
         if self.state is State.OPEN:
-            running = [p for p in self._processes.values() if not p._exit.done()]
+            running = [t.process for t in self._processes.values() if not t.inbox.exit.done()]
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._options.connect_timeout):
                     await asyncio.gather(*(self._end(p) for p in running))
@@ -300,11 +300,28 @@ class Client:
         """A handle on a process of this session that this client did not start (one left
         running by an earlier connection): its events from the first retained seq, then
         live."""
-        process = Process(self, process_id, [process_id], tty=tty, stdin=False)
-        process._started.set_result(None)
-        self._processes[process_id] = process
-        self._catch_ups[process_id] = self._spawn(self._catch_up(process))
-        return process
+        tracked = self._track(process_id, [process_id], tty=tty, stdin=False)
+        tracked.inbox.mark_started()
+        self._catch_ups[process_id] = self._spawn(self._catch_up(tracked.inbox))
+        return tracked.process
+
+    def _track(
+        self,
+        process_id: str,
+        argv: Sequence[str],
+        *,
+        tty: bool,
+        stdin: bool,
+        stdin_size: int | None = None,
+        stdin_closes_itself: bool = False,
+    ) -> _Tracked:
+        """A new process handle, its inbox and its port, registered under ``process_id``
+        (before the start is sent: output can precede the reply)."""
+        inbox = Inbox(process_id, on_closed=self._forget)
+        port = _ProcessPort(self, process_id, tty, stdin or tty, stdin_size, stdin_closes_itself)
+        tracked = _Tracked(Process(port, inbox, argv, tty=tty, stdin=stdin), inbox)
+        self._processes[process_id] = tracked
+        return tracked
 
     async def _end(self, process: Process) -> None:
         """Terminate a process and wait for its exit, so its handle has the code."""
@@ -333,8 +350,8 @@ class Client:
             if not call.future.done():
                 call.future.set_exception(error)
         self._pending.clear()
-        for process in list(self._processes.values()):
-            process._fail(error)
+        for tracked in list(self._processes.values()):
+            tracked.inbox.fail(error)
         self._processes.clear()
         self._forwards.fail_all(error)
 
@@ -427,15 +444,15 @@ class Client:
         except msgspec.ValidationError as exc:
             log.warning("ignoring a malformed %s notification: %s", method, exc)
             return
-        process = self._processes.get(decoded.process_id)
-        if process is None:
+        tracked = self._processes.get(decoded.process_id)
+        if tracked is None:
             return
         if isinstance(decoded, _wire.OutputParams):
-            process._add(Output(decoded.seq, decoded.stream, decoded.chunk))
+            tracked.inbox.add(Output(decoded.seq, decoded.stream, decoded.chunk))
         elif isinstance(decoded, _wire.ExitedParams):
-            process._add(Exited(decoded.seq, decoded.exit_code))
+            tracked.inbox.add(Exited(decoded.seq, decoded.exit_code))
         else:
-            process._add(Closed(decoded.seq))
+            tracked.inbox.add(Closed(decoded.seq))
 
     # ---- calling --------------------------------------------------------------------------
 
@@ -595,40 +612,39 @@ class Client:
         self.reconnect_deadline = None
         self._set_state(State.OPEN, "resumed")
         self._catch_ups = {pid: t for pid, t in self._catch_ups.items() if not t.done()}
-        for process in list(self._processes.values()):
-            if process.id not in self._catch_ups:
-                self._catch_ups[process.id] = self._spawn(self._catch_up(process))
+        for process_id, tracked in list(self._processes.items()):
+            if process_id not in self._catch_ups:
+                self._catch_ups[process_id] = self._spawn(self._catch_up(tracked.inbox))
         return True
 
-    async def _catch_up(self, process: Process) -> None:
+    async def _catch_up(self, inbox: Inbox) -> None:
         """Read what the process produced while the connection was down, from the last seq
-        delivered, then let :meth:`Process._settle` place the exit and close and mark any
+        delivered, then let :meth:`Inbox.settle` place the exit and close and mark any
         output the server no longer has."""
         try:
-            await asyncio.shield(process._started)
+            await asyncio.shield(inbox.started)
         except Exception:
             return
-        after = process._sequencer.delivered
+        process_id = inbox.process_id
+        after = inbox.delivered
         while True:
-            params = {"processId": process.id, "afterSeq": after}
+            params = {"processId": process_id, "afterSeq": after}
             try:
-                raw = await self._request("process/read", params, subject=process.id)
+                raw = await self._request("process/read", params, subject=process_id)
             except RpcError as exc:
                 if "unknown process" not in exc.message:
-                    process._fail(exc)
+                    inbox.fail(exc)
                     return
-                forgotten = f"the server forgot process {process.id} while the connection was down"
-                process._fail(
-                    ProcessLost(f"{forgotten}; its remaining output and exit code are lost")
-                )
+                forgotten = f"the server forgot process {process_id} while the connection was down"
+                inbox.fail(ProcessLost(f"{forgotten}; its remaining output and exit code are lost"))
                 return
             except ExecServerError:
                 return  # the client is closed; the process was failed with the reason
             result: _wire.ReadResult = _wire.decode(raw, _wire.ReadResult)
             for chunk in result.chunks:
-                process._add(Output(chunk.seq, chunk.stream, chunk.chunk))
+                inbox.add(Output(chunk.seq, chunk.stream, chunk.chunk))
             if not result.chunks:
-                process._settle(result.next_seq - 1, result.exited, result.exit_code, result.closed)
+                inbox.settle(result.next_seq - 1, result.exited, result.exit_code, result.closed)
                 return
             after = result.chunks[-1].seq
 
@@ -788,10 +804,14 @@ class Client:
             else:
                 program = ["/bin/sh", "-c", _SET_SIZE, "sh", str(rows), str(cols), *program]
         params["argv"] = program
-        process = Process(self, process_id, argv, tty=tty, stdin=stdin)
-        process._stdin_limit = stdin_size
-        process._stdin_closes_itself = feed_exactly is not None
-        self._processes[process_id] = process  # before the call: output can precede the reply
+        tracked = self._track(
+            process_id,
+            argv,
+            tty=tty,
+            stdin=stdin,
+            stdin_size=stdin_size,
+            stdin_closes_itself=feed_exactly is not None,
+        )
         try:
             try:
                 await self._request(
@@ -801,10 +821,12 @@ class Client:
                 raise await self._start_error(exc, argv[0], cwd) from None
         except BaseException as exc:
             self._processes.pop(process_id, None)
-            process._fail(exc if isinstance(exc, ExecServerError) else ConnectionLost(str(exc)))
+            tracked.inbox.fail(
+                exc if isinstance(exc, ExecServerError) else ConnectionLost(str(exc))
+            )
             raise
-        process._started.set_result(None)
-        return process
+        tracked.inbox.mark_started()
+        return tracked.process
 
     async def _start_error(self, error: RpcError, program: str, cwd: RemotePath | None) -> RpcError:
         """The typed error for a failed start; when the server did not say which path was
@@ -889,64 +911,96 @@ class Client:
         with contextlib.suppress(StdinClosed, ProcessLost):
             await process.write(data)
 
-    async def _write(self, process: Process, data: bytes) -> None:
-        limit = process._stdin_limit
-        if limit is not None and process._stdin_written + len(data) > limit:
-            raise ValueError(
-                f"process {process.id} was started with stdin_size={limit}: "
-                f"{process._stdin_written + len(data) - limit} bytes too many"
-            )
-        await self._send_stdin(process, data)
-        process._stdin_written += len(data)
-        if limit is not None and process._stdin_written == limit and data:
-            await self._close_stdin(process)  # the announced size is reached: end of file
+    def _forget(self, inbox: Inbox) -> None:
+        """The process closed: no more events will come for it."""
+        tracked = self._processes.get(inbox.process_id)
+        if tracked is not None and tracked.inbox is inbox:
+            del self._processes[inbox.process_id]
 
-    async def _send_stdin(self, process: Process, data: bytes) -> None:
+
+@dataclass
+class _ProcessPort:
+    """One process's way back to its client (the :class:`ProcessPort` of its
+    :class:`Process`): the calls that act on it, and what the client tracks of its stdin."""
+
+    client: Client
+    process_id: str
+    tty: bool
+    stdin_enabled: bool
+    stdin_limit: int | None  # start(stdin_size=...)
+    stdin_closes_itself: bool  # stdin_size is enforced by `head -c` on the server
+    stdin_written: int = 0
+    line_open: bool = False  # a PTY's input so far ends mid-line (EOF needs two Ctrl-D)
+
+    async def write(self, data: bytes) -> None:
+        """Write to stdin, keeping to the size announced at the start."""
+        limit = self.stdin_limit
+        if limit is not None and self.stdin_written + len(data) > limit:
+            raise ValueError(
+                f"process {self.process_id} was started with stdin_size={limit}: "
+                f"{self.stdin_written + len(data) - limit} bytes too many"
+            )
+        await self._send(data)
+        self.stdin_written += len(data)
+        if limit is not None and self.stdin_written == limit and data:
+            await self.close_stdin()  # the announced size is reached: end of file
+
+    async def _send(self, data: bytes) -> None:
         view = memoryview(data)
         for offset in range(0, len(view), WRITE_CHUNK_BYTES):
             piece = bytes(view[offset : offset + WRITE_CHUNK_BYTES])
-            params = {"processId": process.id, "chunk": piece, "writeId": self._new_id("w")}
-            raw = await self._request("process/write", params, subject=process.id)
-            self._check_stdin_status(process, _wire.decode(raw, _wire.WriteResult).status)
+            params = {
+                "processId": self.process_id,
+                "chunk": piece,
+                "writeId": self.client._new_id("w"),
+            }
+            raw = await self.client._request("process/write", params, subject=self.process_id)
+            self._check_status(_wire.decode(raw, _wire.WriteResult).status)
         if data:
-            process._line_open = data[-1:] not in (b"\n", b"\r")
+            self.line_open = data[-1:] not in (b"\n", b"\r")
 
-    def _check_stdin_status(self, process: Process, status: str) -> None:
+    def _check_status(self, status: str) -> None:
         if status == "accepted":
             return
         if status == "stdinClosed":
-            hint = "" if process.stdin_enabled else " (start it with stdin=True to write to it)"
-            raise StdinClosed(f"process {process.id} has no open stdin{hint}")
+            hint = "" if self.stdin_enabled else " (start it with stdin=True to write to it)"
+            raise StdinClosed(f"process {self.process_id} has no open stdin{hint}")
         if status == "unknownProcess":
             raise ProcessLost(
-                f"the server does not know process {process.id} (it ended and was forgotten)"
+                f"the server does not know process {self.process_id} (it ended and was forgotten)"
             )
-        raise ExecServerError(f"writing to process {process.id}: the server answered {status!r}")
+        raise ExecServerError(
+            f"writing to process {self.process_id}: the server answered {status!r}"
+        )
 
-    async def _close_stdin(self, process: Process) -> None:
-        if process._stdin_closes_itself:
+    async def close_stdin(self) -> None:
+        """Send end-of-file the way the server allows."""
+        if self.stdin_closes_itself:
             return  # `head -c` ends it after the announced size
-        if self.supports("closeStdin"):
-            raw = await self._request(
-                "process/closeStdin", {"processId": process.id}, subject=process.id
+        if self.client.supports("closeStdin"):
+            raw = await self.client._request(
+                "process/closeStdin", {"processId": self.process_id}, subject=self.process_id
             )
             status = _wire.decode(raw, _wire.WriteResult).status
             if status != "stdinClosed":
-                self._check_stdin_status(process, status)
-        elif process.tty:
+                self._check_status(status)
+        elif self.tty:
             # Ctrl-D ends input at the start of a line; after a partial line it only flushes it.
-            await self._send_stdin(process, b"\x04\x04" if process._line_open else b"\x04")
+            await self._send(b"\x04\x04" if self.line_open else b"\x04")
         else:
             raise NotSupported(
                 "this server cannot close a process's stdin (it does not announce the "
                 "closeStdin extension); start it with stdin_size=N, or use run(input=...)"
             )
 
-    async def _signal(self, process: Process, name: str) -> None:
+    async def signal(self, name: str) -> None:
+        """Send a signal, or the nearest thing the server allows."""
         short = _signal_name(name)
-        if self.supports("signal"):
-            await self._request(
-                "process/signal", {"processId": process.id, "signal": short}, subject=process.id
+        if self.client.supports("signal"):
+            await self.client._request(
+                "process/signal",
+                {"processId": self.process_id, "signal": short},
+                subject=self.process_id,
             )
             return
         if short != "INT":
@@ -955,39 +1009,44 @@ class Client:
                 "announce the signal extension); use terminate() to kill it"
             )
         try:
-            await self._request(
+            await self.client._request(
                 "process/signal",
-                {"processId": process.id, "signal": "interrupt"},
-                subject=process.id,
+                {"processId": self.process_id, "signal": "interrupt"},
+                subject=self.process_id,
             )
         except RpcError as exc:
             if exc.code != METHOD_NOT_FOUND:
                 raise
-            if not process.tty:
+            if not self.tty:
                 raise NotSupported(
                     "this server cannot signal processes (no process/signal); use terminate()"
                 ) from None
-            await self._send_stdin(process, b"\x03")  # the PTY's line discipline sends SIGINT
+            await self._send(b"\x03")  # the PTY's line discipline sends SIGINT
 
-    async def _resize(self, process: Process, rows: int, cols: int) -> None:
-        if not self.supports("resize"):
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the PTY's window size."""
+        if not self.client.supports("resize"):
             raise NotSupported(
                 "this server cannot resize a PTY (it does not announce the resize extension)"
             )
-        params = {"processId": process.id, "rows": rows, "cols": cols}
-        await self._request("process/resize", params, subject=process.id)
+        params = {"processId": self.process_id, "rows": rows, "cols": cols}
+        await self.client._request("process/resize", params, subject=self.process_id)
 
-    async def _terminate(self, process: Process) -> bool:
-        raw = await self._request(
-            "process/terminate", {"processId": process.id}, subject=process.id
+    async def terminate(self) -> bool:
+        """Kill the process tree; True if it was still running."""
+        raw = await self.client._request(
+            "process/terminate", {"processId": self.process_id}, subject=self.process_id
         )
         result: _wire.TerminateResult = _wire.decode(raw, _wire.TerminateResult)
         return result.running
 
-    def _forget(self, process: Process) -> None:
-        """The process closed: no more events will come for it."""
-        if self._processes.get(process.id) is process:
-            del self._processes[process.id]
+
+@dataclass(frozen=True, slots=True)
+class _Tracked:
+    """A process this client follows: the handle it gave out and the inbox it feeds."""
+
+    process: Process
+    inbox: Inbox
 
 
 def _signal_name(name: str | int) -> str:

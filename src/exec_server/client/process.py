@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import OutputGap
 
@@ -139,6 +139,125 @@ def _take_highest(holes: list[tuple[int, int]]) -> int:
     return last
 
 
+class Inbox:
+    """One process's events as its client receives them.
+
+    The client puts in what the server says (:meth:`add`, :meth:`settle`, :meth:`fail`), in
+    any order and possibly more than once; the :class:`Process` takes the events out in seq
+    order (:meth:`take`, :meth:`changed`). The futures say where the process stands.
+    """
+
+    def __init__(self, process_id: str, *, on_closed: Callable[[Inbox], None]) -> None:
+        loop = asyncio.get_running_loop()
+        self.process_id = process_id
+        self.started: asyncio.Future[None] = loop.create_future()
+        """Done once the server accepted the start (or, for a process followed, at once)."""
+        self.exit: asyncio.Future[int] = loop.create_future()
+        """The exit code, once the exit was released."""
+        self.closed: asyncio.Future[None] = loop.create_future()
+        """Done once the close was released: nothing more will come."""
+        for future in (self.started, self.exit, self.closed):
+            future.add_done_callback(_observe)
+        self._on_closed = on_closed
+        self._sequencer = _Sequencer()
+        self._queue: deque[_Item] = deque()
+        self._changed: asyncio.Future[None] | None = None
+        self._failure: BaseException | None = None
+
+    # ---- the client's side -----------------------------------------------------------------
+
+    @property
+    def delivered(self) -> int:
+        """The last seq released to the process (where a catch-up read starts)."""
+        return self._sequencer.delivered
+
+    def mark_started(self) -> None:
+        """The server accepted the start."""
+        if not self.started.done():
+            self.started.set_result(None)
+
+    def add(self, item: _Item) -> None:
+        """Take one event from the server; release what is now in order."""
+        for ready in self._sequencer.add(item):
+            self._queue.append(ready)
+            if isinstance(ready, Exited) and not self.exit.done():
+                self.exit.set_result(ready.exit_code)
+            elif isinstance(ready, Closed) and not self.closed.done():
+                self.closed.set_result(None)
+                self._on_closed(self)
+        self._wake()
+
+    def settle(self, last_seq: int, exited: bool, exit_code: int | None, closed: bool) -> None:
+        """A catch-up read reached the end: fill the holes it leaves (see
+        :meth:`_Sequencer.settle`)."""
+        for item in self._sequencer.settle(last_seq, exited, exit_code, closed):
+            self.add(item)
+
+    def fail(self, error: BaseException) -> None:
+        """The process can no longer be followed: consumers and waiters get ``error``."""
+        if self._failure is not None or self.closed.done():
+            return
+        self._failure = error
+        for future in (self.started, self.exit, self.closed):
+            if not future.done():
+                future.set_exception(error)
+        self._wake()
+
+    # ---- the process's side ----------------------------------------------------------------
+
+    def take(self) -> _Item | None:
+        """The next released item, or None when none is waiting."""
+        return self._queue.popleft() if self._queue else None
+
+    def take_output(self) -> Output | None:
+        """The next released item if it is output, else None (it stays)."""
+        if self._queue and isinstance(self._queue[0], Output):
+            return self._queue.popleft()  # type: ignore[return-value]
+        return None
+
+    async def changed(self) -> None:
+        """Wait until something more is released; raise the failure once there is one."""
+        if self._failure is not None:
+            raise self._failure
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._changed)
+
+    def _wake(self) -> None:
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+        self._changed = None
+
+
+class ProcessPort(Protocol):
+    """What a :class:`Process` asks of the session that started it (one port per process)."""
+
+    @property
+    def client(self) -> Client:
+        """The client (the session) the process belongs to."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Write to the process's stdin."""
+        ...
+
+    async def close_stdin(self) -> None:
+        """Send end-of-file."""
+        ...
+
+    async def signal(self, name: str) -> None:
+        """Send a signal by name to the process group."""
+        ...
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the PTY's window size."""
+        ...
+
+    async def terminate(self) -> bool:
+        """Kill the process tree; True if it was still running."""
+        ...
+
+
 class Process:
     """A process started on the server by :meth:`Client.start`.
 
@@ -148,42 +267,33 @@ class Process:
     """
 
     def __init__(
-        self, client: Client, process_id: str, argv: Sequence[str], *, tty: bool, stdin: bool
+        self, port: ProcessPort, inbox: Inbox, argv: Sequence[str], *, tty: bool, stdin: bool
     ) -> None:
-        self._client = client
-        self.id = process_id
+        self._port = port
+        self._inbox = inbox
+        self.id = inbox.process_id
         """The process id on the server (unique within the session)."""
         self.argv = list(argv)
         self.tty = tty
         self.stdin_enabled = stdin or tty
         """Whether :meth:`write` can reach the process (``stdin=True``, or a PTY)."""
-        loop = asyncio.get_running_loop()
-        self._started: asyncio.Future[None] = loop.create_future()
-        self._exit: asyncio.Future[int] = loop.create_future()
-        self._closed: asyncio.Future[None] = loop.create_future()
-        for future in (self._started, self._exit, self._closed):
-            future.add_done_callback(_observe)
-        self._sequencer = _Sequencer()
-        self._queue: deque[_Item] = deque()
-        self._changed: asyncio.Future[None] | None = None
-        self._failure: BaseException | None = None
         self._ended = False  # the consumer took the Closed event
         self._stashed: dict[str, deque[bytes]] = {"stdout": deque(), "stderr": deque()}
         self.stdout = ProcessStream(self, "stdout")
         """Standard output (everything, for a PTY process), usable with ``async for``."""
         self.stderr = ProcessStream(self, "stderr")
         """Standard error (empty for a PTY process), usable with ``async for``."""
-        self.returncode: int | None = None
-        """The exit code once the exit was delivered, else None."""
-        self._line_open = False  # a PTY's input so far ends mid-line (EOF needs two Ctrl-D)
-        self._stdin_limit: int | None = None  # start(stdin_size=...)
-        self._stdin_written = 0
-        self._stdin_closes_itself = False  # stdin_size is enforced by `head -c` on the server
 
     @property
     def client(self) -> Client:
         """The client (the session) this process belongs to."""
-        return self._client
+        return self._port.client
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the exit was delivered, else None."""
+        exit = self._inbox.exit
+        return exit.result() if exit.done() and exit.exception() is None else None
 
     def __repr__(self) -> str:
         return f"<Process {self.id} {self.argv!r} returncode={self.returncode}>"
@@ -209,30 +319,30 @@ class Process:
             item = await self._next_item()
             if isinstance(item, Output):
                 pieces = [item.data]
-                while self._queue and isinstance(self._queue[0], Output):
-                    pieces.append(self._pop().data)  # type: ignore[union-attr]
+                while (more := self._inbox.take_output()) is not None:
+                    pieces.append(more.data)
                 return b"".join(pieces)
         return b""
 
     async def wait(self) -> int:
         """Wait for the exit and return its code. Does not consume output."""
-        return await asyncio.shield(self._exit)
+        return await asyncio.shield(self._inbox.exit)
 
     async def wait_closed(self) -> None:
         """Wait until the process exited and all its output was delivered (not consumed)."""
-        await asyncio.shield(self._closed)
+        await asyncio.shield(self._inbox.closed)
 
     # ---- acting on it ---------------------------------------------------------------------
 
     async def write(self, data: bytes) -> None:
         """Write to the process's stdin (a PTY: as if typed). Raises :class:`StdinClosed`
         if it has none."""
-        await self._client._write(self, data)
+        await self._port.write(data)
 
     async def close_stdin(self) -> None:
         """Send end-of-file: ``process/closeStdin`` when the server has it; for a PTY, the
         EOF character (Ctrl-D). Raises :class:`NotSupported` for a pipe otherwise."""
-        await self._client._close_stdin(self)
+        await self._port.close_stdin()
 
     async def signal(self, name: str) -> None:
         """Send a signal by name (``"INT"``, ``"TERM"``, ``"SIGHUP"``...) to the process group.
@@ -241,75 +351,33 @@ class Process:
         reference cannot signal at all, so an interrupt becomes Ctrl-C typed into a PTY.
         Raises :class:`NotSupported` otherwise.
         """
-        await self._client._signal(self, name)
+        await self._port.signal(name)
 
     async def resize(self, rows: int, cols: int) -> None:
         """Set the PTY's window size (needs the server's ``resize`` extension)."""
-        await self._client._resize(self, rows, cols)
+        await self._port.resize(rows, cols)
 
     async def terminate(self) -> bool:
         """Kill the process and its process group (SIGKILL); True if it was still running."""
-        return await self._client._terminate(self)
-
-    # ---- fed by the client ----------------------------------------------------------------
-
-    def _add(self, item: _Item) -> None:
-        for ready in self._sequencer.add(item):
-            self._queue.append(ready)
-            if isinstance(ready, Exited):
-                self.returncode = ready.exit_code
-                if not self._exit.done():
-                    self._exit.set_result(ready.exit_code)
-            elif isinstance(ready, Closed):
-                if not self._closed.done():
-                    self._closed.set_result(None)
-                self._client._forget(self)
-        self._wake()
-
-    def _settle(self, last_seq: int, exited: bool, exit_code: int | None, closed: bool) -> None:
-        """A catch-up read reached the end: fill the holes it leaves (see
-        :meth:`_Sequencer.settle`)."""
-        for item in self._sequencer.settle(last_seq, exited, exit_code, closed):
-            self._add(item)
-
-    def _fail(self, error: BaseException) -> None:
-        """The process can no longer be followed: consumers and waiters get ``error``."""
-        if self._failure is not None or self._closed.done():
-            return
-        self._failure = error
-        for future in (self._started, self._exit, self._closed):
-            if not future.done():
-                future.set_exception(error)
-        self._wake()
+        return await self._port.terminate()
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        if self._changed is not None and not self._changed.done():
-            self._changed.set_result(None)
-        self._changed = None
-
-    def _pop(self) -> _Item:
-        item = self._queue.popleft()
-        if isinstance(item, Closed):
-            self._ended = True
-        return item
-
     async def _next_item(self) -> Event:
         while True:
-            if self._queue:
-                item = self._pop()
-                if isinstance(item, _Gap):
-                    raise OutputGap(self.id, item.first_seq, item.last_seq)
-                return item
-            if self._failure is not None:
-                raise self._failure
-            if self._changed is None:
-                self._changed = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._changed)
+            item = self._inbox.take()
+            if item is None:
+                await self._inbox.changed()
+                continue
+            if isinstance(item, _Gap):
+                raise OutputGap(self.id, item.first_seq, item.last_seq)
+            if isinstance(item, Closed):
+                self._ended = True
+            return item
 
     async def _next_chunk(self, stream: str) -> bytes:
-        """The next chunk of one stream; chunks of the other are kept for it."""
+        """The next chunk of one stream (``b""`` once closed); chunks of the other are kept
+        for it."""
         while True:
             if self._stashed[stream]:
                 return self._stashed[stream].popleft()

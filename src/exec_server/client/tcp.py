@@ -121,6 +121,8 @@ class ForwardedStream:
         self.wake = asyncio.Event()
         self.sender: asyncio.Task[None] | None = None
         self.peer_error: str | None = None
+        self.peer_eof = False
+        """The server said the destination will send no more (``forward/eof``)."""
         self.early: list[Callable[[], None]] | None = []
         """What arrived between the ``forward/open`` reply and the protocol's making."""
 
@@ -153,6 +155,7 @@ class ForwardedStream:
         if self.early is not None:
             self.early.append(self.on_eof)
             return
+        self.peer_eof = True
         if not self.closed and self.protocol is not None:
             self.protocol.eof_received()
 
@@ -230,7 +233,10 @@ class ForwardedStream:
                     shut = True
                     await self._post("forward/shutdown", {"streamId": self.id})
                 if not self.queue and self.close_wanted:
-                    await self._post("forward/close", {"streamId": self.id})
+                    if not (shut and self.peer_eof):
+                        await self._post("forward/close", {"streamId": self.id})
+                    # else both directions are over: the server ends the stream itself (and a
+                    # forward/close would cross its forward/closed and be refused)
                     self._lost(None)
                     return
                 self.wake.clear()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -16,8 +15,6 @@ from ..protocol import (
     SandboxInfo,
 )
 from . import method
-
-log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -45,17 +42,10 @@ def initialize(connection: Connection, params: InitializeParams) -> InitializeRe
     connection.begin_initialize()
     sessions = connection.server.sessions
     if params.resume_session_id is not None:
-        session = sessions.resume(params.resume_session_id, connection)
+        session = sessions.resume(params.resume_session_id, connection, params.client_name)
     else:
-        session = sessions.create(connection)
+        session = sessions.create(connection, params.client_name)
     connection.attach(session)
-    log.info(
-        "%s: session %s %s (client %r)",
-        connection.transport.description,
-        session.id,
-        "resumed" if params.resume_session_id is not None else "created",
-        params.client_name,
-    )
     return InitializeResult(session.id, connection.server.environment_info, EXTENSIONS)
 
 

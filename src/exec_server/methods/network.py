@@ -9,6 +9,7 @@ that client about allow-list misses with ``network/policyRequest`` (a server req
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -18,6 +19,7 @@ from ..network.managed import ManagedNetwork, ProxySettings
 from ..network.policy import REASON_NOT_ALLOWED, Answer, Mode, NetworkPolicy, PatternError, Protocol
 from ..network.proxy import Audit, AuditEvent, Decider
 from ..protocol.process import (
+    CredentialProviderConfig,
     NetworkPolicyDecision,
     PolicyRequestParams,
     PolicyRequestResult,
@@ -29,6 +31,7 @@ from ..server_requests import ServerRequestError
 
 if TYPE_CHECKING:
     from ..connection import Connection
+    from ..network.providers import Provider
 
 
 def requested_network(connection: Connection, params: ProcessStartParams) -> ManagedNetwork | None:
@@ -54,11 +57,7 @@ def requested_network(connection: Connection, params: ProcessStartParams) -> Man
         )
     if launch.policy_decision_timeout_ms == 0:
         raise invalid_params("network policy decision callback timeout must be nonzero")
-    if proxy.credential_providers:
-        raise invalid_params(
-            "custom credential providers are not supported by this executor "
-            "(credentialMaskingCustomProviders is false)"
-        )
+    providers = _custom_providers(proxy.credential_providers or {})
     confinement = connection.server.guards.confinement
     if confinement is not None and not confinement.allows_network:
         raise invalid_params(
@@ -83,8 +82,32 @@ def requested_network(connection: Connection, params: ProcessStartParams) -> Man
         socks5_udp=proxy.enable_socks5_udp,
         decider=decider,
         credential_masking=proxy.credential_masking,
+        credential_providers=providers if proxy.credential_masking else (),
     )
     return ManagedNetwork(settings, _audit_sender(connection, params.process_id))
+
+
+def _custom_providers(configs: Mapping[str, CredentialProviderConfig]) -> tuple[Provider, ...]:
+    """``credentialProviders`` checked and compiled; a bad definition is -32602 with the
+    reference's words (where the reference logs it and runs the command unmasked)."""
+    from ..network.providers import ProviderError, compile_provider
+
+    providers: list[Provider] = []
+    owners: dict[str, str] = {}
+    for name, config in configs.items():
+        try:
+            provider = compile_provider(name, msgspec.structs.asdict(config))
+        except ProviderError as error:
+            raise invalid_params(f"invalid network proxy config: {error}") from None
+        for variable in provider.variables:
+            other = owners.setdefault(variable, name)
+            if other != name:
+                raise invalid_params(
+                    f"invalid network proxy config: credential provider `{name}` overlaps the "
+                    f"environment source `{variable}` of credential provider `{other}`"
+                )
+        providers.append(provider)
+    return tuple(providers)
 
 
 MAX_REASON_BYTES = 1024

@@ -30,6 +30,7 @@ from pathlib import Path
 from . import pump
 from .env import proxy_environment
 from .policy import NetworkPolicy
+from .providers import Provider
 from .proxy import Audit, Decider, EgressProxy
 
 INSIDE_DIR = "/dev/exec-server-network"
@@ -60,6 +61,8 @@ class ProxySettings:
     """Asks the client about misses and review domains (``networkProxyReviewDomains``)."""
     credential_masking: bool = False
     """The child sees dummies of the built-in providers' tokens (``credentials.py``)."""
+    credential_providers: tuple[Provider, ...] = ()
+    """Custom providers masked too (``providers.py``), with ``credential_masking`` only."""
 
 
 class ManagedNetwork:
@@ -94,7 +97,7 @@ class ManagedNetwork:
         from . import mitm
         from .credentials import mask_environment
 
-        masked = mask_environment(result)
+        masked = mask_environment(result, self.settings.credential_providers)
         self.proxy.masked = masked
         mitm.write_bundle(os.path.join(self._dir, _BUNDLE_NAME))
         inside = f"{INSIDE_DIR}/{_BUNDLE_NAME}"

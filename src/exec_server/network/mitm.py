@@ -4,7 +4,7 @@ The server makes one CA per run (``cryptography``; the key never leaves this pro
 private directory) and, per host, a leaf certificate it signs, cached. The child trusts the
 CA through a bundle (the system roots plus this CA) that the CA variables point at. In the
 tunnel the proxy ends the child's TLS, reads one request, swaps a dummy bearer for the real
-credential (:meth:`~.credentials.MaskedEnvironment.authorization`), and sends the request on
+credential (:meth:`~.credentials.MaskedEnvironment.rewrite`), and sends the request on
 over its own TLS connection to the checked address, verifying the origin against the system
 roots (or the operator's ``EXEC_SERVER_PROXY_UPSTREAM_CA``); the answer comes back as it is,
 and the tunnel ends with it (``Connection: close``).
@@ -245,10 +245,11 @@ class TlsStream:
 
 
 async def intercept(
-    conn: socket.socket, upstream: socket.socket, host: str, masked: MaskedEnvironment
+    conn: socket.socket, upstream: socket.socket, host: str, port: int, masked: MaskedEnvironment
 ) -> None:
-    """The tunnel to ``host`` (already connected as ``upstream``), looked into: one request,
-    its ``Authorization`` dummy swapped for the real credential, its answer passed back."""
+    """The tunnel to ``host:port`` (already connected as ``upstream``), looked into: one
+    request, its dummies swapped for the real credentials (:meth:`~.credentials.
+    MaskedEnvironment.rewrite`), its answer passed back."""
     inside = TlsStream.wrap(conn, authority().context_for(host), server_hostname=None)
     await inside.handshake()
     outside = TlsStream.wrap(upstream, upstream_context(), server_hostname=host)
@@ -258,16 +259,12 @@ async def intercept(
     request = await _next(parser, inside)
     if not isinstance(request, h11.Request):
         return
-    headers = []
-    for name, value in request.headers:
-        lowered = name.lower()
-        if lowered in (b"connection", b"keep-alive", b"proxy-connection"):
-            continue
-        if lowered == b"authorization":
-            swapped = masked.authorization(host, value.decode("latin-1"))
-            if swapped is not None:
-                value = swapped.encode("latin-1")
-        headers.append((name, value))
+    kept = [
+        (name, value)
+        for name, value in request.headers
+        if name.lower() not in (b"connection", b"keep-alive", b"proxy-connection")
+    ]
+    headers = masked.rewrite("https", host, port, request.target, kept)
     headers.append((b"connection", b"close"))
     head = h11.Request(method=request.method, target=request.target, headers=headers)
     await outside.send(outgoing.send(head) or b"")

@@ -321,8 +321,16 @@ class EgressProxy:
         upstream = await _connect_http(conn, decision, host, port)
         if upstream is None:
             return
+        masked, target_bytes = self.masked, event.target
+        rewrite: _Rewrite | None = None
+        if masked is not None and masked.intercepts("http", host, port):
+
+            def rewrite(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+                assert masked is not None
+                return masked.rewrite("http", host, port, target_bytes, headers)
+
         with upstream:
-            await _forward(event, parser, conn, upstream)
+            await _forward(event, parser, conn, upstream, rewrite)
 
     async def _connect_tunnel(
         self, request: h11.Request, parser: h11.Connection, conn: socket.socket, client: str | None
@@ -341,10 +349,10 @@ class EgressProxy:
         with upstream:
             await pump.send(conn, b"HTTP/1.1 200 OK\r\n\r\n")
             masked = self.masked
-            if masked is not None and masked.bound_to(host):
+            if masked is not None and masked.intercepts("https", host, port):
                 from .mitm import intercept
 
-                await intercept(conn, upstream, host, masked)
+                await intercept(conn, upstream, host, port, masked)
                 return
             await pump.send(upstream, parser.trailing_data[0])
             await _both_ways(conn, upstream)
@@ -417,11 +425,19 @@ class EgressProxy:
 _Handler = Callable[[socket.socket, "str | None"], Awaitable[None]]
 
 
+_Rewrite = Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]]
+
+
 async def _forward(
-    request: h11.Request, parser: h11.Connection, conn: socket.socket, upstream: socket.socket
+    request: h11.Request,
+    parser: h11.Connection,
+    conn: socket.socket,
+    upstream: socket.socket,
+    rewrite: _Rewrite | None = None,
 ) -> None:
     """One request to the origin in origin form (``Connection: close``, hop-by-hop headers
-    dropped, the body re-framed by h11), and its response spliced back as it comes."""
+    dropped, the rest through ``rewrite`` when given, the body re-framed by h11), and its
+    response spliced back as it comes."""
     split = urlsplit(request.target.decode("ascii", "replace"))
     path = split.path or "/"
     if split.query:
@@ -431,6 +447,8 @@ async def _forward(
         # Answered here: the origin's answer only comes back after the whole body is sent.
         await pump.send(conn, b"HTTP/1.1 100 Continue\r\n\r\n")
         headers = [(n, v) for n, v in headers if n.lower() != b"expect"]
+    if rewrite is not None:
+        headers = rewrite(headers)
     headers.append((b"connection", b"close"))
     outgoing = h11.Connection(h11.CLIENT)
     head = h11.Request(method=request.method, target=path, headers=headers)

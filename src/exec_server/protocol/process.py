@@ -49,6 +49,23 @@ class ShellSnapshotRequest(_Wire):
 DomainVerdict = Literal["allow", "deny", "none"]
 
 
+CredentialAuthMethod = Literal["bearer", "token", "basic", "header"]
+
+
+class CredentialProviderConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """One ``networkProxy.proxy.credentialProviders`` entry: snake_case on the wire and no
+    unknown fields, as the 0.169 reference (its rules are checked in
+    ``network/providers.py``)."""
+
+    env: list[str] = msgspec.field(default_factory=list)
+    patterns: list[str] = msgspec.field(default_factory=list)
+    url_prefixes: list[str] = msgspec.field(default_factory=list)
+    url_prefix_from_env: str | None = None
+    auth: list[CredentialAuthMethod] = msgspec.field(default_factory=list)
+    header: str | None = None
+    prefix: str | None = None
+
+
 class NetworkProxyConfig(_Wire, kw_only=True):
     """``networkProxy.proxy``: the 0.169 field names; the seven first are required."""
 
@@ -63,7 +80,7 @@ class NetworkProxyConfig(_Wire, kw_only=True):
     unix_sockets: dict[str, Any] | None = None
     review_domains: list[str] | None = None
     credential_masking: bool = False
-    credential_providers: dict[str, Any] | None = None
+    credential_providers: dict[str, CredentialProviderConfig] | None = None
 
 
 class NetworkProxyLaunch(_Wire, kw_only=True):

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
-from ..connection import Connection
+from ..connection import CLIENT_WENT_AWAY, Connection
 from ..rpc import Malformed
 from ..server import Server
 from .inbox import Inbox
@@ -116,8 +116,8 @@ class StdioTransport:
         if self._eof and not self.inbox.holding:
             self.finish()
 
-    def finish(self) -> None:
-        self.connection.close()
+    def finish(self, reason: str = CLIENT_WENT_AWAY) -> None:
+        self.connection.close(reason)
         self.finished.set()
 
     # ---- what Connection needs ----------------------------------------------------------
@@ -130,13 +130,13 @@ class StdioTransport:
         return self.outbox.writable
 
     def abort(self) -> None:
-        self.finish()
+        self.finish("a protocol violation")
 
     def resume_inbound(self) -> None:
         self._on_room()
 
     def shut_down(self, reason: str) -> None:
-        self.finish()  # stdio has no way to say why: the peer sees end of file
+        self.finish(reason)  # stdio has no way to say why: the peer sees end of file
 
     # ---- outbox and inbox wiring --------------------------------------------------------
 
@@ -148,7 +148,7 @@ class StdioTransport:
                 _write_all(self._write_fd, b"".join(pieces))
             except OSError:  # stdout is gone (EPIPE, disk full): nobody can hear us
                 self._write_fd = -1
-                self.finish()
+                self.finish("stdout is gone")
 
     def _deliver(self, line: Line) -> bool:
         if self.connection.receive(line):

@@ -27,12 +27,12 @@ import os
 import ssl
 import stat
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
-from ..connection import Connection
+from ..connection import CLIENT_WENT_AWAY, Connection
 from ..server import Server
 from .handshake import HandshakePolicy, judge
 from .inbox import Inbox
@@ -56,6 +56,18 @@ from .wsframes import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class _LibraryLog(logging.LoggerAdapter[logging.Logger]):
+    """The ``websockets`` state machine's log with its INFO lines ("connection open",
+    "connection rejected (401 ...)", "HTTP response sent (200 OK)") demoted to DEBUG: the
+    handshake and connection events (``observability.py``) are their one record at INFO."""
+
+    def info(self, msg: object, *args: object, **kwargs: Any) -> None:
+        self.debug(msg, *args, **kwargs)
+
+
+_library_log = _LibraryLog(log, {})
 
 KEEPALIVE_INTERVAL_S = 30.0
 """Server pings, as the current reference; no pong deadline, so a paused reader is not cut off."""
@@ -87,7 +99,7 @@ class WebSocketTransport(asyncio.Protocol):
         self._policy = policy
         self._pending = pending
         self._tls = TlsSession(tls) if tls is not None else None
-        self._ws = ServerProtocol(max_size=server.limits.max_message_bytes, logger=log)
+        self._ws = ServerProtocol(max_size=server.limits.max_message_bytes, logger=_library_log)
         self._head = bytearray()  # the HTTP request, until its blank line
         self._reader: FrameReader | None = None  # set once the handshake succeeded
         self._closing = False
@@ -95,7 +107,7 @@ class WebSocketTransport(asyncio.Protocol):
         self._conn: Connection | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._metrics = server.metrics
-        self._number = 0  # the connection's number in events, once upgraded
+        self._end_reason: str | None = None  # why the connection ends, once known (for its event)
         self.outbox = Outbox(self._write, server.limits.outbound_queue_bytes, self._on_room)
         self.inbox: Inbox[bytes] = Inbox(
             self._deliver, self._has_room, self._pause_reading, self._resume_reading
@@ -149,6 +161,7 @@ class WebSocketTransport(asyncio.Protocol):
         try:
             received = reader.feed(data)
         except FrameError as exc:
+            self._ending(f"a malformed frame ({exc.reason})")
             self._close(exc.code, exc.reason)
             return
         for opcode, payload in received:
@@ -158,6 +171,7 @@ class WebSocketTransport(asyncio.Protocol):
                 self._control(OP_PONG, payload)
             elif opcode == OP_CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else CLOSE_NORMAL
+                self._ending(f"the client closed it (code {code})")
                 self._close(code, "")
                 return
         self._process_held()
@@ -187,8 +201,9 @@ class WebSocketTransport(asyncio.Protocol):
         self.outbox.clear()
         self.inbox.clear()
         if self._conn is not None:
-            self._metrics.connection_closed(self._number)
-            self._conn.close()
+            if exc is not None:
+                self._ending(f"the connection failed ({exc})")
+            self._conn.close(self._end_reason or CLIENT_WENT_AWAY)
 
     def pause_writing(self) -> None:
         self.outbox.pause_writing()
@@ -216,6 +231,7 @@ class WebSocketTransport(asyncio.Protocol):
         self._on_room()
 
     def shut_down(self, reason: str) -> None:
+        self._ending(reason)
         self._close(CLOSE_GOING_AWAY, reason)
 
     # ---- outbox and inbox wiring ----------------------------------------------------------
@@ -261,6 +277,7 @@ class WebSocketTransport(asyncio.Protocol):
         if connection is None or self._closing:
             return False
         if not connection.receive(message):
+            self._ending("a protocol violation")
             self.abort()  # protocol violation: drop the socket, no close frame (as the reference)
             return False
         return True
@@ -344,7 +361,6 @@ class WebSocketTransport(asyncio.Protocol):
             return
         if self._pending is not None:
             self._pending.done(self)
-        self._number = self._metrics.connection_opened(self.description)
         self._reader = FrameReader(self._server.limits.max_message_bytes)
         if self._timer is not None:
             self._timer.cancel()
@@ -365,6 +381,11 @@ class WebSocketTransport(asyncio.Protocol):
         self._closing = True
         self.inbox.clear()
         self._close_transport()
+
+    def _ending(self, reason: str) -> None:
+        """Remember why the connection ends (the first reason wins), for its event."""
+        if self._end_reason is None:
+            self._end_reason = reason
 
     def _handshake_timeout(self) -> None:
         self._timer = None
