@@ -30,7 +30,8 @@ from exec_server.client import ConnectionLost, RpcError, State, connect
 from exec_server.client.forward import Forwarder, Spec, parse_spec
 from exec_server.config import Guards, Limits
 from exec_server.forwarding.streams import StreamTable
-from exec_server.methods.forward import slice_write, streams_of
+from exec_server.methods.forward import streams_of
+from exec_server.methods.forward_write import slice_write
 from exec_server.server import Server
 
 from .client_support import CuttableProxy

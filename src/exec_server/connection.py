@@ -31,7 +31,7 @@ from .errors import (
     invalid_request,
 )
 from .methods import BY_REQUEST_TYPE, METHODS, Method
-from .methods.forward import WRITE_START, slice_write
+from .methods.forward_write import WRITE_START, slice_write
 from .observability import UNKNOWN_METHOD
 from .resources import Resources
 from .server_requests import ServerRequests
@@ -188,8 +188,9 @@ class Connection:
                 self._dispatch(sliced[0], METHODS["forward/write"], sliced[1])  # bulk bytes
                 return self.is_open
             # The usual case first: a request for a known method with valid params, decoded
-            # in one step. Whatever this does not take goes the long way below, and so does
-            # `initialize`, answered before the one-step decoder is built (methods/).
+            # in one step. Whatever this does not take goes the long way below, and so do
+            # `initialize`, answered before the one-step decoder is built, and the first
+            # request of each method module, which the long way imports (methods/).
             try:
                 typed = methods.REQUESTS.decode(data)
             except (msgspec.DecodeError, UnicodeError, RecursionError, ValueError):

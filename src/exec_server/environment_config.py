@@ -44,7 +44,7 @@ import tomli_w
 
 from .errors import internal_error, invalid_params
 from .paths import to_file_uri
-from .protocol import (
+from .protocol.config import (
     EnvironmentConfigLayer,
     EnvironmentConfigLayerStack,
     EnvironmentConfigReadResult,

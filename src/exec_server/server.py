@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 from .capabilities import EXECUTOR_VERSION, capabilities
 from .config import Guards, Limits, Runtime
-from .fs.handles import HandleBudget
 from .memory import MemoryReturn, nothing
 from .observability import Heartbeat, Metrics
 from .paths import to_file_uri
@@ -31,6 +30,7 @@ from .sessions import SessionRegistry
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .fs.handles import HandleBudget
 
 SHUTDOWN_REASON = "exec-server is shutting down"
 """Begins the reason of the WebSocket close (1001) a client gets when the server exits."""
@@ -144,7 +144,14 @@ class Server:
         self.prepend_path_dirs = tuple(prepend_path_dirs)
         self.environment_info = describe_environment(self.prepend_path_dirs)
         self.server_env: dict[str, str] = dict(os.environ)
-        self.handle_budget = HandleBudget(_handle_bound(self.limits.fs_max_open_handles_total))
+
+    @functools.cached_property
+    def handle_budget(self) -> HandleBudget:
+        """The server-wide bound on open ``fs/open`` handles, made on first use (``fs/`` is
+        imported with the ``fs/*`` methods, not at start-up)."""
+        from .fs.handles import HandleBudget
+
+        return HandleBudget(_handle_bound(self.limits.fs_max_open_handles_total))
 
     # ---- what the HTTP probes ask (transport/handshake.py) ------------------------------------
 

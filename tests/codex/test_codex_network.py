@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from exec_server.network.mitm import CA_ENV_KEYS
-from exec_server.protocol import ProcessStartParams
+from exec_server.protocol.process import ProcessStartParams
 
 from ..support import python_server
 from ..test_network_proxy import ORIGIN, POLICY_FIELDS

@@ -76,7 +76,7 @@ def _codecs() -> tuple[Callable[[bytes | str | memoryview], bytes], Callable[[by
 _b64decode, _b64encode = _codecs()
 
 FORWARD_DATA_PREFIX = b'{"method":"forward/data","params":{"streamId":"'
-"""How our server begins every ``forward/data`` (``protocol.ForwardNotifications``)."""
+"""How our server begins every ``forward/data`` (``protocol.forward.ForwardNotifications``)."""
 _DATA_FIELD = b'","data":"'
 _DATA_END = b'"}}'
 _DATA = msgspec.json.Decoder(_Data)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import invalid_params
 from ..paths import parse_path
-from ..protocol import (
+from ..protocol.discovery import (
     CapabilityRootDiscovery,
     CapabilityRootsDiscoverParams,
     CapabilityRootsDiscoverResult,

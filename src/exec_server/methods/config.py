@@ -11,7 +11,10 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from ..paths import parse_path
-from ..protocol import EnvironmentConfigReadParams, EnvironmentConfigReadResult
+from ..protocol.config import (
+    EnvironmentConfigReadParams,
+    EnvironmentConfigReadResult,
+)
 from . import method
 
 if TYPE_CHECKING:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import RpcError, internal_error, invalid_params, invalid_request
 from ..forwarding.errors import ConnectFailed, ForwardError, StreamRefused, UnknownStream
 from ..forwarding.streams import StreamTable
 from ..protocol import (
     EmptyResult,
+    base64_encoder,
+)
+from ..protocol.forward import (
     ForwardCreditParams,
     ForwardNotifications,
     ForwardOpenParams,
@@ -23,9 +26,9 @@ from ..protocol import (
     ForwardStreamParams,
     ForwardWriteParams,
     base64_decoder,
-    base64_encoder,
 )
 from . import method, refuse_when_network_confined
+from .forward_write import SlicedWrite
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -152,45 +155,6 @@ async def _open(table: StreamTable, params: ForwardOpenParams) -> ForwardOpenRes
 
 
 _EMPTY = EmptyResult()
-
-
-class SlicedWrite(NamedTuple):
-    """``forward/write`` params taken apart by :func:`slice_write`: ``data`` is the base64
-    text, still in the message it came in."""
-
-    stream_id: str
-    data: memoryview
-
-
-WRITE_START = b'{"id":'
-_WRITE_METHOD = b'"method":"forward/write","params":{"streamId":"'
-_WRITE_DATA = b'","data":"'
-_WRITE_END = b'"}}'
-
-
-def slice_write(message: bytes) -> tuple[int, SlicedWrite] | None:
-    """A ``forward/write`` request in the exact shape our client writes it,
-    ``{"id":N,"method":"forward/write","params":{"streamId":"S","data":"..."}}``, taken
-    apart by slicing: it is most of what an upload sends, and a JSON decoder would copy and
-    check its hundreds of KiB of base64. None (nothing done) for any other shape, which then
-    goes the general way (and gets its errors there)."""
-    comma = message.find(b",", len(WRITE_START), len(WRITE_START) + 20)
-    digits = message[len(WRITE_START) : comma]
-    if comma < 0 or not digits.isdigit() or not message.startswith(_WRITE_METHOD, comma + 1):
-        return None
-    start = comma + 1 + len(_WRITE_METHOD)
-    middle = message.find(_WRITE_DATA, start, start + 130)
-    if middle < 0 or not message.endswith(_WRITE_END):
-        return None
-    stream_id = message[start:middle]
-    if b"\\" in stream_id or not 0 < len(stream_id) <= 128:
-        return None
-    try:
-        name = stream_id.decode()
-    except UnicodeDecodeError:
-        return None
-    data = memoryview(message)[middle + len(_WRITE_DATA) : -len(_WRITE_END)]
-    return int(digits), SlicedWrite(name, data)
 
 
 @method("forward/write", ForwardWriteParams, FORWARD)

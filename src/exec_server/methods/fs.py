@@ -21,6 +21,9 @@ from ..fs.errors import invalid_path_error
 from ..paths import parse_path
 from ..protocol import (
     EmptyResult,
+    FsSandbox,
+)
+from ..protocol.fs import (
     FsCopyParams,
     FsCreateDirectoryParams,
     FsDirectoryEntry,
@@ -34,7 +37,6 @@ from ..protocol import (
     FsReadDirectoryResult,
     FsReadFileResult,
     FsRemoveParams,
-    FsSandbox,
     FsWalkEntry,
     FsWalkError,
     FsWalkParams,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ..errors import invalid_params
 from ..fs import sandboxed
 from ..paths import parse_path, to_file_uri
-from ..protocol import (
+from ..protocol.fs import (
     FsCanonicalizeResult,
     FsPathParams,
     FsWatchMissingParams,

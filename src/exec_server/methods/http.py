@@ -25,13 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import internal_error, invalid_params
 from ..protocol import (
+    encode,
+)
+from ..protocol.http import (
     HttpBodyDelta,
     HttpBodyDeltaNotification,
     HttpHeader,
     HttpRequestHeader,
     HttpRequestParams,
     HttpRequestResult,
-    encode,
 )
 from . import method, refuse_when_network_confined
 

@@ -18,7 +18,7 @@ from ..errors import invalid_params
 from ..network.managed import ManagedNetwork, ProxySettings
 from ..network.policy import REASON_NOT_ALLOWED, Answer, Mode, NetworkPolicy, PatternError, Protocol
 from ..network.proxy import Audit, AuditEvent, Decider
-from ..protocol import (
+from ..protocol.process import (
     CredentialProviderConfig,
     NetworkPolicyDecision,
     PolicyRequestParams,

@@ -26,8 +26,8 @@ from ..process.output import ReadSnapshot, is_ready
 from ..process.signals import parse_signal, signal_name
 from ..process.spawn import SpawnRequest
 from ..process.stdin import StdinFull
-from ..protocol import (
-    EmptyResult,
+from ..protocol import EmptyResult, WriteStatusName
+from ..protocol.process import (
     ProcessIdParams,
     ProcessListEntry,
     ProcessListResult,
@@ -42,7 +42,6 @@ from ..protocol import (
     ProcessWriteParams,
     ProcessWriteResult,
     ReadChunk,
-    WriteStatusName,
 )
 from . import method
 
