@@ -97,7 +97,7 @@ def served(image: str) -> Iterator[tuple[str, str]]:
 
 def test_image_is_small_non_root_with_no_compiler_pip_or_curl(image: str) -> None:
     (config,) = json.loads(podman("image", "inspect", image))
-    # Issue 21: < 150 MB (142.9 MB; deploy/README.md says what the base and runtime leave out).
+    # Issue 21: < 150 MB (144.3 MB; deploy/README.md says what the base and runtime leave out).
     assert config["Size"] < 150_000_000
     assert config["Config"]["User"] == "10001:10001"
     check = " ".join(config["Healthcheck"]["Test"])
