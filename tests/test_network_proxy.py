@@ -366,6 +366,26 @@ async def test_proxy_ends_with_the_process(client: Client) -> None:
     assert len(os.listdir("/proc/self/fd")) <= before_fds
 
 
+async def test_refused_start_leaves_no_proxy_behind(client: Client) -> None:
+    """A start refused after its proxy was set up (here, a bad shell snapshot) closes that
+    proxy: a client repeating it cannot pile up hand-over directories and sockets."""
+    pattern = f"{tempfile.gettempdir()}/exec-server-net-*"
+    before_dirs = set(glob.glob(pattern))
+    before_fds = len(os.listdir("/proc/self/fd"))
+    bad_snapshot = {"scopeId": "", "shell": {"name": "bash", "path": "/bin/bash"}}
+    for attempt in range(5):
+        with pytest.raises(RpcFailure) as caught:
+            await client.start(
+                f"p{attempt}",
+                ["/bin/bash", "-lc", "true"],
+                networkProxy=network_proxy({"127.0.0.1": "allow"}),
+                shellSnapshot=bad_snapshot,
+            )
+        assert caught.value.code == -32602
+    assert set(glob.glob(pattern)) == before_dirs
+    assert len(os.listdir("/proc/self/fd")) <= before_fds
+
+
 async def test_confinement_without_network_refuses_a_proxy() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json") as profile:
         permissions = {"type": "managed", "file_system": {"type": "unrestricted"}}

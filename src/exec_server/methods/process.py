@@ -249,13 +249,22 @@ def start(
         )
     prepend_path.apply(env, connection.server.prepend_path_dirs)
     env = without_excluded(env, connection.server.guards.env_exclude)
+    snapshot = params.shell_snapshot
+    if snapshot is not None:  # checked before the proxy exists: a refusal leaves nothing open
+        shell_snapshot.check_request(snapshot.scope_id, snapshot.shell.name)
+        if not shell_snapshot.applies(params.argv, snapshot.shell.path):
+            snapshot = None
     network = None
     if params.network_proxy is not None or params.enforce_managed_network:
         from .network import requested_network  # managed-network starts only
 
         network = requested_network(connection, params)
     if network is not None:
-        env = network.child_environment(env)
+        try:
+            env = network.child_environment(env)
+        except BaseException:
+            network.close()
+            raise
     size = params.size
     request = SpawnRequest(
         argv=params.argv,
@@ -273,11 +282,6 @@ def start(
     )
     processes = connection.require_session().processes
     confinement = connection.server.guards.confinement
-    snapshot = params.shell_snapshot
-    if snapshot is not None:
-        shell_snapshot.check_request(snapshot.scope_id, snapshot.shell.name)
-        if not shell_snapshot.applies(params.argv, snapshot.shell.path):
-            snapshot = None
     plain = params.sandbox is None and confinement is None and snapshot is None
     if plain and network is None:
         processes.start(params.process_id, request, deadlines)
