@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from websockets.asyncio.client import unix_connect
 from websockets.exceptions import InvalidStatus
@@ -583,3 +584,30 @@ async def test_the_server_process_is_not_readable_through_proc(
             assert await _refusal(client, method, params) == -32600, (method, params)
         assert "dataBase64" in await client.call("fs/readFile", {"path": "/proc/cpuinfo"})
     release.set()
+
+
+@needs_bwrap
+async def test_capability_discovery_hides_the_servers_own_files_too(
+    places: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """capabilityRoots/discoverV1 reads in the server's process like fs/*: a plugin manifest
+    that is a symlink to the token file (a confined child can make one) or to the server's
+    /proc/self/environ is not read under the confinement."""
+    work, secret = places
+    token = tmp_path / "token"
+    token.write_text("tok-" + os.urandom(8).hex())
+    guards = msgspec.structs.replace(
+        confinement_denying(work, secret, tmp_path), private_paths=(str(token),)
+    )
+    roots = []
+    for name, target in (("via-token", token), ("via-proc", Path("/proc/self/environ"))):
+        (work / name / ".codex-plugin").mkdir(parents=True)
+        (work / name / ".codex-plugin" / "plugin.json").symlink_to(target)
+        roots.append({"id": name, "path": str(work / name)})
+    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        manifest = str(work / "via-token" / ".codex-plugin" / "plugin.json")
+        assert await _refusal(client, "fs/readFile", {"path": manifest}) == -32600
+        found = await client.call("capabilityRoots/discoverV1", {"roots": roots})
+    assert [root["plugin"] for root in found["roots"]] == [None, None], found
+    assert token.read_text() not in json.dumps(found)
