@@ -244,7 +244,7 @@ class Client:
             envelope = self._decode(await transport.recv())
             if envelope is None or envelope.id != call_id or envelope.method is not None:
                 if envelope is not None:
-                    self._route(envelope)
+                    self._route(envelope, transport)
                 continue
             if envelope.error is not None:
                 raise rpc_error("initialize", envelope.error.code, envelope.error.message)
@@ -372,7 +372,7 @@ class Client:
                     continue  # forwarded bytes, taken without a JSON decoder (see tcp.py)
                 envelope = self._decode(raw)
                 if envelope is not None:
-                    self._route(envelope)
+                    self._route(envelope, transport)
         except TransportClosed as exc:
             reason = exc.reason
             if exc.going_away and generation == self._generation:
@@ -395,12 +395,14 @@ class Client:
             log.warning("ignoring a message from the server that is not JSON-RPC: %s", exc)
             return None
 
-    def _route(self, envelope: _wire.Envelope) -> None:
+    def _route(self, envelope: _wire.Envelope, transport: _Transport) -> None:
+        """Deliver a message that came on ``transport`` (a request of the server's is
+        answered there: its id means nothing on another connection)."""
         if envelope.method is not None:
             if envelope.id is None:
                 self._notification(envelope.method, envelope.params)
             else:
-                self._spawn(self._answer(envelope.id, envelope.method, envelope.params))
+                self._spawn(self._answer(transport, envelope.id, envelope.method, envelope.params))
             return
         call = self._pending.pop(envelope.id, None) if isinstance(envelope.id, int) else None
         if call is None:
@@ -417,8 +419,12 @@ class Client:
         elif isinstance(envelope.result, msgspec.Raw):
             call.future.set_result(envelope.result)
 
-    async def _answer(self, request_id: int | str, method: str, params: msgspec.Raw) -> None:
-        """Answer one request of the server's through :attr:`on_server_request`."""
+    async def _answer(
+        self, transport: _Transport, request_id: int | str, method: str, params: msgspec.Raw
+    ) -> None:
+        """Answer one request of the server's through :attr:`on_server_request`, on the
+        ``transport`` it came on; if that connection has ended, the answer is dropped (the
+        server failed the request with it)."""
         handler = self.on_server_request
         reply: dict[str, Any] = {"id": request_id}
         if handler is None:
@@ -428,10 +434,8 @@ class Client:
                 reply["result"] = await handler(method, msgspec.json.decode(params))
             except Exception as exc:
                 reply["error"] = {"code": -32603, "message": str(exc) or type(exc).__name__}
-        transport = self._transport
-        if transport is not None:
-            with contextlib.suppress(TransportClosed):
-                await transport.send(_wire.encode(reply))
+        with contextlib.suppress(TransportClosed):
+            await transport.send(_wire.encode(reply))
 
     def _notification(self, method: str, params: msgspec.Raw) -> None:
         kind = _wire.NOTIFICATION_TYPES.get(method)
