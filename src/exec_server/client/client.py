@@ -50,7 +50,6 @@ from .fs import RemoteFS, RemotePath
 from .process import Closed, CompletedProcess, Exited, Inbox, Output, Process
 from .tcp import (
     FORWARD_DATA_PREFIX,
-    ForwardedStream,
     Forwards,
     PreEncoded,
     connection_lost_error,
@@ -140,14 +139,14 @@ class Client:
         """What the server says about its machine (shell, cwd, home...); None from 0.128."""
         self.extensions: dict[str, Any] = {}
         """The protocol extensions the server announces (``initialize`` result's ``extensions``)."""
-        self.fs = RemoteFS(self)
+        self.fs = RemoteFS(_SessionPort(self))
         """The server's file system."""
         self._transport: _Transport | None = None
         self._generation = 0
         self._lost = asyncio.Event()  # the current connection ended
         self._pending: dict[int, _Call] = {}
         self._processes: dict[str, _Tracked] = {}
-        self._forwards = Forwards(self)
+        self._forwards = Forwards(_SessionPort(self))
         self._catch_ups: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed_error: ExecServerError = ConnectionLost("the client is not connected")
@@ -693,9 +692,6 @@ class Client:
             if not call.future.done():
                 call.future.set_exception(error)
 
-    def _forget_stream(self, stream: ForwardedStream) -> None:
-        self._forwards.forget(stream)
-
     # ---- paths ----------------------------------------------------------------------------
 
     def _remote_path(self, path: RemotePath) -> PurePosixPath:
@@ -920,6 +916,37 @@ class Client:
         tracked = self._processes.get(inbox.process_id)
         if tracked is not None and tracked.inbox is inbox:
             del self._processes[inbox.process_id]
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionPort:
+    """The client's calls as its file system (:class:`~.fs.FsPort`) and its forwarded
+    streams (:class:`~.tcp.ForwardPort`) use them."""
+
+    client: Client
+
+    def supports(self, extension: str) -> bool:
+        return self.client.supports(extension)
+
+    def remote_path(self, path: RemotePath) -> PurePosixPath:
+        return self.client._remote_path(path)
+
+    def wire_path(self, path: PurePosixPath) -> str:
+        return self.client._wire_path(path)
+
+    def new_id(self, kind: str) -> str:
+        return self.client._new_id(kind)
+
+    async def request(self, method: str, params: Any, *, subject: str | None = None) -> msgspec.Raw:
+        return await self.client._request(method, params, subject=subject)
+
+    async def post(
+        self, method: str, params: Any, *, subject: str | None = None
+    ) -> asyncio.Future[msgspec.Raw]:
+        return await self.client._post(method, params, subject=subject)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return self.client._spawn(coroutine)
 
 
 @dataclass
