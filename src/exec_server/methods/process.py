@@ -411,7 +411,7 @@ async def _start_sandboxed(
         return _launch(connection, policy, request, entry)
 
     try:
-        launch = await asyncio.to_thread(prepare)
+        launch = await _prepared(prepare)
     except enforce.SandboxUnavailable as error:
         _give_up(processes, process_id, network)
         raise invalid_params(error.message) from None
@@ -447,6 +447,26 @@ async def _start_sandboxed(
         if child is not None:
             network.start(child.pid)
     return ProcessStartResult(process_id, SANDBOX_TYPE)
+
+
+async def _prepared(prepare: Callable[[], Launch | None]) -> Launch | None:
+    """``prepare()`` on a worker thread. A start cancelled meanwhile (its client went away)
+    does not stop the thread: the launch it then makes is released as soon as it is made,
+    or its descriptors, pids cgroup and placeholders would stay with the server."""
+    work = asyncio.get_running_loop().run_in_executor(None, prepare)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        work.add_done_callback(_release_unwanted)
+        raise
+
+
+def _release_unwanted(work: asyncio.Future[Launch | None]) -> None:
+    if work.cancelled() or work.exception() is not None:
+        return  # nothing was made (the error went with the start that gave up on it)
+    launch = work.result()
+    if launch is not None:
+        launch.release()
 
 
 def _launch(
