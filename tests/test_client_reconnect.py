@@ -5,6 +5,7 @@ OutputGap, never a silent hole."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -138,3 +139,37 @@ async def test_without_reconnect_a_cut_is_connection_lost() -> None:
         proxy.cut()
         with pytest.raises(ConnectionLost, match="was lost"):
             await process.wait()
+
+
+async def test_a_late_answer_to_the_servers_request_stays_with_its_connection() -> None:
+    """The server asked on a connection that was cut before the client's hook answered: the
+    answer belongs to that connection, so it is not sent on the resumed one (where the id
+    means nothing, or another question, and the server drops the connection for it)."""
+    from exec_server.server_requests import ServerRequestError
+
+    async with through_proxy() as (server, proxy, client):
+        reached, release, answered = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def hook(method: str, params: Any) -> Any:
+            reached.set()
+            await release.wait()
+            answered.set()
+            return {"late": True}
+
+        client.on_server_request = hook
+        [session] = list(server.sessions)
+        first = session.connection
+        assert first is not None
+        asked = asyncio.ensure_future(first.server_request("test/ask", {}))
+        await reached.wait()
+        proxy.cut()
+        with pytest.raises(ServerRequestError):
+            await asked  # the server gives up on it with its connection
+        await client.request("process/list")  # sent again once resumed
+        resumed = session.connection
+        assert resumed is not None and resumed is not first
+        release.set()
+        await answered.wait()
+        await client.request("process/list")  # after the late answer, on the same socket
+        assert session.connection is resumed and resumed.is_open
+        assert proxy.connections == 2

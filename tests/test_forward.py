@@ -586,6 +586,11 @@ def test_only_our_clients_exact_shape_of_forward_write_is_sliced() -> None:
         b'{"id":1,"method":"forward/write","params":{"streamId":"s\\"1","data":"eHk="}}',
         b'{"id":1,"method":"forward/write","params":{"streamId":"s1","data":"eHk=","x":1}}',
         b'{"id":1,"method":"process/write","params":{"processId":"s1","chunk":"eHk="}}',
+        b'{"id":9223372036854775808,"method":"forward/write","params":{"streamId":"s1","data":"eHk="}}',
+        b'{"id":01,"method":"forward/write","params":{"streamId":"s1","data":"eHk="}}',
+        b'{"id":1,"method":"forward/write","params":{"streamId":"s"1","data":"eHk="}}',
+        b'{"id":1,"method":"forward/write","params":{"streamId":"s1","data":"\\/\\/8="}}',
+        b'{"id":1,"method":"forward/write","params":{"streamId":"s1","data":"eHk=","x":"1"}}',
     ):
         assert slice_write(other) is None, other
 
@@ -607,6 +612,31 @@ async def test_a_sliced_write_is_checked_as_any_other() -> None:
         reply = await reply_to(8, "not base64!")
         assert reply["error"]["code"] == -32602
         assert "data is not valid base64" in reply["error"]["message"]
+
+
+async def test_what_slicing_cannot_read_goes_the_general_way() -> None:
+    """Valid JSON that only looks like our client's shape (an escaped ``/`` in the base64,
+    a member after ``data``) is read as JSON, and an id beyond i64 is refused as on the
+    general way, not answered under that id."""
+    message = '{"id":%d,"method":"forward/write","params":{"streamId":"s","data":"%s"}}'
+    async with destination(echo) as port, raw_client() as raw:
+        opened = {"streamId": "s", "host": "127.0.0.1", "port": port}
+        assert (await raw.request("forward/open", opened))["result"]["streamId"] == "s"
+
+        async def reply_to(request_id: int, text: str) -> dict[str, Any]:
+            await raw.send_raw(text)
+            assert await wait_until(lambda: any(m.get("id") == request_id for m in raw.raw))
+            return next(m for m in raw.raw if m.get("id") == request_id)
+
+        escaped = await reply_to(11, message % (11, "\\/\\/8="))  # "//8=" as JSON may write it
+        assert escaped == {"id": 11, "result": {}}
+        extra = '{"id":12,"method":"forward/write","params":{"streamId":"s","data":"eHk=","x":"1"}}'
+        assert await reply_to(12, extra) == {"id": 12, "result": {}}
+        await raw.send_raw(message % (2**63, "eHk="))
+        assert await wait_until(lambda: any(m.get("id") == -1 for m in raw.raw))
+        [refusal] = [m for m in raw.raw if m.get("id") == -1]
+        assert refusal["error"]["code"] == -32600
+        assert not any(m.get("id") == 2**63 for m in raw.raw)
 
 
 async def test_forward_methods_need_the_handshake() -> None:

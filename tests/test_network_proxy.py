@@ -24,7 +24,7 @@ from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.policy import load_confinement
 
 from .sandbox_support import workspace_write
-from .support import PATH_ENV, Client, RpcFailure, python_server, running_server
+from .support import PATH_ENV, Client, RpcFailure, python_server, running_server, wait_until
 
 pytestmark = pytest.mark.skipif(
     not support().usable, reason=f"bubblewrap cannot run here: {support().reason}"
@@ -366,6 +366,26 @@ async def test_proxy_ends_with_the_process(client: Client) -> None:
     assert len(os.listdir("/proc/self/fd")) <= before_fds
 
 
+async def test_refused_start_leaves_no_proxy_behind(client: Client) -> None:
+    """A start refused after its proxy was set up (here, a bad shell snapshot) closes that
+    proxy: a client repeating it cannot pile up hand-over directories and sockets."""
+    pattern = f"{tempfile.gettempdir()}/exec-server-net-*"
+    before_dirs = set(glob.glob(pattern))
+    before_fds = len(os.listdir("/proc/self/fd"))
+    bad_snapshot = {"scopeId": "", "shell": {"name": "bash", "path": "/bin/bash"}}
+    for attempt in range(5):
+        with pytest.raises(RpcFailure) as caught:
+            await client.start(
+                f"p{attempt}",
+                ["/bin/bash", "-lc", "true"],
+                networkProxy=network_proxy({"127.0.0.1": "allow"}),
+                shellSnapshot=bad_snapshot,
+            )
+        assert caught.value.code == -32602
+    assert set(glob.glob(pattern)) == before_dirs
+    assert len(os.listdir("/proc/self/fd")) <= before_fds
+
+
 async def test_confinement_without_network_refuses_a_proxy() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json") as profile:
         permissions = {"type": "managed", "file_system": {"type": "unrestricted"}}
@@ -580,3 +600,81 @@ PY
         listener.close()
     assert "unix=refused 1" in out and "unix=connected" not in out  # EPERM
     assert "pair=pair" in out
+
+
+SPRAYER = """
+import os, socket, sys
+port = int(os.environ["HTTP_PROXY"].rsplit(":", 1)[1])
+count = sys.argv[1]
+n = 0
+while True:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET http://blocked.test:%d/ HTTP/1.1\\r\\nHost: blocked.test\\r\\n\\r\\n" % (n % 60000 + 1))
+        while s.recv(4096):
+            pass
+    n += 1
+    if n % 10 == 0:
+        with open(count + ".new", "w") as f:
+            f.write(str(n))
+        os.replace(count + ".new", count)
+"""
+
+
+async def test_audit_notifications_wait_for_a_client_that_reads_none(tmp_path: Path) -> None:
+    """A child making blocked requests as fast as it can, for a client that has stopped
+    reading: each verdict's ``network/policyDecision`` waits for room in the connection's
+    outbound queue, so the child's requests stall instead of the server queueing their
+    notifications without bound; once the client reads again they go on."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    from exec_server.config import Limits
+    from exec_server.server import Server
+    from exec_server.transport.websocket import serve_websocket
+
+    count = tmp_path / "count"
+
+    def progress() -> int:
+        return int(count.read_text()) if count.exists() else 0
+
+    server = Server(Limits(outbound_queue_bytes=16 * 1024))
+    listener = await serve_websocket(server, "127.0.0.1", 0)
+    # Small kernel buffers on both ends (accepted sockets inherit the listener's), so the
+    # server's own queue is what fills up.
+    listener.sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    port = listener.sockets[0].getsockname()[1]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    try:
+        async with ws_connect(f"ws://127.0.0.1:{port}", sock=sock, max_queue=1) as ws:
+            start = {
+                "processId": "p1",
+                "argv": ["python3", "-c", SPRAYER, str(count)],
+                "cwd": str(tmp_path),
+                "env": PATH_ENV,
+                "tty": False,
+                "networkProxy": network_proxy({"127.0.0.1": "allow"}),
+            }
+            for message in (
+                {"id": 1, "method": "initialize", "params": {"clientName": "t"}},
+                {"method": "initialized", "params": {}},
+                {"id": 2, "method": "process/start", "params": start},
+            ):
+                await ws.send(json.dumps(message))
+            while json.loads(await ws.recv()).get("id") != 2:
+                pass
+            # Not reading now: once the queues are full, the child's requests must stall.
+            assert await wait_until(lambda: progress() >= 20, timeout=20)
+            stalled = -1
+            while progress() != stalled and progress() < 5000:
+                stalled = progress()
+                await asyncio.sleep(0.5)
+            assert progress() == stalled < 5000, "the child went on while nobody read"
+            while progress() < stalled + 20:  # reading again lets it go on
+                async with asyncio.timeout(20):
+                    await ws.recv()
+    finally:
+        sock.close()
+        listener.close()
+        await listener.wait_closed()
+        await server.shutdown()

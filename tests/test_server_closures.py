@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from websockets.asyncio.client import unix_connect
 from websockets.exceptions import InvalidStatus
@@ -583,3 +584,95 @@ async def test_the_server_process_is_not_readable_through_proc(
             assert await _refusal(client, method, params) == -32600, (method, params)
         assert "dataBase64" in await client.call("fs/readFile", {"path": "/proc/cpuinfo"})
     release.set()
+
+
+@needs_bwrap
+async def test_capability_discovery_hides_the_servers_own_files_too(
+    places: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """capabilityRoots/discoverV1 reads in the server's process like fs/*: a plugin manifest
+    that is a symlink to the token file (a confined child can make one) or to the server's
+    /proc/self/environ is not read under the confinement."""
+    work, secret = places
+    token = tmp_path / "token"
+    token.write_text("tok-" + os.urandom(8).hex())
+    guards = msgspec.structs.replace(
+        confinement_denying(work, secret, tmp_path), private_paths=(str(token),)
+    )
+    roots = []
+    for name, target in (("via-token", token), ("via-proc", Path("/proc/self/environ"))):
+        (work / name / ".codex-plugin").mkdir(parents=True)
+        (work / name / ".codex-plugin" / "plugin.json").symlink_to(target)
+        roots.append({"id": name, "path": str(work / name)})
+    async with running_server(guards=guards) as (_, url), Client.connect(url) as client:
+        await client.initialize()
+        manifest = str(work / "via-token" / ".codex-plugin" / "plugin.json")
+        assert await _refusal(client, "fs/readFile", {"path": manifest}) == -32600
+        found = await client.call("capabilityRoots/discoverV1", {"roots": roots})
+    assert [root["plugin"] for root in found["roots"]] == [None, None], found
+    assert token.read_text() not in json.dumps(found)
+
+
+@needs_bwrap
+async def test_a_sandboxed_start_cut_short_by_its_client_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    """A client that sends a sandboxed process/start and goes away at once cancels the
+    start while its sandbox is being built on a worker thread: what that build made (the
+    seccomp descriptor, the pids cgroup and its descriptor, placeholders) is released when
+    it is done, not left to the server."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    from exec_server.sandbox.cgroup import pids_cgroups
+
+    group = pids_cgroups().group
+
+    def launch_fds() -> int:
+        """The server's seccomp programs and cgroup descriptors (what a launch holds)."""
+        links = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        ours = ("/memfd:exec-server-seccomp", *((group,) if group else ()))
+        return sum(link.startswith(ours) for link in links)
+
+    def held() -> tuple[int, int]:
+        cgroups = len([e for e in os.scandir(group) if e.is_dir()]) if group else 0
+        return launch_fds(), cgroups
+
+    profile = codex_workspace_write(to_file_uri(str(tmp_path)))
+    start = {
+        "processId": "p",
+        "argv": ["true"],
+        "cwd": str(tmp_path),
+        "env": PATH_ENV,
+        "tty": False,
+        "sandbox": profile,
+    }
+    messages = [
+        json.dumps({"id": 1, "method": "initialize", "params": {"clientName": "t"}}),
+        json.dumps({"method": "initialized", "params": {}}),
+    ]
+    # Sessions end with their connection, so a start that did complete goes too.
+    async with running_server(Limits(detach_grace_s=0.0)) as (_, url):
+        async with ws_connect(url) as ws:  # one whole start first: lazy imports, caches
+            for message in messages:
+                await ws.send(message)
+            await ws.send(json.dumps({"id": 2, "method": "process/start", "params": start}))
+            while json.loads(await ws.recv()).get("id") != 2:
+                pass
+        await asyncio.sleep(0.5)
+        before = held()
+        for attempt in range(10):
+            ws = await ws_connect(url)
+            for message in messages:
+                await ws.send(message)
+            request = {
+                "id": 2,
+                "method": "process/start",
+                "params": {**start, "processId": f"c{attempt}"},
+            }
+            await ws.send(json.dumps(request))
+            ws.transport.abort()  # gone before the sandbox is ready
+            await ws.wait_closed()
+        assert await wait_until(lambda: held() <= before, timeout=10), (held(), before)

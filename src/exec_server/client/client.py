@@ -50,7 +50,6 @@ from .fs import RemoteFS, RemotePath
 from .process import Closed, CompletedProcess, Exited, Inbox, Output, Process
 from .tcp import (
     FORWARD_DATA_PREFIX,
-    ForwardedStream,
     Forwards,
     PreEncoded,
     connection_lost_error,
@@ -140,14 +139,14 @@ class Client:
         """What the server says about its machine (shell, cwd, home...); None from 0.128."""
         self.extensions: dict[str, Any] = {}
         """The protocol extensions the server announces (``initialize`` result's ``extensions``)."""
-        self.fs = RemoteFS(self)
+        self.fs = RemoteFS(_SessionPort(self))
         """The server's file system."""
         self._transport: _Transport | None = None
         self._generation = 0
         self._lost = asyncio.Event()  # the current connection ended
         self._pending: dict[int, _Call] = {}
         self._processes: dict[str, _Tracked] = {}
-        self._forwards = Forwards(self)
+        self._forwards = Forwards(_SessionPort(self))
         self._catch_ups: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed_error: ExecServerError = ConnectionLost("the client is not connected")
@@ -244,7 +243,7 @@ class Client:
             envelope = self._decode(await transport.recv())
             if envelope is None or envelope.id != call_id or envelope.method is not None:
                 if envelope is not None:
-                    self._route(envelope)
+                    self._route(envelope, transport)
                 continue
             if envelope.error is not None:
                 raise rpc_error("initialize", envelope.error.code, envelope.error.message)
@@ -372,7 +371,7 @@ class Client:
                     continue  # forwarded bytes, taken without a JSON decoder (see tcp.py)
                 envelope = self._decode(raw)
                 if envelope is not None:
-                    self._route(envelope)
+                    self._route(envelope, transport)
         except TransportClosed as exc:
             reason = exc.reason
             if exc.going_away and generation == self._generation:
@@ -395,12 +394,14 @@ class Client:
             log.warning("ignoring a message from the server that is not JSON-RPC: %s", exc)
             return None
 
-    def _route(self, envelope: _wire.Envelope) -> None:
+    def _route(self, envelope: _wire.Envelope, transport: _Transport) -> None:
+        """Deliver a message that came on ``transport`` (a request of the server's is
+        answered there: its id means nothing on another connection)."""
         if envelope.method is not None:
             if envelope.id is None:
                 self._notification(envelope.method, envelope.params)
             else:
-                self._spawn(self._answer(envelope.id, envelope.method, envelope.params))
+                self._spawn(self._answer(transport, envelope.id, envelope.method, envelope.params))
             return
         call = self._pending.pop(envelope.id, None) if isinstance(envelope.id, int) else None
         if call is None:
@@ -417,8 +418,12 @@ class Client:
         elif isinstance(envelope.result, msgspec.Raw):
             call.future.set_result(envelope.result)
 
-    async def _answer(self, request_id: int | str, method: str, params: msgspec.Raw) -> None:
-        """Answer one request of the server's through :attr:`on_server_request`."""
+    async def _answer(
+        self, transport: _Transport, request_id: int | str, method: str, params: msgspec.Raw
+    ) -> None:
+        """Answer one request of the server's through :attr:`on_server_request`, on the
+        ``transport`` it came on; if that connection has ended, the answer is dropped (the
+        server failed the request with it)."""
         handler = self.on_server_request
         reply: dict[str, Any] = {"id": request_id}
         if handler is None:
@@ -428,10 +433,8 @@ class Client:
                 reply["result"] = await handler(method, msgspec.json.decode(params))
             except Exception as exc:
                 reply["error"] = {"code": -32603, "message": str(exc) or type(exc).__name__}
-        transport = self._transport
-        if transport is not None:
-            with contextlib.suppress(TransportClosed):
-                await transport.send(_wire.encode(reply))
+        with contextlib.suppress(TransportClosed):
+            await transport.send(_wire.encode(reply))
 
     def _notification(self, method: str, params: msgspec.Raw) -> None:
         kind = _wire.NOTIFICATION_TYPES.get(method)
@@ -689,9 +692,6 @@ class Client:
             if not call.future.done():
                 call.future.set_exception(error)
 
-    def _forget_stream(self, stream: ForwardedStream) -> None:
-        self._forwards.forget(stream)
-
     # ---- paths ----------------------------------------------------------------------------
 
     def _remote_path(self, path: RemotePath) -> PurePosixPath:
@@ -916,6 +916,37 @@ class Client:
         tracked = self._processes.get(inbox.process_id)
         if tracked is not None and tracked.inbox is inbox:
             del self._processes[inbox.process_id]
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionPort:
+    """The client's calls as its file system (:class:`~.fs.FsPort`) and its forwarded
+    streams (:class:`~.tcp.ForwardPort`) use them."""
+
+    client: Client
+
+    def supports(self, extension: str) -> bool:
+        return self.client.supports(extension)
+
+    def remote_path(self, path: RemotePath) -> PurePosixPath:
+        return self.client._remote_path(path)
+
+    def wire_path(self, path: PurePosixPath) -> str:
+        return self.client._wire_path(path)
+
+    def new_id(self, kind: str) -> str:
+        return self.client._new_id(kind)
+
+    async def request(self, method: str, params: Any, *, subject: str | None = None) -> msgspec.Raw:
+        return await self.client._request(method, params, subject=subject)
+
+    async def post(
+        self, method: str, params: Any, *, subject: str | None = None
+    ) -> asyncio.Future[msgspec.Raw]:
+        return await self.client._post(method, params, subject=subject)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return self.client._spawn(coroutine)
 
 
 @dataclass

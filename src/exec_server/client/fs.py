@@ -12,17 +12,35 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 
 from . import _wire
 from .errors import METHOD_NOT_FOUND, RemoteFileNotFound, RpcError, rpc_error
 
-if TYPE_CHECKING:
-    from .client import Client
-
 RemotePath = str | os.PathLike[str]
+
+
+class FsPort(Protocol):
+    """What :class:`RemoteFS` and its files ask of the client whose session they use."""
+
+    def remote_path(self, path: RemotePath) -> PurePosixPath:
+        """``path`` as an absolute remote path (a relative one from the server's cwd)."""
+        ...
+
+    def wire_path(self, path: PurePosixPath) -> str:
+        """``path`` as this server takes it (a ``file://`` URI, or a plain path)."""
+        ...
+
+    def new_id(self, kind: str) -> str:
+        """An id for a handle no other client of the session will pick."""
+        ...
+
+    async def request(self, method: str, params: Any, *, subject: str | None = None) -> msgspec.Raw:
+        """One call (kept across a reconnect); its raw result, or an :class:`RpcError`."""
+        ...
+
 
 BLOCK_BYTES = 256 * 1024
 """Bytes per ``fs/readBlock`` / ``fs/writeBlock`` (the servers take up to 1 MiB)."""
@@ -54,15 +72,15 @@ class DirEntry:
 class RemoteFS:
     """The server's file system; reached as ``client.fs``."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    def __init__(self, port: FsPort) -> None:
+        self._port = port
 
     def _path(self, path: RemotePath) -> PurePosixPath:
-        return self._client._remote_path(path)
+        return self._port.remote_path(path)
 
     async def _call(self, method: str, path: PurePosixPath, **params: object) -> msgspec.Raw:
-        return await self._client._request(
-            method, {"path": self._client._wire_path(path), **params}, subject=str(path)
+        return await self._port.request(
+            method, {"path": self._port.wire_path(path), **params}, subject=str(path)
         )
 
     async def read_bytes(self, path: RemotePath) -> bytes:
@@ -152,11 +170,11 @@ class RemoteFS:
         """Copy a file or symlink on the server; a directory tree with ``recursive``."""
         src, dst = self._path(source), self._path(destination)
         params = {
-            "sourcePath": self._client._wire_path(src),
-            "destinationPath": self._client._wire_path(dst),
+            "sourcePath": self._port.wire_path(src),
+            "destinationPath": self._port.wire_path(dst),
             "recursive": recursive,
         }
-        await self._client._request("fs/copy", params, subject=str(src))
+        await self._port.request("fs/copy", params, subject=str(src))
 
     def open(self, path: RemotePath, mode: Literal["rb", "wb"] = "rb") -> RemoteFile:
         """A remote file for streaming in blocks, used with ``async with``:
@@ -164,14 +182,15 @@ class RemoteFS:
         (0.128) get the whole file read at open, or written at close."""
         if mode not in ("rb", "wb"):
             raise ValueError(f"mode must be 'rb' or 'wb', not {mode!r}")
-        return RemoteFile(self._client, self._path(path), mode)
+        return RemoteFile(self, self._port, self._path(path), mode)
 
 
 class RemoteFile:
     """A file opened with :meth:`RemoteFS.open`; ``async with`` closes it."""
 
-    def __init__(self, client: Client, path: PurePosixPath, mode: str) -> None:
-        self._client = client
+    def __init__(self, fs: RemoteFS, port: FsPort, path: PurePosixPath, mode: str) -> None:
+        self._fs = fs
+        self._port = port
         self.path = path
         self.mode = mode
         self._handle: str | None = None
@@ -201,19 +220,19 @@ class RemoteFile:
             yield block
 
     async def _open(self) -> None:
-        handle = self._client._new_id("h")
+        handle = self._port.new_id("h")
         params = {
             "handleId": handle,
-            "path": self._client._wire_path(self.path),
+            "path": self._port.wire_path(self.path),
             "mode": "read" if self.mode == "rb" else "replace",
         }
         try:
-            await self._client._request("fs/open", params, subject=str(self.path))
+            await self._port.request("fs/open", params, subject=str(self.path))
         except RpcError as exc:
             if exc.code != METHOD_NOT_FOUND:
                 raise
             self._whole = bytearray(
-                await self._client.fs.read_bytes(self.path) if self.mode == "rb" else b""
+                await self._fs.read_bytes(self.path) if self.mode == "rb" else b""
             )
         else:
             self._handle = handle
@@ -257,7 +276,7 @@ class RemoteFile:
 
     async def _read_block(self, length: int) -> bytes:
         params = {"handleId": self._handle, "offset": self._position, "len": length}
-        raw = await self._client._request("fs/readBlock", params, subject=str(self.path))
+        raw = await self._port.request("fs/readBlock", params, subject=str(self.path))
         result: _wire.ReadBlockResult = _wire.decode(raw, _wire.ReadBlockResult)
         self._position += len(result.chunk)
         self._eof = result.eof or not result.chunk
@@ -277,7 +296,7 @@ class RemoteFile:
     async def _send_block(self, length: int) -> None:
         block = bytes(self._pending[:length])
         params = {"handleId": self._handle, "offset": self._position, "chunk": block}
-        await self._client._request("fs/writeBlock", params, subject=str(self.path))
+        await self._port.request("fs/writeBlock", params, subject=str(self.path))
         del self._pending[:length]
         self._position += length
 
@@ -293,10 +312,10 @@ class RemoteFile:
         try:
             if self._whole is not None:
                 if self.mode == "wb":
-                    await self._client.fs.write_bytes(self.path, bytes(self._whole))
+                    await self._fs.write_bytes(self.path, bytes(self._whole))
             else:
                 await self.flush()
         finally:
             self.closed = True
             if self._handle is not None:
-                await self._client._request("fs/close", {"handleId": self._handle})
+                await self._port.request("fs/close", {"handleId": self._handle})

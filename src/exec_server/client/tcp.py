@@ -16,17 +16,41 @@ import binascii
 import collections
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
 from .errors import ConnectionLost, ExecServerError, NotSupported
 
-if TYPE_CHECKING:
-    from .client import Client
-
 P = TypeVar("P", bound=asyncio.Protocol)
+
+
+class ForwardPort(Protocol):
+    """What the forwarded streams ask of the client whose connection carries them."""
+
+    def supports(self, extension: str) -> bool:
+        """Whether the server announced ``extension``."""
+        ...
+
+    def new_id(self, kind: str) -> str:
+        """An id for a stream no other client of the session will pick."""
+        ...
+
+    async def request(self, method: str, params: Any, *, subject: str | None = None) -> msgspec.Raw:
+        """One call; its raw result, or an :class:`~.errors.RpcError`."""
+        ...
+
+    async def post(
+        self, method: str, params: Any, *, subject: str | None = None
+    ) -> asyncio.Future[msgspec.Raw]:
+        """Send a call on the open connection; its reply as a future, not waited for."""
+        ...
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task the client owns (closing the client cancels and awaits it)."""
+        ...
+
 
 log = logging.getLogger("exec_server.client")
 
@@ -103,8 +127,15 @@ class ForwardedStream:
     """One stream's client side: what the transport asks for, turned into ``forward/*``
     calls, and the server's notifications, turned into the protocol's callbacks."""
 
-    def __init__(self, client: Client, stream_id: str, window: int) -> None:
-        self.client = client
+    def __init__(
+        self,
+        calls: ForwardPort,
+        forget: Callable[[ForwardedStream], None],
+        stream_id: str,
+        window: int,
+    ) -> None:
+        self._calls = calls
+        self._forget = forget
         self.id = stream_id
         self.id_json = msgspec.json.encode(stream_id)
         self.window = window
@@ -176,7 +207,7 @@ class ForwardedStream:
         self.queue.clear()
         self.queued_bytes = 0
         self.wake.set()
-        self.client._forget_stream(self)
+        self._forget(self)
         if self.protocol is not None:
             self.protocol.connection_lost(exc)
 
@@ -203,7 +234,7 @@ class ForwardedStream:
 
     def _grant(self) -> None:
         granted, self.to_grant = self.to_grant, 0
-        self.client._spawn(self._post("forward/credit", {"streamId": self.id, "bytes": granted}))
+        self._calls.spawn(self._post("forward/credit", {"streamId": self.id, "bytes": granted}))
 
     def shutdown(self) -> None:
         self.eof_wanted = True
@@ -216,7 +247,7 @@ class ForwardedStream:
     def abort(self) -> None:
         if self.closed:
             return
-        self.client._spawn(self._post("forward/close", {"streamId": self.id}))
+        self._calls.spawn(self._post("forward/close", {"streamId": self.id}))
         self._lost(None)
 
     # ---- sending --------------------------------------------------------------------------
@@ -271,7 +302,7 @@ class ForwardedStream:
     async def _post(self, method: str, params: dict[str, Any] | PreEncoded) -> None:
         """Send a call; its reply is only checked (an error ends the stream)."""
         with contextlib.suppress(ExecServerError):
-            future = await self.client._post(method, params, subject=self.id)
+            future = await self._calls.post(method, params, subject=self.id)
             future.add_done_callback(self._replied)
 
     def _replied(self, future: asyncio.Future[Any]) -> None:
@@ -341,8 +372,8 @@ class _Transport(asyncio.Transport):
 class Forwards:
     """The forwarded streams of one client, by id."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    def __init__(self, calls: ForwardPort) -> None:
+        self._calls = calls
         self._streams: dict[str, ForwardedStream] = {}
 
     def __len__(self) -> int:
@@ -351,18 +382,18 @@ class Forwards:
     async def create_connection(
         self, protocol_factory: Callable[[], P], host: str, port: int
     ) -> tuple[asyncio.Transport, P]:
-        client = self._client
-        if not client.supports("forward"):
+        calls = self._calls
+        if not calls.supports("forward"):
             raise NotSupported(
                 "this server cannot forward TCP connections (it does not announce the forward "
                 "extension)"
             )
-        stream_id = client._new_id("t")
-        stream = ForwardedStream(client, stream_id, WINDOW_BYTES)
+        stream_id = calls.new_id("t")
+        stream = ForwardedStream(calls, self.forget, stream_id, WINDOW_BYTES)
         self._streams[stream_id] = stream  # before the call: data can follow its reply at once
         params = {"streamId": stream_id, "host": host, "port": port, "window": WINDOW_BYTES}
         try:
-            raw = await client._request("forward/open", params, subject=f"{host}:{port}")
+            raw = await calls.request("forward/open", params, subject=f"{host}:{port}")
         except BaseException:
             self._streams.pop(stream_id, None)
             raise
@@ -371,7 +402,7 @@ class Forwards:
         protocol = protocol_factory()
         transport = _Transport(stream, {"peername": (host, port), "stream_id": stream_id})
         stream.made(protocol, transport)
-        stream.sender = client._spawn(stream.send_loop())
+        stream.sender = calls.spawn(stream.send_loop())
         return transport, protocol
 
     def data_message(self, raw: bytes) -> bool:

@@ -26,13 +26,11 @@ from ..protocol.discovery import (
     SkillDiscoveryRoot,
 )
 from . import method
-from .fs import _reply, _submit
+from .fs import _reply, _submit, fs_call_policy
 
 if TYPE_CHECKING:
     from ..capability_discovery import PluginFiles, RootDiscovery, TextFile
     from ..connection import Connection
-    from ..sandbox.policy import Confinement, Policy
-    from ..sandbox.profile import SandboxRequest
     from ..skill_discovery import Discovered
 
 
@@ -57,25 +55,15 @@ def discover_roots(
         except ProfileError as error:
             raise invalid_params(error.message) from None
         roots.append((root.id, parse_path(root.path, "roots.path"), profile))
-    confinement = connection.server.guards.confinement
+    guards = connection.server.guards
 
     def work() -> list[RootDiscovery]:
         return [
-            discovery.discover(root_id, path, _policy(profile, confinement))
+            discovery.discover(root_id, path, fs_call_policy(profile, guards))
             for root_id, path, profile in roots
         ]
 
     return _reply(_submit(work), _result)
-
-
-def _policy(profile: SandboxRequest | None, confinement: Confinement | None) -> Policy | None:
-    """The policy a root is read under (None: no restriction), as for every ``fs/*`` read."""
-    if profile is None and confinement is None:
-        return None
-    from ..sandbox.enforce import fs_policy
-
-    policy = fs_policy(profile, confinement, os.getcwd())
-    return policy if policy is not None and policy.restricts_filesystem else None
 
 
 def _text(found: TextFile | None) -> CapabilityTextFile | None:
@@ -126,11 +114,11 @@ def discover_v2(connection: Connection, params: DiscoverV2Params) -> Awaitable[D
         profile = parse_sandbox(params.sandbox)
     except ProfileError as error:
         raise invalid_params(error.message) from None
-    confinement = connection.server.guards.confinement
+    guards = connection.server.guards
     environment = dict(os.environ)
 
     def work() -> Discovered:
-        return discover(environment, _policy(profile, confinement))
+        return discover(environment, fs_call_policy(profile, guards))
 
     return _reply(_submit(work), _v2_result)
 

@@ -5,6 +5,8 @@ with the first ``forward/*`` request; see the method table in ``methods/__init__
 
 from __future__ import annotations
 
+from ..rpc import I64_MAX  # imported with the connection anyway
+
 
 class SlicedWrite:
     """``forward/write`` params taken apart by :func:`slice_write`: ``data`` is the base64
@@ -34,16 +36,24 @@ def slice_write(message: bytes) -> tuple[int, SlicedWrite] | None:
     digits = message[len(WRITE_START) : comma]
     if comma < 0 or not digits.isdigit() or not message.startswith(_WRITE_METHOD, comma + 1):
         return None
+    if (digits[0] == 0x30 and len(digits) > 1) or int(digits) > I64_MAX:
+        return None  # not JSON, or not an id: the general way words the error
     start = comma + 1 + len(_WRITE_METHOD)
     middle = message.find(_WRITE_DATA, start, start + 130)
     if middle < 0 or not message.endswith(_WRITE_END):
         return None
     stream_id = message[start:middle]
-    if b"\\" in stream_id or not 0 < len(stream_id) <= 128:
+    if b"\\" in stream_id or b'"' in stream_id or not 0 < len(stream_id) <= 128:
         return None
     try:
         name = stream_id.decode()
     except UnicodeDecodeError:
         return None
-    data = memoryview(message)[middle + len(_WRITE_DATA) : -len(_WRITE_END)]
-    return int(digits), SlicedWrite(name, data)
+    data_start, data_end = middle + len(_WRITE_DATA), len(message) - len(_WRITE_END)
+    # An escape or a quote: JSON this cannot take apart (``\/``, another member after data).
+    if (
+        message.find(b"\\", data_start, data_end) >= 0
+        or message.find(b'"', data_start, data_end) >= 0
+    ):
+        return None
+    return int(digits), SlicedWrite(name, memoryview(message)[data_start:data_end])

@@ -47,8 +47,11 @@ from ..protocol.fs import (
 from . import method
 
 if TYPE_CHECKING:
+    from ..config import Guards
     from ..connection import Connection
     from ..fs.walk import WalkOutcome
+    from ..sandbox.policy import Policy
+    from ..sandbox.profile import SandboxRequest
 
 FILESYSTEM = "filesystem"
 
@@ -110,15 +113,27 @@ def _submit_under_policy(
         raise invalid_params(error.message) from None
 
     def work() -> _T:
-        from ..sandbox.enforce import fs_policy
-        from ..sandbox.policy import for_fs_calls
-
-        policy = fs_policy(profile, confinement, os.getcwd())
-        if policy is None or not policy.restricts_filesystem:
-            return plain(*args)  # as trusted as no profile at all: it may read anything
-        return sandboxed(for_fs_calls(policy, guards.private_paths), *args)
+        policy = fs_call_policy(profile, guards)
+        return plain(*args) if policy is None else sandboxed(policy, *args)
 
     return _submit(work)
+
+
+def fs_call_policy(profile: SandboxRequest | None, guards: Guards) -> Policy | None:
+    """The policy a read or write done in the server's process (``fs/*``, capability
+    discovery) runs under: the request's ``profile`` narrowed by the confinement, with the
+    server's own files and ``/proc`` directories hidden (``for_fs_calls``). None when neither
+    restricts the filesystem: as trusted as no profile at all, it may read anything. Blocking
+    (it resolves paths): call it on a worker thread."""
+    if profile is None and guards.confinement is None:
+        return None
+    from ..sandbox.enforce import fs_policy
+    from ..sandbox.policy import for_fs_calls
+
+    policy = fs_policy(profile, guards.confinement, os.getcwd())
+    if policy is None or not policy.restricts_filesystem:
+        return None
+    return for_fs_calls(policy, guards.private_paths)
 
 
 def _empty(_: object) -> EmptyResult:

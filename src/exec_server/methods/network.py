@@ -9,7 +9,7 @@ that client about allow-list misses with ``network/policyRequest`` (a server req
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -141,12 +141,18 @@ def _decider(connection: Connection, process_id: str, timeout_ms: int) -> Decide
 
 
 def _audit_sender(connection: Connection, process_id: str) -> Audit:
+    """Each verdict as a notification to the session's client; while that client is behind,
+    the verdict waits for room (as a process's output does), so a child cannot fill the
+    server's memory with notifications nobody reads."""
     session = connection.require_session()
 
-    def send(event: AuditEvent) -> None:
+    def send(event: AuditEvent) -> Awaitable[None] | None:
         attached = session.connection
-        if attached is not None:
-            attached.send_notification(policy_decision_notification(_wire(process_id, event)))
+        if attached is None:
+            return None
+        if attached.send_notification(policy_decision_notification(_wire(process_id, event))):
+            return None
+        return attached.wait_for_room()
 
     return send
 

@@ -249,13 +249,22 @@ def start(
         )
     prepend_path.apply(env, connection.server.prepend_path_dirs)
     env = without_excluded(env, connection.server.guards.env_exclude)
+    snapshot = params.shell_snapshot
+    if snapshot is not None:  # checked before the proxy exists: a refusal leaves nothing open
+        shell_snapshot.check_request(snapshot.scope_id, snapshot.shell.name)
+        if not shell_snapshot.applies(params.argv, snapshot.shell.path):
+            snapshot = None
     network = None
     if params.network_proxy is not None or params.enforce_managed_network:
         from .network import requested_network  # managed-network starts only
 
         network = requested_network(connection, params)
     if network is not None:
-        env = network.child_environment(env)
+        try:
+            env = network.child_environment(env)
+        except BaseException:
+            network.close()
+            raise
     size = params.size
     request = SpawnRequest(
         argv=params.argv,
@@ -273,11 +282,6 @@ def start(
     )
     processes = connection.require_session().processes
     confinement = connection.server.guards.confinement
-    snapshot = params.shell_snapshot
-    if snapshot is not None:
-        shell_snapshot.check_request(snapshot.scope_id, snapshot.shell.name)
-        if not shell_snapshot.applies(params.argv, snapshot.shell.path):
-            snapshot = None
     plain = params.sandbox is None and confinement is None and snapshot is None
     if plain and network is None:
         processes.start(params.process_id, request, deadlines)
@@ -407,7 +411,7 @@ async def _start_sandboxed(
         return _launch(connection, policy, request, entry)
 
     try:
-        launch = await asyncio.to_thread(prepare)
+        launch = await _prepared(prepare)
     except enforce.SandboxUnavailable as error:
         _give_up(processes, process_id, network)
         raise invalid_params(error.message) from None
@@ -443,6 +447,26 @@ async def _start_sandboxed(
         if child is not None:
             network.start(child.pid)
     return ProcessStartResult(process_id, SANDBOX_TYPE)
+
+
+async def _prepared(prepare: Callable[[], Launch | None]) -> Launch | None:
+    """``prepare()`` on a worker thread. A start cancelled meanwhile (its client went away)
+    does not stop the thread: the launch it then makes is released as soon as it is made,
+    or its descriptors, pids cgroup and placeholders would stay with the server."""
+    work = asyncio.get_running_loop().run_in_executor(None, prepare)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        work.add_done_callback(_release_unwanted)
+        raise
+
+
+def _release_unwanted(work: asyncio.Future[Launch | None]) -> None:
+    if work.cancelled() or work.exception() is not None:
+        return  # nothing was made (the error went with the start that gave up on it)
+    launch = work.result()
+    if launch is not None:
+        launch.release()
 
 
 def _launch(

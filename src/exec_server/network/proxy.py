@@ -118,7 +118,9 @@ class AuditEvent:
     policy_override: bool = False
 
 
-Audit = Callable[[AuditEvent], None]
+Audit = Callable[[AuditEvent], Awaitable[None] | None]
+"""Reports a verdict. It returns an awaitable while the reports' reader is behind: the
+verdict waits on it, so a child cannot have reports queued faster than they are read."""
 
 Decider = Callable[[Protocol, str, int], Awaitable[Answer]]
 """Asks the client about a destination the lists do not allow (``network/policyRequest``)."""
@@ -255,7 +257,7 @@ class EgressProxy:
         decision = await self.policy.decide(host, port, self._resolve, ask)
         if decision.allowed and any(reaches_own_listener(a, port) for a in decision.addresses):
             decision = Decision(False, REASON_NOT_ALLOWED_LOCAL)  # the server's own ports
-        self._report(decision, protocol, host, port, method, client)
+        await self._report(decision, protocol, host, port, method, client)
         if not decision.allowed or method is None:
             return decision
         guard: Decision | None = None
@@ -265,10 +267,10 @@ class EgressProxy:
             guard = Decision(False, REASON_METHOD_NOT_ALLOWED, "mode_guard")
         if guard is None:
             return decision
-        self._report(guard, protocol, host, port, method, client)
+        await self._report(guard, protocol, host, port, method, client)
         return guard
 
-    def _report(
+    async def _report(
         self,
         decision: Decision,
         protocol: Protocol,
@@ -277,7 +279,7 @@ class EgressProxy:
         method: str | None,
         client: str | None,
     ) -> None:
-        self._audit(
+        behind = self._audit(
             AuditEvent(
                 timestamp=_now(),
                 scope=decision.scope,
@@ -292,6 +294,8 @@ class EgressProxy:
                 policy_override=decision.policy_override,
             )
         )
+        if behind is not None:
+            await behind
 
     # ---- HTTP ----------------------------------------------------------------------------
 

@@ -157,9 +157,9 @@ class ProcessStartParams(_Params):
     sandbox: dict[str, Any] | None = None
     """codex's permission profile, decoded by ``sandbox/profile.py`` (its -32602 texts)."""
     enforce_managed_network: bool = False
-    """A managed network proxy is required (we announce no ``networkProxyLaunch``)."""
-    shell_snapshot: ShellSnapshotRequest | None = None
     """The child's network must go through the managed proxy (``networkProxy``)."""
+    shell_snapshot: ShellSnapshotRequest | None = None
+    """Run a ``shell -lc`` command with its scope's captured login state (``shellSnapshotV2``)."""
     network_proxy: NetworkProxyLaunch | None = None
     """Launch a managed network proxy for this process (``network/``)."""
     managed_network: dict[str, Any] | None = None
