@@ -440,6 +440,26 @@ async def test_the_servers_own_port_is_out_of_reach(origin: int) -> None:
         assert (allowed["port"], allowed["decision"]) == (origin, "allow")
 
 
+@needs_curl
+@pytest.mark.parametrize("unspecified", ["0.0.0.0", "[::ffff:0.0.0.0]"])
+async def test_the_servers_own_port_is_out_of_reach_through_the_unspecified_address(
+    unspecified: str,
+) -> None:
+    """Linux connects ``0.0.0.0`` to loopback: with it allowed exactly, the proxy still does
+    not carry a child to the server's own port on 127.0.0.1."""
+    async with running_server() as (_, url), Client.connect(url) as connected:
+        own_ports.forget()
+        await connected.initialize()
+        server_port = int(url.rsplit(":", 1)[1])
+        script = f"curl -s -i http://{unspecified}:{server_port}/"
+        host = unspecified.strip("[]")
+        out = await run_proxied(connected, "p1", script, {host: "allow"})
+        assert "x-proxy-error: blocked-by-allowlist" in out, out
+        assert '"reason":"not_allowed_local"' in out
+        [blocked] = decisions(connected, "p1")
+        assert (blocked["port"], blocked["decision"]) == (server_port, "deny")
+
+
 UDP_ECHO = """
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
