@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from exec_server.process import shell_snapshot
+
 from .codex.reference import reference_client
 from .support import Client, RpcFailure
 
@@ -188,3 +190,15 @@ async def test_a_failed_capture_is_not_tried_again(client: Client, home: Path) -
     ours = await runs(client, "ours")
     async with reference_client() as reference:
         assert ours == await runs(reference, "ref") == 3
+
+
+def test_a_capture_that_prints_without_end_is_cut_off_at_the_bound(tmp_path: Path) -> None:
+    """A profile (the client's, through ``HOME``) printing far more than a snapshot may hold:
+    the capture stops reading past :data:`MAX_SNAPSHOT_BYTES` and kills it, instead of
+    holding all it prints in the server's memory until it ends (it never gets to the end)."""
+    marker = tmp_path / "finished"
+    size = 64 * 1024 * 1024
+    script = f"head -c {size} /dev/zero; touch {marker}"
+    argv = ["sh", "-c", script]
+    assert shell_snapshot.run_capture(argv, str(tmp_path), {"PATH": "/usr/bin:/bin"}, {}) is None
+    assert not marker.exists()
