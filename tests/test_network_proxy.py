@@ -460,6 +460,39 @@ async def test_the_servers_own_port_is_out_of_reach_through_the_unspecified_addr
         assert (blocked["port"], blocked["decision"]) == (server_port, "deny")
 
 
+DATAGRAM_PAIR = """
+import errno, socket, sys
+try:
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_RAW)  # the kernel makes it DGRAM
+    pair[0].sendmsg([b"escaped"], [], 0, sys.argv[1])
+    print("SENT")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, exc.errno))
+"""
+
+
+async def test_a_proxied_child_sends_no_datagram_to_a_unix_socket_outside(client: Client) -> None:
+    """Its Unix sockets are stream pairs only: a ``SOCK_RAW`` pair, which Linux makes a
+    datagram pair whose ``sendmsg`` may name any datagram socket by path, is refused."""
+    place = tempfile.mkdtemp(prefix="np-dgram-")
+    try:
+        path = os.path.join(place, "dgram.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+            receiver.bind(path)
+            receiver.setblocking(False)
+            argv = ["python3", "-c", DATAGRAM_PAIR, path]
+            params = {"networkProxy": network_proxy({}), "enforceManagedNetwork": True}
+            await client.start("p1", argv, env=PATH_ENV, **params)
+            output = (await client.wait_closed("p1")).data().decode()
+            with pytest.raises(BlockingIOError):
+                receiver.recv(64)
+            free = await client.run("free", argv, env=PATH_ENV)  # reachable without the filter
+            assert free.data() == b"SENT\n"
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+    assert output == "EPERM\n", output
+
+
 UDP_ECHO = """
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
