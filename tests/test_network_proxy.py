@@ -493,6 +493,45 @@ async def test_a_proxied_child_sends_no_datagram_to_a_unix_socket_outside(client
     assert output == "EPERM\n", output
 
 
+def write_profile(home: str, text: str) -> None:
+    with open(os.path.join(home, ".bash_profile"), "w", encoding="utf-8") as profile:
+        profile.write(text)
+
+
+async def test_a_shell_snapshot_capture_runs_behind_the_managed_network_too(
+    client: Client,
+) -> None:
+    """The login profile the capture sources is the client's (through ``HOME``): with a
+    managed network it gets no more network than the command, here none; without one it
+    reaches the listener, so the profile did try."""
+    home = tempfile.mkdtemp(prefix="np-snap-")
+    try:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            listener.setblocking(False)
+            port = listener.getsockname()[1]
+            profile = f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null\nexport MARK=1\n"
+            write_profile(home, profile)
+            env = {**PATH_ENV, "HOME": home}
+            argv = ["/bin/bash", "-lc", "echo ran"]
+
+            def snapshot(scope: str) -> dict[str, Any]:
+                return {"scopeId": scope, "shell": {"name": "bash", "path": "/bin/bash"}}
+
+            params = {"networkProxy": network_proxy({}), "enforceManagedNetwork": True}
+            await client.start("p1", argv, env=env, shellSnapshot=snapshot("managed"), **params)
+            assert (await client.wait_closed("p1")).data() == b"ran\n"
+            with pytest.raises(BlockingIOError):
+                listener.accept()
+            await client.run("free", argv, env=env, shellSnapshot=snapshot("free"))
+            listener.setblocking(True)
+            listener.settimeout(10)
+            listener.accept()[0].close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 UDP_ECHO = """
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
