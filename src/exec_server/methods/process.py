@@ -380,7 +380,9 @@ async def _capture(
             launch.release()
 
     try:
-        return await asyncio.to_thread(run)
+        return await asyncio.get_running_loop().run_in_executor(
+            shell_snapshot.capture_executor(), run
+        )
     except Exception:  # a sandbox that cannot be built: the start itself will say so
         return None
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import selectors
@@ -41,6 +43,10 @@ MAX_SCOPE_BYTES = 256
 CAPTURE_TIMEOUT_S = 10.0
 MAX_SNAPSHOT_BYTES = 512 * 1024
 MAX_SNAPSHOTS = 16
+CAPTURE_WORKERS = 2
+"""Captures running at once, server-wide, on threads of their own (:func:`capture_executor`):
+each may wait its whole timeout on a login profile, and must not hold the worker threads
+every session's ``fs/*`` calls and sandbox preparations share."""
 CHUNK_BYTES = 60 * 1024
 """The restore script travels in environment variables of at most this size each (the
 kernel bounds one environment string to 128 KiB)."""
@@ -132,6 +138,14 @@ def replay(shell_name: str, shell_path: str, script: str, restore: str) -> Repla
         f"unset {' '.join(names)}\n"
     )
     return Replay([shell_path, _REPLAY_FLAGS[shell_name], prelude + script], env)
+
+
+@functools.cache
+def capture_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads captures run on (:data:`CAPTURE_WORKERS` of them, made on first use)."""
+    return concurrent.futures.ThreadPoolExecutor(
+        CAPTURE_WORKERS, thread_name_prefix="shell-snapshot"
+    )
 
 
 def run_capture(
