@@ -4,15 +4,20 @@ in, replies and notifications out, no socket. Processes are real."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from exec_server.config import Limits
 from exec_server.connection import Connection, HandshakeState
+from exec_server.process.spawn import SpawnRequest
+from exec_server.sandbox.bwrap import Launch
 from exec_server.server import Server
 
 from .support import PATH_ENV, wait_until
@@ -169,3 +174,40 @@ async def test_closing_cancels_waiting_requests_and_releases_resources(server: S
     await asyncio.sleep(0)
     assert 3 not in transport.replies()  # cancelled, never answered
     assert len(server.sessions) == 0  # not resumable within a grace of 0: ended, child killed
+
+
+async def test_a_cancelled_off_loop_spawn_returns_only_once_its_thread_is_done(
+    server: Server,
+) -> None:
+    """The spawn thread uses the launch's descriptors (the seccomp program, the cgroup's
+    ``cgroup.procs``) until the child executes; the caller closes them once the start
+    returns, cancelled or not. So a cancelled start returns only once that thread is done
+    (here it waits on a full pipe standing for the cgroup file), and its child is killed."""
+    connection, _ = _ready(server)
+    processes = connection.require_session().processes
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        for chunk in (b"x" * 65536, b"x"):
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(write_end, chunk)
+        os.set_blocking(write_end, True)
+        request = SpawnRequest(["true"], "/", PATH_ENV, tty=False, pipe_stdin=False)
+        processes.reserve("p", request)
+        spawn_as = msgspec.structs.replace(request, cgroup_fd=write_end)
+        launch = Launch(["true"], sandboxed=True)
+        spawning = asyncio.ensure_future(processes.spawn_reserved_off_loop("p", spawn_as, launch))
+        await asyncio.sleep(0)
+        spawning.cancel()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not spawning.done()  # the thread is still in the spawn: so is the start
+    finally:
+        with contextlib.suppress(BlockingIOError):  # room again: the child joins, then runs
+            while os.read(read_end, 65536):
+                pass
+    with pytest.raises(asyncio.CancelledError):
+        await spawning
+    processes.abandon("p")
+    os.close(read_end)
+    os.close(write_end)

@@ -149,6 +149,23 @@ async def test_confinement_applies_without_a_profile(
     }
 
 
+async def test_a_hidden_root_answers_alike_whether_or_not_it_exists(
+    confined: Client, escape: tuple[Path, Path]
+) -> None:
+    """What the confinement hides is not there to look at: walking a path inside it gives
+    the same answer for a directory, a file and nothing at all (else the walk would tell
+    which names exist behind the confinement)."""
+    _, hidden = escape
+    for name in ("inner", "secret.txt", "nothing-here"):
+        root = hidden / name
+        reply = await confined.call("fs/walk", {"path": f"file://{root}", "options": options()})
+        assert reply == {
+            "entries": [],
+            "errors": [{"path": f"file://{root}", "message": "Permission denied (os error 13)"}],
+            "truncated": False,
+        }, name
+
+
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 

@@ -11,6 +11,7 @@ before the second reply (one connection keeps its order).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import pytest
 
 from exec_server.config import Limits
 from exec_server.fs.inotify import available
+from exec_server.fs.watch import PLAIN, MissingWatches
 
 from .codex.reference import reference_server
 from .support import Client, RpcFailure, open_fds, running_server, wait_until
@@ -192,3 +194,37 @@ async def test_accepts_and_refuses_as_the_reference(server_url: str, tmp_path: P
         theirs = await _answers(reference_url, tmp_path)
     assert ours == theirs
     assert ours == [False, True, False, False, False, False, False, True, True, False, True]
+
+
+class CountingView:
+    """The real filesystem (``PLAIN``), counting how many paths the watch looked at."""
+
+    def __init__(self) -> None:
+        self.looked_at = 0
+
+    def mode(self, path: str) -> int | None:
+        self.looked_at += 1
+        return PLAIN.mode(path)
+
+    def watch(self, path: str, add: Callable[[str], Any]) -> Any:
+        return PLAIN.watch(path, add)
+
+
+async def test_a_watch_past_the_bound_is_refused_before_any_path_is_looked_at(
+    tmp_path: Path,
+) -> None:
+    """Each missing path costs stat calls on the event loop (and its ancestors' too): a
+    request naming millions of them (a 64 MiB message holds that many) must be refused by
+    its count, not after looking at each one."""
+    watches = MissingWatches(asyncio.get_running_loop(), lambda _watch_id: None, max_paths=3)
+    view = CountingView()
+    try:
+        missing = [str(tmp_path / f"never-{i}" / "deeper") for i in range(4)]
+        assert not watches.register(1, missing, None, view)
+        assert view.looked_at == 0
+        assert not watches.register(2, missing[:3], str(tmp_path), view)  # 3 + present
+        assert view.looked_at == 0
+        assert watches.register(3, missing[:3], None, view)
+        assert view.looked_at > 0
+    finally:
+        watches.release()

@@ -509,3 +509,20 @@ async def test_the_reference_answers_the_same_request_alike(client: Client) -> N
     assert unmasked == f"{REAL_VENDOR}\n"  # the reference's fail-open, which we do not copy
     assert caught.value.code == -32602
     assert "credential provider `vendor` has no credential patterns" in caught.value.message
+
+
+def test_the_upstream_tls_context_is_built_once_per_ca_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building one reads the system's roots (tens of milliseconds of the event loop): each
+    intercepted connection reuses it, and an operator's CA file still gets its own."""
+    from exec_server.network.mitm import upstream_context
+
+    monkeypatch.delenv(UPSTREAM_CA_ENV, raising=False)
+    system = upstream_context()
+    assert upstream_context() is system
+    ca, _, _ = _test_ca(tmp_path)
+    monkeypatch.setenv(UPSTREAM_CA_ENV, str(ca))
+    operator = upstream_context()
+    assert operator is not system and upstream_context() is operator
+    assert len(operator.get_ca_certs()) == len(system.get_ca_certs()) + 1

@@ -460,6 +460,98 @@ async def test_the_servers_own_port_is_out_of_reach(origin: int) -> None:
         assert (allowed["port"], allowed["decision"]) == (origin, "allow")
 
 
+@needs_curl
+@pytest.mark.parametrize("unspecified", ["0.0.0.0", "[::ffff:0.0.0.0]"])
+async def test_the_servers_own_port_is_out_of_reach_through_the_unspecified_address(
+    unspecified: str,
+) -> None:
+    """Linux connects ``0.0.0.0`` to loopback: with it allowed exactly, the proxy still does
+    not carry a child to the server's own port on 127.0.0.1."""
+    async with running_server() as (_, url), Client.connect(url) as connected:
+        own_ports.forget()
+        await connected.initialize()
+        server_port = int(url.rsplit(":", 1)[1])
+        script = f"curl -s -i http://{unspecified}:{server_port}/"
+        host = unspecified.strip("[]")
+        out = await run_proxied(connected, "p1", script, {host: "allow"})
+        assert "x-proxy-error: blocked-by-allowlist" in out, out
+        assert '"reason":"not_allowed_local"' in out
+        [blocked] = decisions(connected, "p1")
+        assert (blocked["port"], blocked["decision"]) == (server_port, "deny")
+
+
+DATAGRAM_PAIR = """
+import errno, socket, sys
+try:
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_RAW)  # the kernel makes it DGRAM
+    pair[0].sendmsg([b"escaped"], [], 0, sys.argv[1])
+    print("SENT")
+except OSError as exc:
+    print(errno.errorcode.get(exc.errno, exc.errno))
+"""
+
+
+async def test_a_proxied_child_sends_no_datagram_to_a_unix_socket_outside(client: Client) -> None:
+    """Its Unix sockets are stream pairs only: a ``SOCK_RAW`` pair, which Linux makes a
+    datagram pair whose ``sendmsg`` may name any datagram socket by path, is refused."""
+    place = tempfile.mkdtemp(prefix="np-dgram-")
+    try:
+        path = os.path.join(place, "dgram.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+            receiver.bind(path)
+            receiver.setblocking(False)
+            argv = ["python3", "-c", DATAGRAM_PAIR, path]
+            params = {"networkProxy": network_proxy({}), "enforceManagedNetwork": True}
+            await client.start("p1", argv, env=PATH_ENV, **params)
+            output = (await client.wait_closed("p1")).data().decode()
+            with pytest.raises(BlockingIOError):
+                receiver.recv(64)
+            free = await client.run("free", argv, env=PATH_ENV)  # reachable without the filter
+            assert free.data() == b"SENT\n"
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+    assert output == "EPERM\n", output
+
+
+def write_profile(home: str, text: str) -> None:
+    with open(os.path.join(home, ".bash_profile"), "w", encoding="utf-8") as profile:
+        profile.write(text)
+
+
+async def test_a_shell_snapshot_capture_runs_behind_the_managed_network_too(
+    client: Client,
+) -> None:
+    """The login profile the capture sources is the client's (through ``HOME``): with a
+    managed network it gets no more network than the command, here none; without one it
+    reaches the listener, so the profile did try."""
+    home = tempfile.mkdtemp(prefix="np-snap-")
+    try:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            listener.setblocking(False)
+            port = listener.getsockname()[1]
+            profile = f"(exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null\nexport MARK=1\n"
+            write_profile(home, profile)
+            env = {**PATH_ENV, "HOME": home}
+            argv = ["/bin/bash", "-lc", "echo ran"]
+
+            def snapshot(scope: str) -> dict[str, Any]:
+                return {"scopeId": scope, "shell": {"name": "bash", "path": "/bin/bash"}}
+
+            params = {"networkProxy": network_proxy({}), "enforceManagedNetwork": True}
+            await client.start("p1", argv, env=env, shellSnapshot=snapshot("managed"), **params)
+            assert (await client.wait_closed("p1")).data() == b"ran\n"
+            with pytest.raises(BlockingIOError):
+                listener.accept()
+            await client.run("free", argv, env=env, shellSnapshot=snapshot("free"))
+            listener.setblocking(True)
+            listener.settimeout(10)
+            listener.accept()[0].close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 UDP_ECHO = """
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

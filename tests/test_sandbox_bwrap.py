@@ -25,7 +25,15 @@ import pytest
 
 from exec_server.process.spawn import SpawnRequest, exit_code_from_status, spawn
 from exec_server.sandbox import bwrap as bwrap_module
-from exec_server.sandbox.bwrap import BwrapSupport, Launch, SandboxUnavailable, probe, support, wrap
+from exec_server.sandbox.bwrap import (
+    BwrapSupport,
+    Launch,
+    NetworkEntry,
+    SandboxUnavailable,
+    probe,
+    support,
+    wrap,
+)
 from exec_server.sandbox.policy import UNRESTRICTED, Policy, ResolveContext, resolve
 
 from .sandbox_support import ORIGINAL, outside
@@ -511,3 +519,19 @@ def test_a_restricted_network_without_the_seccomp_filter_is_refused(ws: Path) ->
     enabled = wrap(workspace_policy(ws, network="enabled"), ["true"], str(ws), bwrap=unfiltered)
     enabled.release()
     assert enabled.sandboxed
+
+
+@pytest.mark.skipif(not support().usable, reason=f"bubblewrap cannot run here: {support().reason}")
+def test_a_managed_network_is_never_dropped_nor_run_without_the_filter(ws: Path) -> None:
+    """A launch with a managed network always gets a network namespace of its own and the
+    entry that loads the filter, whatever the policy (an unrestricted one too); where the
+    filter cannot load, it is refused rather than run with Unix sockets outside reachable."""
+    network = NetworkEntry(["entry", "--"], [])
+    launch = wrap(UNRESTRICTED, ["true"], str(ws), network=network)
+    launch.release()
+    assert launch.sandboxed and "--unshare-net" in launch.argv
+    assert any(arg.startswith("seccomp:") for arg in launch.argv)
+    unfiltered = dataclasses.replace(support(), seccomp=False)
+    enabled = workspace_policy(ws, network="enabled")
+    with pytest.raises(SandboxUnavailable, match="needs the seccomp filter"):
+        wrap(enabled, ["true"], str(ws), bwrap=unfiltered, network=network)

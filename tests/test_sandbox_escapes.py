@@ -12,6 +12,7 @@ before its fix (real server, real bubblewrap, real sockets, real children):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -137,6 +138,46 @@ async def test_restricted_network_reaches_no_unix_socket_outside(
     assert output.split() == ["EPERM", "EPERM"], output
     assert events.data().count(b"CONNECTED") == 2, events.data()
     assert b"HTTP/1.1 101" in events.data()
+
+
+DATAGRAM = """
+import errno, socket, sys
+def attempt(make):
+    try:
+        s = make()
+        s.sendmsg([b"escaped"], [], 0, sys.argv[1])
+        print("SENT")
+    except OSError as exc:
+        print(errno.errorcode.get(exc.errno, exc.errno))
+attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+attempt(lambda: socket.socket(socket.AF_UNIX, socket.SOCK_RAW))  # the kernel makes it a DGRAM
+attempt(lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_RAW)[0])
+"""
+
+
+@needs_seccomp
+async def test_restricted_network_sends_no_datagram_to_a_unix_socket_outside(
+    server_on_unix: tuple[Server, Client, Path], places: tuple[Path, Path]
+) -> None:
+    """A datagram socket reaches any datagram socket by path (journald, ``NOTIFY_SOCKET``):
+    none can be made, not even as ``SOCK_RAW``, which Linux turns into ``SOCK_DGRAM`` for
+    ``AF_UNIX`` (a socket, or a socket pair whose ``sendmsg`` names another address)."""
+    _, client, _ = server_on_unix
+    work, outside = places
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(outside / "dgram.sock"))
+        receiver.setblocking(False)
+        argv = ["python3", "-c", DATAGRAM, str(outside / "dgram.sock")]
+        output = await _output(client, "dgram", argv, work, env=PATH_ENV)
+        received = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                received.append(receiver.recv(64))
+        # An unsandboxed start delivers all three: the socket was there to be reached.
+        events = await client.run("free", argv, env=PATH_ENV)
+        assert events.data().split() == [b"SENT"] * 3, events.data()
+    assert output.split() == ["EPERM"] * 3, output
+    assert received == []
 
 
 @needs_seccomp

@@ -157,6 +157,28 @@ async def test_bad_profiles_and_missing_programs_are_errors(
     await client.run("nope", ["true"])
 
 
+async def test_a_program_named_relative_to_the_cwd_runs_sandboxed_as_unsandboxed(
+    client: Client, places: tuple[Path, Path]
+) -> None:
+    """``./run.sh`` and a relative ``PATH`` entry are found from the request's cwd, as the
+    child's exec finds them, not from the server's own working directory."""
+    work, _ = places
+    (work / "bin").mkdir()
+    for script in (work / "run.sh", work / "bin" / "tool"):
+        script.write_text("#!/bin/sh\necho found\n")
+        script.chmod(0o755)
+    env = {"PATH": f"bin:{PATH_ENV['PATH']}"}
+    for process_id, argv in (("dot", ["./run.sh"]), ("path", ["tool"])):
+        result = await client.start(
+            process_id, argv, cwd=str(work), env=env, sandbox=workspace_write(work)
+        )
+        assert result["sandboxType"] == "linuxSeccomp"
+        assert (await client.wait_closed(process_id)).data() == b"found\n"
+        assert (await client.run(f"free-{process_id}", argv, cwd=str(work), env=env)).data() == (
+            b"found\n"
+        )
+
+
 async def test_no_bubblewrap_means_refused_never_unconfined(
     client: Client, places: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,14 +6,18 @@ the reference, with the same answers."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from exec_server.process import shell_snapshot
+
 from .codex.reference import reference_client
-from .support import Client, RpcFailure
+from .support import Client, RpcFailure, wait_until
 
 PROFILE = """echo sourced >> "$HOME/count"
 export FOO=bar
@@ -188,3 +192,60 @@ async def test_a_failed_capture_is_not_tried_again(client: Client, home: Path) -
     ours = await runs(client, "ours")
     async with reference_client() as reference:
         assert ours == await runs(reference, "ref") == 3
+
+
+def test_a_capture_that_prints_without_end_is_cut_off_at_the_bound(tmp_path: Path) -> None:
+    """A profile (the client's, through ``HOME``) printing far more than a snapshot may hold:
+    the capture stops reading past :data:`MAX_SNAPSHOT_BYTES` and kills it, instead of
+    holding all it prints in the server's memory until it ends (it never gets to the end)."""
+    marker = tmp_path / "finished"
+    size = 64 * 1024 * 1024
+    script = f"head -c {size} /dev/zero; touch {marker}"
+    argv = ["sh", "-c", script]
+    assert shell_snapshot.run_capture(argv, str(tmp_path), {"PATH": "/usr/bin:/bin"}, {}) is None
+    assert not marker.exists()
+
+
+def waiting_pids(home: Path) -> list[int]:
+    """The shells that reached the profile's wait (each leaves ``waiting-PID``)."""
+    return [
+        int(name[len("waiting-") :]) for name in os.listdir(home) if name.startswith("waiting-")
+    ]
+
+
+async def test_captures_waiting_on_a_profile_do_not_hold_the_threads_fs_calls_need(
+    client: Client, home: Path
+) -> None:
+    """Each capture may wait up to its 10 s for a login profile (the client's, through
+    ``HOME``): more of them than the server has worker threads, all stuck, and an
+    ``fs/readFile`` is still answered while they wait."""
+    gate = home / "gate"
+    profile = (
+        f'touch "$HOME/waiting-$$"\nuntil [ -e {gate} ]; do sleep 0.05; done\nexport FOO=bar\n'
+    )
+    (home / ".bash_profile").write_text(profile)
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    count = min(32, (os.cpu_count() or 1) + 4) + 1  # past asyncio's default worker threads
+    starts = [
+        asyncio.ensure_future(
+            client.start(
+                f"stuck-{index}",
+                ["/bin/bash", "-lc", "echo $FOO"],
+                cwd=f"file://{home}",
+                env=env,
+                shellSnapshot=snapshot(f"scope-{index}"),
+            )
+        )
+        for index in range(count)
+    ]
+    try:
+        running = min(count, shell_snapshot.CAPTURE_WORKERS)  # the others wait their turn
+        assert await wait_until(lambda: len(waiting_pids(home)) == running)
+        waiting = waiting_pids(home)
+        answer = await client.call("fs/readFile", {"path": str(home / ".bash_profile")})
+        assert answer["dataBase64"]
+        for pid in waiting:  # answered while they wait: not after their timeout killed them
+            os.kill(pid, 0)
+    finally:
+        gate.touch()  # every capture, running or still queued, goes on
+        await asyncio.gather(*starts)

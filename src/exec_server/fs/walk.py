@@ -116,7 +116,7 @@ def check_limits(options: WalkOptions) -> None:
 
 def walk(root: str, options: WalkOptions) -> WalkOutcome:
     """Walk ``root`` (a normalised absolute path) without a sandbox."""
-    return _Walk(options, _open_directory).run(root)
+    return _Walk(options, _open_directory, _root_status).run(root)
 
 
 def walk_under_policy(policy: Policy, root: str, options: WalkOptions) -> WalkOutcome:
@@ -128,11 +128,30 @@ def walk_under_policy(policy: Policy, root: str, options: WalkOptions) -> WalkOu
     reference."""
     from ..sandbox import fs_guard
 
-    return _Walk(options, lambda path: fs_guard.open_for_read(policy, path)).run(root)
+    def root_status(path: str) -> tuple[os.stat_result, bool] | None:
+        try:
+            fs_guard.check_place_readable(policy, path)
+        except PermissionError:
+            return None
+        status = _root_status(path)
+        if status[1] and options.follow_directory_symlinks:
+            try:  # the target, reached hop by hop, each checked
+                os.close(fs_guard.open_readable(policy, path).fd)
+            except PermissionError:
+                return None
+        return status
+
+    walker = _Walk(options, lambda path: fs_guard.open_for_read(policy, path), root_status)
+    return walker.run(root)
 
 
 def _open_directory(path: str) -> int:
     return os.open(path, _DIRECTORY_FLAGS)
+
+
+def _root_status(path: str) -> tuple[os.stat_result, bool]:
+    """What ``path`` leads to, and whether it is a symlink itself."""
+    return os.stat(path), stat.S_ISLNK(os.lstat(path).st_mode)
 
 
 _Child = tuple[bytes, bytes, str, bool, int, "tuple[int, int] | None"]
@@ -145,9 +164,17 @@ it is a symlink, the type bits of what it leads to, and, for a symlink, the iden
 class _Walk:
     """One walk: the queue of directories still to read and the outcome so far."""
 
-    def __init__(self, options: WalkOptions, open_directory: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        options: WalkOptions,
+        open_directory: Callable[[str], int],
+        root_status: Callable[[str], tuple[os.stat_result, bool] | None],
+    ) -> None:
+        """``root_status``: what the root leads to and whether it is a symlink, or None when
+        it is hidden (an ``errors`` item for it, whether or not it exists)."""
         self.options = options
         self.open_directory = open_directory
+        self.root_status = root_status
         self.outcome = WalkOutcome()
         self.entries_seen = 0
         self.directories_taken = 1  # the root
@@ -155,10 +182,13 @@ class _Walk:
 
     def run(self, root: str) -> WalkOutcome:
         try:
-            followed = os.stat(root)
-            linked = stat.S_ISLNK(os.lstat(root).st_mode)
+            status = self.root_status(root)
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror) from None  # the reference names no path
+        if status is None:
+            self.outcome.add_error(to_file_uri(root), _reason(errno.EACCES))
+            return self.outcome
+        followed, linked = status
         if not stat.S_ISDIR(followed.st_mode) or (
             linked and not self.options.follow_directory_symlinks
         ):

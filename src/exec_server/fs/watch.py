@@ -117,13 +117,16 @@ class MissingWatches:
         """Replace the session's watch; False when the new one is refused (module docstring).
 
         Paths are absolute and normalised, and seen through ``view``. Runs on the event loop
-        (a few ``stat`` calls)."""
+        (a few ``stat`` calls a path): a watch past ``max_paths`` is refused by its count,
+        before any path is looked at."""
         if self._released or watch_id <= self._last_id:
             return False
         self._last_id = watch_id
         self._cancel()
+        if len(missing) + (present is not None) > self._max_paths:
+            return False
         targets = _plan(missing, present, view) if missing else None
-        if targets is None or len(targets) > self._max_paths:
+        if targets is None:
             return False
         watch = _Watch(watch_id)
         if not self._subscribe(watch, targets, view):

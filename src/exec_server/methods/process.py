@@ -332,7 +332,9 @@ async def _start_snapshotted(
         params.sandbox,
     )
     try:
-        output = await cache.get(key, lambda: _capture(connection, request, profile, shell))
+        output = await cache.get(
+            key, lambda: _capture(connection, request, profile, shell, network is not None)
+        )
     except BaseException:
         _give_up(connection.require_session().processes, params.process_id, network)
         raise
@@ -352,9 +354,11 @@ async def _capture(
     request: SpawnRequest,
     profile: SandboxRequest | None,
     shell: tuple[str, str],
+    managed_network: bool,
 ) -> bytes | None:
-    """Run the capture as the command would run (same sandbox, env and cwd); None when it
-    cannot be captured (the command then runs as sent)."""
+    """Run the capture as the command would run (same sandbox, env and cwd; with a
+    ``managed_network``, in a network namespace of its own too); None when it cannot be
+    captured (the command then runs as sent)."""
     argv = shell_snapshot.capture_argv(*shell)
     confinement = connection.server.guards.confinement
 
@@ -364,6 +368,8 @@ async def _capture(
         policy = None
         if profile is not None or confinement is not None:
             policy = enforce.process_policy(profile, confinement, request.cwd, request.env)
+        if managed_network:  # never more network than the command it prepares
+            policy = _without_network(policy)
         if policy is None or not policy.is_restricted:
             return shell_snapshot.run_capture(argv, request.cwd, request.env, {})
         # Without the network: a capture only reads the shell's state, and it runs outside
@@ -378,7 +384,9 @@ async def _capture(
             launch.release()
 
     try:
-        return await asyncio.to_thread(run)
+        return await asyncio.get_running_loop().run_in_executor(
+            shell_snapshot.capture_executor(), run
+        )
     except Exception:  # a sandbox that cannot be built: the start itself will say so
         return None
 

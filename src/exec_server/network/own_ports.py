@@ -54,13 +54,16 @@ def forget() -> None:
 
 def reaches_own_listener(address: str, port: int) -> bool:
     """Whether connecting to ``address:port`` would land on one of the server's listeners
-    (the same address, or a wildcard one on that port)."""
+    (the same address, or a wildcard one on that port; the unspecified address, which Linux
+    connects to loopback, reaches any of them)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     for listen_address, listen_port in own_listeners():
         if listen_port != port:
             continue
+        if ip.is_unspecified:
+            return True
         listening = ipaddress.ip_address(listen_address.split("%", 1)[0])
         if listening.is_unspecified or listening == ip:
             return True

@@ -372,8 +372,12 @@ class ProcessManager:
         started = asyncio.ensure_future(asyncio.to_thread(self._spawn, spawn_as))
         try:
             child = await asyncio.shield(started)
-        except asyncio.CancelledError:  # the thread still starts it: kill what it starts
-            started.add_done_callback(self._discard_started)
+        except asyncio.CancelledError:
+            # The thread still spawns with the launch's descriptors (its seccomp program, its
+            # cgroup), which the caller closes once this returns: return after it, and kill
+            # what it started.
+            await _settled(started)
+            self._discard_started(started)
             raise
         except OSError as exc:
             self.abandon(process_id)
@@ -791,3 +795,11 @@ def _eof_character(process: ManagedProcess) -> bytes:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+async def _settled(future: asyncio.Future[Child]) -> None:
+    """Wait until ``future`` is done, through any cancellation (a spawn thread is done within
+    milliseconds); the caller re-raises the cancellation it got."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([future])

@@ -21,9 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import contextlib
+import functools
 import json
+import os
+import selectors
 import shlex
+import signal
 import subprocess
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +43,10 @@ MAX_SCOPE_BYTES = 256
 CAPTURE_TIMEOUT_S = 10.0
 MAX_SNAPSHOT_BYTES = 512 * 1024
 MAX_SNAPSHOTS = 16
+CAPTURE_WORKERS = 2
+"""Captures running at once, server-wide, on threads of their own (:func:`capture_executor`):
+each may wait its whole timeout on a login profile, and must not hold the worker threads
+every session's ``fs/*`` calls and sandbox preparations share."""
 CHUNK_BYTES = 60 * 1024
 """The restore script travels in environment variables of at most this size each (the
 kernel bounds one environment string to 128 KiB)."""
@@ -129,33 +140,71 @@ def replay(shell_name: str, shell_path: str, script: str, restore: str) -> Repla
     return Replay([shell_path, _REPLAY_FLAGS[shell_name], prelude + script], env)
 
 
+@functools.cache
+def capture_executor() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads captures run on (:data:`CAPTURE_WORKERS` of them, made on first use)."""
+    return concurrent.futures.ThreadPoolExecutor(
+        CAPTURE_WORKERS, thread_name_prefix="shell-snapshot"
+    )
+
+
 def run_capture(
     argv: list[str], cwd: str, env: Mapping[str, str], popen_options: Mapping[str, Any]
 ) -> bytes | None:
-    """Run a capture to its end (blocking): its output, or None when it failed.
+    """Run a capture to its end (blocking): its output, or None when it failed, printed more
+    than :data:`MAX_SNAPSHOT_BYTES` or ran past :data:`CAPTURE_TIMEOUT_S` (its process group
+    is then killed: the output is never held past the bound).
     ``popen_options`` are a sandbox launch's (its environment, seccomp descriptor, cgroup),
     else empty: ``env`` is then the capture's environment."""
     options: dict[str, Any] = {"env": dict(env), **popen_options}
     if "preexec_fn" not in options and child_fd_limit() is not None:
         options["preexec_fn"] = restore_child_fd_limit  # what spawn.py gives every child
+    deadline = time.monotonic() + CAPTURE_TIMEOUT_S
     try:
-        done = subprocess.run(
+        child = subprocess.Popen(
             argv,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            timeout=CAPTURE_TIMEOUT_S,
             start_new_session=True,
-            check=False,
             **options,
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    output: bytes = done.stdout
-    if done.returncode != 0 or len(output) > MAX_SNAPSHOT_BYTES:
-        return None
-    return output
+    with child:
+        try:
+            output = _bounded_output(child, deadline)
+            if output is not None:
+                child.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            output = None
+        finally:
+            if child.returncode is None:  # cut off, or an error: nothing of it stays
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+    return output if child.returncode == 0 else None
+
+
+def _bounded_output(child: subprocess.Popen[bytes], deadline: float) -> bytes | None:
+    """``child``'s stdout to its end, or None once it passes the bound or the deadline."""
+    assert child.stdout is not None
+    fd = child.stdout.fileno()
+    chunks: list[bytes] = []
+    size = 0
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while size <= MAX_SNAPSHOT_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not selector.select(remaining):
+                return None
+            chunk = os.read(fd, 64 * 1024)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+    return None
 
 
 class SnapshotCache:

@@ -293,12 +293,12 @@ def wrap(
     ``network``, when given, runs the command behind a managed network proxy (see
     :class:`NetworkEntry`): always in a network namespace of its own.
     """
-    if not policy.is_restricted:
+    if not policy.is_restricted and network is None:
         return Launch(list(argv), sandboxed=False, arg0=arg0)
     found = bwrap or support()
     if not found.usable or found.bwrap is None:
         raise SandboxUnavailable(found.reason or "bubblewrap is not usable")
-    if not policy.network and not found.seccomp:
+    if (not policy.network or network is not None) and not found.seccomp:
         # Without the filter a restricted network still lets AF_UNIX sockets reach outside.
         raise SandboxUnavailable(NO_SECCOMP)
     launch = Launch([], sandboxed=True, env={})
@@ -315,12 +315,9 @@ def wrap(
             launch.release()
             raise SandboxUnavailable("arg0 under a sandbox needs bash, which is not installed")
         inner = [found.bash, "-c", 'exec -a "$0" "$@"', arg0, *argv]
-    if network is not None:
-        if found.seccomp:  # loaded by the entry once it has handed its sockets over
-            launch.keep_fd = seccomp.filter_fd(True, unix_sockets=False)
-            inner = [*network.entry[:-1], f"seccomp:{launch.keep_fd}", "--", *inner]
-        else:
-            inner = [*network.entry, *inner]
+    if network is not None:  # the filter is loaded by the entry once it has handed its sockets over
+        launch.keep_fd = seccomp.filter_fd(True, unix_sockets=False)
+        inner = [*network.entry[:-1], f"seccomp:{launch.keep_fd}", "--", *inner]
         mounts += network.mounts
     if found.signal_shim is not None:
         inner = [found.signal_shim, "--default-signal", "--", *inner]

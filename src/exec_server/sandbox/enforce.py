@@ -74,7 +74,7 @@ def launch(
     if not support().usable:
         raise SandboxUnavailable(support().reason or "bubblewrap is not usable")
     seen = hiding(policy, private_paths)  # what the sandbox will show
-    if not _findable(argv[0], env, seen):
+    if not _findable(argv[0], cwd, env, seen):
         raise FileNotFoundError(2, "No such file or directory", argv[0])
     if seen.access_at(os.path.realpath(cwd)) == Access.NONE:  # as a missing cwd fails
         raise FileNotFoundError(2, "No such file or directory", cwd)
@@ -90,16 +90,14 @@ def launch(
     )
 
 
-def _findable(program: str, env: Mapping[str, str], policy: Policy) -> bool:
+def _findable(program: str, cwd: str, env: Mapping[str, str], policy: Policy) -> bool:
     """Whether ``program`` can be found, as the sandbox sees it: a hidden program looks
-    absent, so the check tells nothing of what the policy hides."""
+    absent, so the check tells nothing of what the policy hides. A relative name (``./x``,
+    a relative ``PATH`` entry) is found from ``cwd``, as the child's exec finds it."""
     if "/" in program:
-        return _visible(program, policy)
-    return any(
-        os.access(os.path.join(directory, program), os.X_OK)
-        and _visible(os.path.join(directory, program), policy)
-        for directory in os.get_exec_path(dict(env))
-    )
+        return _visible(os.path.join(cwd, program), policy)
+    candidates = (os.path.join(cwd, folder, program) for folder in os.get_exec_path(dict(env)))
+    return any(os.access(path, os.X_OK) and _visible(path, policy) for path in candidates)
 
 
 def _visible(path: str, policy: Policy) -> bool:

@@ -85,6 +85,16 @@ def check_readable(policy: Policy, path: str) -> None:
         spot.close()
 
 
+def check_place_readable(policy: Policy, path: str) -> None:
+    """Raise ``EACCES`` if the place ``path`` names is hidden, whether or not anything is
+    there (a last name that is a symlink is not followed)."""
+    spot = _locate(path, follow=False)
+    try:
+        _require(policy, spot.path, Access.READ)
+    finally:
+        spot.close()
+
+
 @dataclass(slots=True)
 class Reached:
     """What :func:`open_readable` opened: an ``O_PATH`` descriptor (the caller closes it),

@@ -7,8 +7,9 @@ What it refuses (``EPERM``, as the reference does, so codex's denial heuristics 
   without the syscalls below), the terminal-injection ioctls ``TIOCSTI`` and ``TIOCLINUX``,
   ``AF_VSOCK`` sockets (a path to the host of a VM);
 * with the network restricted, every socket that could leave the sandbox: ``socket`` and
-  ``socketpair`` of any family but ``AF_UNIX``, ``AF_UNIX`` datagram sockets (``sendmsg``
-  with an address reaches any datagram socket by path: journald, ``NOTIFY_SOCKET``),
+  ``socketpair`` of any family but ``AF_UNIX``, ``AF_UNIX`` ones other than stream and
+  seqpacket (a datagram one, also made as ``SOCK_RAW``, reaches any datagram socket by path
+  with ``sendmsg``: journald, ``NOTIFY_SOCKET``),
   ``connect``, ``bind``, ``listen``, ``accept``/``accept4``, and ``sendto`` with an address.
   Stream and seqpacket socket pairs, pipes and every other descriptor still work.
 
@@ -58,7 +59,8 @@ def _arg_high(index: int) -> int:
 
 _AF_UNIX = 1
 _AF_VSOCK = 40
-_SOCK_DGRAM = 2
+_SOCK_STREAM = 1
+_SOCK_SEQPACKET = 5
 _SOCK_TYPE_MASK = 0xF
 _TIOCSTI = 0x5412
 _TIOCLINUX = 0x541C
@@ -202,18 +204,15 @@ def program(network: bool, arch: str | None = None, *, unix_sockets: bool = True
         p.label("socketpair_no_unix")  # a pair is connected to itself: streams only
         p.load(_arg_low(0))
         p.jump_if(_JEQ_K, _AF_UNIX, 0, "socket")
-        p.load(_arg_low(1))
-        p.and_(_SOCK_TYPE_MASK)
-        p.jump_if(_JEQ_K, _SOCK_DGRAM, "deny", "socket")
+        _stream_types_only(p, then="socket")
 
     p.label("socket")  # socket(domain, type, ...) and socketpair(domain, type, ...)
     p.load(_arg_low(0))
     p.jump_if(_JEQ_K, _AF_VSOCK, "deny")
     if not network:
         p.jump_if(_JEQ_K, _AF_UNIX, 0, "deny")
-        p.load(_arg_low(1))
-        p.and_(_SOCK_TYPE_MASK)  # without SOCK_NONBLOCK / SOCK_CLOEXEC
-        p.jump_if(_JEQ_K, _SOCK_DGRAM, "deny")
+        _stream_types_only(p, then="allow")
+    p.label("allow")
     p.ret(_RET_ALLOW)
 
     if not network:
@@ -229,6 +228,17 @@ def program(network: bool, arch: str | None = None, *, unix_sockets: bool = True
     p.label("kill")
     p.ret(_RET_KILL_PROCESS)
     return p.assemble()
+
+
+def _stream_types_only(p: _Program, then: str) -> None:
+    """An ``AF_UNIX`` socket's type (argument 1, without ``SOCK_NONBLOCK``/``SOCK_CLOEXEC``):
+    on to ``then`` for a stream or seqpacket one, else deny. An allow list: Linux turns an
+    ``AF_UNIX`` ``SOCK_RAW`` into ``SOCK_DGRAM``, whose ``sendmsg`` reaches any datagram
+    socket by path."""
+    p.load(_arg_low(1))
+    p.and_(_SOCK_TYPE_MASK)
+    p.jump_if(_JEQ_K, _SOCK_STREAM, then)
+    p.jump_if(_JEQ_K, _SOCK_SEQPACKET, then, "deny")
 
 
 def filter_fd(network: bool, *, unix_sockets: bool = True) -> int:
