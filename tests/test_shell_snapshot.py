@@ -249,3 +249,32 @@ async def test_captures_waiting_on_a_profile_do_not_hold_the_threads_fs_calls_ne
     finally:
         gate.touch()  # every capture, running or still queued, goes on
         await asyncio.gather(*starts)
+
+
+async def test_a_profiles_background_job_ends_with_the_capture(client: Client, home: Path) -> None:
+    """A ``cmd &`` in the profile runs in the capture's process group; the capture takes the
+    group with it instead of leaving an orphan behind the session's back."""
+    (home / ".bash_profile").write_text('sleep 123 >/dev/null 2>&1 &\necho $! > "$HOME/bg.pid"\n')
+    await client.start(
+        "bg",
+        ["/bin/bash", "-lc", "echo ran"],
+        cwd=f"file://{home}",
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
+        shellSnapshot=snapshot("background"),
+    )
+    assert (await client.wait_closed("bg")).data() == b"ran\n"
+    pid = int((home / "bg.pid").read_text())
+    for _ in range(100):
+        if not _alive(pid):
+            break
+        await asyncio.sleep(0.05)
+    assert not _alive(pid), f"the profile's background job {pid} outlived the capture"
+
+
+def _alive(pid: int) -> bool:
+    """Running, not only a zombie waiting for its adoptive parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -180,10 +180,11 @@ def run_capture(
         except subprocess.TimeoutExpired:
             output = None
         finally:
-            if child.returncode is None:  # cut off, or an error: nothing of it stays
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+            # Cut off, an error, or a clean end: nothing of the group stays. A profile's
+            # `cmd &` is in the shell's group (no job control) and outlives the reaped shell.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
     return output if child.returncode == 0 else None
 
 
