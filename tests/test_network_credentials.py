@@ -376,6 +376,23 @@ def test_compiling_checks_each_definition_alone() -> None:
         compile_provider("v", {**_vendor(["a.test"]), "patterns": ["[a-z]{900}"]})
 
 
+def _costly_class() -> str:
+    """A negated class of every printable ASCII character, one item each: drawing from it
+    means testing its 94 items against two thousand other code points."""
+    return "[^" + "".join(re.escape(chr(c)) for c in range(0x21, 0x7F)) + "]{8}"
+
+
+def test_patterns_too_costly_to_draw_from_are_refused() -> None:
+    """Compiling runs on the event loop: a request's patterns have a bounded cost."""
+    costly = {**_vendor(["a.test"]), "patterns": [_costly_class()]}
+    with pytest.raises(ProviderError, match="too costly to draw a dummy from"):
+        compile_provider("v", costly)
+    many = {**_vendor(["a.test"]), "patterns": [f"tok{n}_[a-z]{{8}}" for n in range(65)]}
+    with pytest.raises(ProviderError, match="more than 64 credential patterns in one request"):
+        compile_provider("v", many)
+    assert compile_provider("v", {**many, "patterns": many["patterns"][:64]}).name == "v"
+
+
 @pytest.mark.skipif(not support().usable, reason="bubblewrap cannot run here")
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_a_custom_providers_origin_gets_the_real_value_and_nobody_else(
@@ -526,3 +543,18 @@ def test_the_upstream_tls_context_is_built_once_per_ca_file(
     operator = upstream_context()
     assert operator is not system and upstream_context() is operator
     assert len(operator.get_ca_certs()) == len(system.get_ca_certs()) + 1
+
+
+def test_the_leaf_certificates_kept_are_bounded() -> None:
+    """A wildcard destination lets a child name any number of hosts: the server keeps the
+    most recently used leaf contexts only."""
+    from exec_server.network.mitm import MAX_LEAF_CONTEXTS, authority
+
+    ca = authority()
+    first, kept = ca.context_for("h0.leaf.test"), ca.context_for("kept.leaf.test")
+    for n in range(1, MAX_LEAF_CONTEXTS):
+        ca.context_for(f"h{n}.leaf.test")
+        if n % 64 == 0:
+            assert ca.context_for("kept.leaf.test") is kept  # used: stays
+    assert ca.context_for("kept.leaf.test") is kept
+    assert ca.context_for("h0.leaf.test") is not first  # the oldest went, made again

@@ -90,13 +90,14 @@ def requested_network(connection: Connection, params: ProcessStartParams) -> Man
 def _custom_providers(configs: Mapping[str, CredentialProviderConfig]) -> tuple[Provider, ...]:
     """``credentialProviders`` checked and compiled; a bad definition is -32602 with the
     reference's words (where the reference logs it and runs the command unmasked)."""
-    from ..network.providers import ProviderError, compile_provider
+    from ..network.providers import PatternBudget, ProviderError, compile_provider
 
+    budget = PatternBudget()
     providers: list[Provider] = []
     owners: dict[str, str] = {}
     for name, config in configs.items():
         try:
-            provider = compile_provider(name, msgspec.structs.asdict(config))
+            provider = compile_provider(name, msgspec.structs.asdict(config), budget)
         except ProviderError as error:
             raise invalid_params(f"invalid network proxy config: {error}") from None
         for variable in provider.variables:

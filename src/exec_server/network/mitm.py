@@ -14,6 +14,7 @@ TLS runs on the raw sockets through ``ssl.SSLObject`` and memory BIOs (no transp
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import functools
@@ -48,6 +49,10 @@ CA_ENV_KEYS = (
 )
 """The variables the 0.169 reference points at its bundle with credential masking on
 (recorded from `codex exec`)."""
+
+MAX_LEAF_CONTEXTS = 256
+"""Leaf certificates kept, least recently used out: a masked provider's destination may be
+a wildcard (``*.ghe.com``), so the hosts a child can name are not bounded by the policy."""
 
 _READ = 64 * 1024
 _lock = threading.Lock()
@@ -95,7 +100,8 @@ class _Authority:
             .sign(self.key, hashes.SHA256())
         )
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
-        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._contexts: collections.OrderedDict[str, ssl.SSLContext] = collections.OrderedDict()
+        self._leaves_made = 0
 
     def context_for(self, host: str) -> ssl.SSLContext:
         """A server-side TLS context presenting a leaf certificate for ``host``."""
@@ -103,6 +109,10 @@ class _Authority:
             context = self._contexts.get(host)
             if context is None:
                 context = self._contexts[host] = self._leaf_context(host)
+                if len(self._contexts) > MAX_LEAF_CONTEXTS:
+                    self._contexts.popitem(last=False)
+            else:
+                self._contexts.move_to_end(host)
             return context
 
     def _leaf_context(self, host: str) -> ssl.SSLContext:
@@ -125,7 +135,8 @@ class _Authority:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(self.key, self._hashes.SHA256())
         )
-        stem = self.directory / f"leaf-{len(self._contexts)}"
+        self._leaves_made += 1
+        stem = self.directory / f"leaf-{self._leaves_made}"
         key_path, cert_path = stem.with_suffix(".key"), stem.with_suffix(".pem")
         key_pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
         key_path.write_bytes(key_pem)

@@ -54,7 +54,41 @@ BUILTIN_VARIABLES = frozenset(
 
 _PREFERRED = frozenset(string.ascii_letters + string.digits)
 _PRINTABLE = [chr(c) for c in range(0x21, 0x7F)]
+_WIDE_START, _WIDE_END = 0xA1, 0x800  # where a class with no printable ASCII is looked at
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+
+
+MAX_PATTERNS = 64
+"""Credential patterns one request may define, over all its providers: each is compiled on
+the event loop when the process starts, so their number is bounded (codex sends a few)."""
+
+CLASS_TESTS_BUDGET = 100_000
+"""Character tests one request's patterns may spend finding their classes' members (a
+class's items times the characters looked at): a class of hundreds of items looked at
+against two thousand code points would hold the event loop for a good part of a second."""
+
+
+class PatternBudget:
+    """What one request's credential patterns may still cost to compile."""
+
+    def __init__(self) -> None:
+        self.patterns = 0
+        self.class_tests = 0
+
+    def take_pattern(self) -> None:
+        """Count one more pattern; ProviderError past :data:`MAX_PATTERNS`."""
+        self.patterns += 1
+        if self.patterns > MAX_PATTERNS:
+            raise ProviderError(f"more than {MAX_PATTERNS} credential patterns in one request")
+
+    def charge(self, tests: int) -> None:
+        """Spend ``tests`` character tests, refusing the pattern past the budget."""
+        self.class_tests += tests
+        if self.class_tests > CLASS_TESTS_BUDGET:
+            raise _Unsupported(
+                "its character classes are too costly to draw a dummy from "
+                f"(one request's patterns may spend {CLASS_TESTS_BUDGET} character tests)"
+            )
 
 
 class ProviderError(ValueError):
@@ -181,8 +215,12 @@ class Provider:
         return f"{self.prefix}{value}"
 
 
-def compile_provider(name: str, config: Mapping[str, Any]) -> Provider:
-    """Check one definition (the reference's rules, in its order) and compile it."""
+def compile_provider(
+    name: str, config: Mapping[str, Any], budget: PatternBudget | None = None
+) -> Provider:
+    """Check one definition (the reference's rules, in its order) and compile it; the
+    providers of one request share one ``budget``."""
+    budget = budget or PatternBudget()
     variables = tuple(config.get("env") or ())
     patterns = tuple(config.get("patterns") or ())
     prefixes = tuple(config.get("url_prefixes") or ())
@@ -222,7 +260,8 @@ def compile_provider(name: str, config: Mapping[str, Any]) -> Provider:
     compiled, plans = [], []
     for source in patterns:
         try:
-            pattern, plan = _compile_pattern(source)
+            budget.take_pattern()
+            pattern, plan = _compile_pattern(source, budget)
         except ProviderError as error:
             raise ProviderError(
                 f"invalid credential pattern for provider `{name}`: {error}"
@@ -346,7 +385,7 @@ def _header_safe(value: str) -> bool:
 # ---- patterns and dummies ---------------------------------------------------------------------
 
 
-def _compile_pattern(source: str) -> tuple[Any, _Plan]:
+def _compile_pattern(source: str, budget: PatternBudget) -> tuple[Any, _Plan]:
     """RE2 for matching, a plan drawn from the standard library's syntax tree for
     generating; both must accept the pattern."""
     if len(source.encode()) > MAX_PATTERN_BYTES:
@@ -364,7 +403,7 @@ def _compile_pattern(source: str) -> tuple[Any, _Plan]:
         raise ProviderError(f"regex parse error: {detail}") from None
     parser = importlib.import_module("re._parser")
     try:
-        plan = _plan(parser.parse(source))
+        plan = _plan(parser.parse(source), budget)
     except (re.error, RecursionError, OverflowError, _Unsupported) as error:
         raise ProviderError(f"pattern not supported here: {error}") from None
     if pattern.fullmatch("") is not None:
@@ -403,7 +442,7 @@ _Plan = tuple["str | _Chars | _Repeat | _Either", ...]
 """What a dummy is drawn from: literal text, classes, repeats (bounded) and alternatives."""
 
 
-def _plan(items: Iterable[Any]) -> _Plan:
+def _plan(items: Iterable[Any], budget: PatternBudget) -> _Plan:
     """The standard library parser's tree as a :data:`_Plan` (classes resolved once)."""
     plan: list[str | _Chars | _Repeat | _Either] = []
     for op, arg in items:
@@ -415,14 +454,14 @@ def _plan(items: Iterable[Any]) -> _Plan:
         elif name == "ANY":
             plan.append(_chars(_PRINTABLE))
         elif name == "IN":
-            plan.append(_chars(_class_members(arg)))
+            plan.append(_chars(_class_members(arg, budget)))
         elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
             low, high, sub = arg
-            plan.append(_Repeat(low, min(high, low + MAX_UNBOUNDED_REPEAT), _plan(sub)))
+            plan.append(_Repeat(low, min(high, low + MAX_UNBOUNDED_REPEAT), _plan(sub, budget)))
         elif name in ("SUBPATTERN", "ATOMIC_GROUP"):
-            plan.extend(_plan(arg[-1] if isinstance(arg, tuple) else arg))
+            plan.extend(_plan(arg[-1] if isinstance(arg, tuple) else arg, budget))
         elif name == "BRANCH":
-            plan.append(_Either(tuple(_plan(branch) for branch in arg[1])))
+            plan.append(_Either(tuple(_plan(branch, budget) for branch in arg[1])))
         elif name != "AT":  # anchors generate nothing
             raise _Unsupported(name.lower())
     return tuple(plan)
@@ -475,16 +514,18 @@ def _longest(plan: _Plan) -> int:
     return total
 
 
-def _class_members(items: Sequence[Any]) -> list[str]:
+def _class_members(items: Sequence[Any], budget: PatternBudget) -> list[str]:
     """The printable ASCII characters of a ``[...]`` class (or, when it has none, a few of
     its other characters)."""
     negate = bool(items) and str(items[0][0]) == "NEGATE"
+    budget.charge(len(items) * len(_PRINTABLE))
     inside = [c for c in _PRINTABLE if any(_in_item(c, item) for item in items)]
     members = [c for c in _PRINTABLE if c not in inside] if negate else inside
     if members:
         return members
     if negate:  # only non-ASCII characters are in it: the first few the class takes
-        wider = (chr(c) for c in range(0xA1, 0x800))
+        budget.charge(len(items) * (_WIDE_END - _WIDE_START))
+        wider = (chr(c) for c in range(_WIDE_START, _WIDE_END))
         return [c for c in wider if not any(_in_item(c, item) for item in items)][:64]
     for op, arg in items:
         if str(op) == "LITERAL":
