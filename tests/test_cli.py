@@ -204,6 +204,8 @@ async def test_non_loopback_bind_with_a_token(tmp_path: Path) -> None:
         (["--tls-cert", "/x.pem"], "--tls-cert and --tls-key are for a wss:// --listen URL"),
         (["--max-sessions", "0"], "--max-sessions must be positive"),
         (["--stdin-max-bytes-per-process", "-1"], "--stdin-max-bytes-per-process must be positive"),
+        (["--max-forward-streams", "0"], "--max-forward-streams must be positive"),
+        (["--max-http-streams", "0"], "--max-http-streams must be positive"),
     ],
 )
 def test_bad_security_and_limit_options_are_named(args: list[str], message: str) -> None:
@@ -211,6 +213,15 @@ def test_bad_security_and_limit_options_are_named(args: list[str], message: str)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_limit_error_names_an_option_that_exists() -> None:
+    """The option a limit's error names is one --help lists (a renamed flag once left the
+    error naming one that did not exist)."""
+    from exec_server.cli import _OTHER_LIMITS, _POSITIVE, _flag
+
+    listed = set(re.findall(r"--[a-z0-9-]+", run_cli("--help").stdout))
+    assert {_flag(name) for name in (*_POSITIVE, *_OTHER_LIMITS)} <= listed
 
 
 async def test_non_loopback_bind_with_the_explicit_flag() -> None:

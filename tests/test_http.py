@@ -339,6 +339,29 @@ async def test_active_request_id_is_refused_then_free(client: Client, web: _Test
     assert (await client.call("http/request", plain))["status"] == 201
 
 
+async def test_a_connection_streams_at_most_its_bound_of_bodies(web: _TestHttpServer) -> None:
+    """Each streamed body holds a socket to its origin: past --max-http-streams the request
+    is refused (-32600) before any connection is made, and a finished stream frees a place."""
+    async with (
+        running_server(Limits(http_max_streams=2)) as (_, url),
+        Client.connect(url) as client,
+    ):
+        await client.initialize()
+        params = {"method": "GET", "streamResponse": True, "timeoutMs": 400}
+        for request_id in ("a", "b"):
+            hang = {**params, "url": web.base + "/hang-body", "requestId": request_id}
+            await client.call("http/request", hang)
+        error = await fails(client, {**params, "url": web.base + "/echo", "requestId": "c"})
+        assert (error.code, error.message) == (
+            -32600,
+            "http/request: this connection already streams 2 response bodies; "
+            "read or cancel one first (--max-http-streams)",
+        )
+        await wait_done(client, "a")
+        again = {**params, "url": web.base + "/stream/1", "requestId": "c"}
+        assert (await client.call("http/request", again))["status"] == 200
+
+
 async def test_stream_failure_ends_with_error(client: Client, web: _TestHttpServer) -> None:
     params = {
         "method": "GET",

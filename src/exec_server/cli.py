@@ -399,6 +399,11 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "forward_max_streams",
         "port forwarding: streams one connection may have open at once",
     )
+    bound(
+        "--max-http-streams",
+        "http_max_streams",
+        "http/request: response bodies one connection may stream at once",
+    )
 
 
 def _add_accelerators(parser: argparse.ArgumentParser) -> None:
@@ -457,6 +462,7 @@ _POSITIVE = (
     "fs_max_open_handles_total",
     "forward_window_bytes",
     "forward_max_streams",
+    "http_max_streams",
 )
 
 
@@ -494,6 +500,8 @@ def _flag(dest: str) -> str:
         "fs_max_open_handles_total": "--max-open-files",
         "stdin_process_max_bytes": "--stdin-max-bytes-per-process",
         "stdin_session_max_bytes": "--stdin-max-bytes-per-session",
+        "forward_max_streams": "--max-forward-streams",
+        "http_max_streams": "--max-http-streams",
     }
     return names.get(dest, "--" + dest.replace("_", "-"))
 

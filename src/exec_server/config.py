@@ -81,6 +81,8 @@ class Limits(msgspec.Struct, frozen=True):
         forward_max_streams: forwarded streams one connection may have open at once; with
             ``forward_window_bytes`` it bounds what one session's streams can hold.
         forward_connect_timeout_s: how long ``forward/open`` tries to connect.
+        http_max_streams: ``http/request`` response bodies one connection may stream at
+            once (ours; the reference has none): each holds a socket to its origin.
     """
 
     retained_output_bytes: int = MIB
@@ -110,6 +112,7 @@ class Limits(msgspec.Struct, frozen=True):
     forward_read_bytes: int = 256 * 1024
     forward_max_streams: int = 128
     forward_connect_timeout_s: float = 10.0
+    http_max_streams: int = 128
 
 
 class Runtime(msgspec.Struct, frozen=True):

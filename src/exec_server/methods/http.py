@@ -23,7 +23,7 @@ import re
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ..errors import internal_error, invalid_params
+from ..errors import internal_error, invalid_params, invalid_request
 from ..protocol import (
     encode,
 )
@@ -137,7 +137,7 @@ def http_request(connection: Connection, params: HttpRequestParams) -> Awaitable
     headers = _valid_headers(params.headers, _never_lent(connection))
     streams = _streams_of(connection)
     if params.stream_response:
-        streams.reserve(params.request_id)  # now: a second request with the id is refused
+        streams.reserve(params.request_id, connection)  # now: the id's second is refused
     return _perform(connection, streams, params, url, headers)
 
 
@@ -329,11 +329,19 @@ class HttpStreams:
     def __len__(self) -> int:
         return len(self._active)
 
-    def reserve(self, request_id: str) -> None:
-        """Claim ``request_id`` for a stream, or -32602 when it is streaming already."""
+    def reserve(self, request_id: str, connection: Connection) -> None:
+        """Claim ``request_id`` for a stream: -32602 when it is streaming already, -32600
+        when the connection has ``http_max_streams`` streams (each holds an origin's socket)."""
         if request_id in self._active:
             raise invalid_params(
                 f"http/request streamResponse requestId `{request_id}` is already active"
+            )
+        limit = connection.server.limits.http_max_streams
+        if len(self._active) >= limit:
+            connection.server.metrics.limit_refused("http_max_streams")
+            raise invalid_request(
+                f"http/request: this connection already streams {limit} response bodies; "
+                "read or cancel one first (--max-http-streams)"
             )
         self._active[request_id] = None
 
