@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -384,6 +386,42 @@ async def test_refused_start_leaves_no_proxy_behind(client: Client) -> None:
         assert caught.value.code == -32602
     assert set(glob.glob(pattern)) == before_dirs
     assert len(os.listdir("/proc/self/fd")) <= before_fds
+
+
+def test_a_start_cut_off_before_it_ran_leaves_no_proxy_behind(tmp_path: Path) -> None:
+    """stdio input that ends right after a proxied start: the connection closes in the same
+    turn that dispatched the start, before its task ran once; the cleanup of what the
+    start's synchronous part set up (the proxy's hand-over directory) still runs."""
+    start = {
+        "id": 2,
+        "method": "process/start",
+        "params": {
+            "processId": "cut",
+            "argv": ["sleep", "5"],
+            "cwd": to_file_uri(str(tmp_path)),
+            "env": PATH_ENV,
+            "tty": False,
+            "networkProxy": network_proxy({"127.0.0.1": "allow"}),
+        },
+    }
+    requests = [
+        {"id": 1, "method": "initialize", "params": {"clientName": "cut"}},
+        {"method": "initialized"},
+        start,
+    ]
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "exec_server", "--listen", "stdio"],
+        input=b"".join(json.dumps(r).encode() + b"\n" for r in requests),
+        capture_output=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert b'"id":1' in done.stdout
+    assert sorted(p.name for p in scratch.glob("exec-server-net-*")) == []
 
 
 async def test_confinement_without_network_refuses_a_proxy() -> None:
