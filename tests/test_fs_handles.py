@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from exec_server.config import Limits
+from exec_server.errors import RpcError
+from exec_server.fs.handles import HandleBudget, HandleTable, open_regular_file
 from exec_server.paths import to_file_uri
 
 from .support import Client, RpcFailure, running_server
@@ -227,3 +229,47 @@ async def test_handles_survive_a_resume(tmp_path: Path) -> None:
                 await asyncio.sleep(0.01)
             await client.notify("initialized", {})
             assert await read_block(client, "a", 0, 10) == (b"data", True)
+
+
+def test_a_descriptor_counts_against_the_server_bound_until_it_is_really_closed(
+    tmp_path: Path,
+) -> None:
+    """A handle closed (or dropped, or its session ended) while a block transfer still uses
+    its descriptor keeps that descriptor counted until the transfer closes it: the server's
+    count is the number of descriptors really open, so --max-open-files holds."""
+    f = tmp_path / "f"
+    f.write_bytes(b"data")
+    budget = HandleBudget(5)
+    table = HandleTable(16, budget)
+
+    def opened(table: HandleTable, handle_id: str) -> None:
+        table.reserve(handle_id)
+        table.install(handle_id, open_regular_file(str(f), "read"), "read")
+
+    for n in range(5):
+        opened(table, f"h{n}")
+    in_flight = table.begin_use("h0")
+    table.close("h0")  # the transfer still reads through it
+    assert open_fds_to(f) == budget.used == 5
+    with pytest.raises(RpcError, match="its bound"):
+        table.reserve("h5")  # past the guaranteed 4, and the server is at its bound
+    table.finish_use(in_flight)
+    assert open_fds_to(f) == budget.used == 4
+    opened(table, "h5")
+    table.close("h5")
+
+    failed = table.begin_use("h1")
+    table.discard(failed)  # an I/O error dropped it; the transfer has not returned yet
+    assert open_fds_to(f) == budget.used == 4
+    table.finish_use(failed)
+    assert open_fds_to(f) == budget.used == 3
+
+    in_flight = table.begin_use("h2")
+    other = HandleTable(16, budget)
+    other.reserve("opening")  # its open is still running on a worker thread
+    table.release()
+    other.release()
+    assert open_fds_to(f) == 1 and budget.used == 2
+    other.install("opening", open_regular_file(str(f), "read"), "read")  # closed at once
+    table.finish_use(in_flight)
+    assert open_fds_to(f) == budget.used == 0

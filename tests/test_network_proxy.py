@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from exec_server.config import Guards
-from exec_server.network import own_ports
+from exec_server.network import managed, own_ports
 from exec_server.paths import to_file_uri
 from exec_server.sandbox.bwrap import support
 from exec_server.sandbox.policy import load_confinement
@@ -475,6 +475,24 @@ async def test_arg0_and_exit_status_pass_through(client: Client) -> None:
     events = await client.wait_closed("p1")
     assert events.data() == b"renamed\n"
     assert events.exited is not None and events.exited["exitCode"] == 3
+
+
+async def test_a_hand_over_past_its_time_fails_the_child_and_never_runs_it_unproxied(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server gives up the hand-over before the child makes it (a timeout of 0): the
+    hand-over socket goes with it, so the child's entry fails at once with a message on its
+    stderr and exit status 126, instead of waiting forever for a go-ahead nobody will send;
+    the command never runs."""
+    monkeypatch.setattr(managed, "HANDOVER_TIMEOUT_S", 0.0)
+    params = {"networkProxy": network_proxy({"127.0.0.1": "allow"})}
+    await client.start("late", ["sh", "-c", "echo ran"], env=PATH_ENV, **params)
+    events = await client.wait_closed("late", timeout=30)
+    stderr = events.data("stderr").decode(errors="replace")
+    assert b"ran" not in events.data("stdout")
+    assert "exec-server: cannot set up the managed network proxy" in stderr, stderr
+    assert "the server no longer takes the hand-over" in stderr, stderr
+    assert events.exited is not None and events.exited["exitCode"] == 126
 
 
 @needs_curl

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import select
 import shutil
@@ -535,3 +536,64 @@ def test_a_managed_network_is_never_dropped_nor_run_without_the_filter(ws: Path)
     enabled = workspace_policy(ws, network="enabled")
     with pytest.raises(SandboxUnavailable, match="needs the seccomp filter"):
         wrap(enabled, ["true"], str(ws), bwrap=unfiltered, network=network)
+
+
+OUT_OF_DESCRIPTORS = """
+import json, os, pickle, resource, sys, traceback
+from exec_server.sandbox import bwrap, cgroup
+
+policy, cwd = pickle.loads(sys.stdin.buffer.read())
+bwrap.wrap(policy, ["true"], cwd, pids_limit=64).release()  # imports and caches warmed up
+group = cgroup.pids_cgroups().group
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+filler = []
+try:
+    while True:
+        filler.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+if group is not None:
+    os.close(filler.pop())  # the one the cgroup's procs descriptor takes, before the filter
+try:
+    bwrap.wrap(policy, ["true"], cwd, pids_limit=64)
+    failure = None
+except OSError as error:
+    failure = [error.errno, traceback.format_exc()]
+for fd in filler:
+    os.close(fd)
+links = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        pass  # the listing's own descriptor
+print(json.dumps({
+    "failure": failure,
+    "entries": sorted(os.listdir(cwd)),
+    "cgroup_fds": sum(group is not None and link.startswith(group) for link in links),
+}))
+"""
+
+
+def test_a_launch_that_cannot_make_its_seccomp_filter_leaves_nothing_behind(ws: Path) -> None:
+    """A server out of descriptors (RLIMIT_NOFILE reached, in a child process) fails to make
+    the seccomp program after the placeholders and the pids cgroup were made: the launch
+    gives them back (no placeholder left in the workspace, no cgroup descriptor held)."""
+    import json
+    import pickle
+
+    done = subprocess.run(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS],
+        input=pickle.dumps((workspace_policy(ws), str(ws))),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout)
+    assert report["failure"] is not None, "the launch did not run out of descriptors"
+    errno_number, trace = report["failure"]
+    assert errno_number == errno.EMFILE and "filter_fd" in trace, trace
+    assert report["entries"] == [".git"]  # .codex, .agents... placeholders removed again
+    assert report["cgroup_fds"] == 0

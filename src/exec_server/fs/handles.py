@@ -14,7 +14,8 @@ server's bound a session may still open its first :data:`GUARANTEED_PER_SESSION`
 The table is a session resource (:mod:`exec_server.resources`): when the session ends every
 descriptor is closed. A descriptor still in use by a block transfer on a worker thread is
 closed when that transfer finishes, never under it (a reused descriptor number would
-otherwise receive someone else's bytes).
+otherwise receive someone else's bytes); it counts against the :class:`HandleBudget` until
+then, so the server-wide bound holds for descriptors, not only for names.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class HandleBudget:
             self.used += 1
 
     def give_back(self, count: int = 1) -> None:
+        """``count`` descriptors counted by :meth:`take` are closed."""
         with self._lock:
             self.used -= count
 
@@ -152,10 +154,15 @@ class HandleTable:
     def install(self, handle_id: str, fd: int, mode: HandleMode) -> None:
         """The reserved id now names ``fd`` (closed at once if the session ended meanwhile)."""
         with self._lock:
-            if not self._ended and handle_id in self._handles:
+            reserved = self._handles.get(handle_id, False) is None
+            if reserved and not self._ended:
                 self._handles[handle_id] = FileHandle(handle_id, fd, mode)
                 return
+            if reserved:  # kept by release() so its count lasts until this close
+                del self._handles[handle_id]
         os.close(fd)
+        if reserved:
+            self._budget.give_back()
 
     def unreserve(self, handle_id: str) -> None:
         """Opening failed: forget the reservation."""
@@ -179,7 +186,7 @@ class HandleTable:
             handle._users -= 1
             close_now = handle._closing and handle._users == 0
         if close_now:
-            _close_quietly(handle.fd)
+            self._close_counted(handle.fd)
 
     def discard(self, handle: FileHandle) -> None:
         """A transfer on ``handle`` failed: drop it, as the reference does after an I/O error
@@ -187,7 +194,6 @@ class HandleTable:
         with self._lock:
             if self._handles.get(handle.handle_id) is handle:
                 del self._handles[handle.handle_id]
-                self._budget.give_back()
             handle._closing = True
 
     def close(self, handle_id: str) -> None:
@@ -200,7 +206,6 @@ class HandleTable:
             if handle is None:
                 return  # unknown, or still being opened: that open's install closes nothing
             del self._handles[handle_id]
-            self._budget.give_back()
             handle._closing = True
             close_now = handle._users == 0
         if close_now:
@@ -208,23 +213,26 @@ class HandleTable:
                 os.close(handle.fd)
             except OSError as exc:  # e.g. EIO: a write the kernel could not complete
                 raise internal_error(os_error_message(exc)) from None
+            finally:  # closed either way (Linux frees the descriptor even on EIO)
+                self._budget.give_back()
 
     def release(self) -> None:
-        """The session ended: close every handle (in-flight transfers close theirs after)."""
+        """The session ended: close every handle (in-flight transfers close theirs after;
+        opens in flight close theirs in :meth:`install` or :meth:`unreserve`)."""
         with self._lock:
             self._ended = True
             handles = [h for h in self._handles.values() if h is not None]
-            self._budget.give_back(len(self._handles))
-            self._handles.clear()
+            self._handles = {key: h for key, h in self._handles.items() if h is None}
             idle = []
             for handle in handles:
                 handle._closing = True
                 if handle._users == 0:
                     idle.append(handle)
         for handle in idle:
-            _close_quietly(handle.fd)
+            self._close_counted(handle.fd)
 
-
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):  # nobody is left to tell
-        os.close(fd)
+    def _close_counted(self, fd: int) -> None:
+        """Close ``fd``, which nobody is left to hear about an error of, and uncount it."""
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        self._budget.give_back()

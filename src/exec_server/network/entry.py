@@ -45,6 +45,22 @@ def _load_filter(fd: int) -> None:
         raise OSError(ctypes.get_errno(), "cannot load the seccomp filter")
 
 
+def _hand_over(channel_path: str, listeners: list[socket.socket]) -> None:
+    """Give the server the listening sockets and wait for its go-ahead."""
+    gone = "the server no longer takes the hand-over of the proxy sockets (it waited too long"
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        channel.connect(channel_path)
+        socket.send_fds(channel, [b"L"], [listener.fileno() for listener in listeners])
+        answer = channel.recv(1)
+    except OSError as error:  # the socket removed, or closed with this connection queued
+        raise OSError(f"{gone} for it): {error}") from None
+    finally:
+        channel.close()
+    if answer != READY:
+        raise OSError(f"{gone}, or refused the sockets)")
+
+
 def main(argv: list[str]) -> int:
     """Bind, hand over, exec; an exit status when something fails before the exec."""
     separator = argv.index("--")
@@ -64,12 +80,7 @@ def main(argv: list[str]) -> int:
             if not udp:
                 listener.listen(1024)
             listeners.append(listener)
-        channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        channel.connect(channel_path)
-        socket.send_fds(channel, [b"L"], [listener.fileno() for listener in listeners])
-        if channel.recv(1) != READY:
-            raise OSError("the server did not start the proxy")
-        channel.close()
+        _hand_over(channel_path, listeners)
         for fd in filters:
             _load_filter(fd)
     except OSError as error:

@@ -7,7 +7,10 @@ the listening sockets out through a Unix socket (bind-mounted read-only into the
 connect to, and every connection it makes lands in :class:`~.proxy.EgressProxy`.
 
 The hand-over socket accepts one connection, from a descendant of the child (checked with
-``SO_PEERCRED``), then is removed; :meth:`ManagedNetwork.close` tears everything down.
+``SO_PEERCRED``), then is removed; it is removed too when the server gives the hand-over up
+(:data:`HANDOVER_TIMEOUT_S`, or unexpected sockets), so the child's entry fails at once (exit
+status 126, the reason on its stderr) rather than waiting for a go-ahead: a child never runs
+without its proxy, nor is it left blocked. :meth:`ManagedNetwork.close` tears everything down.
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ class ManagedNetwork:
             listeners = await asyncio.wait_for(self._handover(child_pid), HANDOVER_TIMEOUT_S)
         except (TimeoutError, OSError) as error:
             log.warning("managed network of pid %d not started: %s", child_pid, error)
+            self._end_handover()  # the entry, connected or not yet, fails instead of waiting
             return
         self.proxy.serve_http(listeners[0])
         if len(listeners) > 1:
@@ -174,11 +178,16 @@ class ManagedNetwork:
                     raise OSError("the child handed over unexpected sockets")
                 for listener in listeners:
                     listener.setblocking(False)
-                self._listener.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self._dir, _SOCKET_NAME))
+                self._end_handover()
                 await pump.send(channel, b"K")
                 return listeners
+
+    def _end_handover(self) -> None:
+        """Take no more hand-overs: close the socket (a connection still queued on it is
+        reset) and remove its path (a later one is refused)."""
+        self._listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self._dir, _SOCKET_NAME))
 
 
 def _peer_pid(channel: socket.socket) -> int:

@@ -301,40 +301,39 @@ def wrap(
     if (not policy.network or network is not None) and not found.seccomp:
         # Without the filter a restricted network still lets AF_UNIX sockets reach outside.
         raise SandboxUnavailable(NO_SECCOMP)
+    if arg0 is not None and found.bash is None:
+        raise SandboxUnavailable("arg0 under a sandbox needs bash, which is not installed")
     launch = Launch([], sandboxed=True, env={})
-    try:
+    try:  # every failure from here on (EMFILE making the filter...) undoes what was made
         mounts = _mount_args(policy, found, launch)
         mounts += _private_args(policy, private_paths)
         launch.cgroup = cgroups.create(pids_limit)
+        inner = list(argv)
+        if arg0 is not None and found.bash is not None:
+            inner = [found.bash, "-c", 'exec -a "$0" "$@"', arg0, *argv]
+        if network is not None:  # the entry loads the filter once its sockets are handed over
+            launch.keep_fd = seccomp.filter_fd(True, unix_sockets=False)
+            inner = [*network.entry[:-1], f"seccomp:{launch.keep_fd}", "--", *inner]
+            mounts += network.mounts
+        if found.signal_shim is not None:
+            inner = [found.signal_shim, "--default-signal", "--", *inner]
+        namespaces = ["--unshare-user", "--unshare-pid", "--unshare-ipc"]
+        namespaces += [] if policy.network and network is None else ["--unshare-net"]
+        namespaces += ["--disable-userns"] if found.disable_userns else []
+        command = [found.bwrap, *mounts, *namespaces, "--die-with-parent", "--cap-drop", "ALL"]
+        command += ["--clearenv"]
+        for name, value in (env or {}).items():
+            command += ["--setenv", name, value]
+        if found.seccomp and network is None:
+            launch.keep_fd = seccomp.filter_fd(policy.network)
+            command += ["--seccomp", str(launch.keep_fd)]
+        command += ["--chdir", cwd, "--", *inner]
+        if found.signal_shim is not None:
+            launch.ignored_signals = IGNORED_IN_BWRAP
+        launch.argv = command
     except BaseException:
         launch.release()
         raise
-    inner = list(argv)
-    if arg0 is not None:
-        if found.bash is None:
-            launch.release()
-            raise SandboxUnavailable("arg0 under a sandbox needs bash, which is not installed")
-        inner = [found.bash, "-c", 'exec -a "$0" "$@"', arg0, *argv]
-    if network is not None:  # the filter is loaded by the entry once it has handed its sockets over
-        launch.keep_fd = seccomp.filter_fd(True, unix_sockets=False)
-        inner = [*network.entry[:-1], f"seccomp:{launch.keep_fd}", "--", *inner]
-        mounts += network.mounts
-    if found.signal_shim is not None:
-        inner = [found.signal_shim, "--default-signal", "--", *inner]
-    namespaces = ["--unshare-user", "--unshare-pid", "--unshare-ipc"]
-    namespaces += [] if policy.network and network is None else ["--unshare-net"]
-    namespaces += ["--disable-userns"] if found.disable_userns else []
-    command = [found.bwrap, *mounts, *namespaces, "--die-with-parent", "--cap-drop", "ALL"]
-    command += ["--clearenv"]
-    for name, value in (env or {}).items():
-        command += ["--setenv", name, value]
-    if found.seccomp and network is None:
-        launch.keep_fd = seccomp.filter_fd(policy.network)
-        command += ["--seccomp", str(launch.keep_fd)]
-    command += ["--chdir", cwd, "--", *inner]
-    if found.signal_shim is not None:
-        launch.ignored_signals = IGNORED_IN_BWRAP
-    launch.argv = command
     return launch
 
 
