@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import invalid_request
-from ..paths import to_file_uri
+from ..paths import quote_path_bytes, to_file_uri
 
 if TYPE_CHECKING:
     from ..sandbox.policy import Policy
@@ -208,14 +208,17 @@ class _Walk:
             children = self._children(directory)
         except OSError as exc:
             return self.outcome.add_error(to_file_uri(directory), _reason(exc.errno))
+        prefix = to_file_uri(directory)
+        if not prefix.endswith("/"):
+            prefix += "/"
         for key, raw, name, is_symlink, mode, identity in children:
             if self.entries_seen == options.max_entries:
                 self.outcome.truncated = True
                 return False
             self.entries_seen += 1
-            path = posixpath.join(directory, name)
+            uri = prefix + quote_path_bytes(key)
             if key != raw:  # not UTF-8: the reference looks the lossy name up, not there
-                if not self.outcome.add_error(to_file_uri(path), _reason(errno.ENOENT)):
+                if not self.outcome.add_error(uri, _reason(errno.ENOENT)):
                     return False
                 continue
             kind = _kind(mode)
@@ -223,11 +226,12 @@ class _Walk:
                 is_symlink and (not options.follow_directory_symlinks or kind == "file")
             ):
                 continue
-            if not self.outcome.add_entry(to_file_uri(path), kind):
+            if not self.outcome.add_entry(uri, kind):
                 return False
-            deeper = kind == "directory" and depth < options.max_depth
-            if deeper and not self._enqueue(name, identity, path, depth + 1, queue):
-                return False
+            if kind == "directory" and depth < options.max_depth:
+                path = posixpath.join(directory, name)
+                if not self._enqueue(name, identity, path, depth + 1, queue):
+                    return False
         return True
 
     def _enqueue(
