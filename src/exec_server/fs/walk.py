@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import operator
 import os
 import posixpath
 import stat
@@ -56,6 +57,7 @@ URI's and message's lengths plus 64; an item that would pass 4 MiB ends the walk
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
 _BATCH = 4096
 """Names read from a directory before the ones that cannot be among the smallest are dropped."""
+_KEY = operator.itemgetter(0)
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
 
@@ -160,10 +162,9 @@ def _root_status(path: str) -> tuple[os.stat_result, bool]:
     return os.stat(path), stat.S_ISLNK(os.lstat(path).st_mode)
 
 
-_Child = tuple[str, bytes, os.DirEntry[str]]
-"""One name of a directory: the name the reference sees (lossy for bytes that are not
-UTF-8; its code point order is the bytewise order of its UTF-8), its bytes (unique: no two
-children tie) and its directory entry (what it is, looked up already)."""
+_Child = tuple[str, os.DirEntry[str]]
+"""One name of a directory: its sort key (see :func:`_child`) and its directory entry (what
+it is, looked up already)."""
 
 
 class _Walk:
@@ -216,11 +217,15 @@ class _Walk:
         prefix = to_file_uri(directory)
         if not prefix.endswith("/"):
             prefix += "/"
-        for name, raw, entry in children:
+        for _, entry in children:
             if self.entries_seen == options.max_entries:
                 self.outcome.truncated = True
                 return False
             self.entries_seen += 1
+            name = entry.name
+            raw = name.encode(_FS_ENCODING, _FS_ERRORS)
+            if not name.isascii():  # bytes that are not UTF-8 are surrogate escapes in it
+                name = raw.decode("utf-8", "replace")
             encoded = name.encode()
             if encoded != raw:  # not UTF-8: the reference looks the lossy name up, not there
                 uri = prefix + quote_path_bytes(encoded)
@@ -293,10 +298,10 @@ def _smallest(fd: int, room: int) -> list[_Child]:
                 batch = [entry for entry in batch if entry.name <= bound]
             kept.extend(filter(None, map(_child, batch)))
             if len(kept) >= 2 * room:
-                kept.sort()
+                kept.sort(key=_KEY)
                 del kept[room:]
                 bound = kept[-1][0]
-    kept.sort()
+    kept.sort(key=_KEY)
     del kept[room:]
     return kept
 
@@ -305,19 +310,24 @@ def _child(entry: os.DirEntry[str]) -> _Child | None:
     """One name of a directory, or None for a symlink that leads nowhere (left out, as the
     reference leaves it out) or a name gone before it could be looked up. What the entry is
     comes from the directory itself where the file system records it; only a symlink is
-    followed (relative to the directory's fd). Either answer is kept in ``entry``. A name
-    as listed (surrogate escapes for bytes that are not UTF-8) never sorts after the lossy
-    name the reference sees."""
+    followed (relative to the directory's fd). Either answer is kept in ``entry``.
+
+    The sort key is one string whose code point order is the reference's order: the UTF-8
+    bytes of the name it sees (lossy for bytes that are not UTF-8), then, for two names with
+    the same lossy form, their bytes. An ASCII name is its own key; any other is its lossy
+    form, a NUL (no name holds one, so a name sorts before those it is a prefix of) and its
+    bytes read as Latin-1. A name as listed (surrogate escapes for bytes that are not UTF-8)
+    never sorts after its key."""
     try:
         if entry.is_symlink():
             entry.stat()
     except OSError:
         return None
     name = entry.name
+    if name.isascii():
+        return name, entry
     raw = name.encode(_FS_ENCODING, _FS_ERRORS)
-    if not name.isascii():  # bytes that are not UTF-8 are surrogate escapes in ``name``
-        name = raw.decode("utf-8", "replace")
-    return name, raw, entry
+    return f"{raw.decode('utf-8', 'replace')}\0{raw.decode('latin-1')}", entry
 
 
 def _what(entry: os.DirEntry[str]) -> tuple[bool, int, tuple[int, int] | None]:
