@@ -17,7 +17,7 @@ import pytest
 
 from exec_server.fs.walk import ITEM_OVERHEAD_BYTES, MAX_RESPONSE_BYTES
 
-from .codex.reference import listening, reference_server
+from .codex.reference import listening, reference_client, reference_server
 from .sandbox_support import confined_by_operator
 from .support import Client, server_command
 from .walk_cases import RECORDING, answers, build_tree, denying_profile, options, tree_in
@@ -212,3 +212,43 @@ async def test_unreadable_directories_as_the_reference(shared_tree: Path) -> Non
     assert ours[0]["errors"] == [denied]
     assert f"file://{tree}/locked" in listed(ours[0])
     assert ours[1] == {"entries": [], "errors": [denied], "truncated": False}
+
+
+def build_odd_names(root: Path) -> None:
+    """More names than one read batch takes, sorting otherwise bytewise than by what the
+    reference sees: by number, valid names starting with U+FFFD (``\xef\xbf\xbd``) for
+    even numbers and, for odd ones, two names that are not UTF-8 (``\x80...``, ``\xff...``)
+    and read as U+FFFD and the number; before them a file, a directory and a dangling
+    symlink with plain names, one a prefix of another."""
+    for number in range(3000):
+        starts = (b"\xef\xbf\xbd",) if number % 2 == 0 else (b"\x80", b"\xff")
+        for start in starts:
+            path = os.fsencode(root) + b"/" + start + b"%04d" % number
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+    (root / "a").touch()
+    (root / "a0").symlink_to("nowhere")
+    (root / "a1").mkdir()
+
+
+async def test_the_smallest_odd_names_as_the_reference(client: Client, tmp_path: Path) -> None:
+    """Which names of a big directory the walk looks at, and in what order, when names tie
+    on their lossy form, are not UTF-8 or lead nowhere: the same answers as the reference,
+    for cuts that fall on every kind of name."""
+    root = tree_in(tmp_path, build_odd_names)
+    requests = [
+        {"path": f"file://{root}", "options": options(maxDepth=0, maxEntries=count)}
+        for count in (1, 2, 3, 4, 5, 6, 7, 12)
+    ]
+
+    async def asked(client: Client) -> list[Any]:
+        return [await client.call("fs/walk", params) for params in requests]
+
+    async with reference_client() as reference:
+        theirs = await asked(reference)
+    ours = await asked(client)
+    assert ours == theirs
+    assert listed(ours[-1])[:3] == [
+        f"file://{root}/a",
+        f"file://{root}/a1",
+        f"file://{root}/%EF%BF%BD0000",
+    ]

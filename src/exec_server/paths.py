@@ -42,10 +42,19 @@ def parse_path(value: str, field: str) -> str:
 
 _URI_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
 """Bytes a path keeps as they are in a URI: RFC 3986's unreserved characters and ``/``."""
+_URI_SAFE_BYTES = bytes(sorted(_URI_SAFE))
+_URI_QUOTED = tuple(chr(b) if b in _URI_SAFE else f"%{b:02X}" for b in range(256))
 
 
 def to_file_uri(path: str) -> str:
     """An absolute path as a ``file://`` URI, every other byte percent-encoded (the same
     as ``urllib.parse.quote_from_bytes(path, safe="/")``, without importing it at start-up)."""
-    encoded = "".join(chr(b) if b in _URI_SAFE else f"%{b:02X}" for b in os.fsencode(path))
-    return "file://" + encoded
+    return "file://" + quote_path_bytes(os.fsencode(path))
+
+
+def quote_path_bytes(data: bytes) -> str:
+    """``data`` with every byte but RFC 3986's unreserved ones and ``/`` percent-encoded:
+    a URI's path, or one name to add to a directory's URI."""
+    if not data.translate(None, _URI_SAFE_BYTES):  # nothing to encode, the usual case
+        return data.decode("ascii")
+    return "".join(map(_URI_QUOTED.__getitem__, data))

@@ -17,25 +17,28 @@ What the reference does, probed on its binary (``tests/data/fs_walk_reference.js
   walk goes on. A root that is missing is an error of the request; a root that is not a
   directory (or is a symlink not to be followed) walks to nothing.
 
-Memory is bounded by the limits, whatever the tree holds: of a directory's names only the
-smallest that the entry budget can still take are kept (a heap), and at most
+Memory is bounded by the limits, whatever the tree holds: a directory is read a batch of
+names at a time, and of its names at most one batch more than twice what the entry budget
+can still take are kept (cut back to the smallest each time they pass that); at most
 ``maxDirectories`` directories wait in the queue. Blocking: run on a worker thread.
 """
 
 from __future__ import annotations
 
 import errno
-import heapq
+import itertools
+import operator
 import os
 import posixpath
 import stat
+import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from ..errors import invalid_request
-from ..paths import to_file_uri
+from ..paths import quote_path_bytes, to_file_uri
 
 if TYPE_CHECKING:
     from ..sandbox.policy import Policy
@@ -52,6 +55,11 @@ URI's and message's lengths plus 64; an item that would pass 4 MiB ends the walk
 ``truncated``."""
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
+_BATCH = 4096
+"""Names read from a directory before the ones that cannot be among the smallest are dropped."""
+_KEY = operator.itemgetter(0)
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 WalkKind = Literal["file", "directory"]
 
@@ -154,11 +162,9 @@ def _root_status(path: str) -> tuple[os.stat_result, bool]:
     return os.stat(path), stat.S_ISLNK(os.lstat(path).st_mode)
 
 
-_Child = tuple[bytes, bytes, str, bool, int, "tuple[int, int] | None"]
-"""One name of a directory: its sort key (the UTF-8 of the name the reference sees, lossy
-for a name that is not UTF-8), its bytes (unique: no two children tie), that name, whether
-it is a symlink, the type bits of what it leads to, and, for a symlink, the identity
-``(st_dev, st_ino)`` of its target. A tuple: a huge directory makes one per name."""
+_Child = tuple[str, os.DirEntry[str]]
+"""One name of a directory: its sort key (see :func:`_child`) and its directory entry (what
+it is, looked up already)."""
 
 
 class _Walk:
@@ -208,26 +214,36 @@ class _Walk:
             children = self._children(directory)
         except OSError as exc:
             return self.outcome.add_error(to_file_uri(directory), _reason(exc.errno))
-        for key, raw, name, is_symlink, mode, identity in children:
+        prefix = to_file_uri(directory)
+        if not prefix.endswith("/"):
+            prefix += "/"
+        for _, entry in children:
             if self.entries_seen == options.max_entries:
                 self.outcome.truncated = True
                 return False
             self.entries_seen += 1
-            path = posixpath.join(directory, name)
-            if key != raw:  # not UTF-8: the reference looks the lossy name up, not there
-                if not self.outcome.add_error(to_file_uri(path), _reason(errno.ENOENT)):
+            name = entry.name
+            raw = name.encode(_FS_ENCODING, _FS_ERRORS)
+            if not name.isascii():  # bytes that are not UTF-8 are surrogate escapes in it
+                name = raw.decode("utf-8", "replace")
+            encoded = name.encode()
+            if encoded != raw:  # not UTF-8: the reference looks the lossy name up, not there
+                uri = prefix + quote_path_bytes(encoded)
+                if not self.outcome.add_error(uri, _reason(errno.ENOENT)):
                     return False
                 continue
+            is_symlink, mode, identity = _what(entry)
             kind = _kind(mode)
             if kind is None or (
                 is_symlink and (not options.follow_directory_symlinks or kind == "file")
             ):
                 continue
-            if not self.outcome.add_entry(to_file_uri(path), kind):
+            if not self.outcome.add_entry(prefix + quote_path_bytes(raw), kind):
                 return False
-            deeper = kind == "directory" and depth < options.max_depth
-            if deeper and not self._enqueue(name, identity, path, depth + 1, queue):
-                return False
+            if kind == "directory" and depth < options.max_depth:
+                path = posixpath.join(directory, name)
+                if not self._enqueue(name, identity, path, depth + 1, queue):
+                    return False
         return True
 
     def _enqueue(
@@ -264,37 +280,68 @@ class _Walk:
         one more than the entry budget has left (that one shows the walk was cut short)."""
         fd = self.open_directory(directory)
         try:
-            room = self.options.max_entries - self.entries_seen + 1
-            return heapq.nsmallest(room, _scan(fd))
+            return _smallest(fd, self.options.max_entries - self.entries_seen + 1)
         finally:
             os.close(fd)
 
 
-def _scan(fd: int) -> Iterator[_Child]:
-    """The children of the open directory ``fd``. The type comes from the directory itself
-    where the file system records it; only a symlink is followed (relative to ``fd``), and
-    one that leads nowhere is left out, as the reference leaves it out."""
+def _smallest(fd: int, room: int) -> list[_Child]:
+    """The ``room`` smallest children of the open directory ``fd``, sorted. Read in
+    batches: once ``room`` are known, a name above the largest of them is dropped on sight
+    (a name as listed never sorts after its lossy key, so none that belongs is dropped);
+    the kept ones are cut back to ``room`` whenever they pass ``2 * room``."""
+    kept: list[_Child] = []
+    bound: str | None = None
     with os.scandir(fd) as listing:
-        for entry in listing:
-            name = entry.name
-            raw = os.fsencode(name)
-            try:
-                key = name.encode()
-            except UnicodeEncodeError:  # bytes that are not UTF-8 (surrogate escapes)
-                name = raw.decode("utf-8", "replace")
-                key = name.encode()
-            try:
-                if entry.is_symlink():
-                    status = entry.stat()
-                    yield key, raw, name, True, status.st_mode, (status.st_dev, status.st_ino)
-                elif entry.is_dir(follow_symlinks=False):
-                    yield key, raw, name, False, stat.S_IFDIR, None
-                elif entry.is_file(follow_symlinks=False):
-                    yield key, raw, name, False, stat.S_IFREG, None
-                else:
-                    yield key, raw, name, False, 0, None  # FIFOs, sockets, devices: counted
-            except OSError:
-                continue
+        while batch := list(itertools.islice(listing, _BATCH)):
+            if bound is not None:
+                batch = [entry for entry in batch if entry.name <= bound]
+            kept.extend(filter(None, map(_child, batch)))
+            if len(kept) >= 2 * room:
+                kept.sort(key=_KEY)
+                del kept[room:]
+                bound = kept[-1][0]
+    kept.sort(key=_KEY)
+    del kept[room:]
+    return kept
+
+
+def _child(entry: os.DirEntry[str]) -> _Child | None:
+    """One name of a directory, or None for a symlink that leads nowhere (left out, as the
+    reference leaves it out) or a name gone before it could be looked up. What the entry is
+    comes from the directory itself where the file system records it; only a symlink is
+    followed (relative to the directory's fd). Either answer is kept in ``entry``.
+
+    The sort key is one string whose code point order is the reference's order: the UTF-8
+    bytes of the name it sees (lossy for bytes that are not UTF-8), then, for two names with
+    the same lossy form, their bytes. An ASCII name is its own key; any other is its lossy
+    form, a NUL (no name holds one, so a name sorts before those it is a prefix of) and its
+    bytes read as Latin-1. A name as listed (surrogate escapes for bytes that are not UTF-8)
+    never sorts after its key."""
+    try:
+        if entry.is_symlink():
+            entry.stat()
+    except OSError:
+        return None
+    name = entry.name
+    if name.isascii():
+        return name, entry
+    raw = name.encode(_FS_ENCODING, _FS_ERRORS)
+    return f"{raw.decode('utf-8', 'replace')}\0{raw.decode('latin-1')}", entry
+
+
+def _what(entry: os.DirEntry[str]) -> tuple[bool, int, tuple[int, int] | None]:
+    """Whether the entry is a symlink, the type bits of what it leads to and, for a
+    symlink, the identity ``(st_dev, st_ino)`` of its target: from what :func:`_child`
+    looked up, so nothing here touches the disk again."""
+    if entry.is_symlink():
+        status = entry.stat()
+        return True, status.st_mode, (status.st_dev, status.st_ino)
+    if entry.is_dir(follow_symlinks=False):
+        return False, stat.S_IFDIR, None
+    if entry.is_file(follow_symlinks=False):
+        return False, stat.S_IFREG, None
+    return False, 0, None  # FIFOs, sockets, devices: counted, not listed
 
 
 def _kind(mode: int) -> WalkKind | None:
