@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .servers import ours
+from .servers import ours, spawn_stdio
 
 Params = Callable[[int], dict[str, Any]]
 
@@ -64,14 +64,7 @@ def _requests(scratch: str, port: int) -> dict[str, tuple[str, Params]]:
 
 async def _thrice(argv: tuple[str, ...], method: str, params: Params) -> tuple[float, float, float]:
     """A fresh server; after the handshake, the times of three calls of ``method``."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        "--listen",
-        "stdio",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    proc = await spawn_stdio(argv)
     assert proc.stdin is not None and proc.stdout is not None
     stdin, stdout = proc.stdin, proc.stdout
 

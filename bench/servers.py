@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -344,6 +345,18 @@ async def ws_client(url: str, cwd: str) -> tuple[Client, WsConnection]:
 
     client = Client(send, cwd=cwd)
     return client, conn
+
+
+async def spawn_stdio(argv: Sequence[str]) -> asyncio.subprocess.Process:
+    """A server on ``--listen stdio``: stdin and stdout piped to the bench, stderr dropped."""
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        "--listen",
+        "stdio",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
 
 
 async def start_server(

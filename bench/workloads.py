@@ -19,7 +19,7 @@ import msgspec
 
 from bench.client import ProcWatch, b64decode
 from bench.probe import PeakRss
-from bench.servers import RunningServer, ServerSpec
+from bench.servers import RunningServer, ServerSpec, spawn_stdio
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -472,14 +472,7 @@ async def startup(spec: ServerSpec, sizes: Sizes) -> Metrics:
     floor: list[float] = []
     for _ in range(sizes.startup_n):
         t0 = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(
-            *spec.argv,
-            "--listen",
-            "stdio",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        proc = await spawn_stdio(spec.argv)
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(INITIALIZE)
         line = await asyncio.wait_for(proc.stdout.readline(), STEP_TIMEOUT)
